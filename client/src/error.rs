@@ -1,0 +1,76 @@
+//! The SDK's error type.
+
+use tonic::Code;
+
+/// Everything a [`crate::Client`] call or a [`crate::json`] conversion can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The endpoint string is not a URI tonic can dial.
+    #[error("invalid endpoint {endpoint:?}: {source} (expected e.g. http://127.0.0.1:7400)")]
+    InvalidEndpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The first connection to the node failed or timed out.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The call failed with a gRPC status (after any retries the SDK made).
+    #[error("{} from server: {}", code_name(.0.code()), .0.message())]
+    Rpc(#[from] tonic::Status),
+    /// `GetEvent` found no such event.
+    #[error("event {event_id:?} not found in tenant {tenant_id:?}")]
+    NotFound { tenant_id: String, event_id: String },
+    /// The server answered something the protocol does not allow, e.g. a batch
+    /// response whose outcome count differs from the request's event count.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A workload JSON line could not be converted.
+    #[error(transparent)]
+    Json(#[from] crate::json::ParseError),
+}
+
+impl Error {
+    /// True when the node could not be reached: the connection failed, or the retries
+    /// ran out on UNAVAILABLE or a timeout. Tools map this to a distinct exit code.
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Rpc(status) => matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded
+            ) || crate::retry::is_client_timeout(status),
+            _ => false,
+        }
+    }
+}
+
+/// `Result` with the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The canonical upper-case name of a gRPC status code, as `EventError.code` spells it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

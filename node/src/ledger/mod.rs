@@ -1,0 +1,15 @@
+//! The ledger logic, free of I/O: what an event is, how it is validated, encoded and
+//! hashed, where it goes, and how a committed entry changes a shard's state. The node
+//! and the simulation drive this same code.
+
+pub mod apply;
+pub mod event;
+pub mod routing;
+pub mod validate;
+
+pub use apply::{
+    stream_name, ApplyReceipt, Ledger, LedgerCommand, LedgerLookup, LedgerResponse, LedgerWrite,
+    TenantState,
+};
+pub use event::{leaf_hash, ActorKind, EventRecord, LeafHash, Outcome, StoredEvent};
+pub use validate::{validate_event, validate_tenant_id, FieldError, BATCH_EVENTS_MAX};

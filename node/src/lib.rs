@@ -1,0 +1,13 @@
+//! trail-node: the Trail server.
+//!
+//! Layout (see docs/ARCHITECTURE.md):
+//! - [`ledger`]: the ledger logic, free of I/O (validation, canonical encoding, apply).
+//! - [`consensus`]: openraft types, settings and the peer network.
+//! - [`storage`]: fjall-backed Raft log and state machine, fsync coalescing.
+//! - [`shard`]: a shard's group commit and its actor.
+//! - [`node`]: the node actor, routing and startup.
+//! - [`api`]: gRPC and HTTP.
+
+pub mod consensus;
+pub mod ledger;
+pub mod storage;

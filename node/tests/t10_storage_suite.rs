@@ -1,0 +1,30 @@
+//! openraft's own conformance suite against the fjall-backed log store and state
+//! machine.
+//!
+//! Steps: for every test in `openraft::testing::Suite`, open a fresh node database in a
+//! temporary directory, open shard 1's log store and state machine on it, and let the
+//! suite drive them (votes, appends, truncation, purging, applying, snapshots).
+
+use openraft::testing::{StoreBuilder, Suite};
+use tempfile::TempDir;
+use trail_node::consensus::{StorageError, TypeConfig};
+use trail_node::storage::{LogStore, NodeStore, StateMachine};
+
+struct FjallBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FjallBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = TempDir::new().expect("temporary directory");
+        let store = NodeStore::open(dir.path()).expect("open node store");
+        let keyspaces = store.shard(1).expect("open shard keyspaces");
+        let log_store = LogStore::open(store.db.clone(), &keyspaces, store.syncer.clone())?;
+        let state_machine = StateMachine::open(store.db.clone(), &keyspaces)?;
+        Ok((dir, log_store, state_machine))
+    }
+}
+
+#[test]
+fn fjall_storage_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(FjallBuilder)?;
+    Ok(())
+}
