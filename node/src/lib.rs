@@ -11,3 +11,8 @@
 pub mod consensus;
 pub mod ledger;
 pub mod storage;
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod node;
+pub mod shard;

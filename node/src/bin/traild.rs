@@ -1,1 +1,147 @@
-fn main(){}
+//! `traild`: runs one Trail node.
+//!
+//! Threads: a multi-thread tokio runtime for gRPC, openraft and the data path; one actix
+//! thread for the actors (node, shards) and the HTTP endpoint; fjall's workers; one
+//! fsync thread.
+
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use trail_node::api::{grpc::TrailService, http};
+use trail_node::clock::SystemClock;
+use trail_node::config::{Flags, NodeConfig};
+use trail_node::node;
+use trail_proto::v1::trail_server::TrailServer;
+
+/// Largest gRPC message: a full batch of 10,000 events of up to ~10 KB each would be
+/// 100 MB, but validation caps metadata at 8 KiB and real batches are ~5 MB.
+const GRPC_MESSAGE_BYTES_MAX: usize = 32 << 20;
+
+fn main() -> std::process::ExitCode {
+    let flags = Flags::parse();
+    let config = match NodeConfig::resolve(flags) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("traild: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    match run(config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("traild: {error:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("trail-worker")
+        .build()?;
+
+    // The actors' thread: an actix System, stopped at the end of shutdown.
+    let (handles_sender, handles_receiver) = std::sync::mpsc::channel();
+    let actix_thread = std::thread::Builder::new()
+        .name("trail-actors".into())
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            let _ = handles_sender.send((actix_rt::System::current(), actix_rt::Arbiter::current()));
+            system.run()
+        })?;
+    let (system, arbiter) = handles_receiver.recv()?;
+
+    let result = runtime.block_on(serve(config, arbiter));
+    system.stop();
+    let _ = actix_thread.join();
+    result
+}
+
+async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::Result<()> {
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|error| anyhow::anyhow!("grpc_addr {}: {error}", config.grpc_addr))?;
+    let http_listener = std::net::TcpListener::bind(config.http_addr)
+        .map_err(|error| anyhow::anyhow!("http_addr {}: {error}", config.http_addr))?;
+
+    let node = node::start(config.clone(), Arc::new(SystemClock), &arbiter).await?;
+    let shard_count = node.router.shards().count();
+
+    // HTTP runs on the actix thread.
+    let (http_sender, http_receiver) = tokio::sync::oneshot::channel();
+    let http_node = node.clone();
+    arbiter.spawn(async move {
+        let data = web::Data::new(http_node);
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::configure))
+            .workers(1)
+            .disable_signals()
+            .listen(http_listener)
+            .map(|server| server.run());
+        match server {
+            Ok(server) => {
+                let _ = http_sender.send(Ok(server.handle()));
+                let _ = server.await;
+            }
+            Err(error) => {
+                let _ = http_sender.send(Err(error));
+            }
+        }
+    });
+    let http_handle = http_receiver.await??;
+
+    let service = TrailServer::new(TrailService::new(node.clone()))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async {
+                let _ = grpc_stopped.await;
+            }),
+    );
+
+    println!(
+        "traild {} node {}: {shard_count} shards, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        config.node_id,
+        config.data_dir.display()
+    );
+    println!("  gRPC  {}", config.grpc_addr);
+    println!("  HTTP  http://{} (/health, /metrics)", config.http_addr);
+    println!("ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: acknowledging queued events, then flushing");
+    // Shards first: they stop taking events and ack what they hold, so the RPCs still
+    // running get their answers before the server closes.
+    let stopped = node.stop().await;
+    let _ = stop_grpc.send(());
+    let _ = grpc.await;
+    http_handle.stop(true).await;
+    stopped?;
+    println!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

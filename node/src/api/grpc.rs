@@ -1,0 +1,378 @@
+//! The `trail.v1.Trail` gRPC service.
+//!
+//! Ingest: validate every event (a bad event rejects that event only, naming its index,
+//! field and rule), group the good ones by shard, queue them, and answer once each
+//! shard acknowledged its part (durable and applied).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use trail_proto::v1::{self, trail_server::Trail};
+
+use crate::ledger::{stream_name, validate_event, validate_tenant_id, ApplyReceipt, EventRecord, FieldError, BATCH_EVENTS_MAX};
+use crate::node::{actor::GetNodeStatus, Node};
+use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
+use crate::shard::IngestError;
+
+/// Batches a `RecordStream` may have in processing at once (per stream).
+const STREAM_BATCHES_IN_FLIGHT_MAX: usize = 1;
+const TAIL_LIMIT_DEFAULT: usize = 100;
+
+pub struct TrailService {
+    node: Node,
+}
+
+impl TrailService {
+    pub fn new(node: Node) -> TrailService {
+        TrailService { node }
+    }
+
+    /// Records a batch; never fails as a whole except for a malformed batch.
+    async fn record_events(&self, events: Vec<v1::Event>) -> Result<v1::RecordBatchResponse, Status> {
+        if events.is_empty() {
+            return Err(Status::invalid_argument("events: the batch is empty; send 1 to 10000 events"));
+        }
+        if events.len() > BATCH_EVENTS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "events: the batch has {} events; at most {BATCH_EVENTS_MAX} are accepted per request",
+                events.len()
+            )));
+        }
+        let now_ns = self.node.clock.now_ns();
+        let mut outcomes: Vec<Option<v1::record_outcome::Outcome>> = vec![None; events.len()];
+        // Shard -> (request positions, events), in request order within each shard.
+        let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<EventRecord>)> = BTreeMap::new();
+        for (index, event) in events.iter().enumerate() {
+            match validate_event(event, now_ns, || ulid::Ulid::new().to_string()) {
+                Err(error) => outcomes[index] = Some(rejected(index, &event.event_id, &error)),
+                Ok(record) => {
+                    let shard = self.node.router.shard_for(&record.tenant_id).shard;
+                    let entry = by_shard.entry(shard).or_default();
+                    entry.0.push(index);
+                    entry.1.push(record);
+                }
+            }
+        }
+
+        let mut waiting = Vec::with_capacity(by_shard.len());
+        let mut retry_after_ms = 0u32;
+        for (shard, (positions, records)) in by_shard {
+            let handle = self.node.router.shard_for(&records[0].tenant_id);
+            debug_assert_eq!(handle.shard, shard);
+            let ids: Vec<(String, String)> = records
+                .iter()
+                .map(|record| (record.event_id.clone(), record.tenant_id.clone()))
+                .collect();
+            match handle.submit(records) {
+                Ok(receiver) => waiting.push((positions, ids, receiver)),
+                Err(error) => {
+                    if let IngestError::Busy { retry_after_ms: hint, .. } = &error {
+                        retry_after_ms = retry_after_ms.max(*hint);
+                    }
+                    for (position, (event_id, _)) in positions.into_iter().zip(ids) {
+                        outcomes[position] = Some(failed(position, &event_id, &error));
+                    }
+                }
+            }
+        }
+        for (positions, ids, receiver) in waiting {
+            let reply = receiver.await.unwrap_or_else(|_| {
+                Err(IngestError::Unavailable {
+                    shard: 0,
+                    reason: "shard stopped before acknowledging; outcome unknown".into(),
+                })
+            });
+            match reply {
+                Ok(receipts) => {
+                    for ((position, (event_id, tenant_id)), receipt) in positions.into_iter().zip(ids).zip(receipts) {
+                        outcomes[position] = Some(v1::record_outcome::Outcome::Receipt(to_receipt(event_id, tenant_id, receipt)));
+                    }
+                }
+                Err(error) => {
+                    if let IngestError::Busy { retry_after_ms: hint, .. } = &error {
+                        retry_after_ms = retry_after_ms.max(*hint);
+                    }
+                    for (position, (event_id, _)) in positions.into_iter().zip(ids) {
+                        outcomes[position] = Some(failed(position, &event_id, &error));
+                    }
+                }
+            }
+        }
+
+        let mut response = v1::RecordBatchResponse {
+            retry_after_ms,
+            ..Default::default()
+        };
+        for outcome in outcomes {
+            let outcome = outcome.expect("every event has an outcome");
+            match &outcome {
+                v1::record_outcome::Outcome::Receipt(receipt) if receipt.deduplicated => response.deduplicated += 1,
+                v1::record_outcome::Outcome::Receipt(_) => response.accepted += 1,
+                v1::record_outcome::Outcome::Error(_) => response.rejected += 1,
+            }
+            response.outcomes.push(v1::RecordOutcome { outcome: Some(outcome) });
+        }
+        Ok(response)
+    }
+}
+
+fn to_receipt(event_id: String, tenant_id: String, receipt: ApplyReceipt) -> v1::Receipt {
+    v1::Receipt {
+        event_id,
+        tenant_id,
+        stream: receipt.stream,
+        seq: receipt.seq,
+        leaf_hash: receipt.leaf_hash.to_vec(),
+        deduplicated: receipt.deduplicated,
+    }
+}
+
+fn rejected(index: usize, event_id: &str, error: &FieldError) -> v1::record_outcome::Outcome {
+    v1::record_outcome::Outcome::Error(v1::EventError {
+        index: index as u32,
+        event_id: event_id.to_string(),
+        code: "INVALID_ARGUMENT".into(),
+        field: error.field.to_string(),
+        message: error.to_string(),
+    })
+}
+
+fn failed(index: usize, event_id: &str, error: &IngestError) -> v1::record_outcome::Outcome {
+    let code = match error {
+        IngestError::Busy { .. } => "RESOURCE_EXHAUSTED",
+        IngestError::Unavailable { .. } => "UNAVAILABLE",
+    };
+    v1::record_outcome::Outcome::Error(v1::EventError {
+        index: index as u32,
+        event_id: event_id.to_string(),
+        code: code.into(),
+        field: String::new(),
+        message: error.to_string(),
+    })
+}
+
+fn status_of_event_error(error: &v1::EventError) -> Status {
+    let status = match error.code.as_str() {
+        "INVALID_ARGUMENT" => Status::invalid_argument(error.message.clone()),
+        "RESOURCE_EXHAUSTED" => Status::resource_exhausted(error.message.clone()),
+        _ => Status::unavailable(error.message.clone()),
+    };
+    status
+}
+
+fn read_status(error: ReadError) -> Status {
+    // Corruption is reported loudly in the node's log; the caller learns only that the
+    // record can not be served.
+    tracing::error!(%error, "read failed");
+    match error {
+        ReadError::Storage(_) => Status::unavailable("storage read failed; retry"),
+        ReadError::Corrupt { .. } => Status::data_loss("a stored record failed its integrity checks"),
+    }
+}
+
+fn to_stored_event(read: ReadEvent) -> v1::StoredEvent {
+    let stored = read.stored;
+    let event = stored.event;
+    v1::StoredEvent {
+        event: Some(v1::Event {
+            event_id: event.event_id,
+            tenant_id: event.tenant_id,
+            actor: Some(v1::Actor {
+                r#type: event.actor_kind as i32,
+                id: event.actor_id,
+                email: event.actor_email,
+                name: event.actor_name,
+            }),
+            action: event.action,
+            resource: if event.resource_type.is_empty() {
+                None
+            } else {
+                Some(v1::Resource {
+                    r#type: event.resource_type,
+                    id: event.resource_id,
+                })
+            },
+            result: event.outcome as i32,
+            occurred_at: Some(timestamp(event.occurred_at_ns)),
+            request_id: event.request_id,
+            session_id: event.session_id,
+            ip_address: event.ip_address,
+            user_agent: event.user_agent,
+            metadata_json: event.metadata_json,
+            subject_id: event.subject_id,
+        }),
+        stream: stored.stream,
+        seq: stored.seq,
+        ingested_at: Some(timestamp(stored.ingested_at_ns)),
+        leaf_hash: read.leaf_hash.to_vec(),
+        log_index: 0,
+    }
+}
+
+fn timestamp(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: ns.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
+    validate_tenant_id(tenant_id).map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+type RecordStreamOut = Pin<Box<dyn Stream<Item = Result<v1::RecordBatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Trail for TrailService {
+    async fn record(&self, request: Request<v1::RecordRequest>) -> Result<Response<v1::RecordResponse>, Status> {
+        let event = request
+            .into_inner()
+            .event
+            .ok_or_else(|| Status::invalid_argument("event: is required"))?;
+        let response = self.record_events(vec![event]).await?;
+        let outcome = response
+            .outcomes
+            .into_iter()
+            .next()
+            .and_then(|outcome| outcome.outcome)
+            .expect("one outcome for one event");
+        match outcome {
+            v1::record_outcome::Outcome::Receipt(receipt) => Ok(Response::new(v1::RecordResponse { receipt: Some(receipt) })),
+            v1::record_outcome::Outcome::Error(error) => {
+                let mut status = status_of_event_error(&error);
+                if response.retry_after_ms > 0 {
+                    if let Ok(value) = response.retry_after_ms.to_string().parse() {
+                        status.metadata_mut().insert("retry-after-ms", value);
+                    }
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn record_batch(&self, request: Request<v1::RecordBatchRequest>) -> Result<Response<v1::RecordBatchResponse>, Status> {
+        let response = self.record_events(request.into_inner().events).await?;
+        Ok(Response::new(response))
+    }
+
+    type RecordStreamStream = RecordStreamOut;
+
+    async fn record_stream(
+        &self,
+        request: Request<Streaming<v1::RecordBatchRequest>>,
+    ) -> Result<Response<Self::RecordStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let service = TrailService { node: self.node.clone() };
+        // One response per request batch, in order. The channel bound is the stream's
+        // pipelining depth; a slow reader stops us reading more batches.
+        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_BATCHES_IN_FLIGHT_MAX);
+        tokio::spawn(async move {
+            while let Some(batch) = incoming.next().await {
+                let response = match batch {
+                    Ok(batch) => service.record_events(batch.events).await,
+                    Err(status) => Err(status),
+                };
+                let stop = response.is_err();
+                if sender.send(response).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn get_event(&self, request: Request<v1::GetEventRequest>) -> Result<Response<v1::GetEventResponse>, Status> {
+        let request = request.into_inner();
+        let tenant_id = tenant_argument(&request.tenant_id)?;
+        if request.event_id.is_empty() {
+            return Err(Status::invalid_argument("event_id: is required"));
+        }
+        let keyspaces = self.node.router.shard_for(&tenant_id).keyspaces.clone();
+        let event_id = request.event_id.clone();
+        let tenant_for_read = tenant_id.clone();
+        let found = tokio::task::spawn_blocking(move || reader::get_event(&keyspaces, &tenant_for_read, &event_id))
+            .await
+            .map_err(|_| Status::internal("read task failed"))?
+            .map_err(read_status)?;
+        match found {
+            Some(event) => Ok(Response::new(v1::GetEventResponse {
+                event: Some(to_stored_event(event)),
+            })),
+            None => Err(Status::not_found(format!(
+                "event_id: no event {:?} in tenant {tenant_id}",
+                request.event_id
+            ))),
+        }
+    }
+
+    async fn tail(&self, request: Request<v1::TailRequest>) -> Result<Response<v1::TailResponse>, Status> {
+        let request = request.into_inner();
+        let tenant_id = tenant_argument(&request.tenant_id)?;
+        let first_stream = stream_name(&tenant_id, 0);
+        if !request.stream.is_empty() && request.stream != first_stream {
+            return Err(Status::invalid_argument(format!(
+                "stream: {:?} is not a stream of tenant {tenant_id}; use {first_stream:?} or leave it empty",
+                request.stream
+            )));
+        }
+        let limit = match request.limit as usize {
+            0 => TAIL_LIMIT_DEFAULT,
+            limit if limit > TAIL_LIMIT_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: {limit} is too large; use 1 to {TAIL_LIMIT_MAX} (0 means {TAIL_LIMIT_DEFAULT})"
+                )))
+            }
+            limit => limit,
+        };
+        let keyspaces = self.node.router.shard_for(&tenant_id).keyspaces.clone();
+        let after_seq = request.after_seq;
+        let (events, last_seq) = tokio::task::spawn_blocking(move || reader::tail(&keyspaces, &tenant_id, after_seq, limit))
+            .await
+            .map_err(|_| Status::internal("read task failed"))?
+            .map_err(read_status)?;
+        Ok(Response::new(v1::TailResponse {
+            events: events.into_iter().map(to_stored_event).collect(),
+            last_seq,
+        }))
+    }
+
+    async fn status(&self, _request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        let status = self
+            .node
+            .actor
+            .send(GetNodeStatus)
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        let memory = crate::api::process_memory();
+        let config = &self.node.config;
+        Ok(Response::new(v1::StatusResponse {
+            node_id: config.node_id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: config.data_dir.display().to_string(),
+            events: status.shards.iter().map(|shard| shard.events).sum(),
+            shards: status
+                .shards
+                .into_iter()
+                .map(|shard| v1::ShardStatus {
+                    shard_id: shard.shard,
+                    leader_node_id: shard.leader.unwrap_or(0),
+                    term: shard.term,
+                    last_log_index: shard.last_log_index,
+                    last_applied_index: shard.last_applied_index,
+                    events: shard.events,
+                    streams: shard.streams as u32,
+                    queue_bytes: shard.queue_bytes,
+                    role: shard.role,
+                })
+                .collect(),
+            uptime_ms: status.uptime_ms,
+            rss_bytes: memory.rss_bytes,
+            peak_rss_bytes: memory.peak_rss_bytes,
+            grpc_addr: config.grpc_addr.to_string(),
+            http_addr: config.http_addr.to_string(),
+        }))
+    }
+}

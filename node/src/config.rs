@@ -1,0 +1,169 @@
+//! `traild`'s configuration: flags, environment and an optional TOML file, in that order
+//! of precedence. With none of them, one node with 4 shards keeps its data in
+//! `./trail-data` and listens on 127.0.0.1:7400 (gRPC) and 127.0.0.1:7401 (HTTP).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::shard::BatchLimits;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "traild",
+    version,
+    about = "Trail node: a tamper-evident, multi-tenant audit-log ledger",
+    long_about = "Trail node: a tamper-evident, multi-tenant audit-log ledger.\n\n\
+        With no arguments it runs a single node with embedded storage in ./trail-data,\n\
+        gRPC on 127.0.0.1:7400 and HTTP (health, metrics) on 127.0.0.1:7401.\n\
+        An acknowledged event is on disk (fsync) and survives kill -9 and power loss.",
+    after_help = "Examples:\n  \
+        traild                                   # single node, ./trail-data\n  \
+        traild --data-dir /var/lib/trail --grpc-addr 0.0.0.0:7400\n  \
+        traild --config trail.toml               # same keys as the flags, snake_case\n\n\
+        Stop with SIGTERM or Ctrl-C: queued events are acknowledged and flushed first."
+)]
+pub struct Flags {
+    /// TOML file with any of the settings below (flags win over the file).
+    #[arg(long, env = "TRAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the node keeps its database and snapshots. Created if missing.
+    #[arg(long, env = "TRAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the gRPC API (ingest, reads, status).
+    #[arg(long, env = "TRAIL_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address of the HTTP endpoint (/health, /metrics).
+    #[arg(long, env = "TRAIL_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// This node's id in its cluster (stable across restarts).
+    #[arg(long, env = "TRAIL_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Data shards hosted by this node [default: 4]. Fixed when the data directory is
+    /// created: tenants are placed on shards by a hash of their id.
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Most events in one group-committed Raft entry.
+    #[arg(long)]
+    pub batch_events_max: Option<usize>,
+    /// Raft entries in flight per shard (pipelining depth).
+    #[arg(long)]
+    pub proposals_in_flight_max: Option<usize>,
+    /// Memory for queued, unacknowledged events per shard, in MiB. When full, ingest
+    /// answers RESOURCE_EXHAUSTED with a retry hint.
+    #[arg(long)]
+    pub queue_mib_max: Option<usize>,
+    /// Build a state-machine snapshot (and purge the Raft log) after this many entries.
+    #[arg(long)]
+    pub snapshot_logs_since_last: Option<u64>,
+    /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
+    #[arg(long, env = "TRAIL_LOG")]
+    pub log: Option<String>,
+}
+
+/// The same settings as a TOML file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    node_id: Option<u64>,
+    shards: Option<u32>,
+    batch_events_max: Option<usize>,
+    proposals_in_flight_max: Option<usize>,
+    queue_mib_max: Option<usize>,
+    snapshot_logs_since_last: Option<u64>,
+    log: Option<String>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub node_id: u64,
+    /// `None`: what the data directory was created with, or 4 for a new one.
+    pub shards: Option<u32>,
+    pub limits: BatchLimits,
+    pub snapshot_logs_since_last: u64,
+    pub log: String,
+}
+
+pub const SHARDS_MAX: u32 = 256;
+
+impl NodeConfig {
+    pub fn resolve(flags: Flags) -> anyhow::Result<NodeConfig> {
+        let file = match &flags.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))?
+            }
+        };
+        let defaults = BatchLimits::default();
+        let shards = flags.shards.or(file.shards);
+        if let Some(count) = shards {
+            if count == 0 || count > SHARDS_MAX {
+                anyhow::bail!("shards: {count} is out of range; use 1 to {SHARDS_MAX}");
+            }
+        }
+        let batch_events_max = flags
+            .batch_events_max
+            .or(file.batch_events_max)
+            .unwrap_or(defaults.batch_events_max);
+        if !(1..=50_000).contains(&batch_events_max) {
+            anyhow::bail!("batch_events_max: {batch_events_max} is out of range; use 1 to 50000");
+        }
+        let proposals_in_flight_max = flags
+            .proposals_in_flight_max
+            .or(file.proposals_in_flight_max)
+            .unwrap_or(defaults.proposals_in_flight_max);
+        if !(1..=64).contains(&proposals_in_flight_max) {
+            anyhow::bail!("proposals_in_flight_max: {proposals_in_flight_max} is out of range; use 1 to 64");
+        }
+        let queue_mib_max = flags
+            .queue_mib_max
+            .or(file.queue_mib_max)
+            .unwrap_or(defaults.queue_bytes_max >> 20);
+        if !(1..=4_096).contains(&queue_mib_max) {
+            anyhow::bail!("queue_mib_max: {queue_mib_max} is out of range; use 1 to 4096");
+        }
+        let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
+        if node_id == 0 {
+            anyhow::bail!("node_id: 0 is reserved; use 1 or more");
+        }
+        Ok(NodeConfig {
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("trail-data")),
+            grpc_addr: flags
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| "127.0.0.1:7400".parse().expect("valid default")),
+            http_addr: flags
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| "127.0.0.1:7401".parse().expect("valid default")),
+            node_id,
+            shards,
+            limits: BatchLimits {
+                batch_events_max,
+                proposals_in_flight_max,
+                queue_bytes_max: queue_mib_max << 20,
+                ..defaults
+            },
+            snapshot_logs_since_last: flags
+                .snapshot_logs_since_last
+                .or(file.snapshot_logs_since_last)
+                .unwrap_or(20_000),
+            log: flags.log.or(file.log).unwrap_or_else(|| "info,openraft=warn,actix_server=warn".to_string()),
+        })
+    }
+}

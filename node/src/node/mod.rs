@@ -1,0 +1,133 @@
+//! Starting and stopping a node: storage, shards, actors, and the routing table the
+//! API reads.
+
+pub mod actor;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::ledger::routing::{shard_for_tenant, ShardId};
+use crate::shard::actor::ShardActor;
+use crate::shard::{self, ShardHandle, ShardSettings};
+use crate::storage::NodeStore;
+use actor::NodeActor;
+
+/// `tenant -> shard`, with a handle per local shard. Immutable on a single node; the
+/// cluster work refreshes it from the metadata group.
+pub struct Router {
+    shard_count: u32,
+    shards: BTreeMap<ShardId, ShardHandle>,
+}
+
+impl Router {
+    pub fn shard_for(&self, tenant_id: &str) -> &ShardHandle {
+        let shard = shard_for_tenant(tenant_id, self.shard_count);
+        self.shards
+            .get(&shard)
+            .expect("every data shard is hosted on a single node")
+    }
+
+    pub fn shards(&self) -> impl Iterator<Item = &ShardHandle> {
+        self.shards.values()
+    }
+}
+
+/// A started node: the API's view of it.
+#[derive(Clone)]
+pub struct Node {
+    pub config: Arc<NodeConfig>,
+    pub router: Arc<Router>,
+    pub actor: Addr<NodeActor>,
+    pub store: NodeStore,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Node {
+    /// Stops the shards in order, then makes everything durable.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.actor.send(actor::StopNode).await?;
+        let db = self.store.db.clone();
+        tokio::task::spawn_blocking(move || db.persist(fjall::PersistMode::SyncAll)).await??;
+        Ok(())
+    }
+}
+
+const KEY_SHARD_COUNT: &[u8] = b"shard_count";
+
+/// Opens storage and every shard on the current (multi-thread) runtime, then starts the
+/// actors on `arbiter` (an actix thread).
+pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>, arbiter: &ArbiterHandle) -> anyhow::Result<Node> {
+    let store = NodeStore::open(&config.data_dir)?;
+    let shard_count = check_shard_count(&store, config.shards)?;
+    let settings = ShardSettings {
+        node_id: config.node_id,
+        advertise_addr: config.grpc_addr.to_string(),
+        cluster_name: "trail".to_string(),
+        snapshot_logs_since_last: config.snapshot_logs_since_last,
+        limits: config.limits,
+    };
+    let mut handles = BTreeMap::new();
+    let mut opened = Vec::new();
+    for shard_id in 1..=shard_count {
+        let (handle, tasks) = shard::open(&store, shard_id, &settings, clock.clone()).await?;
+        handles.insert(shard_id, handle.clone());
+        opened.push((shard_id, handle, tasks));
+    }
+    for handle in handles.values() {
+        handle
+            .raft
+            .wait(Some(std::time::Duration::from_secs(30)))
+            .state(openraft::ServerState::Leader, "single-replica shard elects itself")
+            .await?;
+    }
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    arbiter.spawn(async move {
+        let mut shard_actors = BTreeMap::new();
+        for (shard_id, handle, tasks) in opened {
+            shard_actors.insert(shard_id, ShardActor::new(handle, tasks).start());
+        }
+        let _ = sender.send(NodeActor::new(shard_actors).start());
+    });
+    let actor = receiver.await?;
+    Ok(Node {
+        config: Arc::new(config.clone()),
+        router: Arc::new(Router {
+            shard_count,
+            shards: handles,
+        }),
+        actor,
+        store,
+        clock,
+    })
+}
+
+/// Tenants are placed by `hash % shard count`, so the count is fixed at first start.
+fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Result<u32> {
+    const SHARDS_DEFAULT: u32 = 4;
+    let meta = store.db.keyspace("node", fjall::KeyspaceCreateOptions::default)?;
+    match meta.get(KEY_SHARD_COUNT)? {
+        None => {
+            let shards = requested.unwrap_or(SHARDS_DEFAULT);
+            meta.insert(KEY_SHARD_COUNT, shards.to_be_bytes())?;
+            store.db.persist(fjall::PersistMode::SyncAll)?;
+            Ok(shards)
+        }
+        Some(bytes) => {
+            let stored = u32::from_be_bytes(bytes.as_ref().try_into()?);
+            let shards = requested.unwrap_or(stored);
+            if stored != shards {
+                anyhow::bail!(
+                    "shards: this data directory was created with {stored} shards; \
+                     starting with {shards} would move tenants between shards. \
+                     Start without --shards, or with --shards {stored}"
+                );
+            }
+            Ok(stored)
+        }
+    }
+}

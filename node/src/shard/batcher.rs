@@ -1,0 +1,257 @@
+//! Group commit: the leader's per-shard batcher.
+//!
+//! Requests wait in a bounded queue. When a proposal slot is free, the batcher takes
+//! everything queued (up to `batch_events_max` events and `batch_bytes_max` bytes) and
+//! proposes it as ONE Raft entry. Under load the queue fills while slots are busy, so
+//! batches grow by themselves; at low load a request is proposed at once, with no linger.
+//!
+//! Budget at 150k events/s: with 4 slots per shard and ~2–5 ms per round (journal write,
+//! fsync, apply), a shard proposes ~1,000 entries/s at most, so entries of ~500 events
+//! amortize the fsync and the Raft round over hundreds of events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::clock::Clock;
+use crate::consensus::{Raft, CLIENT_WRITE_TIMEOUT};
+use crate::ledger::{ApplyReceipt, EventRecord, LedgerCommand};
+
+/// Limits of one shard's write path, all bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most events in one Raft entry.
+    pub batch_events_max: usize,
+    /// Most bytes of events in one Raft entry.
+    pub batch_bytes_max: usize,
+    /// Raft entries proposed and not yet applied, per shard.
+    pub proposals_in_flight_max: usize,
+    /// Bytes of events accepted and not yet acknowledged, per shard: the queue's memory.
+    pub queue_bytes_max: usize,
+    /// Requests waiting in the queue, per shard.
+    pub queue_requests_max: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            batch_events_max: 2_000,
+            batch_bytes_max: 2 << 20,
+            proposals_in_flight_max: 4,
+            queue_bytes_max: 64 << 20,
+            queue_requests_max: 4_096,
+        }
+    }
+}
+
+/// Why a shard did not record a request's events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The shard's queue is full: retry after the hint, with the same event ids.
+    #[error("shard {shard} is at capacity; retry in {retry_after_ms} ms")]
+    Busy { shard: u32, retry_after_ms: u32 },
+    /// The outcome is unknown or the shard is not serving: retry with the same event ids
+    /// (deduplication makes the retry safe).
+    #[error("shard {shard} is unavailable: {reason}")]
+    Unavailable { shard: u32, reason: String },
+}
+
+/// Suggested wait when a queue is full: about one group-commit round.
+const RETRY_AFTER_MS: u32 = 50;
+
+pub type IngestReply = Result<Vec<ApplyReceipt>, IngestError>;
+
+pub struct IngestRequest {
+    pub events: Vec<EventRecord>,
+    pub bytes: usize,
+    pub reply: oneshot::Sender<IngestReply>,
+    /// Holds the request's share of the queue budget until it is acknowledged.
+    budget: OwnedSemaphorePermit,
+}
+
+/// The producer side of a shard's queue.
+#[derive(Clone)]
+pub struct IngestQueue {
+    shard: u32,
+    sender: mpsc::Sender<IngestRequest>,
+    budget: Arc<Semaphore>,
+    queue_bytes_max: usize,
+}
+
+impl IngestQueue {
+    /// Queues events for the shard; fails fast with `Busy` instead of waiting, so that
+    /// memory stays bounded and the producer backs off.
+    pub fn submit(
+        &self,
+        events: Vec<EventRecord>,
+    ) -> Result<oneshot::Receiver<IngestReply>, IngestError> {
+        let bytes: usize = events.iter().map(EventRecord::size_bytes).sum();
+        // One request larger than the whole budget would never fit: let it through
+        // alone by capping its charge (requests are bounded by BATCH_EVENTS_MAX anyway).
+        let charge = bytes.min(self.queue_bytes_max).max(1);
+        let busy = IngestError::Busy {
+            shard: self.shard,
+            retry_after_ms: RETRY_AFTER_MS,
+        };
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(charge as u32)
+            .map_err(|_| busy.clone())?;
+        let (reply, receiver) = oneshot::channel();
+        let request = IngestRequest {
+            events,
+            bytes,
+            reply,
+            budget: permit,
+        };
+        match self.sender.try_send(request) {
+            Ok(()) => Ok(receiver),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Unavailable {
+                shard: self.shard,
+                reason: "shard is shutting down".into(),
+            }),
+        }
+    }
+
+    /// Bytes of events queued or in flight.
+    pub fn depth_bytes(&self) -> usize {
+        self.queue_bytes_max - self.budget.available_permits()
+    }
+}
+
+pub fn queue(shard: u32, limits: BatchLimits) -> (IngestQueue, mpsc::Receiver<IngestRequest>) {
+    let (sender, receiver) = mpsc::channel(limits.queue_requests_max);
+    let queue = IngestQueue {
+        shard,
+        sender,
+        budget: Arc::new(Semaphore::new(limits.queue_bytes_max)),
+        queue_bytes_max: limits.queue_bytes_max,
+    };
+    (queue, receiver)
+}
+
+/// Runs until the queue's senders are gone and every proposal has finished.
+pub async fn run(
+    shard: u32,
+    raft: Raft,
+    clock: Arc<dyn Clock>,
+    limits: BatchLimits,
+    mut receiver: mpsc::Receiver<IngestRequest>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.proposals_in_flight_max));
+    // `ingested_at` never goes backwards within the shard, even if the wall clock does,
+    // so that stream order and ingest-time order agree.
+    let mut last_ingested_at_ns = i64::MIN;
+    let mut carried: Option<IngestRequest> = None;
+    let mut closing = false;
+    loop {
+        let first = match carried.take() {
+            Some(request) => request,
+            None => tokio::select! {
+                biased;
+                request = receiver.recv() => match request {
+                    Some(request) => request,
+                    None => break,
+                },
+                _ = &mut shutdown, if !closing => {
+                    // Refuse new requests; what is queued is still proposed and acked.
+                    receiver.close();
+                    closing = true;
+                    continue;
+                }
+            },
+        };
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("slots semaphore is never closed");
+
+        let mut requests = vec![first];
+        let mut events_count = requests[0].events.len();
+        let mut bytes = requests[0].bytes;
+        while events_count < limits.batch_events_max && bytes < limits.batch_bytes_max {
+            match receiver.try_recv() {
+                Ok(request) => {
+                    if events_count + request.events.len() > limits.batch_events_max
+                        || bytes + request.bytes > limits.batch_bytes_max
+                    {
+                        carried = Some(request);
+                        break;
+                    }
+                    events_count += request.events.len();
+                    bytes += request.bytes;
+                    requests.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+
+        let ingested_at_ns = clock.now_ns().max(last_ingested_at_ns.saturating_add(1));
+        last_ingested_at_ns = ingested_at_ns;
+        let mut events = Vec::with_capacity(events_count);
+        let mut replies = Vec::with_capacity(requests.len());
+        for request in requests {
+            replies.push((request.events.len(), request.reply, request.budget));
+            events.extend(request.events);
+        }
+        let command = LedgerCommand::Append {
+            ingested_at_ns,
+            events,
+        };
+        // `client_write_ff` hands the entry to RaftCore before returning, so entries
+        // enter the log in the order the batcher made them.
+        let proposed = raft.client_write_ff(command).await;
+        tokio::spawn(async move {
+            let outcome = match proposed {
+                Err(fatal) => Err(unavailable(shard, format!("raft stopped: {fatal}"))),
+                Ok(receiver) => match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, receiver).await {
+                    Err(_) => Err(unavailable(shard, "commit timed out; outcome unknown".into())),
+                    Ok(Err(_)) => Err(unavailable(shard, "raft dropped the proposal".into())),
+                    Ok(Ok(Err(error))) => Err(unavailable(shard, error.to_string())),
+                    Ok(Ok(Ok(response))) => Ok(response.data.receipts),
+                },
+            };
+            deliver(outcome, replies);
+            drop(slot);
+        });
+    }
+    // Wait for the proposals still in flight before reporting the queue drained.
+    let _all = slots
+        .acquire_many(limits.proposals_in_flight_max as u32)
+        .await;
+}
+
+fn unavailable(shard: u32, reason: String) -> IngestError {
+    IngestError::Unavailable { shard, reason }
+}
+
+type Reply = (usize, oneshot::Sender<IngestReply>, OwnedSemaphorePermit);
+
+fn deliver(outcome: Result<Vec<ApplyReceipt>, IngestError>, replies: Vec<Reply>) {
+    match outcome {
+        Err(error) => {
+            for (_, reply, _budget) in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        Ok(receipts) => {
+            let expected: usize = replies.iter().map(|(count, _, _)| count).sum();
+            assert_eq!(receipts.len(), expected, "one receipt per proposed event");
+            let mut receipts = receipts.into_iter();
+            for (count, reply, _budget) in replies {
+                let mine: Vec<ApplyReceipt> = receipts.by_ref().take(count).collect();
+                // The requester may have gone (client cancelled): the events are
+                // recorded all the same, and a retry will get them deduplicated.
+                let _ = reply.send(Ok(mine));
+            }
+        }
+    }
+}
+
+/// How long shutdown waits for queued work before giving up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);

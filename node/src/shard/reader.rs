@@ -1,0 +1,113 @@
+//! Reads of one shard's committed state, straight from fjall.
+//!
+//! Single-replica groups acknowledge only after apply, so every acknowledged event is
+//! visible here (read-your-writes). Replicated groups add a read-index check on the
+//! leader before reading (cluster work).
+
+use crate::ledger::{leaf_hash, LeafHash, StoredEvent, TenantState};
+use crate::storage::{decode_position, dedup_key, event_key, ShardKeyspaces};
+
+/// Events one `tail` call returns at most.
+pub const TAIL_LIMIT_MAX: usize = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("storage: {0}")]
+    Storage(#[from] fjall::Error),
+    /// A stored record failed its checks: never served, always reported.
+    #[error("corrupt record at {location}: {reason}")]
+    Corrupt { location: String, reason: String },
+}
+
+/// A stored event with its leaf hash, as reads return it.
+#[derive(Debug, Clone)]
+pub struct ReadEvent {
+    pub stored: StoredEvent,
+    pub leaf_hash: LeafHash,
+}
+
+pub fn tenant_state(keyspaces: &ShardKeyspaces, tenant_id: &str) -> Result<Option<TenantState>, ReadError> {
+    match keyspaces.tenants.get(tenant_id.as_bytes())? {
+        None => Ok(None),
+        Some(bytes) => bincode::deserialize(&bytes).map(Some).map_err(|error| ReadError::Corrupt {
+            location: format!("tenant {tenant_id}"),
+            reason: error.to_string(),
+        }),
+    }
+}
+
+pub fn get_event(keyspaces: &ShardKeyspaces, tenant_id: &str, event_id: &str) -> Result<Option<ReadEvent>, ReadError> {
+    let Some(tenant) = tenant_state(keyspaces, tenant_id)? else {
+        return Ok(None);
+    };
+    let Some(position) = keyspaces.dedup.get(dedup_key(tenant.tenant_no, event_id))? else {
+        return Ok(None);
+    };
+    let (stream_no, seq) = decode_position(&position).ok_or_else(|| ReadError::Corrupt {
+        location: format!("dedup entry of {tenant_id}/{event_id}"),
+        reason: "position is not 12 bytes".into(),
+    })?;
+    let event = read_event(keyspaces, stream_no, seq)?;
+    // A dedup entry must point at the event it names, in the tenant it names.
+    if event.stored.event.tenant_id != tenant_id || event.stored.event.event_id != event_id {
+        return Err(ReadError::Corrupt {
+            location: format!("stream {stream_no} seq {seq}"),
+            reason: "dedup entry points at another event".into(),
+        });
+    }
+    Ok(Some(event))
+}
+
+/// Events of the tenant's stream with `seq > after_seq`, in stream order.
+pub fn tail(keyspaces: &ShardKeyspaces, tenant_id: &str, after_seq: u64, limit: usize) -> Result<(Vec<ReadEvent>, u64), ReadError> {
+    let Some(tenant) = tenant_state(keyspaces, tenant_id)? else {
+        return Ok((Vec::new(), 0));
+    };
+    let last_seq = tenant.next_seq - 1;
+    let limit = limit.min(TAIL_LIMIT_MAX);
+    let start = event_key(tenant.stream_no, after_seq.saturating_add(1));
+    let end = event_key(tenant.stream_no, u64::MAX);
+    let mut events = Vec::with_capacity(limit.min(64));
+    let mut expected_seq = after_seq.saturating_add(1);
+    for guard in keyspaces.events.range(start..=end).take(limit) {
+        let (key, value) = guard.into_inner()?;
+        let event = decode(&key, &value)?;
+        // Seqs are gap-free: a hole means lost data and is reported, not skipped.
+        if event.stored.seq != expected_seq {
+            return Err(ReadError::Corrupt {
+                location: format!("stream {} seq {}", event.stored.stream, expected_seq),
+                reason: format!("expected seq {expected_seq}, found {}", event.stored.seq),
+            });
+        }
+        expected_seq += 1;
+        events.push(event);
+    }
+    Ok((events, last_seq))
+}
+
+fn read_event(keyspaces: &ShardKeyspaces, stream_no: u32, seq: u64) -> Result<ReadEvent, ReadError> {
+    let key = event_key(stream_no, seq);
+    let value = keyspaces.events.get(key)?.ok_or_else(|| ReadError::Corrupt {
+        location: format!("stream {stream_no} seq {seq}"),
+        reason: "event is missing".into(),
+    })?;
+    decode(&key, &value)
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Result<ReadEvent, ReadError> {
+    let stored = StoredEvent::decode_canonical(value).map_err(|error| ReadError::Corrupt {
+        location: format!("event key {key:02x?}"),
+        reason: error.to_string(),
+    })?;
+    let seq_in_key = u64::from_be_bytes(key[4..12].try_into().expect("event keys are 12 bytes"));
+    if stored.seq != seq_in_key {
+        return Err(ReadError::Corrupt {
+            location: format!("event key {key:02x?}"),
+            reason: format!("record says seq {}", stored.seq),
+        });
+    }
+    Ok(ReadEvent {
+        leaf_hash: leaf_hash(value),
+        stored,
+    })
+}
