@@ -6,22 +6,22 @@ use tonic::Code;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The endpoint string is not a URI tonic can dial.
-    #[error("invalid endpoint {endpoint:?}: {source} (expected e.g. http://127.0.0.1:7400)")]
-    InvalidEndpoint {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The first connection to the node failed or timed out.
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("invalid endpoint {endpoint:?}: {reason} (expected e.g. http://127.0.0.1:7400)")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    /// The first connection to the node failed or timed out. The message shows the
+    /// root cause only: tonic's chain repeats itself ("transport error: tcp connect
+    /// error: tcp connect error: ..."); the full chain is in `transport`.
+    #[error("cannot connect to {endpoint}: {reason}")]
     Connect {
         endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
+        reason: String,
+        transport: tonic::transport::Error,
     },
-    /// The call failed with a gRPC status (after any retries the SDK made).
-    #[error("{} from server: {}", code_name(.0.code()), .0.message())]
-    Rpc(#[from] tonic::Status),
+    /// The call failed with a gRPC status (after any retries the SDK made). Not marked
+    /// as the error's source: `Status`'s own Display is a debug dump, and this message
+    /// already says everything it holds.
+    #[error("{}", describe_status(.0))]
+    Rpc(tonic::Status),
     /// `GetEvent` found no such event.
     #[error("event {event_id:?} not found in tenant {tenant_id:?}")]
     NotFound { tenant_id: String, event_id: String },
@@ -34,19 +34,48 @@ pub enum Error {
     Json(#[from] crate::json::ParseError),
 }
 
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Rpc(status)
+    }
+}
+
+/// `CODE: message`, plus the root cause when the status was made on this side of the
+/// wire from a transport error.
+fn describe_status(status: &tonic::Status) -> String {
+    let mut text = format!("{}: {}", code_name(status.code()), status.message());
+    if let Some(source) = std::error::Error::source(status) {
+        let cause = root_cause(source);
+        if !status.message().contains(&cause) {
+            text.push_str(&format!(" ({cause})"));
+        }
+    }
+    text
+}
+
 impl Error {
     /// True when the node could not be reached: the connection failed, or the retries
     /// ran out on UNAVAILABLE or a timeout. Tools map this to a distinct exit code.
     pub fn is_connection_failure(&self) -> bool {
         match self {
             Error::Connect { .. } => true,
-            Error::Rpc(status) => matches!(
-                status.code(),
-                Code::Unavailable | Code::DeadlineExceeded
-            ) || crate::retry::is_client_timeout(status),
+            Error::Rpc(status) => {
+                matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+                    || crate::retry::is_client_timeout(status)
+                    || crate::retry::is_transport_failure(status)
+            }
             _ => false,
         }
     }
+}
+
+/// The innermost message of an error's source chain, e.g. "Connection refused (os error 111)".
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
 }
 
 /// `Result` with the SDK's [`Error`].

@@ -125,7 +125,9 @@ impl NodeConfig {
             .or(file.proposals_in_flight_max)
             .unwrap_or(defaults.proposals_in_flight_max);
         if !(1..=64).contains(&proposals_in_flight_max) {
-            anyhow::bail!("proposals_in_flight_max: {proposals_in_flight_max} is out of range; use 1 to 64");
+            anyhow::bail!(
+                "proposals_in_flight_max: {proposals_in_flight_max} is out of range; use 1 to 64"
+            );
         }
         let queue_mib_max = flags
             .queue_mib_max
@@ -163,7 +165,9 @@ impl NodeConfig {
                 .snapshot_logs_since_last
                 .or(file.snapshot_logs_since_last)
                 .unwrap_or(20_000),
-            log: flags.log.or(file.log).unwrap_or_else(|| "info,openraft=warn,actix_server=warn".to_string()),
+            log: flags.log.or(file.log).unwrap_or_else(|| {
+                "info,openraft=warn,actix_server=warn,fjall=warn,lsm_tree=warn".to_string()
+            }),
         })
     }
 }

@@ -8,11 +8,11 @@
 //! - [`node`]: the node actor, routing and startup.
 //! - [`api`]: gRPC and HTTP.
 
-pub mod consensus;
-pub mod ledger;
-pub mod storage;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod consensus;
+pub mod ledger;
 pub mod node;
 pub mod shard;
+pub mod storage;

@@ -27,7 +27,11 @@ pub fn binaries_dir() -> PathBuf {
 pub fn binary(name: &str) -> PathBuf {
     let path = binaries_dir().join(name);
     if !path.exists() {
-        let package = if name == "traild" { "trail-node" } else { "trail-client" };
+        let package = if name == "traild" {
+            "trail-node"
+        } else {
+            "trail-client"
+        };
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", package, "--bin", name])
             .status()
@@ -100,7 +104,10 @@ impl Traild {
                     return;
                 }
             }
-            assert!(started.elapsed() < STARTUP_TIMEOUT, "traild did not become ready");
+            assert!(
+                started.elapsed() < STARTUP_TIMEOUT,
+                "traild did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

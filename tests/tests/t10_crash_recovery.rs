@@ -47,15 +47,20 @@ async fn acknowledged_events_survive_kill_9() {
                     let events: Vec<v1::Event> = (0..BATCH_EVENTS)
                         .map(|index| {
                             let tenant = format!("ten_{:02}", (producer + index) % TENANTS);
-                            event(&tenant, &format!("r{round}-p{producer}-b{batch_no}-e{index}"))
+                            event(
+                                &tenant,
+                                &format!("r{round}-p{producer}-b{batch_no}-e{index}"),
+                            )
                         })
                         .collect();
-                    let Ok(response) = client.record_batch(v1::RecordBatchRequest { events }).await else {
+                    let Ok(response) = client.record_batch(v1::RecordBatchRequest { events }).await
+                    else {
                         return;
                     };
                     let mut acked = acked.lock().unwrap();
                     for outcome in response.into_inner().outcomes {
-                        if let Some(v1::record_outcome::Outcome::Receipt(receipt)) = outcome.outcome {
+                        if let Some(v1::record_outcome::Outcome::Receipt(receipt)) = outcome.outcome
+                        {
                             acked.insert(
                                 receipt.event_id.clone(),
                                 Acked {
@@ -76,7 +81,10 @@ async fn acknowledged_events_survive_kill_9() {
         }
         node.restart().await;
         let acked_now = acked.lock().unwrap().clone();
-        assert!(!acked_now.is_empty(), "round {round}: nothing was acknowledged before the kill");
+        assert!(
+            !acked_now.is_empty(),
+            "round {round}: nothing was acknowledged before the kill"
+        );
         check(&node, &acked_now).await;
         eprintln!("round {round}: killed after {kill_after_ms} ms, {} events acknowledged so far, all present", acked_now.len());
     }
@@ -103,15 +111,24 @@ async fn check(node: &Traild, acked: &BTreeMap<String, Acked>) {
                 .expect("tail")
                 .into_inner();
             if page.events.is_empty() {
-                assert_eq!(after_seq, page.last_seq, "{tenant}: tail ended before last_seq");
+                assert_eq!(
+                    after_seq, page.last_seq,
+                    "{tenant}: tail ended before last_seq"
+                );
                 break;
             }
             for stored_event in page.events {
                 after_seq += 1;
                 assert_eq!(stored_event.seq, after_seq, "{tenant}: seq gap");
                 let event_id = stored_event.event.as_ref().unwrap().event_id.clone();
-                assert!(seen.insert(event_id.clone()), "{tenant}: {event_id} stored twice");
-                stored.insert(event_id, (tenant.clone(), stored_event.seq, stored_event.leaf_hash));
+                assert!(
+                    seen.insert(event_id.clone()),
+                    "{tenant}: {event_id} stored twice"
+                );
+                stored.insert(
+                    event_id,
+                    (tenant.clone(), stored_event.seq, stored_event.leaf_hash),
+                );
             }
         }
     }
@@ -123,7 +140,10 @@ async fn check(node: &Traild, acked: &BTreeMap<String, Acked>) {
             .unwrap_or_else(|| panic!("acknowledged event {event_id} is missing after restart"));
         assert_eq!(tenant, &expected.tenant);
         assert_eq!(*seq, expected.seq, "{event_id}: seq changed");
-        assert_eq!(leaf_hash, &expected.leaf_hash, "{event_id}: leaf hash changed");
+        assert_eq!(
+            leaf_hash, &expected.leaf_hash,
+            "{event_id}: leaf hash changed"
+        );
     }
 
     // Retrying acknowledged events deduplicates to the original receipts.

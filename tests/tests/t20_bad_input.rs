@@ -30,20 +30,60 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
 
     let cases: Vec<(v1::Event, Option<&str>)> = vec![
         (event("ten_a", "good-1"), None),
-        (with(event("ten_a", "x1"), |e| e.tenant_id.clear()), Some("tenant_id")),
-        (with(event("ten_a", "x2"), |e| e.tenant_id = "../etc/passwd".into()), Some("tenant_id")),
-        (with(event("ten_a", "x3"), |e| e.action.clear()), Some("action")),
-        (with(event("ten_a", "x4"), |e| e.actor = None), Some("actor")),
-        (with(event("ten_a", "x5"), |e| e.actor.as_mut().unwrap().r#type = 99), Some("actor.type")),
-        (with(event("ten_a", "x6"), |e| e.result = 17), Some("result")),
-        (with(event("ten_a", "x7"), |e| e.occurred_at = None), Some("occurred_at")),
         (
-            with(event("ten_a", "x8"), |e| e.occurred_at.as_mut().unwrap().seconds = future_seconds),
+            with(event("ten_a", "x1"), |e| e.tenant_id.clear()),
+            Some("tenant_id"),
+        ),
+        (
+            with(event("ten_a", "x2"), |e| {
+                e.tenant_id = "../etc/passwd".into()
+            }),
+            Some("tenant_id"),
+        ),
+        (
+            with(event("ten_a", "x3"), |e| e.action.clear()),
+            Some("action"),
+        ),
+        (
+            with(event("ten_a", "x4"), |e| e.actor = None),
+            Some("actor"),
+        ),
+        (
+            with(event("ten_a", "x5"), |e| {
+                e.actor.as_mut().unwrap().r#type = 99
+            }),
+            Some("actor.type"),
+        ),
+        (
+            with(event("ten_a", "x6"), |e| e.result = 17),
+            Some("result"),
+        ),
+        (
+            with(event("ten_a", "x7"), |e| e.occurred_at = None),
             Some("occurred_at"),
         ),
-        (with(event("ten_a", "x9"), |e| e.metadata_json = "not json".into()), Some("metadata_json")),
-        (with(event("ten_a", "x10"), |e| e.ip_address = "999.1.1.1".into()), Some("ip_address")),
-        (with(event("ten_a", "x11"), |e| e.event_id = "bad id with spaces".into()), Some("event_id")),
+        (
+            with(event("ten_a", "x8"), |e| {
+                e.occurred_at.as_mut().unwrap().seconds = future_seconds
+            }),
+            Some("occurred_at"),
+        ),
+        (
+            with(event("ten_a", "x9"), |e| {
+                e.metadata_json = "not json".into()
+            }),
+            Some("metadata_json"),
+        ),
+        (
+            with(event("ten_a", "x10"), |e| e.ip_address = "999.1.1.1".into()),
+            Some("ip_address"),
+        ),
+        (
+            with(event("ten_a", "x11"), |e| {
+                e.event_id = "bad id with spaces".into()
+            }),
+            Some("event_id"),
+        ),
         (event("ten_b", "good-2"), None),
     ];
     let events: Vec<v1::Event> = cases.iter().map(|(event, _)| event.clone()).collect();
@@ -54,7 +94,8 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
         .into_inner();
     assert_eq!(response.accepted, 2);
     assert_eq!(response.rejected as usize, cases.len() - 2);
-    for (index, (outcome, (_, expected_field))) in response.outcomes.iter().zip(&cases).enumerate() {
+    for (index, (outcome, (_, expected_field))) in response.outcomes.iter().zip(&cases).enumerate()
+    {
         match (&outcome.outcome, expected_field) {
             (Some(v1::record_outcome::Outcome::Receipt(receipt)), None) => {
                 assert_eq!(receipt.seq, 1);
@@ -64,30 +105,54 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
                 assert_eq!(error.index as usize, index);
                 assert_eq!(error.code, "INVALID_ARGUMENT");
                 assert_eq!(&error.field, field, "case {index}: {}", error.message);
-                assert!(error.message.starts_with(field), "message names the field: {}", error.message);
+                assert!(
+                    error.message.starts_with(field),
+                    "message names the field: {}",
+                    error.message
+                );
             }
-            (other, expected) => panic!("case {index}: got {other:?}, expected error on {expected:?}"),
+            (other, expected) => {
+                panic!("case {index}: got {other:?}, expected error on {expected:?}")
+            }
         }
     }
 
     // Whole-request problems.
-    let empty = client.record_batch(v1::RecordBatchRequest { events: vec![] }).await.unwrap_err();
+    let empty = client
+        .record_batch(v1::RecordBatchRequest { events: vec![] })
+        .await
+        .unwrap_err();
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
     assert!(empty.message().contains("events"), "{}", empty.message());
 
-    let too_many: Vec<v1::Event> = (0..10_001).map(|i| event("ten_c", &format!("many-{i}"))).collect();
-    let over = client.record_batch(v1::RecordBatchRequest { events: too_many }).await.unwrap_err();
+    let too_many: Vec<v1::Event> = (0..10_001)
+        .map(|i| event("ten_c", &format!("many-{i}")))
+        .collect();
+    let over = client
+        .record_batch(v1::RecordBatchRequest { events: too_many })
+        .await
+        .unwrap_err();
     assert_eq!(over.code(), tonic::Code::InvalidArgument);
     assert!(over.message().contains("10000"), "{}", over.message());
 
     let huge = with(event("ten_a", "huge"), |e| {
         e.metadata_json = format!(r#"{{"blob":"{}"}}"#, "x".repeat(1 << 20));
     });
-    let huge_error = client.record(v1::RecordRequest { event: Some(huge) }).await.unwrap_err();
+    let huge_error = client
+        .record(v1::RecordRequest { event: Some(huge) })
+        .await
+        .unwrap_err();
     assert_eq!(huge_error.code(), tonic::Code::InvalidArgument);
-    assert!(huge_error.message().starts_with("metadata_json"), "{}", huge_error.message());
+    assert!(
+        huge_error.message().starts_with("metadata_json"),
+        "{}",
+        huge_error.message()
+    );
 
-    let no_event = client.record(v1::RecordRequest { event: None }).await.unwrap_err();
+    let no_event = client
+        .record(v1::RecordRequest { event: None })
+        .await
+        .unwrap_err();
     assert_eq!(no_event.code(), tonic::Code::InvalidArgument);
 
     let bad_tail = client
@@ -100,7 +165,11 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
         .await
         .unwrap_err();
     assert_eq!(bad_tail.code(), tonic::Code::InvalidArgument);
-    assert!(bad_tail.message().starts_with("limit"), "{}", bad_tail.message());
+    assert!(
+        bad_tail.message().starts_with("limit"),
+        "{}",
+        bad_tail.message()
+    );
 
     let other_stream = client
         .tail(v1::TailRequest {
@@ -120,7 +189,11 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
         })
         .await
         .unwrap_err();
-    assert_eq!(missing.code(), tonic::Code::NotFound, "another tenant's event is not visible");
+    assert_eq!(
+        missing.code(),
+        tonic::Code::NotFound,
+        "another tenant's event is not visible"
+    );
 
     // The good events are stored, the node still serves.
     let good = client
@@ -132,6 +205,10 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
         .expect("good event stored")
         .into_inner();
     assert_eq!(good.event.unwrap().seq, 1);
-    let status = client.status(v1::StatusRequest {}).await.expect("status").into_inner();
+    let status = client
+        .status(v1::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
     assert_eq!(status.events, 2);
 }

@@ -12,7 +12,10 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use trail_proto::v1::{self, trail_server::Trail};
 
-use crate::ledger::{stream_name, validate_event, validate_tenant_id, ApplyReceipt, EventRecord, FieldError, BATCH_EVENTS_MAX};
+use crate::ledger::{
+    stream_name, validate_event, validate_tenant_id, ApplyReceipt, EventRecord, FieldError,
+    BATCH_EVENTS_MAX,
+};
 use crate::node::{actor::GetNodeStatus, Node};
 use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
 use crate::shard::IngestError;
@@ -31,9 +34,14 @@ impl TrailService {
     }
 
     /// Records a batch; never fails as a whole except for a malformed batch.
-    async fn record_events(&self, events: Vec<v1::Event>) -> Result<v1::RecordBatchResponse, Status> {
+    async fn record_events(
+        &self,
+        events: Vec<v1::Event>,
+    ) -> Result<v1::RecordBatchResponse, Status> {
         if events.is_empty() {
-            return Err(Status::invalid_argument("events: the batch is empty; send 1 to 10000 events"));
+            return Err(Status::invalid_argument(
+                "events: the batch is empty; send 1 to 10000 events",
+            ));
         }
         if events.len() > BATCH_EVENTS_MAX {
             return Err(Status::invalid_argument(format!(
@@ -69,7 +77,11 @@ impl TrailService {
             match handle.submit(records) {
                 Ok(receiver) => waiting.push((positions, ids, receiver)),
                 Err(error) => {
-                    if let IngestError::Busy { retry_after_ms: hint, .. } = &error {
+                    if let IngestError::Busy {
+                        retry_after_ms: hint,
+                        ..
+                    } = &error
+                    {
                         retry_after_ms = retry_after_ms.max(*hint);
                     }
                     for (position, (event_id, _)) in positions.into_iter().zip(ids) {
@@ -87,12 +99,20 @@ impl TrailService {
             });
             match reply {
                 Ok(receipts) => {
-                    for ((position, (event_id, tenant_id)), receipt) in positions.into_iter().zip(ids).zip(receipts) {
-                        outcomes[position] = Some(v1::record_outcome::Outcome::Receipt(to_receipt(event_id, tenant_id, receipt)));
+                    for ((position, (event_id, tenant_id)), receipt) in
+                        positions.into_iter().zip(ids).zip(receipts)
+                    {
+                        outcomes[position] = Some(v1::record_outcome::Outcome::Receipt(
+                            to_receipt(event_id, tenant_id, receipt),
+                        ));
                     }
                 }
                 Err(error) => {
-                    if let IngestError::Busy { retry_after_ms: hint, .. } = &error {
+                    if let IngestError::Busy {
+                        retry_after_ms: hint,
+                        ..
+                    } = &error
+                    {
                         retry_after_ms = retry_after_ms.max(*hint);
                     }
                     for (position, (event_id, _)) in positions.into_iter().zip(ids) {
@@ -109,11 +129,15 @@ impl TrailService {
         for outcome in outcomes {
             let outcome = outcome.expect("every event has an outcome");
             match &outcome {
-                v1::record_outcome::Outcome::Receipt(receipt) if receipt.deduplicated => response.deduplicated += 1,
+                v1::record_outcome::Outcome::Receipt(receipt) if receipt.deduplicated => {
+                    response.deduplicated += 1
+                }
                 v1::record_outcome::Outcome::Receipt(_) => response.accepted += 1,
                 v1::record_outcome::Outcome::Error(_) => response.rejected += 1,
             }
-            response.outcomes.push(v1::RecordOutcome { outcome: Some(outcome) });
+            response.outcomes.push(v1::RecordOutcome {
+                outcome: Some(outcome),
+            });
         }
         Ok(response)
     }
@@ -169,7 +193,9 @@ fn read_status(error: ReadError) -> Status {
     tracing::error!(%error, "read failed");
     match error {
         ReadError::Storage(_) => Status::unavailable("storage read failed; retry"),
-        ReadError::Corrupt { .. } => Status::data_loss("a stored record failed its integrity checks"),
+        ReadError::Corrupt { .. } => {
+            Status::data_loss("a stored record failed its integrity checks")
+        }
     }
 }
 
@@ -223,11 +249,15 @@ fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
     validate_tenant_id(tenant_id).map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
-type RecordStreamOut = Pin<Box<dyn Stream<Item = Result<v1::RecordBatchResponse, Status>> + Send + 'static>>;
+type RecordStreamOut =
+    Pin<Box<dyn Stream<Item = Result<v1::RecordBatchResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Trail for TrailService {
-    async fn record(&self, request: Request<v1::RecordRequest>) -> Result<Response<v1::RecordResponse>, Status> {
+    async fn record(
+        &self,
+        request: Request<v1::RecordRequest>,
+    ) -> Result<Response<v1::RecordResponse>, Status> {
         let event = request
             .into_inner()
             .event
@@ -240,7 +270,11 @@ impl Trail for TrailService {
             .and_then(|outcome| outcome.outcome)
             .expect("one outcome for one event");
         match outcome {
-            v1::record_outcome::Outcome::Receipt(receipt) => Ok(Response::new(v1::RecordResponse { receipt: Some(receipt) })),
+            v1::record_outcome::Outcome::Receipt(receipt) => {
+                Ok(Response::new(v1::RecordResponse {
+                    receipt: Some(receipt),
+                }))
+            }
             v1::record_outcome::Outcome::Error(error) => {
                 let mut status = status_of_event_error(&error);
                 if response.retry_after_ms > 0 {
@@ -253,7 +287,10 @@ impl Trail for TrailService {
         }
     }
 
-    async fn record_batch(&self, request: Request<v1::RecordBatchRequest>) -> Result<Response<v1::RecordBatchResponse>, Status> {
+    async fn record_batch(
+        &self,
+        request: Request<v1::RecordBatchRequest>,
+    ) -> Result<Response<v1::RecordBatchResponse>, Status> {
         let response = self.record_events(request.into_inner().events).await?;
         Ok(Response::new(response))
     }
@@ -265,7 +302,9 @@ impl Trail for TrailService {
         request: Request<Streaming<v1::RecordBatchRequest>>,
     ) -> Result<Response<Self::RecordStreamStream>, Status> {
         let mut incoming = request.into_inner();
-        let service = TrailService { node: self.node.clone() };
+        let service = TrailService {
+            node: self.node.clone(),
+        };
         // One response per request batch, in order. The channel bound is the stream's
         // pipelining depth; a slow reader stops us reading more batches.
         let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_BATCHES_IN_FLIGHT_MAX);
@@ -281,10 +320,15 @@ impl Trail for TrailService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
-    async fn get_event(&self, request: Request<v1::GetEventRequest>) -> Result<Response<v1::GetEventResponse>, Status> {
+    async fn get_event(
+        &self,
+        request: Request<v1::GetEventRequest>,
+    ) -> Result<Response<v1::GetEventResponse>, Status> {
         let request = request.into_inner();
         let tenant_id = tenant_argument(&request.tenant_id)?;
         if request.event_id.is_empty() {
@@ -293,10 +337,12 @@ impl Trail for TrailService {
         let keyspaces = self.node.router.shard_for(&tenant_id).keyspaces.clone();
         let event_id = request.event_id.clone();
         let tenant_for_read = tenant_id.clone();
-        let found = tokio::task::spawn_blocking(move || reader::get_event(&keyspaces, &tenant_for_read, &event_id))
-            .await
-            .map_err(|_| Status::internal("read task failed"))?
-            .map_err(read_status)?;
+        let found = tokio::task::spawn_blocking(move || {
+            reader::get_event(&keyspaces, &tenant_for_read, &event_id)
+        })
+        .await
+        .map_err(|_| Status::internal("read task failed"))?
+        .map_err(read_status)?;
         match found {
             Some(event) => Ok(Response::new(v1::GetEventResponse {
                 event: Some(to_stored_event(event)),
@@ -308,7 +354,10 @@ impl Trail for TrailService {
         }
     }
 
-    async fn tail(&self, request: Request<v1::TailRequest>) -> Result<Response<v1::TailResponse>, Status> {
+    async fn tail(
+        &self,
+        request: Request<v1::TailRequest>,
+    ) -> Result<Response<v1::TailResponse>, Status> {
         let request = request.into_inner();
         let tenant_id = tenant_argument(&request.tenant_id)?;
         let first_stream = stream_name(&tenant_id, 0);
@@ -329,17 +378,22 @@ impl Trail for TrailService {
         };
         let keyspaces = self.node.router.shard_for(&tenant_id).keyspaces.clone();
         let after_seq = request.after_seq;
-        let (events, last_seq) = tokio::task::spawn_blocking(move || reader::tail(&keyspaces, &tenant_id, after_seq, limit))
-            .await
-            .map_err(|_| Status::internal("read task failed"))?
-            .map_err(read_status)?;
+        let (events, last_seq) = tokio::task::spawn_blocking(move || {
+            reader::tail(&keyspaces, &tenant_id, after_seq, limit)
+        })
+        .await
+        .map_err(|_| Status::internal("read task failed"))?
+        .map_err(read_status)?;
         Ok(Response::new(v1::TailResponse {
             events: events.into_iter().map(to_stored_event).collect(),
             last_seq,
         }))
     }
 
-    async fn status(&self, _request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
         let status = self
             .node
             .actor

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{leaf_hash, EventRecord, LeafHash, StoredEvent};
+use super::event::{encode_canonical, leaf_hash, EventRecord, LeafHash};
 
 /// What the leader proposes through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,8 +60,11 @@ pub trait LedgerLookup {
     type Error;
 
     /// The position of an already recorded `(tenant, event_id)`.
-    fn find_event_id(&self, tenant_no: u32, event_id: &str)
-        -> Result<Option<(u32, u64)>, Self::Error>;
+    fn find_event_id(
+        &self,
+        tenant_no: u32,
+        event_id: &str,
+    ) -> Result<Option<(u32, u64)>, Self::Error>;
 
     /// The leaf hash of a recorded event (for the receipt of a duplicate).
     fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Self::Error>;
@@ -161,6 +164,7 @@ impl Ledger {
                 events,
             } => {
                 let mut receipts = Vec::with_capacity(events.len());
+                writes.reserve(2 * events.len());
                 for event in events {
                     receipts.push(self.append_one(lookup, *ingested_at_ns, event, writes)?);
                 }
@@ -215,13 +219,8 @@ impl Ledger {
         }
 
         let seq = tenant.next_seq;
-        let stored = StoredEvent {
-            stream: stream.clone(),
-            seq,
-            ingested_at_ns,
-            event: event.clone(),
-        };
-        let canonical = stored.to_canonical();
+        let mut canonical = Vec::with_capacity(event.size_bytes() + stream.len());
+        encode_canonical(&stream, seq, ingested_at_ns, event, &mut canonical);
         let hash = leaf_hash(&canonical);
 
         let next = TenantState {
@@ -269,7 +268,11 @@ mod tests {
 
     impl LedgerLookup for ModelStore {
         type Error = Infallible;
-        fn find_event_id(&self, tenant_no: u32, event_id: &str) -> Result<Option<(u32, u64)>, Infallible> {
+        fn find_event_id(
+            &self,
+            tenant_no: u32,
+            event_id: &str,
+        ) -> Result<Option<(u32, u64)>, Infallible> {
             Ok(self.dedup.get(&(tenant_no, event_id.to_string())).copied())
         }
         fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Infallible> {
@@ -281,10 +284,19 @@ mod tests {
         fn commit(&mut self, writes: Vec<LedgerWrite>) {
             for write in writes {
                 match write {
-                    LedgerWrite::Event { stream_no, seq, canonical } => {
+                    LedgerWrite::Event {
+                        stream_no,
+                        seq,
+                        canonical,
+                    } => {
                         assert!(self.events.insert((stream_no, seq), canonical).is_none());
                     }
-                    LedgerWrite::Dedup { tenant_no, event_id, stream_no, seq } => {
+                    LedgerWrite::Dedup {
+                        tenant_no,
+                        event_id,
+                        stream_no,
+                        seq,
+                    } => {
                         self.dedup.insert((tenant_no, event_id), (stream_no, seq));
                     }
                     LedgerWrite::Tenant { .. } => {}
@@ -294,7 +306,10 @@ mod tests {
     }
 
     fn append(events: Vec<EventRecord>) -> LedgerCommand {
-        LedgerCommand::Append { ingested_at_ns: 7, events }
+        LedgerCommand::Append {
+            ingested_at_ns: 7,
+            events,
+        }
     }
 
     #[test]
@@ -309,13 +324,26 @@ mod tests {
             sample_event("a", "e1"),
         ]);
         let response = ledger.apply(&store, &command, &mut writes).unwrap();
-        let seqs: Vec<(u64, bool)> = response.receipts.iter().map(|r| (r.seq, r.deduplicated)).collect();
+        let seqs: Vec<(u64, bool)> = response
+            .receipts
+            .iter()
+            .map(|r| (r.seq, r.deduplicated))
+            .collect();
         assert_eq!(seqs, vec![(1, false), (1, false), (2, false), (1, true)]);
-        assert_eq!(response.receipts[3].leaf_hash, response.receipts[0].leaf_hash);
+        assert_eq!(
+            response.receipts[3].leaf_hash,
+            response.receipts[0].leaf_hash
+        );
         store.commit(std::mem::take(&mut writes));
         ledger.batch_committed();
 
-        let again = ledger.apply(&store, &append(vec![sample_event("a", "e2"), sample_event("a", "e3")]), &mut writes).unwrap();
+        let again = ledger
+            .apply(
+                &store,
+                &append(vec![sample_event("a", "e2"), sample_event("a", "e3")]),
+                &mut writes,
+            )
+            .unwrap();
         assert_eq!(again.receipts[0].seq, 2);
         assert!(again.receipts[0].deduplicated);
         assert_eq!(again.receipts[1].seq, 3);

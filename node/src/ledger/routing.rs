@@ -24,7 +24,10 @@ mod tests {
     #[test]
     fn placement_is_stable_and_spread() {
         // Pinned: changing these moves tenants between shards on upgrade.
-        assert_eq!(shard_for_tenant("ten_0001", 4), shard_for_tenant("ten_0001", 4));
+        assert_eq!(
+            shard_for_tenant("ten_0001", 4),
+            shard_for_tenant("ten_0001", 4)
+        );
         let mut counts = [0u32; 4];
         for index in 0..1000 {
             let shard = shard_for_tenant(&format!("ten_{index:04}"), 4);

@@ -178,7 +178,10 @@ pub fn validate_tenant_id(tenant_id: &str) -> Result<String, FieldError> {
     if tenant_id.len() > TENANT_ID_BYTES_MAX || !first_ok || !chars_ok {
         return Err(FieldError::new(
             "tenant_id",
-            format!("{:?} is not a valid tenant id: {RULE}", truncated(tenant_id)),
+            format!(
+                "{:?} is not a valid tenant id: {RULE}",
+                truncated(tenant_id)
+            ),
         ));
     }
     Ok(tenant_id.to_string())
@@ -255,12 +258,8 @@ fn validate_metadata(metadata_json: &str) -> Result<(), FieldError> {
             ),
         ));
     }
-    let value: serde_json::Value = serde_json::from_str(metadata_json).map_err(|error| {
-        FieldError::new(
-            "metadata_json",
-            format!("is not valid JSON: {error}"),
-        )
-    })?;
+    let value: serde_json::Value = serde_json::from_str(metadata_json)
+        .map_err(|error| FieldError::new("metadata_json", format!("is not valid JSON: {error}")))?;
     if !value.is_object() {
         return Err(FieldError::new(
             "metadata_json",

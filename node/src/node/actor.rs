@@ -67,7 +67,8 @@ impl Handler<StopNode> for NodeActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: StopNode, _: &mut Context<Self>) -> Self::Result {
-        let shards: Vec<Addr<ShardActor>> = std::mem::take(&mut self.shards).into_values().collect();
+        let shards: Vec<Addr<ShardActor>> =
+            std::mem::take(&mut self.shards).into_values().collect();
         Box::pin(async move {
             let stops: Vec<_> = shards.iter().map(|shard| shard.send(StopShard)).collect();
             for stop in stops {

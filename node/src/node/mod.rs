@@ -60,7 +60,11 @@ const KEY_SHARD_COUNT: &[u8] = b"shard_count";
 
 /// Opens storage and every shard on the current (multi-thread) runtime, then starts the
 /// actors on `arbiter` (an actix thread).
-pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>, arbiter: &ArbiterHandle) -> anyhow::Result<Node> {
+pub async fn start(
+    config: NodeConfig,
+    clock: Arc<dyn Clock>,
+    arbiter: &ArbiterHandle,
+) -> anyhow::Result<Node> {
     let store = NodeStore::open(&config.data_dir)?;
     let shard_count = check_shard_count(&store, config.shards)?;
     let settings = ShardSettings {
@@ -81,7 +85,10 @@ pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>, arbiter: &ArbiterH
         handle
             .raft
             .wait(Some(std::time::Duration::from_secs(30)))
-            .state(openraft::ServerState::Leader, "single-replica shard elects itself")
+            .state(
+                openraft::ServerState::Leader,
+                "single-replica shard elects itself",
+            )
             .await?;
     }
 
@@ -109,7 +116,9 @@ pub async fn start(config: NodeConfig, clock: Arc<dyn Clock>, arbiter: &ArbiterH
 /// Tenants are placed by `hash % shard count`, so the count is fixed at first start.
 fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Result<u32> {
     const SHARDS_DEFAULT: u32 = 4;
-    let meta = store.db.keyspace("node", fjall::KeyspaceCreateOptions::default)?;
+    let meta = store
+        .db
+        .keyspace("node", fjall::KeyspaceCreateOptions::default)?;
     match meta.get(KEY_SHARD_COUNT)? {
         None => {
             let shards = requested.unwrap_or(SHARDS_DEFAULT);

@@ -37,7 +37,10 @@ impl ShardActor {
         }
         if let Some(tasks) = &self.tasks {
             if tasks.batcher.is_finished() {
-                tracing::error!(shard = self.handle.shard, "batcher ended unexpectedly; stopping the node");
+                tracing::error!(
+                    shard = self.handle.shard,
+                    "batcher ended unexpectedly; stopping the node"
+                );
                 std::process::exit(70);
             }
         }
@@ -90,7 +93,9 @@ impl Handler<GetShardStatus> for ShardActor {
             term: metrics.current_term,
             last_log_index: metrics.last_log_index.unwrap_or(0),
             last_applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
-            events: counters.events_total.load(std::sync::atomic::Ordering::Relaxed),
+            events: counters
+                .events_total
+                .load(std::sync::atomic::Ordering::Relaxed),
             streams: counters.tenants.load(std::sync::atomic::Ordering::Relaxed),
             queue_bytes: self.handle.queue.depth_bytes() as u64,
         })
@@ -113,7 +118,10 @@ impl Handler<StopShard> for ShardActor {
             async move {
                 if let Some(tasks) = tasks {
                     let _ = tasks.stop_batcher.send(());
-                    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.batcher).await.is_err() {
+                    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.batcher)
+                        .await
+                        .is_err()
+                    {
                         tracing::warn!(shard, "queue did not drain in time");
                     }
                 }

@@ -39,7 +39,7 @@ impl Default for BatchLimits {
             batch_events_max: 2_000,
             batch_bytes_max: 2 << 20,
             proposals_in_flight_max: 4,
-            queue_bytes_max: 64 << 20,
+            queue_bytes_max: 32 << 20,
             queue_requests_max: 4_096,
         }
     }
@@ -210,7 +210,10 @@ pub async fn run(
             let outcome = match proposed {
                 Err(fatal) => Err(unavailable(shard, format!("raft stopped: {fatal}"))),
                 Ok(receiver) => match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, receiver).await {
-                    Err(_) => Err(unavailable(shard, "commit timed out; outcome unknown".into())),
+                    Err(_) => Err(unavailable(
+                        shard,
+                        "commit timed out; outcome unknown".into(),
+                    )),
                     Ok(Err(_)) => Err(unavailable(shard, "raft dropped the proposal".into())),
                     Ok(Ok(Err(error))) => Err(unavailable(shard, error.to_string())),
                     Ok(Ok(Ok(response))) => Ok(response.data.receipts),

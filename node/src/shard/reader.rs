@@ -26,17 +26,26 @@ pub struct ReadEvent {
     pub leaf_hash: LeafHash,
 }
 
-pub fn tenant_state(keyspaces: &ShardKeyspaces, tenant_id: &str) -> Result<Option<TenantState>, ReadError> {
+pub fn tenant_state(
+    keyspaces: &ShardKeyspaces,
+    tenant_id: &str,
+) -> Result<Option<TenantState>, ReadError> {
     match keyspaces.tenants.get(tenant_id.as_bytes())? {
         None => Ok(None),
-        Some(bytes) => bincode::deserialize(&bytes).map(Some).map_err(|error| ReadError::Corrupt {
-            location: format!("tenant {tenant_id}"),
-            reason: error.to_string(),
-        }),
+        Some(bytes) => bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(|error| ReadError::Corrupt {
+                location: format!("tenant {tenant_id}"),
+                reason: error.to_string(),
+            }),
     }
 }
 
-pub fn get_event(keyspaces: &ShardKeyspaces, tenant_id: &str, event_id: &str) -> Result<Option<ReadEvent>, ReadError> {
+pub fn get_event(
+    keyspaces: &ShardKeyspaces,
+    tenant_id: &str,
+    event_id: &str,
+) -> Result<Option<ReadEvent>, ReadError> {
     let Some(tenant) = tenant_state(keyspaces, tenant_id)? else {
         return Ok(None);
     };
@@ -59,7 +68,12 @@ pub fn get_event(keyspaces: &ShardKeyspaces, tenant_id: &str, event_id: &str) ->
 }
 
 /// Events of the tenant's stream with `seq > after_seq`, in stream order.
-pub fn tail(keyspaces: &ShardKeyspaces, tenant_id: &str, after_seq: u64, limit: usize) -> Result<(Vec<ReadEvent>, u64), ReadError> {
+pub fn tail(
+    keyspaces: &ShardKeyspaces,
+    tenant_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<(Vec<ReadEvent>, u64), ReadError> {
     let Some(tenant) = tenant_state(keyspaces, tenant_id)? else {
         return Ok((Vec::new(), 0));
     };
@@ -85,12 +99,19 @@ pub fn tail(keyspaces: &ShardKeyspaces, tenant_id: &str, after_seq: u64, limit: 
     Ok((events, last_seq))
 }
 
-fn read_event(keyspaces: &ShardKeyspaces, stream_no: u32, seq: u64) -> Result<ReadEvent, ReadError> {
+fn read_event(
+    keyspaces: &ShardKeyspaces,
+    stream_no: u32,
+    seq: u64,
+) -> Result<ReadEvent, ReadError> {
     let key = event_key(stream_no, seq);
-    let value = keyspaces.events.get(key)?.ok_or_else(|| ReadError::Corrupt {
-        location: format!("stream {stream_no} seq {seq}"),
-        reason: "event is missing".into(),
-    })?;
+    let value = keyspaces
+        .events
+        .get(key)?
+        .ok_or_else(|| ReadError::Corrupt {
+            location: format!("stream {stream_no} seq {seq}"),
+            reason: "event is missing".into(),
+        })?;
     decode(&key, &value)
 }
 

@@ -31,7 +31,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn open(db: Database, keyspaces: &ShardKeyspaces, syncer: Syncer) -> Result<LogStore, StorageError> {
+    pub fn open(
+        db: Database,
+        keyspaces: &ShardKeyspaces,
+        syncer: Syncer,
+    ) -> Result<LogStore, StorageError> {
         let log = keyspaces.raft_log.clone();
         let meta = keyspaces.raft_meta.clone();
         let last_purged_log_id: Option<LogId> = read_meta(&meta, KEY_PURGED)?;
@@ -92,7 +96,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(vote).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
+        let bytes = bincode::serialize(vote)
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
         self.meta.insert(KEY_VOTE, bytes).map_err(write_vote)?;
         // A vote must be on disk before the reply that depends on it leaves the node.
         let db = self.db.clone();
@@ -113,7 +118,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not fsynced on its own: it rides on the next append's fsync, and a lost
         // committed id only means re-applying from the state machine's applied id.
-        let bytes = bincode::serialize(&committed).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        let bytes = bincode::serialize(&committed)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         self.meta.insert(KEY_COMMITTED, bytes).map_err(write_logs)?;
         Ok(())
     }
@@ -122,7 +128,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(read_meta::<Option<LogId>>(&self.meta, KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -132,7 +142,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Contiguity is openraft's to keep (and the conformance suite appends with gaps
         // on purpose), so it is not asserted here.
         for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+            let bytes = bincode::serialize(&entry)
+                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
             batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
             last = Some(entry.log_id);
         }
@@ -140,7 +151,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(last) = last {
             self.state.lock().expect("log state lock").last_log_id = Some(last);
         }
-        self.syncer.after_sync(move || callback.log_io_completed(Ok(())));
+        self.syncer
+            .after_sync(move || callback.log_io_completed(Ok(())));
         Ok(())
     }
 
@@ -164,7 +176,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(&log_id).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        let bytes = bincode::serialize(&log_id)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
         let mut batch = self.db.batch();
         batch.insert(&self.meta, KEY_PURGED, bytes);
         for guard in self.log.range(..=log_id.index.to_be_bytes()) {
@@ -174,7 +187,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.commit().map_err(write_logs)?;
         let mut state = self.state.lock().expect("log state lock");
         state.last_purged_log_id = Some(log_id);
-        if state.last_log_id.is_none_or(|last| last.index < log_id.index) {
+        if state
+            .last_log_id
+            .is_none_or(|last| last.index < log_id.index)
+        {
             state.last_log_id = Some(log_id);
         }
         Ok(())
@@ -185,7 +201,10 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
     bincode::deserialize(bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(meta: &Keyspace, key: &[u8]) -> Result<Option<T>, StorageError> {
+fn read_meta<T: serde::de::DeserializeOwned>(
+    meta: &Keyspace,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
     match meta.get(key).map_err(read_logs)? {
         None => Ok(None),
         Some(bytes) => bincode::deserialize(&bytes)
@@ -215,7 +234,11 @@ fn write_vote(error: fjall::Error) -> StorageError {
     io_error(ErrorSubject::Vote, ErrorVerb::Write, &error)
 }
 
-pub(crate) fn storage_io_error<E>(subject: ErrorSubject<NodeId>, verb: ErrorVerb, error: &E) -> StorageError
+pub(crate) fn storage_io_error<E>(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    error: &E,
+) -> StorageError
 where
     E: std::error::Error + 'static,
 {

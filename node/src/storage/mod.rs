@@ -29,6 +29,14 @@ pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use syncer::Syncer;
 
+/// Memtable sizes per keyspace. fjall's default is 64 MiB for every keyspace, which
+/// for 6 keyspaces and 4 shards could hold 1.5 GiB; these bound a shard's memtables to
+/// ~76 MiB (plus sealed ones waiting for their flush). The event and Raft log keyspaces
+/// take nearly all writes.
+const MEMTABLE_BYTES_MAX_BULK: u64 = 32 << 20;
+const MEMTABLE_BYTES_MAX_DEDUP: u64 = 8 << 20;
+const MEMTABLE_BYTES_MAX_SMALL: u64 = 1 << 20;
+
 /// The node's storage: the fjall database and the fsync coalescer in front of it.
 #[derive(Clone)]
 pub struct NodeStore {
@@ -55,20 +63,23 @@ impl NodeStore {
     }
 
     pub fn shard(&self, shard: ShardId) -> anyhow::Result<ShardKeyspaces> {
-        let open = |name: &str| -> anyhow::Result<Keyspace> {
-            Ok(self
-                .db
-                .keyspace(&format!("s{shard}.{name}"), KeyspaceCreateOptions::default)?)
+        let open = |name: &str, memtable_bytes_max: u64| -> anyhow::Result<Keyspace> {
+            let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes_max);
+            Ok(self.db.keyspace(&format!("s{shard}.{name}"), options)?)
         };
         Ok(ShardKeyspaces {
             shard,
-            raft_log: open("raft_log")?,
-            raft_meta: open("raft_meta")?,
-            events: open("events")?,
-            dedup: open("dedup")?,
-            tenants: open("tenants")?,
-            sm_meta: open("sm_meta")?,
-            snapshot_dir: Arc::new(self.data_dir.join("snapshots").join(format!("shard-{shard}"))),
+            raft_log: open("raft_log", MEMTABLE_BYTES_MAX_BULK)?,
+            raft_meta: open("raft_meta", MEMTABLE_BYTES_MAX_SMALL)?,
+            events: open("events", MEMTABLE_BYTES_MAX_BULK)?,
+            dedup: open("dedup", MEMTABLE_BYTES_MAX_DEDUP)?,
+            tenants: open("tenants", MEMTABLE_BYTES_MAX_SMALL)?,
+            sm_meta: open("sm_meta", MEMTABLE_BYTES_MAX_SMALL)?,
+            snapshot_dir: Arc::new(
+                self.data_dir
+                    .join("snapshots")
+                    .join(format!("shard-{shard}")),
+            ),
         })
     }
 }

@@ -103,7 +103,10 @@ impl Inner {
         for entry in entries {
             let log_id = entry.log_id;
             if let Some(applied) = self.last_applied {
-                assert!(log_id.index > applied.index, "entries apply in log order, once");
+                assert!(
+                    log_id.index > applied.index,
+                    "entries apply in log order, once"
+                );
             }
             match entry.payload {
                 EntryPayload::Blank => responses.push(LedgerResponse::default()),
@@ -112,10 +115,16 @@ impl Inner {
                         events: &self.keyspaces.events,
                         dedup: &self.keyspaces.dedup,
                     };
-                    let response = self
-                        .ledger
-                        .apply(&lookup, &command, &mut writes)
-                        .map_err(|error| storage_io_error(ErrorSubject::Apply(log_id), ErrorVerb::Read, &error))?;
+                    let response =
+                        self.ledger
+                            .apply(&lookup, &command, &mut writes)
+                            .map_err(|error| {
+                                storage_io_error(
+                                    ErrorSubject::Apply(log_id),
+                                    ErrorVerb::Read,
+                                    &error,
+                                )
+                            })?;
                     responses.push(response);
                 }
                 EntryPayload::Membership(membership) => {
@@ -201,9 +210,14 @@ impl Inner {
     }
 
     /// Replaces the whole state with a verified snapshot file and makes it current.
-    fn install(&mut self, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<(), StorageError> {
+    fn install(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut file: std::fs::File,
+    ) -> Result<(), StorageError> {
         use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(0)).map_err(read_snapshot)?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(read_snapshot)?;
         let bytes_meta = verify_snapshot_file(&mut file)?;
         if bytes_meta.last_log_id != meta.last_log_id {
             return Err(storage_io_error(
@@ -217,7 +231,8 @@ impl Inner {
         keyspaces.dedup.clear().map_err(write_snapshot_fjall)?;
         keyspaces.tenants.clear().map_err(write_snapshot_fjall)?;
 
-        file.seek(std::io::SeekFrom::Start(0)).map_err(read_snapshot)?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(read_snapshot)?;
         let mut reader = BufReader::new(file);
         read_header(&mut reader)?;
         let mut batch = self.db.batch();
@@ -259,7 +274,9 @@ impl Inner {
 
         // Keep the installed snapshot as the current one.
         let mut source = reader.into_inner();
-        source.seek(std::io::SeekFrom::Start(0)).map_err(read_snapshot)?;
+        source
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(read_snapshot)?;
         let path = self.snapshot_path(meta);
         let mut target = std::fs::File::create(&path).map_err(write_snapshot)?;
         std::io::copy(&mut source, &mut target).map_err(write_snapshot)?;
@@ -275,10 +292,15 @@ impl Inner {
         let previous = self.current_snapshot_meta()?;
         self.keyspaces
             .sm_meta
-            .insert(KEY_SNAPSHOT, bincode::serialize(meta).expect("meta serializes"))
+            .insert(
+                KEY_SNAPSHOT,
+                bincode::serialize(meta).expect("meta serializes"),
+            )
             .map_err(write_snapshot_fjall)?;
         // The pointer must be durable before the log it replaces can be purged.
-        self.db.persist(PersistMode::SyncAll).map_err(write_snapshot_fjall)?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(write_snapshot_fjall)?;
         if let Some(previous) = previous {
             if previous.snapshot_id != meta.snapshot_id {
                 let _ = std::fs::remove_file(self.snapshot_path(&previous));
@@ -297,7 +319,11 @@ struct Lookup<'a> {
 impl LedgerLookup for Lookup<'_> {
     type Error = fjall::Error;
 
-    fn find_event_id(&self, tenant_no: u32, event_id: &str) -> Result<Option<(u32, u64)>, fjall::Error> {
+    fn find_event_id(
+        &self,
+        tenant_no: u32,
+        event_id: &str,
+    ) -> Result<Option<(u32, u64)>, fjall::Error> {
         let value = self.dedup.get(dedup_key(tenant_no, event_id))?;
         Ok(value.map(|bytes| decode_position(&bytes).expect("dedup values are 12 bytes")))
     }
@@ -356,13 +382,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         let file = snapshot.into_std().await;
         let inner = self.inner.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || inner.lock().expect("state machine lock").install(&meta, file))
-            .await
-            .expect("install does not panic")
+        tokio::task::spawn_blocking(move || {
+            inner
+                .lock()
+                .expect("state machine lock")
+                .install(&meta, file)
+        })
+        .await
+        .expect("install does not panic")
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
@@ -397,7 +432,10 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let snapshot_id = match self.last_applied {
-            Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, self.sequence),
+            Some(log_id) => format!(
+                "{}-{}-{}",
+                log_id.leader_id.term, log_id.index, self.sequence
+            ),
             None => format!("0-0-{}", self.sequence),
         };
         let meta = SnapshotMeta {
@@ -413,15 +451,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let keyspaces = self.keyspaces.clone();
         let meta_for_file = meta.clone();
         let path_for_file = path.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&path_for_file, &meta_for_file, &view, &keyspaces))
-            .await
-            .expect("snapshot writer does not panic")?;
+        tokio::task::spawn_blocking(move || {
+            write_snapshot_file(&path_for_file, &meta_for_file, &view, &keyspaces)
+        })
+        .await
+        .expect("snapshot writer does not panic")?;
 
         let state_machine = self.state_machine.clone();
         let meta_for_pointer = meta.clone();
-        tokio::task::spawn_blocking(move || state_machine.lock().set_current_snapshot(&meta_for_pointer))
-            .await
-            .expect("snapshot pointer does not panic")?;
+        tokio::task::spawn_blocking(move || {
+            state_machine.lock().set_current_snapshot(&meta_for_pointer)
+        })
+        .await
+        .expect("snapshot pointer does not panic")?;
 
         let file = tokio::fs::File::open(&path).await.map_err(read_snapshot)?;
         Ok(Snapshot {
@@ -447,7 +489,9 @@ fn write_snapshot_file(
         hasher: Sha256::new(),
     };
     writer.write_all(SNAPSHOT_MAGIC).map_err(write_snapshot)?;
-    writer.write_all(&SNAPSHOT_VERSION.to_be_bytes()).map_err(write_snapshot)?;
+    writer
+        .write_all(&SNAPSHOT_VERSION.to_be_bytes())
+        .map_err(write_snapshot)?;
     let meta_bytes = bincode::serialize(meta).expect("meta serializes");
     write_chunk(&mut writer, &meta_bytes)?;
     for (tag, keyspace) in [
@@ -466,7 +510,9 @@ fn write_snapshot_file(
     let digest = writer.hasher.clone().finalize();
     let mut inner = writer.inner;
     inner.write_all(&digest).map_err(write_snapshot)?;
-    let file = inner.into_inner().map_err(|error| write_snapshot(error.into_error()))?;
+    let file = inner
+        .into_inner()
+        .map_err(|error| write_snapshot(error.into_error()))?;
     file.sync_all().map_err(write_snapshot)?;
     std::fs::rename(&temporary, path).map_err(write_snapshot)?;
     Ok(())
@@ -492,7 +538,10 @@ fn verify_snapshot_file(file: &mut std::fs::File) -> Result<SnapshotMeta, Storag
     }
     let computed = reader.hasher.clone().finalize();
     let mut stored = [0u8; 32];
-    reader.inner.read_exact(&mut stored).map_err(read_snapshot)?;
+    reader
+        .inner
+        .read_exact(&mut stored)
+        .map_err(read_snapshot)?;
     if computed.as_slice() != stored {
         return Err(format_error("snapshot checksum mismatch"));
     }
@@ -516,7 +565,9 @@ fn read_header(reader: &mut impl Read) -> Result<SnapshotMeta, StorageError> {
 
 fn write_chunk(writer: &mut impl Write, bytes: &[u8]) -> Result<(), StorageError> {
     let length = u32::try_from(bytes.len()).expect("keys and values are below 4 GiB");
-    writer.write_all(&length.to_be_bytes()).map_err(write_snapshot)?;
+    writer
+        .write_all(&length.to_be_bytes())
+        .map_err(write_snapshot)?;
     writer.write_all(bytes).map_err(write_snapshot)
 }
 
@@ -575,14 +626,19 @@ fn load_ledger(tenants: &Keyspace) -> Result<Ledger, StorageError> {
     let mut states = Vec::new();
     for guard in tenants.iter() {
         let (key, value) = guard.into_inner().map_err(read_state_machine)?;
-        let tenant_id = String::from_utf8(key.to_vec()).map_err(|_| format_error("tenant id is not UTF-8"))?;
-        let state: TenantState = bincode::deserialize(&value).map_err(|_| format_error("bad tenant state"))?;
+        let tenant_id =
+            String::from_utf8(key.to_vec()).map_err(|_| format_error("tenant id is not UTF-8"))?;
+        let state: TenantState =
+            bincode::deserialize(&value).map_err(|_| format_error("bad tenant state"))?;
         states.push((tenant_id, state));
     }
     Ok(Ledger::from_tenants(states))
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(meta: &Keyspace, key: &[u8]) -> Result<Option<T>, StorageError> {
+fn read_meta<T: serde::de::DeserializeOwned>(
+    meta: &Keyspace,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
     match meta.get(key).map_err(read_state_machine)? {
         None => Ok(None),
         Some(bytes) => bincode::deserialize(&bytes)
@@ -596,7 +652,11 @@ fn read_meta<T: serde::de::DeserializeOwned>(meta: &Keyspace, key: &[u8]) -> Res
 struct SnapshotFormatError(&'static str);
 
 fn format_error(message: &'static str) -> StorageError {
-    storage_io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &SnapshotFormatError(message))
+    storage_io_error(
+        ErrorSubject::Snapshot(None),
+        ErrorVerb::Read,
+        &SnapshotFormatError(message),
+    )
 }
 
 fn read_state_machine(error: fjall::Error) -> StorageError {
