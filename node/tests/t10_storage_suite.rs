@@ -24,6 +24,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FjallBuilder 
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // openraft's StorageError, as the suite returns it
 fn fjall_storage_passes_openraft_suite() -> Result<(), StorageError> {
     Suite::test_all(FjallBuilder)?;
     Ok(())

@@ -74,29 +74,19 @@ impl TrailService {
                 .iter()
                 .map(|record| (record.event_id.clone(), record.tenant_id.clone()))
                 .collect();
-            match handle.submit(records) {
-                Ok(receiver) => waiting.push((positions, ids, receiver)),
-                Err(error) => {
-                    if let IngestError::Busy {
-                        retry_after_ms: hint,
-                        ..
-                    } = &error
-                    {
-                        retry_after_ms = retry_after_ms.max(*hint);
-                    }
-                    for (position, (event_id, _)) in positions.into_iter().zip(ids) {
-                        outcomes[position] = Some(failed(position, &event_id, &error));
-                    }
-                }
-            }
+            // Submitting never waits: a full queue answers at once (Busy).
+            waiting.push((shard, positions, ids, handle.submit(records)));
         }
-        for (positions, ids, receiver) in waiting {
-            let reply = receiver.await.unwrap_or_else(|_| {
-                Err(IngestError::Unavailable {
-                    shard: 0,
-                    reason: "shard stopped before acknowledging; outcome unknown".into(),
-                })
-            });
+        for (shard, positions, ids, submitted) in waiting {
+            let reply = match submitted {
+                Err(error) => Err(error),
+                Ok(receiver) => receiver.await.unwrap_or_else(|_| {
+                    Err(IngestError::Unavailable {
+                        shard,
+                        reason: "shard stopped before acknowledging; outcome unknown".into(),
+                    })
+                }),
+            };
             match reply {
                 Ok(receipts) => {
                     for ((position, (event_id, tenant_id)), receipt) in

@@ -82,8 +82,9 @@ pub fn tail(
     let start = event_key(tenant.stream_no, after_seq.saturating_add(1));
     let end = event_key(tenant.stream_no, u64::MAX);
     let mut events = Vec::with_capacity(limit.min(64));
-    let mut expected_seq = after_seq.saturating_add(1);
-    for guard in keyspaces.events.range(start..=end).take(limit) {
+    let first_seq = after_seq.saturating_add(1);
+    let guards = keyspaces.events.range(start..=end).take(limit);
+    for (expected_seq, guard) in (first_seq..).zip(guards) {
         let (key, value) = guard.into_inner()?;
         let event = decode(&key, &value)?;
         // Seqs are gap-free: a hole means lost data and is reported, not skipped.
@@ -93,7 +94,6 @@ pub fn tail(
                 reason: format!("expected seq {expected_seq}, found {}", event.stored.seq),
             });
         }
-        expected_seq += 1;
         events.push(event);
     }
     Ok((events, last_seq))

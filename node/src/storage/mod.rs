@@ -15,6 +15,10 @@
 //! A tenant's newest events are one contiguous range of `sN.events`. Per event, apply
 //! writes two keys: the event (sequential, cheap) and its dedup entry (random, ~5 µs).
 
+// openraft's storage traits fix the error type, `openraft::StorageError` (224 bytes);
+// boxing it on our side would only add a conversion at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod state_machine;
 pub mod syncer;
@@ -64,7 +68,17 @@ impl NodeStore {
 
     pub fn shard(&self, shard: ShardId) -> anyhow::Result<ShardKeyspaces> {
         let open = |name: &str, memtable_bytes_max: u64| -> anyhow::Result<Keyspace> {
-            let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes_max);
+            let options = || {
+                let options =
+                    KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes_max);
+                if name == "raft_log" {
+                    // Entries are whole batches (up to MiBs) that are read rarely and
+                    // purged wholesale: keep them out of the LSM's compactions.
+                    options.with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+                } else {
+                    options
+                }
+            };
             Ok(self.db.keyspace(&format!("s{shard}.{name}"), options)?)
         };
         Ok(ShardKeyspaces {

@@ -170,20 +170,20 @@ impl Inner {
                 ),
             }
         }
-        batch.insert(
-            &keyspaces.sm_meta,
-            KEY_APPLIED,
-            bincode::serialize(&self.last_applied).expect("log id serializes"),
-        );
-        batch.insert(
-            &keyspaces.sm_meta,
-            KEY_MEMBERSHIP,
-            bincode::serialize(&self.last_membership).expect("membership serializes"),
-        );
+        self.put_applied(&mut batch);
         batch.commit().map_err(write_state_machine)?;
         self.ledger.batch_committed();
         self.publish_counters();
         Ok(())
+    }
+
+    /// Adds the applied id and membership to `batch`, so they commit with the state.
+    fn put_applied(&self, batch: &mut fjall::OwnedWriteBatch) {
+        let sm_meta = &self.keyspaces.sm_meta;
+        let applied = bincode::serialize(&self.last_applied).expect("log id serializes");
+        let membership = bincode::serialize(&self.last_membership).expect("membership serializes");
+        batch.insert(sm_meta, KEY_APPLIED, applied);
+        batch.insert(sm_meta, KEY_MEMBERSHIP, membership);
     }
 
     fn publish_counters(&self) {
@@ -252,7 +252,7 @@ impl Inner {
             };
             batch.insert(keyspace, key, value);
             records += 1;
-            if records % INSTALL_BATCH_RECORDS_MAX == 0 {
+            if records.is_multiple_of(INSTALL_BATCH_RECORDS_MAX) {
                 std::mem::replace(&mut batch, self.db.batch())
                     .commit()
                     .map_err(write_snapshot_fjall)?;
@@ -260,16 +260,7 @@ impl Inner {
         }
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
-        batch.insert(
-            &keyspaces.sm_meta,
-            KEY_APPLIED,
-            bincode::serialize(&self.last_applied).expect("log id serializes"),
-        );
-        batch.insert(
-            &keyspaces.sm_meta,
-            KEY_MEMBERSHIP,
-            bincode::serialize(&self.last_membership).expect("membership serializes"),
-        );
+        self.put_applied(&mut batch);
         batch.commit().map_err(write_snapshot_fjall)?;
 
         // Keep the installed snapshot as the current one.
