@@ -1,0 +1,44 @@
+//! `trailctl --help` teaches: every command is listed with examples and exit codes.
+//!
+//! (Also makes `cargo test --workspace` build `target/<profile>/trailctl`, which the
+//! end-to-end tests in `tests/` run.)
+
+use std::process::Command;
+
+#[test]
+fn help_lists_commands_examples_and_exit_codes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_trailctl"))
+        .arg("--help")
+        .output()
+        .expect("run trailctl --help");
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).expect("utf-8 help");
+    for word in [
+        "ingest",
+        "get",
+        "tail",
+        "status",
+        "bench",
+        "Examples",
+        "Exit codes",
+    ] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_flag_is_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_trailctl"))
+        .args(["ingest", "--batch-size", "0", "x.jsonl"])
+        .output()
+        .expect("run trailctl");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("batch-size"),
+        "error does not name the flag: {stderr}"
+    );
+}
