@@ -35,9 +35,10 @@ pub use syncer::Syncer;
 
 /// Memtable sizes per keyspace. fjall's default is 64 MiB for every keyspace, which
 /// for 6 keyspaces and 4 shards could hold 1.5 GiB; these bound a shard's memtables to
-/// ~76 MiB (plus sealed ones waiting for their flush). The event and Raft log keyspaces
-/// take nearly all writes.
-const MEMTABLE_BYTES_MAX_BULK: u64 = 32 << 20;
+/// ~28 MiB (plus sealed ones waiting for their flush). Smaller memtables also make the
+/// skiplist searches of inserts and dedup lookups cheaper (fewer levels, fewer cache
+/// misses): 8 MiB measured ~5% more ingest than 32 MiB, with 35% less peak memory.
+const MEMTABLE_BYTES_MAX_BULK: u64 = 8 << 20;
 const MEMTABLE_BYTES_MAX_DEDUP: u64 = 8 << 20;
 const MEMTABLE_BYTES_MAX_SMALL: u64 = 1 << 20;
 
