@@ -33,7 +33,13 @@ struct Acked {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_events_survive_kill_9() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut node = Traild::start(dir.path(), &["--shards", "3"]).await;
+    // A short snapshot interval, so that snapshots are built and the log purged while
+    // the node is being killed.
+    let mut node = Traild::start(
+        dir.path(),
+        &["--shards", "3", "--snapshot-logs-since-last", "40"],
+    )
+    .await;
     let acked: Arc<Mutex<BTreeMap<String, Acked>>> = Arc::default();
 
     for (round, kill_after_ms) in KILL_POINTS_MS.iter().enumerate() {

@@ -84,6 +84,7 @@ impl StateMachine {
             counters: counters.clone(),
             snapshots_built: 0,
         };
+        inner.remove_stale_snapshot_files()?;
         inner.publish_counters();
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
@@ -197,6 +198,24 @@ impl Inner {
             self.last_applied.map_or(0, |log_id| log_id.index),
             Ordering::Relaxed,
         );
+    }
+
+    /// Deletes snapshot files a crash left behind (half-written `.snap.tmp`, or a
+    /// previous snapshot whose deletion did not happen): only the current one is kept.
+    fn remove_stale_snapshot_files(&self) -> Result<(), StorageError> {
+        let current = self
+            .current_snapshot_meta()?
+            .map(|meta| self.snapshot_path(&meta));
+        let entries =
+            std::fs::read_dir(self.keyspaces.snapshot_dir.as_ref()).map_err(read_snapshot)?;
+        for entry in entries {
+            let path = entry.map_err(read_snapshot)?.path();
+            if Some(&path) != current.as_ref() {
+                tracing::info!(path = %path.display(), "removing stale snapshot file");
+                std::fs::remove_file(&path).map_err(write_snapshot)?;
+            }
+        }
+        Ok(())
     }
 
     fn current_snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
