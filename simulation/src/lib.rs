@@ -10,59 +10,36 @@
 //! One seed decides one run, and the run's trace hash is the same every time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use trail_node::ledger::{
-    leaf_hash, ActorKind, EventRecord, LeafHash, Ledger, LedgerCommand, LedgerLookup, LedgerWrite,
-    Outcome, StoredEvent, TenantState,
+    ActorKind, EventRecord, LeafHash, Ledger, LedgerCommand, LedgerWrite, MemoryStore, Outcome,
+    Replaced, StoredEvent,
 };
 
 pub const REPLICAS: usize = 3;
 
-/// A replica's durable store, modelled as maps: what survives a crash.
+/// A replica's store: the ledger's in-memory storage seam, plus what a crash loses.
 #[derive(Debug, Default, Clone)]
 struct Store {
-    events: BTreeMap<(u32, u64), Vec<u8>>,
-    dedup: BTreeMap<(u32, String), (u32, u64)>,
-    tenants: BTreeMap<String, TenantState>,
+    committed: MemoryStore,
     /// Index (into the shared log) of the next command to apply.
     applied: usize,
-    /// Writes since the last fsync, newest last: a crash undoes them.
-    unsynced: Vec<Undo>,
+    /// Writes since the last fsync, newest last: a crash takes them back (the Raft log,
+    /// durable before apply, lets the replica apply the lost part again).
+    unsynced: Vec<Unsynced>,
 }
 
-/// How to take back one unsynced write.
 #[derive(Debug, Clone)]
-enum Undo {
-    Event((u32, u64)),
-    Dedup((u32, String)),
-    Tenant(String, Option<TenantState>),
+enum Unsynced {
+    Write(Replaced),
     Applied(usize),
-}
-
-impl LedgerLookup for Store {
-    type Error = Infallible;
-
-    fn find_event_id(
-        &self,
-        tenant_no: u32,
-        event_id: &str,
-    ) -> Result<Option<(u32, u64)>, Infallible> {
-        Ok(self.dedup.get(&(tenant_no, event_id.to_string())).copied())
-    }
-
-    fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Infallible> {
-        Ok(leaf_hash(&self.events[&(stream_no, seq)]))
-    }
 }
 
 struct Replica {
     ledger: Ledger,
-    /// What is written; a crash rolls back its unsynced writes (the Raft log, durable
-    /// before apply, lets the replica apply the lost part again).
     store: Store,
 }
 
@@ -74,29 +51,16 @@ impl Replica {
         }
     }
 
-    /// A crash: the in-memory ledger is rebuilt from the durable store, as the state
-    /// machine does on restart.
+    /// A crash: unsynced writes are lost, and the in-memory ledger is rebuilt from the
+    /// store, as the state machine does on restart.
     fn crash_and_restart(&mut self) {
-        while let Some(undo) = self.store.unsynced.pop() {
-            match undo {
-                Undo::Event(key) => {
-                    self.store.events.remove(&key);
-                }
-                Undo::Dedup(key) => {
-                    self.store.dedup.remove(&key);
-                }
-                Undo::Tenant(tenant, previous) => match previous {
-                    Some(state) => {
-                        self.store.tenants.insert(tenant, state);
-                    }
-                    None => {
-                        self.store.tenants.remove(&tenant);
-                    }
-                },
-                Undo::Applied(previous) => self.store.applied = previous,
+        while let Some(unsynced) = self.store.unsynced.pop() {
+            match unsynced {
+                Unsynced::Write(replaced) => self.store.committed.undo(replaced),
+                Unsynced::Applied(previous) => self.store.applied = previous,
             }
         }
-        self.ledger = Ledger::from_tenants(self.store.tenants.clone());
+        self.ledger = Ledger::from_tenants(self.store.committed.tenants.clone());
     }
 
     fn fsync(&mut self) {
@@ -120,7 +84,7 @@ impl Replica {
         for command in &log[self.store.applied..end] {
             let response = self
                 .ledger
-                .apply(&self.store, command, &mut writes)
+                .apply(&self.store.committed, command, &mut writes)
                 .expect("model lookups do not fail");
             for receipt in response.receipts {
                 receipts.push((
@@ -133,55 +97,46 @@ impl Replica {
         }
         self.ledger.seal_batch(&mut writes);
         for write in writes {
-            match write {
-                LedgerWrite::Event {
-                    stream_no,
-                    seq,
-                    canonical,
-                } => {
-                    let key = (stream_no, seq);
-                    // Gap-free: the previous seq of the stream is there already.
-                    assert!(
-                        seq == 1 || self.store.events.contains_key(&(stream_no, seq - 1)),
-                        "replica {index}: stream {stream_no} seq {seq} written after a gap"
-                    );
-                    match first_written.get(&key) {
-                        Some(first) => {
-                            assert_eq!(first, &canonical, "replica {index} disagrees on {key:?}")
-                        }
-                        None => {
-                            first_written.insert(key, canonical.clone());
-                        }
+            if let LedgerWrite::Event {
+                stream_no,
+                seq,
+                canonical,
+            } = &write
+            {
+                let key = (*stream_no, *seq);
+                // Gap-free: the previous seq of the stream is there already.
+                let previous_seq_stored = self
+                    .store
+                    .committed
+                    .events
+                    .contains_key(&(*stream_no, seq.wrapping_sub(1)));
+                assert!(
+                    *seq == 1 || previous_seq_stored,
+                    "replica {index}: stream {stream_no} seq {seq} written after a gap"
+                );
+                match first_written.get(&key) {
+                    Some(first) => {
+                        assert_eq!(first, canonical, "replica {index} disagrees on {key:?}")
                     }
-                    let previous = self.store.events.insert(key, canonical);
-                    assert!(
-                        previous.is_none(),
-                        "replica {index}: stream {stream_no} seq {seq} written twice"
-                    );
-                    self.store.unsynced.push(Undo::Event(key));
-                }
-                LedgerWrite::Dedup {
-                    tenant_no,
-                    event_id,
-                    stream_no,
-                    seq,
-                } => {
-                    let key = (tenant_no, event_id);
-                    let previous = self.store.dedup.insert(key.clone(), (stream_no, seq));
-                    assert!(
-                        previous.is_none(),
-                        "replica {index}: event id {key:?} stored twice"
-                    );
-                    self.store.unsynced.push(Undo::Dedup(key));
-                }
-                LedgerWrite::Tenant { tenant_id, state } => {
-                    let previous = self.store.tenants.insert(tenant_id.clone(), state);
-                    self.store.unsynced.push(Undo::Tenant(tenant_id, previous));
+                    None => {
+                        first_written.insert(key, canonical.clone());
+                    }
                 }
             }
+            let replaced = self.store.committed.execute(write);
+            match &replaced {
+                Replaced::Event(key, Some(_)) => panic!("replica {index}: {key:?} written twice"),
+                Replaced::Dedup(key, Some(_)) => {
+                    panic!("replica {index}: event id {key:?} stored twice")
+                }
+                _ => {}
+            }
+            self.store.unsynced.push(Unsynced::Write(replaced));
         }
         self.ledger.batch_committed();
-        self.store.unsynced.push(Undo::Applied(self.store.applied));
+        self.store
+            .unsynced
+            .push(Unsynced::Applied(self.store.applied));
         self.store.applied = end;
         trace.record(&format!(
             "apply upto={end} events={}",
@@ -313,11 +268,11 @@ pub fn run(seed: u64, options: RunOptions) -> RunReport {
     check_replicas(&replicas);
     for replica in &replicas[1..] {
         assert_eq!(
-            replica.store.events, replicas[0].store.events,
+            replica.store.committed.events, replicas[0].store.committed.events,
             "caught-up replicas differ"
         );
     }
-    let events_stored = replicas[0].store.events.len() as u64;
+    let events_stored = replicas[0].store.committed.events.len() as u64;
     let distinct: BTreeSet<&(String, String)> = sent_ids.iter().collect();
     assert_eq!(
         events_stored as usize,
@@ -373,7 +328,7 @@ fn check_replicas(replicas: &[Replica]) {
     for (index, replica) in replicas.iter().enumerate() {
         let mut expected_next: BTreeMap<u32, u64> = BTreeMap::new();
         let mut ids: BTreeSet<(String, String)> = BTreeSet::new();
-        for ((stream_no, seq), canonical) in &replica.store.events {
+        for ((stream_no, seq), canonical) in &replica.store.committed.events {
             let next = expected_next.entry(*stream_no).or_insert(1);
             assert_eq!(
                 *seq, *next,
@@ -390,8 +345,8 @@ fn check_replicas(replicas: &[Replica]) {
             );
         }
         for other in &replicas[index + 1..] {
-            for (key, canonical) in &replica.store.events {
-                if let Some(theirs) = other.store.events.get(key) {
+            for (key, canonical) in &replica.store.committed.events {
+                if let Some(theirs) = other.store.committed.events.get(key) {
                     assert_eq!(canonical, theirs, "replicas disagree on {key:?}");
                 }
             }

@@ -257,50 +257,20 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::ledger::event::tests::sample_event;
-    use std::convert::Infallible;
+    use crate::ledger::memory::{MemoryStore, Replaced};
 
-    /// A committed store modelled as maps, executing writes like the fjall store does.
+    /// The committed store, executing writes like the fjall store does.
     #[derive(Default)]
-    struct ModelStore {
-        dedup: BTreeMap<(u32, String), (u32, u64)>,
-        events: BTreeMap<(u32, u64), Vec<u8>>,
-    }
-
-    impl LedgerLookup for ModelStore {
-        type Error = Infallible;
-        fn find_event_id(
-            &self,
-            tenant_no: u32,
-            event_id: &str,
-        ) -> Result<Option<(u32, u64)>, Infallible> {
-            Ok(self.dedup.get(&(tenant_no, event_id.to_string())).copied())
-        }
-        fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Infallible> {
-            Ok(leaf_hash(&self.events[&(stream_no, seq)]))
-        }
-    }
+    struct ModelStore(MemoryStore);
 
     impl ModelStore {
         fn commit(&mut self, writes: Vec<LedgerWrite>) {
             for write in writes {
-                match write {
-                    LedgerWrite::Event {
-                        stream_no,
-                        seq,
-                        canonical,
-                    } => {
-                        assert!(self.events.insert((stream_no, seq), canonical).is_none());
-                    }
-                    LedgerWrite::Dedup {
-                        tenant_no,
-                        event_id,
-                        stream_no,
-                        seq,
-                    } => {
-                        self.dedup.insert((tenant_no, event_id), (stream_no, seq));
-                    }
-                    LedgerWrite::Tenant { .. } => {}
-                }
+                let replaced = self.0.execute(write);
+                assert!(
+                    !matches!(replaced, Replaced::Event(_, Some(_))),
+                    "an event is never overwritten"
+                );
             }
         }
     }
@@ -323,7 +293,7 @@ mod tests {
             sample_event("a", "e2"),
             sample_event("a", "e1"),
         ]);
-        let response = ledger.apply(&store, &command, &mut writes).unwrap();
+        let response = ledger.apply(&store.0, &command, &mut writes).unwrap();
         let seqs: Vec<(u64, bool)> = response
             .receipts
             .iter()
@@ -339,7 +309,7 @@ mod tests {
 
         let again = ledger
             .apply(
-                &store,
+                &store.0,
                 &append(vec![sample_event("a", "e2"), sample_event("a", "e3")]),
                 &mut writes,
             )
@@ -363,7 +333,7 @@ mod tests {
             let mut all = Vec::new();
             for command in &commands {
                 let mut writes = Vec::new();
-                ledger.apply(&store, command, &mut writes).unwrap();
+                ledger.apply(&store.0, command, &mut writes).unwrap();
                 ledger.seal_batch(&mut writes);
                 all.extend(writes.clone());
                 store.commit(writes);

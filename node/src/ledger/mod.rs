@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod event;
+pub mod memory;
 pub mod routing;
 pub mod validate;
 
@@ -12,4 +13,5 @@ pub use apply::{
     TenantState,
 };
 pub use event::{leaf_hash, ActorKind, EventRecord, LeafHash, Outcome, StoredEvent};
+pub use memory::{MemoryStore, Replaced};
 pub use validate::{validate_event, validate_tenant_id, FieldError, BATCH_EVENTS_MAX};
