@@ -24,6 +24,7 @@ mod encoded_batch;
 mod error;
 pub mod json;
 mod retry;
+pub mod verify;
 pub mod workload;
 
 pub use client::{Client, ClientOptions, RetryStats};

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod event;
 pub mod memory;
+pub mod merkle;
 pub mod routing;
 pub mod validate;
 
