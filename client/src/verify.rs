@@ -212,25 +212,14 @@ fn consistency_steps(old_size: u64, new_size: u64) -> Vec<ConsistencyStep> {
     while node_index & 1 == 1 {
         shift(&mut node_index, &mut last_index);
     }
-    let mut steps = Vec::new();
-    // 6a: a hash with `sn` already 0 is one too many, so the steps end there.
-    while last_index != 0 {
-        // 6b.
-        if node_index & 1 == 1 || node_index == last_index {
-            steps.push(ConsistencyStep::LeftOfBoth);
-            if node_index & 1 == 0 {
-                while node_index & 1 == 0 && node_index != 0 {
-                    shift(&mut node_index, &mut last_index);
-                }
-            }
-        } else {
-            steps.push(ConsistencyStep::RightOfNew);
-        }
-        // 6c.
-        shift(&mut node_index, &mut last_index);
-    }
-    assert!(steps.len() <= 64);
-    steps
+    // Steps 6a-6c walk up exactly as the inclusion steps 4a-4c do, from here.
+    inclusion_sides(node_index, last_index + 1)
+        .into_iter()
+        .map(|side| match side {
+            Side::Left => ConsistencyStep::LeftOfBoth,
+            Side::Right => ConsistencyStep::RightOfNew,
+        })
+        .collect()
 }
 
 /// Checks that the tree of `old_size` leaves with root `old_root` is a prefix of the tree
