@@ -25,6 +25,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 100 MB, but validation caps metadata at 8 KiB and real batches are ~5 MB.
 const GRPC_MESSAGE_BYTES_MAX: usize = 32 << 20;
 
+/// gRPC requests in progress per client connection; more wait in HTTP/2 flow control.
+const GRPC_REQUESTS_PER_CONNECTION_MAX: usize = 64;
+
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
     let config = match NodeConfig::resolve(flags) {
@@ -113,6 +116,10 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            // Requests decoded and waiting for their shards, per connection: with batches
+            // of ~5 MB this bounds one connection's share of memory to ~320 MB before the
+            // shard queues' own byte budgets apply.
+            .concurrency_limit_per_connection(GRPC_REQUESTS_PER_CONNECTION_MAX)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(service)
