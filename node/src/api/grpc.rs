@@ -53,8 +53,8 @@ impl TrailService {
         let mut outcomes: Vec<Option<v1::record_outcome::Outcome>> = vec![None; events.len()];
         // Shard -> (request positions, events), in request order within each shard.
         let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<EventRecord>)> = BTreeMap::new();
-        for (index, event) in events.iter().enumerate() {
-            match validate_event(event, now_ns, || ulid::Ulid::new().to_string()) {
+        for (index, mut event) in events.into_iter().enumerate() {
+            match validate_event(&mut event, now_ns, || ulid::Ulid::new().to_string()) {
                 Err(error) => outcomes[index] = Some(rejected(index, &event.event_id, &error)),
                 Ok(record) => {
                     let shard = self.node.router.shard_for(&record.tenant_id).shard;

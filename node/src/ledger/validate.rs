@@ -44,19 +44,18 @@ impl FieldError {
 
 /// Validates one producer event. `now_ns` is the node's clock; `generated_event_id` is
 /// used when the producer left `event_id` empty (the node makes a ULID).
+///
+/// On success the strings are moved out of `event` into the record (this runs once per
+/// ingested event, so no copies); on error `event` is left as it was.
 pub fn validate_event(
-    event: &v1::Event,
+    event: &mut v1::Event,
     now_ns: i64,
     generated_event_id: impl FnOnce() -> String,
 ) -> Result<EventRecord, FieldError> {
-    let tenant_id = validate_tenant_id(&event.tenant_id)?;
-
-    let event_id = if event.event_id.is_empty() {
-        generated_event_id()
-    } else {
+    check_tenant_id(&event.tenant_id)?;
+    if !event.event_id.is_empty() {
         check_token("event_id", &event.event_id, EVENT_ID_BYTES_MAX)?;
-        event.event_id.clone()
-    };
+    }
 
     let actor = event
         .actor
@@ -88,14 +87,10 @@ pub fn validate_event(
 
     check_action(&event.action)?;
 
-    let (resource_type, resource_id) = match &event.resource {
-        None => (String::new(), String::new()),
-        Some(resource) => {
-            check_required("resource.type", &resource.r#type, RESOURCE_TYPE_BYTES_MAX)?;
-            check_optional("resource.id", &resource.id, ID_BYTES_MAX)?;
-            (resource.r#type.clone(), resource.id.clone())
-        }
-    };
+    if let Some(resource) = &event.resource {
+        check_required("resource.type", &resource.r#type, RESOURCE_TYPE_BYTES_MAX)?;
+        check_optional("resource.id", &resource.id, ID_BYTES_MAX)?;
+    }
 
     let outcome = match v1::Result::try_from(event.result) {
         Ok(v1::Result::Success) => Outcome::Success,
@@ -131,29 +126,38 @@ pub fn validate_event(
     check_optional("user_agent", &event.user_agent, USER_AGENT_BYTES_MAX)?;
     validate_metadata(&event.metadata_json)?;
     check_optional("subject_id", &event.subject_id, ID_BYTES_MAX)?;
+
+    // Every check passed: move the strings into the record.
+    let take = std::mem::take::<String>;
+    let event_id = if event.event_id.is_empty() {
+        generated_event_id()
+    } else {
+        take(&mut event.event_id)
+    };
+    let mut actor = event.actor.take().expect("checked above");
+    let resource = event.resource.take().unwrap_or_default();
     let subject_id = if event.subject_id.is_empty() {
         actor.id.clone()
     } else {
-        event.subject_id.clone()
+        take(&mut event.subject_id)
     };
-
     Ok(EventRecord {
         event_id,
-        tenant_id,
+        tenant_id: take(&mut event.tenant_id),
         actor_kind,
-        actor_id: actor.id.clone(),
-        actor_email: actor.email.clone(),
-        actor_name: actor.name.clone(),
-        action: event.action.clone(),
-        resource_type,
-        resource_id,
+        actor_id: take(&mut actor.id),
+        actor_email: take(&mut actor.email),
+        actor_name: take(&mut actor.name),
+        action: take(&mut event.action),
+        resource_type: resource.r#type,
+        resource_id: resource.id,
         outcome,
         occurred_at_ns,
-        request_id: event.request_id.clone(),
-        session_id: event.session_id.clone(),
-        ip_address: event.ip_address.clone(),
-        user_agent: event.user_agent.clone(),
-        metadata_json: event.metadata_json.clone(),
+        request_id: take(&mut event.request_id),
+        session_id: take(&mut event.session_id),
+        ip_address: take(&mut event.ip_address),
+        user_agent: take(&mut event.user_agent),
+        metadata_json: take(&mut event.metadata_json),
         subject_id,
     })
 }
@@ -161,6 +165,11 @@ pub fn validate_event(
 /// Tenant ids are path segments in the REST API and key prefixes in storage: 1 to 64
 /// characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
 pub fn validate_tenant_id(tenant_id: &str) -> Result<String, FieldError> {
+    check_tenant_id(tenant_id)?;
+    Ok(tenant_id.to_string())
+}
+
+fn check_tenant_id(tenant_id: &str) -> Result<(), FieldError> {
     const RULE: &str = "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit";
     if tenant_id.is_empty() {
         return Err(FieldError::new(
@@ -184,7 +193,7 @@ pub fn validate_tenant_id(tenant_id: &str) -> Result<String, FieldError> {
             ),
         ));
     }
-    Ok(tenant_id.to_string())
+    Ok(())
 }
 
 /// Actions are dotted verbs: segments of `[a-z0-9_-]` joined by dots, e.g. `role.assign`.
@@ -258,15 +267,16 @@ fn validate_metadata(metadata_json: &str) -> Result<(), FieldError> {
             ),
         ));
     }
-    let value: serde_json::Value = serde_json::from_str(metadata_json)
+    // Validate without building a tree of values: this runs once per ingested event.
+    serde_json::from_str::<serde::de::IgnoredAny>(metadata_json)
         .map_err(|error| FieldError::new("metadata_json", format!("is not valid JSON: {error}")))?;
-    if !value.is_object() {
+    if !metadata_json.trim_start().starts_with('{') {
         return Err(FieldError::new(
             "metadata_json",
             "must be a JSON object such as {\"key\": \"value\"}",
         ));
     }
-    let depth = json_depth(&value);
+    let depth = json_depth(metadata_json);
     if depth > METADATA_DEPTH_MAX {
         return Err(FieldError::new(
             "metadata_json",
@@ -276,13 +286,34 @@ fn validate_metadata(metadata_json: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn json_depth(value: &serde_json::Value) -> usize {
-    // serde_json refuses input nested deeper than 128, so this recursion is bounded.
-    match value {
-        serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
-        serde_json::Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
-        _ => 0,
+/// Deepest nesting of objects and arrays in a JSON text that has already been parsed
+/// successfully, counting brackets outside strings.
+fn json_depth(json: &str) -> usize {
+    let mut depth = 0usize;
+    let mut depth_max = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in json.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                depth_max = depth_max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
+    depth_max
 }
 
 fn check_required(field: &'static str, value: &str, bytes_max: usize) -> Result<(), FieldError> {
@@ -364,7 +395,7 @@ mod tests {
     }
 
     fn field_of(event: v1::Event) -> &'static str {
-        validate_event(&event, NOW_NS, || "gen".into())
+        validate_event(&mut event.clone(), NOW_NS, || "gen".into())
             .unwrap_err()
             .field
     }
@@ -373,7 +404,7 @@ mod tests {
     fn accepts_a_good_event_and_fills_defaults() {
         let mut event = good();
         event.event_id.clear();
-        let record = validate_event(&event, NOW_NS, || "01GENERATED".into()).unwrap();
+        let record = validate_event(&mut event, NOW_NS, || "01GENERATED".into()).unwrap();
         assert_eq!(record.event_id, "01GENERATED");
         assert_eq!(record.subject_id, "usr_1");
         assert_eq!(record.occurred_at_ns, NOW_NS - 60_000_000_000 + 5);
@@ -432,9 +463,18 @@ mod tests {
     }
 
     #[test]
+    fn metadata_depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth(r#"{"a":{"b":[1,{"c":2}]}}"#), 4);
+        assert_eq!(json_depth(r#"{"a":"[[[[{{{{\"]]]]"}"#), 1);
+        let mut event = good();
+        event.metadata_json = format!(r#"{{"deep":"{}"}}"#, "[".repeat(50));
+        assert!(validate_event(&mut event.clone(), NOW_NS, || "gen".into()).is_ok());
+    }
+
+    #[test]
     fn skew_inside_five_minutes_is_accepted() {
         let mut event = good();
         event.occurred_at.as_mut().unwrap().seconds = NOW_NS / 1_000_000_000 + 299;
-        assert!(validate_event(&event, NOW_NS, || "gen".into()).is_ok());
+        assert!(validate_event(&mut event.clone(), NOW_NS, || "gen".into()).is_ok());
     }
 }
