@@ -5,7 +5,7 @@
 //! proposes it as ONE Raft entry. Under load the queue fills while slots are busy, so
 //! batches grow by themselves; at low load a request is proposed at once, with no linger.
 //!
-//! Budget at 150k events/s: with 4 slots per shard and ~2–5 ms per round (journal write,
+//! Budget at 150k events/s: with 2 slots per shard and ~2–5 ms per round (journal write,
 //! fsync, apply), a shard proposes ~1,000 entries/s at most, so entries of ~500 events
 //! amortize the fsync and the Raft round over hundreds of events.
 
@@ -38,7 +38,10 @@ impl Default for BatchLimits {
         BatchLimits {
             batch_events_max: 2_000,
             batch_bytes_max: 2 << 20,
-            proposals_in_flight_max: 4,
+            // Measured (docs/BENCHMARKS.md): 1-2 slots make larger entries and gave
+            // 52-61k events/s where 4 gave 48-52k and 8 gave 49k; 2 keeps one entry
+            // filling while the other is fsynced and applied.
+            proposals_in_flight_max: 2,
             queue_bytes_max: 32 << 20,
             queue_requests_max: 4_096,
         }
