@@ -128,6 +128,16 @@ impl Traild {
             .max_encoding_message_size(64 << 20))
     }
 
+    /// The node's `Status`.
+    pub async fn status(&self) -> v1::StatusResponse {
+        let mut client = self.client().await.expect("connect");
+        client
+            .status(v1::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
     /// SIGKILL: no flush, no goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

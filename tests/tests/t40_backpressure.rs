@@ -109,11 +109,6 @@ async fn a_full_queue_refuses_with_a_hint_and_the_sdk_retries_to_completion() {
     eprintln!("raw burst: {refused} refused; sdk retries: {stats:?}");
 
     // 3. Exactly the acknowledged events are stored.
-    let mut client = node.client().await.expect("connect");
-    let status = client
-        .status(v1::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = node.status().await;
     assert_eq!(status.events as usize, accepted_raw + acknowledged.len());
 }

@@ -8,7 +8,6 @@
 
 use std::process::Command;
 
-use trail_proto::v1;
 use trail_tests::{binary, free_port, Traild};
 
 fn refusal(args: &[&str]) -> (Option<i32>, String) {
@@ -32,12 +31,7 @@ async fn config_file_flags_and_shard_count() {
     let config_arg = config.to_str().unwrap();
 
     let mut node = Traild::start(&data, &["--config", config_arg]).await;
-    let mut client = node.client().await.expect("connect");
-    let status = client
-        .status(v1::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = node.status().await;
     assert_eq!(status.shards.len(), 2);
     assert_eq!(node.terminate(), Some(0));
 

@@ -223,11 +223,11 @@ impl Ledger {
         encode_canonical(&stream, seq, ingested_at_ns, event, &mut canonical);
         let hash = leaf_hash(&canonical);
 
-        let next = TenantState {
-            next_seq: seq + 1,
-            ..tenant
-        };
-        self.tenants.insert(event.tenant_id.clone(), next);
+        // Update in place: no copy of the tenant id per event on this hot path.
+        self.tenants
+            .get_mut(&event.tenant_id)
+            .expect("inserted above when new")
+            .next_seq = seq + 1;
         self.events_total += 1;
         self.pending
             .insert(dedup_key, (tenant.stream_no, seq, hash));
@@ -243,7 +243,9 @@ impl Ledger {
             stream_no: tenant.stream_no,
             seq,
         });
-        self.dirty_tenants.insert(event.tenant_id.clone());
+        if !self.dirty_tenants.contains(&event.tenant_id) {
+            self.dirty_tenants.insert(event.tenant_id.clone());
+        }
         Ok(ApplyReceipt {
             stream,
             seq,
