@@ -1,20 +1,24 @@
 //! The connection to a Trail node and its RPCs.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
+use futures::Stream;
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{
-    Event, GetEventRequest, Receipt, RecordBatchResponse, RecordRequest, StatusRequest,
-    StatusResponse, StoredEvent, TailRequest, TailResponse,
+    Block, Event, GetBlockRequest, GetCheckpointRequest, GetCheckpointResponse,
+    GetConsistencyProofRequest, GetConsistencyProofResponse, GetEventRequest, GetProofRequest,
+    GetProofResponse, ListBlocksRequest, Receipt, RecordBatchResponse, RecordRequest,
+    StatusRequest, StatusResponse, StoredEvent, TailRequest, TailResponse,
 };
 
 use crate::encoded_batch::{assign_missing_event_ids, encode_events, EncodedBatch};
@@ -27,6 +31,10 @@ use crate::retry::{is_retryable_status, BatchProgress, RetryPolicy};
 const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 const RECORD_BATCH_PATH: &str = "/trail.v1.Trail/RecordBatch";
+
+/// The blocks of a [`Client::list_blocks`] call, in block order. Ends after the last
+/// block asked for, or with one error.
+pub type BlockStream = Pin<Box<dyn Stream<Item = Result<Block>> + Send>>;
 
 /// Connection and retry settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,6 +336,191 @@ impl Client {
         Ok(response)
     }
 
+    /// The signed checkpoint of a tenant's stream (`stream_index` 0 is the first): of
+    /// exactly `tree_size` blocks, or the latest when `tree_size` is 0. With `seal_now`
+    /// (and `tree_size` 0) the node first seals the open block and signs a checkpoint
+    /// covering every event recorded so far. Nothing is verified here: the note is the
+    /// authority, see [`crate::checkpoint::Checkpoint::from_note`].
+    pub async fn get_checkpoint(
+        &self,
+        tenant_id: &str,
+        stream_index: u32,
+        tree_size: u64,
+        seal_now: bool,
+    ) -> Result<GetCheckpointResponse> {
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(GetCheckpointRequest {
+                    tenant_id: tenant_id.to_string(),
+                    stream_index,
+                    tree_size,
+                    seal_now,
+                });
+                request.set_timeout(timeout);
+                async move { trail.get_checkpoint(request).await }
+            })
+            .await?;
+        if response.checkpoint.is_none() {
+            return Err(Error::Protocol(
+                "GetCheckpoint answered without a checkpoint".to_string(),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// One sealed block: its header, and its events' canonical bytes when `with_events`.
+    pub async fn get_block(
+        &self,
+        tenant_id: &str,
+        stream_index: u32,
+        block_index: u64,
+        with_events: bool,
+    ) -> Result<Block> {
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(GetBlockRequest {
+                    tenant_id: tenant_id.to_string(),
+                    stream_index,
+                    block_index,
+                    with_events,
+                });
+                request.set_timeout(timeout);
+                async move { trail.get_block(request).await }
+            })
+            .await?;
+        response
+            .block
+            .ok_or_else(|| Error::Protocol("GetBlock answered without a block".to_string()))
+    }
+
+    /// Sealed blocks `from_block ..` (before `to_block`; 0 = through the last sealed
+    /// block), in order, with their events' canonical bytes when `with_events`.
+    ///
+    /// A stream of millions of events outlives any deadline, so the call has none;
+    /// instead each block must arrive within the RPC timeout. When the stream breaks on
+    /// a transient failure (UNAVAILABLE, a dropped connection, a stalled stream), it is
+    /// reopened after the last block received, up to the retry policy's attempts: the
+    /// caller sees every block once, in order. Nothing is verified here (see
+    /// [`crate::audit::Auditor`]).
+    pub async fn list_blocks(
+        &self,
+        tenant_id: &str,
+        stream_index: u32,
+        from_block: u64,
+        to_block: u64,
+        with_events: bool,
+    ) -> Result<BlockStream> {
+        let request = ListBlocksRequest {
+            tenant_id: tenant_id.to_string(),
+            stream_index,
+            from_block,
+            to_block,
+            with_events,
+        };
+        let first = self.open_list_blocks(&request).await?;
+        let state = ListBlocksState {
+            client: self.clone(),
+            request,
+            streaming: Some(first),
+            blocks_received: 0,
+            resumes: 0,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, next_listed_block)))
+    }
+
+    async fn open_list_blocks(&self, list: &ListBlocksRequest) -> Result<Streaming<Block>> {
+        let streaming = self
+            .call_with_retries(|mut trail, timeout| {
+                // No grpc-timeout: it would bound the whole stream. Only the wait for the
+                // response headers is bounded here, and each block's in the stream.
+                let request = Request::new(list.clone());
+                async move {
+                    match tokio::time::timeout(timeout, trail.list_blocks(request)).await {
+                        Ok(opened) => opened,
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "ListBlocks did not answer within {} s",
+                            timeout.as_secs()
+                        ))),
+                    }
+                }
+            })
+            .await?;
+        Ok(streaming)
+    }
+
+    /// The inclusion proof of one event, against the checkpoint of `tree_size` blocks or,
+    /// with 0, the latest (the node seals and signs one first if none covers the event).
+    /// NOT_FOUND becomes [`Error::NotFound`] when `tree_size` is 0. Nothing is verified here: see
+    /// [`crate::bundle::verify_bundle`].
+    pub async fn get_proof(
+        &self,
+        tenant_id: &str,
+        event_id: &str,
+        tree_size: u64,
+    ) -> Result<GetProofResponse> {
+        let found = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(GetProofRequest {
+                    tenant_id: tenant_id.to_string(),
+                    event_id: event_id.to_string(),
+                    tree_size,
+                });
+                request.set_timeout(timeout);
+                async move { trail.get_proof(request).await }
+            })
+            .await;
+        match found {
+            Ok(response) => {
+                if response.block.is_none() || response.checkpoint.is_none() {
+                    return Err(Error::Protocol(
+                        "GetProof answered without a block or a checkpoint".to_string(),
+                    ));
+                }
+                Ok(response)
+            }
+            // With a tree size, NOT_FOUND may mean "no checkpoint of that size": the
+            // server's message says which.
+            Err(status) if status.code() == Code::NotFound && tree_size == 0 => {
+                Err(Error::NotFound {
+                    tenant_id: tenant_id.to_string(),
+                    event_id: event_id.to_string(),
+                })
+            }
+            Err(status) => Err(Error::Rpc(status)),
+        }
+    }
+
+    /// The RFC 9162 consistency proof between the stream trees of `from_size` and
+    /// `to_size` blocks (0 = the latest checkpoint), with the signed checkpoint of the
+    /// larger. Nothing is verified here: see [`crate::verify::verify_consistency`].
+    pub async fn get_consistency_proof(
+        &self,
+        tenant_id: &str,
+        stream_index: u32,
+        from_size: u64,
+        to_size: u64,
+    ) -> Result<GetConsistencyProofResponse> {
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(GetConsistencyProofRequest {
+                    tenant_id: tenant_id.to_string(),
+                    stream_index,
+                    from_size,
+                    to_size,
+                });
+                request.set_timeout(timeout);
+                async move { trail.get_consistency_proof(request).await }
+            })
+            .await?;
+        if response.to.is_none() {
+            return Err(Error::Protocol(
+                "GetConsistencyProof answered without a checkpoint".to_string(),
+            ));
+        }
+        Ok(response)
+    }
+
     /// Runs a unary call, retrying transient failures with backoff. Safe for the reads
     /// and for `Record`, whose event carries its idempotency key.
     async fn call_with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
@@ -355,6 +548,85 @@ impl Client {
                     tokio::time::sleep(delay).await;
                 }
                 Err(status) => return Err(status),
+            }
+        }
+    }
+}
+
+/// Where a [`Client::list_blocks`] stream is.
+struct ListBlocksState {
+    client: Client,
+    /// The original request; a reopened stream starts `blocks_received` later.
+    request: ListBlocksRequest,
+    streaming: Option<Streaming<Block>>,
+    blocks_received: u64,
+    /// Reopens so far, bounded by the retry policy's attempts.
+    resumes: u32,
+    done: bool,
+}
+
+/// The next block, reopening the stream after a transient failure.
+async fn next_listed_block(mut state: ListBlocksState) -> Option<(Result<Block>, ListBlocksState)> {
+    loop {
+        if state.done {
+            return None;
+        }
+        let next_block = state.request.from_block + state.blocks_received;
+        let Some(streaming) = state.streaming.as_mut() else {
+            if state.request.to_block != 0 && next_block >= state.request.to_block {
+                return None;
+            }
+            let resumed = ListBlocksRequest {
+                from_block: next_block,
+                ..state.request.clone()
+            };
+            match state.client.open_list_blocks(&resumed).await {
+                Ok(streaming) => state.streaming = Some(streaming),
+                Err(error) => {
+                    state.done = true;
+                    return Some((Err(error), state));
+                }
+            }
+            continue;
+        };
+        let timeout = state.client.options.rpc_timeout;
+        let received = match tokio::time::timeout(timeout, streaming.message()).await {
+            Ok(received) => received,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no block within {} s on the ListBlocks stream",
+                timeout.as_secs()
+            ))),
+        };
+        match received {
+            Ok(Some(block)) => {
+                state.blocks_received += 1;
+                return Some((Ok(block), state));
+            }
+            Ok(None) => {
+                state.done = true;
+                return None;
+            }
+            Err(status)
+                if is_retryable_status(&status)
+                    && state.resumes + 1 < state.client.options.retry.attempts_max =>
+            {
+                state.streaming = None;
+                state
+                    .client
+                    .counters
+                    .request_retries
+                    .fetch_add(1, Ordering::Relaxed);
+                let delay = state.client.options.retry.backoff_delay(
+                    state.resumes,
+                    0,
+                    rand::random::<f64>(),
+                );
+                state.resumes += 1;
+                tokio::time::sleep(delay).await;
+            }
+            Err(status) => {
+                state.done = true;
+                return Some((Err(Error::Rpc(status)), state));
             }
         }
     }

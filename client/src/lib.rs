@@ -18,21 +18,35 @@
 //!
 //! Modules: [`json`] converts between the workload's JSON lines and wire messages,
 //! [`workload`] generates the benchmark workload in-process.
+//!
+//! Tamper evidence (docs/PROOFS.md), pure and independent of the server's code:
+//! [`note`] verifies C2SP signed notes under a pinned [`note::VerifierKey`],
+//! [`checkpoint`] parses the checkpoints they carry, [`event`] and [`block`] decode the
+//! canonical event and block header bytes, [`verify`] checks RFC 9162 proofs and builds
+//! roots, [`bundle`] verifies `trail-proof-v1` inclusion proof bundles offline, and
+//! [`audit`] recomputes a whole stream block by block.
 
+pub mod audit;
+pub mod block;
+pub mod bundle;
+pub mod checkpoint;
 mod client;
 mod encoded_batch;
 mod error;
+pub mod event;
 pub mod json;
+pub mod note;
 mod retry;
 pub mod verify;
 pub mod workload;
 
-pub use client::{Client, ClientOptions, RetryStats};
+pub use client::{BlockStream, Client, ClientOptions, RetryStats};
 pub use encoded_batch::EncodedBatch;
 pub use error::{code_name, Error, Result};
 pub use retry::RetryPolicy;
 pub use trail_proto::v1::{
-    Event, EventError, Receipt, RecordBatchResponse, StatusResponse, StoredEvent, TailResponse,
+    Block, Event, EventError, GetCheckpointResponse, GetConsistencyProofResponse, GetProofResponse,
+    Receipt, RecordBatchResponse, StatusResponse, StoredEvent, TailResponse,
 };
 
 /// The server refuses batches larger than this (see `RecordBatch` in `trail.proto`).

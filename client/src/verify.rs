@@ -5,6 +5,8 @@
 //!   `SHA-256(0x01 || left || right)`.
 //! - [`verify_inclusion`]: §2.1.3.2, "Verifying an Inclusion Proof".
 //! - [`verify_consistency`]: §2.1.4.2, "Verifying Consistency between Two Tree Heads".
+//! - [`merkle_root`] and [`RootBuilder`]: MTH (§2.1.1) over already-hashed leaves, for the
+//!   full audit, which recomputes every root instead of checking proofs.
 //!
 //! This file deliberately shares no code with the server's tree code (`trail-node`,
 //! `ledger::merkle`): it is a second, independent implementation, so that a bug on either
@@ -90,6 +92,81 @@ fn interior_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     hasher.update(left);
     hasher.update(right);
     hasher.finalize().into()
+}
+
+/// RFC 9162 MTH of leaves that are already hashed (event leaf hashes or block hashes),
+/// built one leaf at a time in O(log n) memory, so an audit of millions of events keeps
+/// no more than 64 hashes per tree.
+///
+/// The tree of n leaves splits at the largest power of two below n, so it is a row of
+/// complete subtrees, one per set bit of n, largest first. The builder keeps the roots of
+/// that row; the full root folds them from the right (the smallest subtree is the
+/// deepest right child).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootBuilder {
+    /// Roots of the complete subtrees, largest (leftmost) first; subtree `k` from the end
+    /// has `2^(position of the k-th set bit of leaves_count)` leaves.
+    subtree_roots: Vec<[u8; 32]>,
+    leaves_count: u64,
+}
+
+impl RootBuilder {
+    pub fn new() -> RootBuilder {
+        RootBuilder::default()
+    }
+
+    /// Appends the next leaf (a hash, not hashed again).
+    pub fn push(&mut self, leaf: [u8; 32]) {
+        assert!(self.leaves_count < u64::MAX, "tree full");
+        let mut merged = leaf;
+        // Adding 1 to the count carries through its trailing ones: each carry merges the
+        // two equal subtrees at that level into one.
+        let mut carries = self.leaves_count.trailing_ones();
+        while carries > 0 {
+            let left = self
+                .subtree_roots
+                .pop()
+                .expect("one subtree per set bit of the count");
+            merged = interior_hash(&left, &merged);
+            carries -= 1;
+        }
+        self.subtree_roots.push(merged);
+        self.leaves_count += 1;
+        assert_eq!(
+            self.subtree_roots.len(),
+            self.leaves_count.count_ones() as usize
+        );
+    }
+
+    /// Leaves pushed so far.
+    pub fn len(&self) -> u64 {
+        self.leaves_count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaves_count == 0
+    }
+
+    /// The root of the leaves pushed so far; [`EMPTY_TREE_ROOT`] when there are none.
+    pub fn root(&self) -> [u8; 32] {
+        let Some((last, rest)) = self.subtree_roots.split_last() else {
+            return EMPTY_TREE_ROOT;
+        };
+        let mut root = *last;
+        for left in rest.iter().rev() {
+            root = interior_hash(left, &root);
+        }
+        root
+    }
+}
+
+/// RFC 9162 MTH of `leaves`, which are already hashed.
+pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+    let mut builder = RootBuilder::new();
+    for leaf in leaves {
+        builder.push(*leaf);
+    }
+    builder.root()
 }
 
 /// Where the next proof hash goes when climbing from the leaf towards the root.
@@ -813,6 +890,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn root_builder_gives_the_published_roots() {
+        let leaves: Vec<[u8; 32]> = LEAF_DATA.iter().map(|data| leaf_hash(data)).collect();
+        assert_eq!(merkle_root(&[]), EMPTY_TREE_ROOT);
+        let mut builder = RootBuilder::new();
+        assert!(builder.is_empty());
+        for (position, leaf) in leaves.iter().enumerate() {
+            builder.push(*leaf);
+            assert_eq!(builder.len(), position as u64 + 1);
+            assert_eq!(
+                builder.root(),
+                root(position as u64 + 1),
+                "size {}",
+                position + 1
+            );
+            assert_eq!(merkle_root(&leaves[..=position]), root(position as u64 + 1));
+        }
+    }
+
     /// A proof binds a leaf to a root, not to a size (see the module documentation): the
     /// path of leaf 0 in the 3-leaf tree, `[leaf 1, leaf 2]`, also walks a 4-leaf tree's
     /// shape, so it verifies against the 3-leaf root labelled with size 4. Likewise the
@@ -1024,6 +1120,13 @@ mod tests {
             }
         }
 
+        /// The incremental root is the recursive definition's for every size.
+        #[test]
+        fn root_builder_matches_the_reference(seed in any::<u64>(), tree_size in 0usize..PROPERTY_LEAVES_MAX) {
+            let leaves = random_leaves(tree_size, seed);
+            prop_assert_eq!(merkle_root(&leaves), reference_root(&leaves));
+        }
+
         /// Exact length errors: the verifier's expected length is the reference proof's.
         #[test]
         fn length_errors_report_the_expected_length(
@@ -1046,6 +1149,109 @@ mod tests {
                     verify_inclusion(&leaves[index], index as u64, tree_size as u64, &proof[1..], &good_root),
                     Err(VerifyError::ProofTooShort { expected_hashes: proof.len(), actual_hashes: proof.len() - 1 })
                 );
+            }
+        }
+    }
+    /// Every prefix root of `leaves`: `roots[n]` is the root of the first n.
+    fn prefix_roots(leaves: &[[u8; 32]]) -> Vec<[u8; 32]> {
+        let mut builder = RootBuilder::new();
+        let mut roots = vec![builder.root()];
+        for leaf in leaves {
+            builder.push(*leaf);
+            roots.push(builder.root());
+        }
+        roots
+    }
+
+    proptest! {
+        // Exhaustive over bits, indices and sizes per case, so fewer cases: each costs a
+        // few hundred thousand hashes.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Acceptance: an inclusion proof from the reference model verifies, and fails
+        /// after ANY single-bit change to ANY of its hashes, at every other index of the
+        /// same tree, and at every other tree size (with that size's genuine root).
+        #[test]
+        fn inclusion_fails_for_every_single_bit_flip_index_and_size(
+            seed in any::<u64>(),
+            tree_size in 1usize..PROPERTY_LEAVES_MAX,
+            index_choice in any::<prop::sample::Index>(),
+        ) {
+            let leaves = random_leaves(PROPERTY_LEAVES_MAX, seed);
+            let roots = prefix_roots(&leaves);
+            let index = index_choice.index(tree_size);
+            let tree = &leaves[..tree_size];
+            let proof = reference_inclusion_proof(tree, index);
+            let leaf = leaves[index];
+            let size_u64 = tree_size as u64;
+            prop_assert_eq!(verify_inclusion(&leaf, index as u64, size_u64, &proof, &roots[tree_size]), Ok(()));
+            for position in 0..proof.len() {
+                for bit in 0..256 {
+                    let mut corrupted = proof.clone();
+                    corrupted[position] = flip_bit(&proof[position], bit);
+                    let outcome = verify_inclusion(&leaf, index as u64, size_u64, &corrupted, &roots[tree_size]);
+                    prop_assert!(
+                        matches!(outcome, Err(VerifyError::RootMismatch { .. })),
+                        "hash {} bit {}: {:?}", position, bit, outcome
+                    );
+                }
+            }
+            for other_index in 0..tree_size {
+                if other_index != index {
+                    prop_assert!(verify_inclusion(&leaf, other_index as u64, size_u64, &proof, &roots[tree_size]).is_err());
+                }
+            }
+            for (other_size, other_root) in roots.iter().enumerate().skip(1) {
+                if other_size != tree_size {
+                    prop_assert!(verify_inclusion(&leaf, index as u64, other_size as u64, &proof, other_root).is_err());
+                }
+            }
+        }
+
+        /// Acceptance: a consistency proof from the reference model verifies, and fails
+        /// after ANY single-bit change to ANY of its hashes, for every other old size with
+        /// the same new size, and every other new size with the same old size (with the
+        /// genuine roots of those sizes).
+        #[test]
+        fn consistency_fails_for_every_single_bit_flip_and_size(
+            seed in any::<u64>(),
+            new_size in 1usize..PROPERTY_LEAVES_MAX,
+            old_choice in any::<prop::sample::Index>(),
+        ) {
+            let leaves = random_leaves(PROPERTY_LEAVES_MAX, seed);
+            let roots = prefix_roots(&leaves);
+            let old_size = old_choice.index(new_size + 1);
+            let proof = reference_consistency_proof(&leaves[..new_size], old_size);
+            let (old_u64, new_u64) = (old_size as u64, new_size as u64);
+            prop_assert_eq!(verify_consistency(old_u64, new_u64, &roots[old_size], &roots[new_size], &proof), Ok(()));
+            for position in 0..proof.len() {
+                for bit in 0..256 {
+                    let mut corrupted = proof.clone();
+                    corrupted[position] = flip_bit(&proof[position], bit);
+                    prop_assert!(
+                        verify_consistency(old_u64, new_u64, &roots[old_size], &roots[new_size], &corrupted).is_err(),
+                        "hash {} bit {}", position, bit
+                    );
+                }
+            }
+            let proof_is_empty = proof.is_empty();
+            for other_old in 0..=new_size {
+                let other_is_empty = other_old == 0 || other_old == new_size;
+                if other_old != old_size && !(other_is_empty && proof_is_empty) {
+                    prop_assert!(
+                        verify_consistency(other_old as u64, new_u64, &roots[other_old], &roots[new_size], &proof).is_err(),
+                        "old size {} instead of {}", other_old, old_size
+                    );
+                }
+            }
+            for other_new in old_size.max(1)..PROPERTY_LEAVES_MAX {
+                let other_is_empty = old_size == 0 || old_size == other_new;
+                if other_new != new_size && !(other_is_empty && proof_is_empty) {
+                    prop_assert!(
+                        verify_consistency(old_u64, other_new as u64, &roots[old_size], &roots[other_new], &proof).is_err(),
+                        "new size {} instead of {}", other_new, new_size
+                    );
+                }
             }
         }
     }

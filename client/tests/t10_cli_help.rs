@@ -19,6 +19,9 @@ fn help_lists_commands_examples_and_exit_codes() {
         "tail",
         "status",
         "bench",
+        "proof",
+        "checkpoint",
+        "verify",
         "Examples",
         "Exit codes",
     ] {
@@ -40,5 +43,43 @@ fn a_bad_flag_is_named() {
     assert!(
         stderr.contains("batch-size"),
         "error does not name the flag: {stderr}"
+    );
+}
+
+#[test]
+fn verifying_commands_explain_key_pinning() {
+    for command in ["proof", "checkpoint", "verify"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_trailctl"))
+            .args([command, "--help"])
+            .output()
+            .expect("run trailctl");
+        assert!(output.status.success());
+        let help = String::from_utf8(output.stdout).expect("utf-8 help");
+        for word in [
+            "--key",
+            "--key-file",
+            "TRAIL_VERIFIER_KEY",
+            "Examples",
+            "Exit code",
+        ] {
+            assert!(
+                help.contains(word),
+                "{command} --help does not mention {word}:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_without_a_target_names_the_flags() {
+    let output = Command::new(env!("CARGO_BIN_EXE_trailctl"))
+        .args(["--endpoint", "http://127.0.0.1:1", "verify"])
+        .output()
+        .expect("run trailctl");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--tenant") && stderr.contains("--checkpoint"),
+        "{stderr}"
     );
 }

@@ -58,6 +58,25 @@ pub struct Flags {
     /// Build a state-machine snapshot (and purge the Raft log) after this many entries.
     #[arg(long)]
     pub snapshot_logs_since_last: Option<u64>,
+    /// Events that seal a block by size [default: 1024].
+    #[arg(long)]
+    pub block_events: Option<u32>,
+    /// Seal a stream's open block once it is this old, in ms [default: 1000].
+    #[arg(long)]
+    pub seal_interval_ms: Option<u64>,
+    /// Sign a new checkpoint of a growing stream at most this often, in ms
+    /// [default: 10000]. A proof or audit asks for a fresh one whenever it needs it.
+    #[arg(long)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Where signed checkpoints are published, one file each, never rewritten
+    /// [default: <data-dir>/checkpoints]. Point it outside the store (another disk,
+    /// a synced or WORM mount) so auditors can keep them.
+    #[arg(long, env = "TRAIL_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Origin prefix of checkpoints and the name of the signing key: checkpoints are
+    /// for "<origin>/<tenant>/<stream>" [default: trail.local]. Use a name you own.
+    #[arg(long, env = "TRAIL_CHECKPOINT_ORIGIN")]
+    pub checkpoint_origin: Option<String>,
     /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
     #[arg(long, env = "TRAIL_LOG")]
     pub log: Option<String>,
@@ -76,6 +95,11 @@ struct FileConfig {
     proposals_in_flight_max: Option<usize>,
     queue_mib_max: Option<usize>,
     snapshot_logs_since_last: Option<u64>,
+    block_events: Option<u32>,
+    seal_interval_ms: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
+    checkpoint_dir: Option<PathBuf>,
+    checkpoint_origin: Option<String>,
     log: Option<String>,
 }
 
@@ -90,7 +114,18 @@ pub struct NodeConfig {
     pub shards: Option<u32>,
     pub limits: BatchLimits,
     pub snapshot_logs_since_last: u64,
+    pub tamper: TamperSettings,
     pub log: String,
+}
+
+/// Blocks, sealing and checkpoints (docs/PROOFS.md).
+#[derive(Debug, Clone)]
+pub struct TamperSettings {
+    pub block_events_max: u32,
+    pub seal_interval_ms: u64,
+    pub checkpoint_interval_ms: u64,
+    pub checkpoint_dir: PathBuf,
+    pub checkpoint_origin: String,
 }
 
 pub const SHARDS_MAX: u32 = 256;
@@ -140,11 +175,67 @@ impl NodeConfig {
         if node_id == 0 {
             anyhow::bail!("node_id: 0 is reserved; use 1 or more");
         }
+        let block_events_max = flags
+            .block_events
+            .or(file.block_events)
+            .unwrap_or(crate::ledger::BLOCK_EVENTS_DEFAULT);
+        let block_events_limit = crate::ledger::block::BLOCK_EVENTS_MAX;
+        if !(1..=block_events_limit).contains(&block_events_max) {
+            anyhow::bail!(
+                "block_events: {block_events_max} is out of range; use 1 to {block_events_limit}"
+            );
+        }
+        let seal_interval_ms = flags
+            .seal_interval_ms
+            .or(file.seal_interval_ms)
+            .unwrap_or(1_000);
+        if !(10..=3_600_000).contains(&seal_interval_ms) {
+            anyhow::bail!(
+                "seal_interval_ms: {seal_interval_ms} is out of range; use 10 to 3600000"
+            );
+        }
+        let checkpoint_interval_ms = flags
+            .checkpoint_interval_ms
+            .or(file.checkpoint_interval_ms)
+            .unwrap_or(10_000);
+        if !(10..=86_400_000).contains(&checkpoint_interval_ms) {
+            anyhow::bail!(
+                "checkpoint_interval_ms: {checkpoint_interval_ms} is out of range; \
+                 use 10 to 86400000"
+            );
+        }
+        let checkpoint_origin = flags
+            .checkpoint_origin
+            .or(file.checkpoint_origin)
+            .unwrap_or_else(|| "trail.local".to_string());
+        if checkpoint_origin.is_empty()
+            || checkpoint_origin.len() > 200
+            || !checkpoint_origin
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '+')
+        {
+            anyhow::bail!(
+                "checkpoint_origin: {checkpoint_origin:?} must be 1 to 200 printable ASCII \
+                 characters without spaces or '+', e.g. audit.example.com"
+            );
+        }
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("trail-data"));
+        let checkpoint_dir = flags
+            .checkpoint_dir
+            .or(file.checkpoint_dir)
+            .unwrap_or_else(|| data_dir.join("checkpoints"));
         Ok(NodeConfig {
-            data_dir: flags
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("trail-data")),
+            tamper: TamperSettings {
+                block_events_max,
+                seal_interval_ms,
+                checkpoint_interval_ms,
+                checkpoint_dir,
+                checkpoint_origin,
+            },
+            data_dir,
             grpc_addr: flags
                 .grpc_addr
                 .or(file.grpc_addr)
@@ -159,6 +250,7 @@ impl NodeConfig {
                 batch_events_max,
                 proposals_in_flight_max,
                 queue_bytes_max: queue_mib_max << 20,
+                block_events_max,
                 ..defaults
             },
             snapshot_logs_since_last: flags

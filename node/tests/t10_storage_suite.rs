@@ -18,7 +18,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FjallBuilder 
         let store = NodeStore::open(dir.path()).expect("open node store");
         let keyspaces = store.shard(1).expect("open shard keyspaces");
         let log_store = LogStore::open(store.db.clone(), &keyspaces, store.syncer.clone())?;
-        let state_machine = StateMachine::open(store.db.clone(), &keyspaces)?;
+        let state_machine = StateMachine::open(store.db.clone(), &keyspaces, None)?;
         Ok((dir, log_store, state_machine))
     }
 }

@@ -14,9 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
+use trail_node::ledger::merkle::{root_of, CompactTree};
 use trail_node::ledger::{
-    ActorKind, EventRecord, LeafHash, Ledger, LedgerCommand, LedgerWrite, MemoryStore, Outcome,
-    Replaced, StoredEvent,
+    leaf_hash, ActorKind, BlockHeader, CheckpointBody, CheckpointDue, CheckpointNote, EventRecord,
+    LeafHash, Ledger, LedgerCommand, LedgerWrite, MemoryStore, NoteSigner, Outcome, Replaced,
+    StoredEvent,
 };
 
 pub const REPLICAS: usize = 3;
@@ -37,6 +39,9 @@ enum Unsynced {
     Write(Replaced),
     Applied(usize),
 }
+
+/// `(stream, seq, leaf hash, deduplicated)` of one event, as the leader answered.
+type SimReceipt = (String, u64, LeafHash, bool);
 
 struct Replica {
     ledger: Ledger,
@@ -77,15 +82,17 @@ impl Replica {
         count: usize,
         first_written: &mut BTreeMap<(u32, u64), Vec<u8>>,
         trace: &mut Trace,
-    ) -> Vec<(String, u64, LeafHash, bool)> {
+    ) -> (Vec<SimReceipt>, Vec<CheckpointDue>) {
         let mut writes = Vec::new();
         let mut receipts = Vec::new();
+        let mut due = Vec::new();
         let end = (self.store.applied + count).min(log.len());
         for command in &log[self.store.applied..end] {
             let response = self
                 .ledger
                 .apply(&self.store.committed, command, &mut writes)
                 .expect("model lookups do not fail");
+            due = response.checkpoints_due;
             for receipt in response.receipts {
                 receipts.push((
                     receipt.stream,
@@ -129,6 +136,12 @@ impl Replica {
                 Replaced::Dedup(key, Some(_)) => {
                     panic!("replica {index}: event id {key:?} stored twice")
                 }
+                Replaced::Block(key, Some(_)) => {
+                    panic!("replica {index}: block {key:?} sealed twice")
+                }
+                Replaced::Checkpoint(key, Some(_)) => {
+                    panic!("replica {index}: checkpoint {key:?} recorded twice")
+                }
                 _ => {}
             }
             self.store.unsynced.push(Unsynced::Write(replaced));
@@ -142,7 +155,7 @@ impl Replica {
             "apply upto={end} events={}",
             self.ledger.events_total()
         ));
-        receipts
+        (receipts, due)
     }
 }
 
@@ -201,9 +214,18 @@ pub fn run(seed: u64, options: RunOptions) -> RunReport {
     let tenants = rng.gen_range(1..=8usize);
     let duplicate_rate = rng.gen_range(0.0..0.3);
     let crash_rate = rng.gen_range(0.0..0.2);
+    let block_events_max = rng.gen_range(1..=12u32);
+    let seal_rate = rng.gen_range(0.0..0.3);
     trace.record(&format!(
-        "seed={seed} tenants={tenants} dup={duplicate_rate:.3} crash={crash_rate:.3}"
+        "seed={seed} tenants={tenants} dup={duplicate_rate:.3} crash={crash_rate:.3} \
+         block={block_events_max} seal={seal_rate:.3}"
     ));
+    let signer = NoteSigner::new(
+        "sim.trail",
+        ed25519_dalek::SigningKey::from_bytes(&Sha256::digest(seed.to_be_bytes()).into()),
+    )
+    .expect("valid key name");
+    let mut checkpoints_due: Vec<CheckpointDue> = Vec::new();
 
     let mut log: Vec<LedgerCommand> = Vec::new();
     let mut replicas: Vec<Replica> = (0..REPLICAS).map(|_| Replica::new()).collect();
@@ -230,11 +252,41 @@ pub fn run(seed: u64, options: RunOptions) -> RunReport {
             };
             events.push(event(&tenant, &event_id, step as i64));
         }
+        let now = 1_700_000_000_000_000_000 + step as i64;
         log.push(LedgerCommand::Append {
-            ingested_at_ns: 1_700_000_000_000_000_000 + step as i64,
+            ingested_at_ns: now,
+            block_events_max,
             events,
         });
         trace.record(&format!("propose step={step} log={}", log.len()));
+        // The leader's sealer: checkpoints for what the last seal reported, and now and
+        // then a seal of the blocks opened a few steps ago (or of one tenant, on demand).
+        if !checkpoints_due.is_empty() {
+            let notes = std::mem::take(&mut checkpoints_due)
+                .into_iter()
+                .map(|due| CheckpointNote {
+                    note: signer.sign(&CheckpointBody {
+                        origin: format!("sim.trail/{}", due.stream),
+                        tree_size: due.tree_size,
+                        root: due.root,
+                        last_seq: due.last_seq,
+                        time_ns: due.sealed_at_ns,
+                    }),
+                    tenant_id: due.tenant_id,
+                })
+                .collect();
+            log.push(LedgerCommand::Checkpoint { notes });
+        }
+        if rng.gen_bool(seal_rate) {
+            let tenant_id = rng
+                .gen_bool(0.3)
+                .then(|| format!("ten_{}", rng.gen_range(0..tenants)));
+            log.push(LedgerCommand::Seal {
+                sealed_at_ns: now,
+                opened_at_or_before_ns: now - rng.gen_range(0..4),
+                tenant_id,
+            });
+        }
 
         // Replicas apply at their own pace; the leader applies everything.
         for (index, replica) in replicas.iter_mut().enumerate() {
@@ -250,7 +302,10 @@ pub fn run(seed: u64, options: RunOptions) -> RunReport {
                 rng.gen_range(0..=pending)
             };
             let start = replica.store.applied;
-            let receipts = replica.apply(index, &log, count, &mut first_written, &mut trace);
+            let (receipts, due) = replica.apply(index, &log, count, &mut first_written, &mut trace);
+            if index == 0 && matches!(log.last(), Some(LedgerCommand::Seal { .. })) {
+                checkpoints_due = due;
+            }
             if rng.gen_bool(0.5) {
                 replica.fsync();
             }
@@ -266,10 +321,19 @@ pub fn run(seed: u64, options: RunOptions) -> RunReport {
         replica.apply(index, &log, pending, &mut first_written, &mut trace);
     }
     check_replicas(&replicas);
+    for replica in &replicas {
+        check_chain(replica, &signer);
+    }
     for replica in &replicas[1..] {
+        let (mine, leader) = (&replica.store.committed, &replicas[0].store.committed);
+        assert_eq!(mine.events, leader.events, "caught-up replicas differ");
         assert_eq!(
-            replica.store.committed.events, replicas[0].store.committed.events,
-            "caught-up replicas differ"
+            mine.blocks, leader.blocks,
+            "replicas sealed different blocks"
+        );
+        assert_eq!(
+            mine.checkpoints, leader.checkpoints,
+            "replicas recorded different checkpoints"
         );
     }
     let events_stored = replicas[0].store.committed.events.len() as u64;
@@ -294,13 +358,14 @@ pub fn run(seed: u64, options: RunOptions) -> RunReport {
 /// A duplicate gets the first receipt's seq and hash; a new event the next seq.
 fn check_receipts(
     commands: &[LedgerCommand],
-    receipts: &[(String, u64, LeafHash, bool)],
+    receipts: &[SimReceipt],
     first_receipts: &mut BTreeMap<(String, String), (u64, LeafHash)>,
 ) {
     let mut events = Vec::new();
     for command in commands {
-        let LedgerCommand::Append { events: batch, .. } = command;
-        events.extend(batch.iter());
+        if let LedgerCommand::Append { events: batch, .. } = command {
+            events.extend(batch.iter());
+        }
     }
     assert_eq!(events.len(), receipts.len(), "one receipt per event");
     for (event, (_, seq, hash, deduplicated)) in events.iter().zip(receipts) {
@@ -350,6 +415,72 @@ fn check_replicas(replicas: &[Replica]) {
                     assert_eq!(canonical, theirs, "replicas disagree on {key:?}");
                 }
             }
+        }
+    }
+}
+
+/// Every stream's blocks chain up from zero, cover its events in order with the right
+/// roots, and every recorded checkpoint names the root of the tree of its size.
+fn check_chain(replica: &Replica, signer: &NoteSigner) {
+    let store = &replica.store.committed;
+    for (tenant_id, state) in &store.tenants {
+        let stream_no = state.stream_no;
+        let mut previous = [0u8; 32];
+        let mut next_seq = 1;
+        let mut hashes = Vec::new();
+        let mut tree = CompactTree::new();
+        let mut roots = Vec::new();
+        for ((number, index), record) in &store.blocks {
+            if *number != stream_no {
+                continue;
+            }
+            let header = BlockHeader::decode(&record.header).expect("headers decode");
+            assert_eq!(
+                header.block_index,
+                hashes.len() as u64,
+                "{tenant_id}: block index"
+            );
+            assert_eq!(header.block_index, *index, "{tenant_id}: block key");
+            assert_eq!(
+                header.prev_block_hash, previous,
+                "{tenant_id}: chain broken"
+            );
+            assert_eq!(
+                header.first_seq, next_seq,
+                "{tenant_id}: block not contiguous"
+            );
+            let leaves: Vec<[u8; 32]> = (header.first_seq..=header.last_seq())
+                .map(|seq| leaf_hash(&store.events[&(stream_no, seq)]))
+                .collect();
+            assert_eq!(
+                root_of(&leaves),
+                header.merkle_root,
+                "{tenant_id}: block root"
+            );
+            previous = record.block_hash;
+            next_seq = header.last_seq() + 1;
+            hashes.push(record.block_hash);
+            tree.push(record.block_hash);
+            roots.push(tree.root());
+            assert_eq!(
+                tree.root(),
+                record.tree_root_after,
+                "{tenant_id}: tree root"
+            );
+        }
+        assert_eq!(state.chain.blocks.len(), hashes.len() as u64);
+        for ((number, size), note) in &store.checkpoints {
+            if *number != stream_no {
+                continue;
+            }
+            let body = CheckpointBody::parse_note(note).expect("notes parse");
+            assert_eq!(body.tree_size, *size);
+            assert_eq!(
+                body.root,
+                roots[*size as usize - 1],
+                "{tenant_id}: checkpoint root"
+            );
+            assert!(note.contains(&format!("\n\n\u{2014} {} ", signer.name())));
         }
     }
 }

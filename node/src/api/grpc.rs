@@ -20,6 +20,8 @@ use crate::node::{actor::GetNodeStatus, Node};
 use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
 use crate::shard::IngestError;
 
+use super::proofs;
+
 /// Batches a `RecordStream` may have in processing at once (per stream).
 const STREAM_BATCHES_IN_FLIGHT_MAX: usize = 1;
 const TAIL_LIMIT_DEFAULT: usize = 100;
@@ -177,7 +179,7 @@ fn status_of_event_error(error: &v1::EventError) -> Status {
     status
 }
 
-fn read_status(error: ReadError) -> Status {
+pub(super) fn read_status(error: ReadError) -> Status {
     // Corruption is reported loudly in the node's log; the caller learns only that the
     // record can not be served.
     tracing::error!(%error, "read failed");
@@ -235,7 +237,7 @@ fn timestamp(ns: i64) -> prost_types::Timestamp {
     }
 }
 
-fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
+pub(super) fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
     validate_tenant_id(tenant_id).map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
@@ -417,6 +419,53 @@ impl Trail for TrailService {
             peak_rss_bytes: memory.peak_rss_bytes,
             grpc_addr: config.grpc_addr.to_string(),
             http_addr: config.http_addr.to_string(),
+            verifier_key: self.node.signer.verifier_key(),
         }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<v1::GetCheckpointRequest>,
+    ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
+        proofs::get_checkpoint(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_block(
+        &self,
+        request: Request<v1::GetBlockRequest>,
+    ) -> Result<Response<v1::GetBlockResponse>, Status> {
+        let block = proofs::get_block(&self.node, request.into_inner()).await?;
+        Ok(Response::new(v1::GetBlockResponse { block: Some(block) }))
+    }
+
+    type ListBlocksStream = proofs::BlockStream;
+
+    async fn list_blocks(
+        &self,
+        request: Request<v1::ListBlocksRequest>,
+    ) -> Result<Response<Self::ListBlocksStream>, Status> {
+        proofs::list_blocks(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_proof(
+        &self,
+        request: Request<v1::GetProofRequest>,
+    ) -> Result<Response<v1::GetProofResponse>, Status> {
+        proofs::get_proof(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<v1::GetConsistencyProofRequest>,
+    ) -> Result<Response<v1::GetConsistencyProofResponse>, Status> {
+        proofs::get_consistency_proof(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

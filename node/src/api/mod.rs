@@ -2,6 +2,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod proofs;
 
 /// The process's resident memory, from /proc (Linux); zeros elsewhere.
 #[derive(Debug, Default, Clone, Copy)]

@@ -9,17 +9,52 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::block::{block_hash, BlockHash, BlockHeader, BlockRecord, BLOCK_EVENTS_MAX};
+use super::checkpoint::CheckpointBody;
 use super::event::{encode_canonical, leaf_hash, EventRecord, LeafHash};
+use super::merkle::CompactTree;
 
 /// What the leader proposes through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerCommand {
     /// A group-committed batch: `ingested_at_ns` is the leader's clock at proposal, so
     /// every replica stamps the same time.
+    /// `block_events_max` travels with the entry, so every replica seals by size at the
+    /// same event whatever its own configuration says.
     Append {
         ingested_at_ns: i64,
+        block_events_max: u32,
         events: Vec<EventRecord>,
     },
+    /// Seals the open blocks that opened at or before `opened_at_or_before_ns` (of one
+    /// tenant, or of all), stamping them `sealed_at_ns`. The response lists the streams
+    /// whose tree grew past their last checkpoint.
+    Seal {
+        sealed_at_ns: i64,
+        opened_at_or_before_ns: i64,
+        tenant_id: Option<String>,
+    },
+    /// Signed checkpoints the leader made from a `Seal` response. Apply records each one
+    /// whose size and root match the stream's own tree, and skips the others.
+    Checkpoint { notes: Vec<CheckpointNote> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointNote {
+    pub tenant_id: String,
+    /// A C2SP signed note (`docs/PROOFS.md`).
+    pub note: String,
+}
+
+/// A stream whose tree has blocks no checkpoint covers yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointDue {
+    pub tenant_id: String,
+    pub stream: String,
+    pub tree_size: u64,
+    pub root: [u8; 32],
+    pub last_seq: u64,
+    pub sealed_at_ns: i64,
 }
 
 /// What applying one entry returns to the proposer.
@@ -27,6 +62,13 @@ pub enum LedgerCommand {
 pub struct LedgerResponse {
     /// One receipt per event of an `Append`, in order.
     pub receipts: Vec<ApplyReceipt>,
+    /// After a `Seal`: the streams to checkpoint.
+    pub checkpoints_due: Vec<CheckpointDue>,
+    /// After a `Seal`: blocks still open (too young to seal).
+    pub open_blocks: u64,
+    /// After a `Checkpoint`: how many notes were recorded and skipped.
+    pub checkpoints_recorded: u32,
+    pub checkpoints_skipped: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +82,7 @@ pub struct ApplyReceipt {
 
 /// A tenant's place in this shard. One stream per tenant for now; a whale's extra
 /// streams (on other shards) come with the cluster work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantState {
     /// Dense per-shard number, the prefix of the tenant's dedup keys.
     pub tenant_no: u32,
@@ -48,6 +90,41 @@ pub struct TenantState {
     pub stream_no: u32,
     /// The seq the next event of the stream gets; seqs start at 1 and have no gaps.
     pub next_seq: u64,
+    pub chain: StreamChain,
+}
+
+/// A stream's tamper-evidence state: its open block and the tree over its sealed blocks.
+/// Memory: two compact trees, at most 2 x 64 hashes (typically ~20).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamChain {
+    /// Leaf hashes of the open block (its first seq is `next_seq - open.len()`).
+    pub open: CompactTree,
+    /// `ingested_at` of the open block's first event.
+    pub open_since_ns: i64,
+    /// The stream tree: one leaf per sealed block hash.
+    pub blocks: CompactTree,
+    /// Hash of the last sealed block (zeros before the first).
+    pub last_block_hash: BlockHash,
+    /// `sealed_at` of the last sealed block.
+    pub last_sealed_at_ns: i64,
+    /// Tree size of the latest recorded checkpoint.
+    pub checkpointed_size: u64,
+}
+
+impl TenantState {
+    fn new(number: u32) -> TenantState {
+        TenantState {
+            tenant_no: number,
+            stream_no: number,
+            next_seq: 1,
+            chain: StreamChain::default(),
+        }
+    }
+
+    /// The last seq in a sealed block.
+    pub fn last_sealed_seq(&self) -> u64 {
+        self.next_seq - 1 - self.chain.open.len()
+    }
 }
 
 /// Names a tenant's stream in receipts and reads: `"{tenant}/{index}"`.
@@ -68,6 +145,13 @@ pub trait LedgerLookup {
 
     /// The leaf hash of a recorded event (for the receipt of a duplicate).
     fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Self::Error>;
+
+    /// The root of a stream's tree just after block `block_index` was sealed.
+    fn tree_root_after(
+        &self,
+        stream_no: u32,
+        block_index: u64,
+    ) -> Result<Option<[u8; 32]>, Self::Error>;
 }
 
 /// A write apply asks the storage layer to make, atomically with the applied log id.
@@ -88,6 +172,20 @@ pub enum LedgerWrite {
         tenant_id: String,
         state: TenantState,
     },
+    Block {
+        stream_no: u32,
+        block_index: u64,
+        /// The block's last seq: the key that finds a seq's block.
+        last_seq: u64,
+        record: BlockRecord,
+    },
+    Checkpoint {
+        stream_no: u32,
+        tree_size: u64,
+        tenant_id: String,
+        stream_index: u32,
+        note: String,
+    },
 }
 
 /// The in-memory part of a shard's ledger state: its tenants and their streams.
@@ -101,6 +199,9 @@ pub struct Ledger {
     /// Events applied but not yet committed by the storage layer, so that a duplicate
     /// inside one storage batch is caught. Cleared by [`Ledger::batch_committed`].
     pending: BTreeMap<(u32, String), (u32, u64, LeafHash)>,
+    /// Stream tree roots of blocks sealed in the not-yet-committed storage batch, so a
+    /// checkpoint in the same batch finds them as a later batch would in the store.
+    pending_roots: BTreeMap<(u32, u64), [u8; 32]>,
     /// Tenants whose state changed since the last storage batch: written once per batch,
     /// not once per event.
     dirty_tenants: std::collections::BTreeSet<String>,
@@ -138,7 +239,7 @@ impl Ledger {
     /// caller commits `writes` atomically, then calls [`Ledger::batch_committed`].
     pub fn seal_batch(&mut self, writes: &mut Vec<LedgerWrite>) {
         for tenant_id in std::mem::take(&mut self.dirty_tenants) {
-            let state = self.tenants[&tenant_id];
+            let state = self.tenants[&tenant_id].clone();
             writes.push(LedgerWrite::Tenant { tenant_id, state });
         }
     }
@@ -146,6 +247,7 @@ impl Ledger {
     /// The storage layer committed every write returned so far.
     pub fn batch_committed(&mut self) {
         self.pending.clear();
+        self.pending_roots.clear();
     }
 
     /// Applies one command, appending the writes it needs to `writes`.
@@ -161,22 +263,145 @@ impl Ledger {
         match command {
             LedgerCommand::Append {
                 ingested_at_ns,
+                block_events_max,
                 events,
             } => {
+                let block_events_max = (*block_events_max).clamp(1, BLOCK_EVENTS_MAX);
                 let mut receipts = Vec::with_capacity(events.len());
                 writes.reserve(2 * events.len());
                 for event in events {
-                    receipts.push(self.append_one(lookup, *ingested_at_ns, event, writes)?);
+                    receipts.push(self.append_one(
+                        lookup,
+                        *ingested_at_ns,
+                        block_events_max,
+                        event,
+                        writes,
+                    )?);
                 }
-                Ok(LedgerResponse { receipts })
+                Ok(LedgerResponse {
+                    receipts,
+                    ..LedgerResponse::default()
+                })
+            }
+            LedgerCommand::Seal {
+                sealed_at_ns,
+                opened_at_or_before_ns,
+                tenant_id,
+            } => Ok(self.apply_seal(
+                *sealed_at_ns,
+                *opened_at_or_before_ns,
+                tenant_id.as_deref(),
+                writes,
+            )),
+            LedgerCommand::Checkpoint { notes } => self.apply_checkpoints(lookup, notes, writes),
+        }
+    }
+
+    fn apply_seal(
+        &mut self,
+        sealed_at_ns: i64,
+        opened_at_or_before_ns: i64,
+        only_tenant: Option<&str>,
+        writes: &mut Vec<LedgerWrite>,
+    ) -> LedgerResponse {
+        let mut response = LedgerResponse::default();
+        let tenant_ids: Vec<String> = match only_tenant {
+            Some(tenant_id) if self.tenants.contains_key(tenant_id) => vec![tenant_id.to_string()],
+            Some(_) => Vec::new(),
+            None => self.tenants.keys().cloned().collect(),
+        };
+        for tenant_id in tenant_ids {
+            let state = self.tenants.get_mut(&tenant_id).expect("listed above");
+            let chain = &state.chain;
+            if !chain.open.is_empty() {
+                if chain.open_since_ns <= opened_at_or_before_ns {
+                    seal_block(
+                        &tenant_id,
+                        state,
+                        sealed_at_ns,
+                        &mut self.pending_roots,
+                        writes,
+                    );
+                    mark_dirty(&mut self.dirty_tenants, &tenant_id);
+                } else {
+                    response.open_blocks += 1;
+                }
+            }
+            let chain = &state.chain;
+            if chain.blocks.len() > chain.checkpointed_size {
+                response.checkpoints_due.push(CheckpointDue {
+                    stream: stream_name(&tenant_id, 0),
+                    tree_size: chain.blocks.len(),
+                    root: chain.blocks.root(),
+                    last_seq: state.last_sealed_seq(),
+                    sealed_at_ns: chain.last_sealed_at_ns,
+                    tenant_id,
+                });
             }
         }
+        response
+    }
+
+    fn apply_checkpoints<L>(
+        &mut self,
+        lookup: &L,
+        notes: &[CheckpointNote],
+        writes: &mut Vec<LedgerWrite>,
+    ) -> Result<LedgerResponse, L::Error>
+    where
+        L: LedgerLookup,
+    {
+        let mut response = LedgerResponse::default();
+        for CheckpointNote { tenant_id, note } in notes {
+            let Some(state) = self.tenants.get_mut(tenant_id) else {
+                response.checkpoints_skipped += 1;
+                continue;
+            };
+            let stream = stream_name(tenant_id, 0);
+            let matches = match CheckpointBody::parse_note(note) {
+                Ok(body) => {
+                    let chain = &state.chain;
+                    let size_ok = body.tree_size > chain.checkpointed_size
+                        && body.tree_size <= chain.blocks.len()
+                        && body.origin.ends_with(&format!("/{stream}"));
+                    let root = if !size_ok {
+                        None
+                    } else if body.tree_size == chain.blocks.len() {
+                        Some(chain.blocks.root())
+                    } else {
+                        let key = (state.stream_no, body.tree_size - 1);
+                        match self.pending_roots.get(&key) {
+                            Some(root) => Some(*root),
+                            None => lookup.tree_root_after(key.0, key.1)?,
+                        }
+                    };
+                    (root == Some(body.root)).then_some(body.tree_size)
+                }
+                Err(_) => None,
+            };
+            let Some(tree_size) = matches else {
+                response.checkpoints_skipped += 1;
+                continue;
+            };
+            state.chain.checkpointed_size = tree_size;
+            writes.push(LedgerWrite::Checkpoint {
+                stream_no: state.stream_no,
+                tree_size,
+                tenant_id: tenant_id.clone(),
+                stream_index: 0,
+                note: note.clone(),
+            });
+            mark_dirty(&mut self.dirty_tenants, tenant_id);
+            response.checkpoints_recorded += 1;
+        }
+        Ok(response)
     }
 
     fn append_one<L>(
         &mut self,
         lookup: &L,
         ingested_at_ns: i64,
+        block_events_max: u32,
         event: &EventRecord,
         writes: &mut Vec<LedgerWrite>,
     ) -> Result<ApplyReceipt, L::Error>
@@ -184,22 +409,19 @@ impl Ledger {
         L: LedgerLookup,
     {
         let stream = stream_name(&event.tenant_id, 0);
-        let tenant = match self.tenants.get(&event.tenant_id) {
-            Some(state) => *state,
-            None => {
-                let number = u32::try_from(self.tenants.len() + 1)
-                    .expect("a shard hosts fewer than 2^32 tenants");
-                let state = TenantState {
-                    tenant_no: number,
-                    stream_no: number,
-                    next_seq: 1,
-                };
-                self.tenants.insert(event.tenant_id.clone(), state);
-                state
-            }
-        };
+        if !self.tenants.contains_key(&event.tenant_id) {
+            let number = u32::try_from(self.tenants.len() + 1)
+                .expect("a shard hosts fewer than 2^32 tenants");
+            self.tenants
+                .insert(event.tenant_id.clone(), TenantState::new(number));
+        }
+        // Update in place: no copy of the tenant id per event on this hot path.
+        let state = self
+            .tenants
+            .get_mut(&event.tenant_id)
+            .expect("inserted above when new");
 
-        let dedup_key = (tenant.tenant_no, event.event_id.clone());
+        let dedup_key = (state.tenant_no, event.event_id.clone());
         if let Some((_, seq, hash)) = self.pending.get(&dedup_key) {
             return Ok(ApplyReceipt {
                 stream,
@@ -208,7 +430,7 @@ impl Ledger {
                 deduplicated: true,
             });
         }
-        if let Some((stream_no, seq)) = lookup.find_event_id(tenant.tenant_no, &event.event_id)? {
+        if let Some((stream_no, seq)) = lookup.find_event_id(state.tenant_no, &event.event_id)? {
             let hash = lookup.leaf_hash_of(stream_no, seq)?;
             return Ok(ApplyReceipt {
                 stream,
@@ -218,34 +440,41 @@ impl Ledger {
             });
         }
 
-        let seq = tenant.next_seq;
+        let seq = state.next_seq;
         let mut canonical = Vec::with_capacity(event.size_bytes() + stream.len());
         encode_canonical(&stream, seq, ingested_at_ns, event, &mut canonical);
         let hash = leaf_hash(&canonical);
 
-        // Update in place: no copy of the tenant id per event on this hot path.
-        self.tenants
-            .get_mut(&event.tenant_id)
-            .expect("inserted above when new")
-            .next_seq = seq + 1;
-        self.events_total += 1;
-        self.pending
-            .insert(dedup_key, (tenant.stream_no, seq, hash));
-
+        state.next_seq = seq + 1;
+        if state.chain.open.is_empty() {
+            state.chain.open_since_ns = ingested_at_ns;
+        }
+        state.chain.open.push(hash);
+        let stream_no = state.stream_no;
+        let tenant_no = state.tenant_no;
         writes.push(LedgerWrite::Event {
-            stream_no: tenant.stream_no,
+            stream_no,
             seq,
             canonical,
         });
+        if state.chain.open.len() >= u64::from(block_events_max) {
+            seal_block(
+                &event.tenant_id,
+                state,
+                ingested_at_ns,
+                &mut self.pending_roots,
+                writes,
+            );
+        }
+        self.events_total += 1;
+        self.pending.insert(dedup_key, (stream_no, seq, hash));
         writes.push(LedgerWrite::Dedup {
-            tenant_no: tenant.tenant_no,
+            tenant_no,
             event_id: event.event_id.clone(),
-            stream_no: tenant.stream_no,
+            stream_no,
             seq,
         });
-        if !self.dirty_tenants.contains(&event.tenant_id) {
-            self.dirty_tenants.insert(event.tenant_id.clone());
-        }
+        mark_dirty(&mut self.dirty_tenants, &event.tenant_id);
         Ok(ApplyReceipt {
             stream,
             seq,
@@ -253,6 +482,52 @@ impl Ledger {
             deduplicated: false,
         })
     }
+}
+
+fn mark_dirty(dirty: &mut std::collections::BTreeSet<String>, tenant_id: &str) {
+    if !dirty.contains(tenant_id) {
+        dirty.insert(tenant_id.to_string());
+    }
+}
+
+/// Seals a stream's open block (which must hold at least one event): writes the block
+/// and moves the chain on.
+fn seal_block(
+    tenant_id: &str,
+    state: &mut TenantState,
+    sealed_at_ns: i64,
+    pending_roots: &mut BTreeMap<(u32, u64), [u8; 32]>,
+    writes: &mut Vec<LedgerWrite>,
+) {
+    let chain = &mut state.chain;
+    let count = chain.open.len();
+    assert!(count > 0, "only a non-empty block is sealed");
+    let header = BlockHeader {
+        stream: stream_name(tenant_id, 0),
+        block_index: chain.blocks.len(),
+        prev_block_hash: chain.last_block_hash,
+        merkle_root: chain.open.root(),
+        first_seq: state.next_seq - count,
+        count: u32::try_from(count).expect("a block holds at most BLOCK_EVENTS_MAX events"),
+        sealed_at_ns,
+    };
+    let header_bytes = header.encode();
+    let hash = block_hash(&header_bytes);
+    chain.blocks.push(hash);
+    chain.last_block_hash = hash;
+    chain.last_sealed_at_ns = sealed_at_ns;
+    chain.open = CompactTree::new();
+    pending_roots.insert((state.stream_no, header.block_index), chain.blocks.root());
+    writes.push(LedgerWrite::Block {
+        stream_no: state.stream_no,
+        block_index: header.block_index,
+        last_seq: header.last_seq(),
+        record: BlockRecord {
+            header: header_bytes,
+            block_hash: hash,
+            tree_root_after: chain.blocks.root(),
+        },
+    });
 }
 
 #[cfg(test)]
@@ -280,6 +555,7 @@ mod tests {
     fn append(events: Vec<EventRecord>) -> LedgerCommand {
         LedgerCommand::Append {
             ingested_at_ns: 7,
+            block_events_max: 3,
             events,
         }
     }

@@ -249,6 +249,8 @@ pub enum DecodeError {
     Enum { field: &'static str, value: u8 },
     #[error("canonical event: {0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("stored block: its hash does not match its header")]
+    Checksum,
 }
 
 fn put_str(out: &mut Vec<u8>, value: &str) {
@@ -257,12 +259,32 @@ fn put_str(out: &mut Vec<u8>, value: &str) {
     out.extend_from_slice(value.as_bytes());
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     position: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, position: 0 }
+    }
+
+    /// Fails unless every byte was read.
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        match self.bytes.len() - self.position {
+            0 => Ok(()),
+            trailing => Err(DecodeError::TrailingBytes(trailing)),
+        }
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array::<4>()?))
+    }
+
     fn take(&mut self, count: usize) -> Result<&[u8], DecodeError> {
         let end = self
             .position
@@ -274,21 +296,21 @@ impl Reader<'_> {
         Ok(slice)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         let bytes = self.take(8)?;
         Ok(u64::from_be_bytes(bytes.try_into().expect("8 bytes")))
     }
 
-    fn i64(&mut self) -> Result<i64, DecodeError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, DecodeError> {
         let bytes = self.take(8)?;
         Ok(i64::from_be_bytes(bytes.try_into().expect("8 bytes")))
     }
 
-    fn string(&mut self) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let length_bytes = self.take(4)?;
         let length = u32::from_be_bytes(length_bytes.try_into().expect("4 bytes")) as usize;
         let start = self.position;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use super::apply::{LedgerLookup, LedgerWrite, TenantState};
+use super::block::BlockRecord;
 use super::event::{leaf_hash, LeafHash};
 
 #[derive(Debug, Default, Clone)]
@@ -15,6 +16,10 @@ pub struct MemoryStore {
     /// `(tenant_no, event_id)` -> `(stream_no, seq)`.
     pub dedup: BTreeMap<(u32, String), (u32, u64)>,
     pub tenants: BTreeMap<String, TenantState>,
+    /// `(stream_no, block_index)` -> sealed block.
+    pub blocks: BTreeMap<(u32, u64), BlockRecord>,
+    /// `(stream_no, tree_size)` -> signed note.
+    pub checkpoints: BTreeMap<(u32, u64), String>,
 }
 
 /// What a write replaced, so that a caller can take it back (a crash model) or assert
@@ -24,6 +29,8 @@ pub enum Replaced {
     Event((u32, u64), Option<Vec<u8>>),
     Dedup((u32, String), Option<(u32, u64)>),
     Tenant(String, Option<TenantState>),
+    Block((u32, u64), Option<BlockRecord>),
+    Checkpoint((u32, u64), Option<String>),
 }
 
 impl MemoryStore {
@@ -51,6 +58,24 @@ impl MemoryStore {
                 let previous = self.tenants.insert(tenant_id.clone(), state);
                 Replaced::Tenant(tenant_id, previous)
             }
+            LedgerWrite::Block {
+                stream_no,
+                block_index,
+                record,
+                ..
+            } => {
+                let key = (stream_no, block_index);
+                Replaced::Block(key, self.blocks.insert(key, record))
+            }
+            LedgerWrite::Checkpoint {
+                stream_no,
+                tree_size,
+                note,
+                ..
+            } => {
+                let key = (stream_no, tree_size);
+                Replaced::Checkpoint(key, self.checkpoints.insert(key, note))
+            }
         }
     }
 
@@ -75,8 +100,17 @@ impl MemoryStore {
             Replaced::Tenant(tenant_id, Some(previous)) => {
                 self.tenants.insert(tenant_id, previous);
             }
+            Replaced::Block(key, previous) => restore(&mut self.blocks, key, previous),
+            Replaced::Checkpoint(key, previous) => restore(&mut self.checkpoints, key, previous),
         }
     }
+}
+
+fn restore<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, previous: Option<V>) {
+    match previous {
+        Some(value) => map.insert(key, value),
+        None => map.remove(&key),
+    };
 }
 
 impl LedgerLookup for MemoryStore {
@@ -92,5 +126,16 @@ impl LedgerLookup for MemoryStore {
 
     fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Infallible> {
         Ok(leaf_hash(&self.events[&(stream_no, seq)]))
+    }
+
+    fn tree_root_after(
+        &self,
+        stream_no: u32,
+        block_index: u64,
+    ) -> Result<Option<[u8; 32]>, Infallible> {
+        Ok(self
+            .blocks
+            .get(&(stream_no, block_index))
+            .map(|record| record.tree_root_after))
     }
 }

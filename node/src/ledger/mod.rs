@@ -3,6 +3,8 @@
 //! and the simulation drive this same code.
 
 pub mod apply;
+pub mod block;
+pub mod checkpoint;
 pub mod event;
 pub mod memory;
 pub mod merkle;
@@ -10,9 +12,11 @@ pub mod routing;
 pub mod validate;
 
 pub use apply::{
-    stream_name, ApplyReceipt, Ledger, LedgerCommand, LedgerLookup, LedgerResponse, LedgerWrite,
-    TenantState,
+    stream_name, ApplyReceipt, CheckpointDue, CheckpointNote, Ledger, LedgerCommand, LedgerLookup,
+    LedgerResponse, LedgerWrite, StreamChain, TenantState,
 };
+pub use block::{block_hash, BlockHeader, BlockRecord, BLOCK_EVENTS_DEFAULT};
+pub use checkpoint::{CheckpointBody, NoteSigner};
 pub use event::{leaf_hash, ActorKind, EventRecord, LeafHash, Outcome, StoredEvent};
 pub use memory::{MemoryStore, Replaced};
 pub use validate::{validate_event, validate_tenant_id, FieldError, BATCH_EVENTS_MAX};

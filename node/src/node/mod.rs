@@ -2,6 +2,7 @@
 //! API reads.
 
 pub mod actor;
+pub mod key;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,10 +12,13 @@ use actix::prelude::*;
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::ledger::routing::{shard_for_tenant, ShardId};
+use crate::ledger::NoteSigner;
 use crate::shard::actor::ShardActor;
-use crate::shard::{self, ShardHandle, ShardSettings};
+use crate::shard::{self, SealerSettings, ShardHandle, ShardSettings};
+use crate::storage::publish::Publisher;
 use crate::storage::NodeStore;
 use actor::NodeActor;
+use std::time::Duration;
 
 /// `tenant -> shard`, with a handle per local shard. Immutable on a single node; the
 /// cluster work refreshes it from the metadata group.
@@ -44,6 +48,8 @@ pub struct Node {
     pub actor: Addr<NodeActor>,
     pub store: NodeStore,
     pub clock: Arc<dyn Clock>,
+    pub signer: Arc<NoteSigner>,
+    pub publisher: Publisher,
 }
 
 impl Node {
@@ -67,12 +73,31 @@ pub async fn start(
 ) -> anyhow::Result<Node> {
     let store = NodeStore::open(&config.data_dir)?;
     let shard_count = check_shard_count(&store, config.shards)?;
+    let tamper = &config.tamper;
+    let signer = Arc::new(key::load_or_create(
+        &config.data_dir,
+        &tamper.checkpoint_origin,
+    )?);
+    let publisher = Publisher::start(&tamper.checkpoint_dir).map_err(|error| {
+        anyhow::anyhow!(
+            "checkpoint_dir {}: {error}",
+            tamper.checkpoint_dir.display()
+        )
+    })?;
     let settings = ShardSettings {
         node_id: config.node_id,
         advertise_addr: config.grpc_addr.to_string(),
         cluster_name: "trail".to_string(),
         snapshot_logs_since_last: config.snapshot_logs_since_last,
         limits: config.limits,
+        sealer: SealerSettings {
+            node_id: config.node_id,
+            seal_interval: Duration::from_millis(tamper.seal_interval_ms),
+            checkpoint_interval: Duration::from_millis(tamper.checkpoint_interval_ms),
+            origin: tamper.checkpoint_origin.clone(),
+        },
+        signer: signer.clone(),
+        publisher: Some(publisher.clone()),
     };
     let mut handles = BTreeMap::new();
     let mut opened = Vec::new();
@@ -110,6 +135,8 @@ pub async fn start(
         actor,
         store,
         clock,
+        signer,
+        publisher,
     })
 }
 

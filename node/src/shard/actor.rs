@@ -117,6 +117,10 @@ impl Handler<StopShard> for ShardActor {
         Box::pin(
             async move {
                 if let Some(tasks) = tasks {
+                    // A round cut short leaves at most a proposal in the log, which
+                    // applies (or not) like any other: nothing half-done.
+                    let _ = tasks.stop_sealer.send(());
+                    tasks.sealer.abort();
                     let _ = tasks.stop_batcher.send(());
                     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.batcher)
                         .await

@@ -31,6 +31,9 @@ pub struct BatchLimits {
     pub queue_bytes_max: usize,
     /// Requests waiting in the queue, per shard.
     pub queue_requests_max: usize,
+    /// Events that seal a block by size; stamped into each entry so that every replica
+    /// seals at the same event.
+    pub block_events_max: u32,
 }
 
 impl Default for BatchLimits {
@@ -44,6 +47,7 @@ impl Default for BatchLimits {
             proposals_in_flight_max: 2,
             queue_bytes_max: 32 << 20,
             queue_requests_max: 4_096,
+            block_events_max: crate::ledger::BLOCK_EVENTS_DEFAULT,
         }
     }
 }
@@ -204,6 +208,7 @@ pub async fn run(
         }
         let command = LedgerCommand::Append {
             ingested_at_ns,
+            block_events_max: limits.block_events_max,
             events,
         };
         // `client_write_ff` hands the entry to RaftCore before returning, so entries

@@ -3,7 +3,9 @@
 
 pub mod actor;
 pub mod batcher;
+pub mod proofs;
 pub mod reader;
+pub mod sealer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,18 +17,24 @@ use crate::clock::Clock;
 use crate::consensus::{self, network::LocalOnlyNetwork, NodeId, Raft};
 use crate::ledger::routing::ShardId;
 use crate::ledger::EventRecord;
+use crate::ledger::NoteSigner;
+use crate::storage::publish::Publisher;
 use crate::storage::state_machine::ShardCounters;
 use crate::storage::{LogStore, NodeStore, ShardKeyspaces, StateMachine};
 pub use batcher::{BatchLimits, IngestError, IngestQueue, IngestReply};
+pub use sealer::{Sealer, SealerSettings};
 
 /// Settings a shard is opened with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ShardSettings {
     pub node_id: NodeId,
     pub advertise_addr: String,
     pub cluster_name: String,
     pub snapshot_logs_since_last: u64,
     pub limits: BatchLimits,
+    pub sealer: SealerSettings,
+    pub signer: Arc<NoteSigner>,
+    pub publisher: Option<Publisher>,
 }
 
 /// Everything the data path needs to reach a shard. Cheap to clone.
@@ -37,6 +45,7 @@ pub struct ShardHandle {
     pub queue: IngestQueue,
     pub keyspaces: ShardKeyspaces,
     pub counters: Arc<ShardCounters>,
+    pub sealer: Arc<Sealer>,
 }
 
 impl ShardHandle {
@@ -52,6 +61,8 @@ impl ShardHandle {
 pub struct ShardTasks {
     pub batcher: tokio::task::JoinHandle<()>,
     pub stop_batcher: oneshot::Sender<()>,
+    pub sealer: tokio::task::JoinHandle<()>,
+    pub stop_sealer: oneshot::Sender<()>,
 }
 
 /// Opens a shard's storage, starts its Raft group (a single-replica group on first
@@ -65,7 +76,8 @@ pub async fn open(
 ) -> anyhow::Result<(ShardHandle, ShardTasks)> {
     let keyspaces = store.shard(shard)?;
     let log_store = LogStore::open(store.db.clone(), &keyspaces, store.syncer.clone())?;
-    let state_machine = StateMachine::open(store.db.clone(), &keyspaces)?;
+    let state_machine =
+        StateMachine::open(store.db.clone(), &keyspaces, settings.publisher.clone())?;
     let counters = state_machine.counters.clone();
     let config = Arc::new(consensus::raft_config(
         &format!("{}-shard-{shard}", settings.cluster_name),
@@ -94,23 +106,35 @@ pub async fn open(
     let batcher = tokio::spawn(batcher::run(
         shard,
         raft.clone(),
-        clock,
+        clock.clone(),
         settings.limits,
         receiver,
         stop_signal,
     ));
+    let sealer = Arc::new(Sealer::new(
+        shard,
+        raft.clone(),
+        clock,
+        settings.signer.clone(),
+        settings.sealer.clone(),
+    ));
+    let (stop_sealer, stop_signal) = oneshot::channel();
+    let sealer_task = tokio::spawn(sealer::run(sealer.clone(), counters.clone(), stop_signal));
     let handle = ShardHandle {
         shard,
         raft,
         queue,
         keyspaces,
         counters,
+        sealer,
     };
     Ok((
         handle,
         ShardTasks {
             batcher,
             stop_batcher,
+            sealer: sealer_task,
+            stop_sealer,
         },
     ))
 }

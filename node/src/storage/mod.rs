@@ -10,6 +10,9 @@
 //! | `sN.events`     | stream_no (u32 BE) + seq (u64 BE)| canonical event (v1)          |
 //! | `sN.dedup`      | tenant_no (u32 BE) + event_id    | stream_no (u32 BE) + seq (BE) |
 //! | `sN.tenants`    | tenant_id                        | bincode `TenantState`         |
+//! | `sN.chain`      | `b` stream_no block_index        | `BlockRecord` (hashes, header)|
+//! |                 | `e` stream_no last_seq           | block_index (u64 BE)          |
+//! |                 | `c` stream_no tree_size          | signed checkpoint note        |
 //! | `sN.sm_meta`    | `applied`, `membership`, `snapshot` | bincode                    |
 //!
 //! A tenant's newest events are one contiguous range of `sN.events`. Per event, apply
@@ -20,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod publish;
 pub mod state_machine;
 pub mod syncer;
 
@@ -89,6 +93,7 @@ impl NodeStore {
             events: open("events", MEMTABLE_BYTES_MAX_BULK)?,
             dedup: open("dedup", MEMTABLE_BYTES_MAX_DEDUP)?,
             tenants: open("tenants", MEMTABLE_BYTES_MAX_SMALL)?,
+            chain: open("chain", MEMTABLE_BYTES_MAX_SMALL)?,
             sm_meta: open("sm_meta", MEMTABLE_BYTES_MAX_SMALL)?,
             snapshot_dir: Arc::new(
                 self.data_dir
@@ -108,6 +113,7 @@ pub struct ShardKeyspaces {
     pub events: Keyspace,
     pub dedup: Keyspace,
     pub tenants: Keyspace,
+    pub chain: Keyspace,
     pub sm_meta: Keyspace,
     pub snapshot_dir: Arc<PathBuf>,
 }
@@ -137,4 +143,24 @@ pub fn decode_position(value: &[u8]) -> Option<(u32, u64)> {
     let stream_no = u32::from_be_bytes(value[..4].try_into().ok()?);
     let seq = u64::from_be_bytes(value[4..].try_into().ok()?);
     Some((stream_no, seq))
+}
+
+/// Key prefixes of the `chain` keyspace.
+pub const CHAIN_BLOCK: u8 = b'b';
+pub const CHAIN_BLOCK_END: u8 = b'e';
+pub const CHAIN_CHECKPOINT: u8 = b'c';
+
+/// `prefix, stream_no (u32 BE), number (u64 BE)`: blocks by index, block ends by last
+/// seq, checkpoints by tree size. Each kind of a stream is one ordered range.
+pub fn chain_key(prefix: u8, stream_no: u32, number: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = prefix;
+    key[1..5].copy_from_slice(&stream_no.to_be_bytes());
+    key[5..].copy_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// The number at the end of a chain key.
+pub fn chain_key_number(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(5..13)?.try_into().ok()?))
 }

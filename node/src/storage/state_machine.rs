@@ -18,12 +18,17 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use sha2::{Digest, Sha256};
 
 use super::log_store::storage_io_error;
-use super::{decode_position, dedup_key, event_key, position_value, ShardKeyspaces};
+use super::publish::Publisher;
+use super::{
+    chain_key, decode_position, dedup_key, event_key, position_value, ShardKeyspaces, CHAIN_BLOCK,
+    CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
+};
 use crate::consensus::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::ledger::{
-    leaf_hash, LeafHash, Ledger, LedgerLookup, LedgerResponse, LedgerWrite, TenantState,
+    leaf_hash, BlockRecord, LeafHash, Ledger, LedgerLookup, LedgerResponse, LedgerWrite,
+    TenantState,
 };
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -37,10 +42,11 @@ const APPLY_WRITES_MAX: usize = 60_000;
 const INSTALL_BATCH_RECORDS_MAX: usize = 10_000;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"TRAILSNP";
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 const TAG_EVENTS: u8 = 1;
 const TAG_DEDUP: u8 = 2;
 const TAG_TENANTS: u8 = 3;
+const TAG_CHAIN: u8 = 4;
 const TAG_END: u8 = 0xFF;
 
 /// Counters readers can see without taking the state machine's lock.
@@ -65,10 +71,16 @@ struct Inner {
     last_membership: StoredMembership,
     counters: Arc<ShardCounters>,
     snapshots_built: u64,
+    /// Publishes recorded checkpoints outside the store.
+    publisher: Option<Publisher>,
 }
 
 impl StateMachine {
-    pub fn open(db: Database, keyspaces: &ShardKeyspaces) -> Result<StateMachine, StorageError> {
+    pub fn open(
+        db: Database,
+        keyspaces: &ShardKeyspaces,
+        publisher: Option<Publisher>,
+    ) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(keyspaces.snapshot_dir.as_ref()).map_err(write_snapshot)?;
         let last_applied: Option<LogId> = read_meta(&keyspaces.sm_meta, KEY_APPLIED)?.flatten();
         let last_membership: StoredMembership =
@@ -83,6 +95,7 @@ impl StateMachine {
             last_membership,
             counters: counters.clone(),
             snapshots_built: 0,
+            publisher,
         };
         inner.remove_stale_snapshot_files()?;
         inner.publish_counters();
@@ -115,6 +128,7 @@ impl Inner {
                     let lookup = Lookup {
                         events: &self.keyspaces.events,
                         dedup: &self.keyspaces.dedup,
+                        chain: &self.keyspaces.chain,
                     };
                     let response =
                         self.ledger
@@ -147,6 +161,7 @@ impl Inner {
         self.ledger.seal_batch(writes);
         let keyspaces = &self.keyspaces;
         let mut batch = self.db.batch();
+        let mut published = Vec::new();
         for write in writes.drain(..) {
             match write {
                 LedgerWrite::Event {
@@ -169,10 +184,46 @@ impl Inner {
                     tenant_id.into_bytes(),
                     bincode::serialize(&state).expect("tenant state serializes"),
                 ),
+                LedgerWrite::Block {
+                    stream_no,
+                    block_index,
+                    last_seq,
+                    record,
+                } => {
+                    batch.insert(
+                        &keyspaces.chain,
+                        chain_key(CHAIN_BLOCK, stream_no, block_index),
+                        record.encode(),
+                    );
+                    batch.insert(
+                        &keyspaces.chain,
+                        chain_key(CHAIN_BLOCK_END, stream_no, last_seq),
+                        block_index.to_be_bytes(),
+                    );
+                }
+                LedgerWrite::Checkpoint {
+                    stream_no,
+                    tree_size,
+                    tenant_id,
+                    stream_index,
+                    note,
+                } => {
+                    batch.insert(
+                        &keyspaces.chain,
+                        chain_key(CHAIN_CHECKPOINT, stream_no, tree_size),
+                        note.as_bytes(),
+                    );
+                    published.push((tenant_id, stream_index, tree_size, note));
+                }
             }
         }
         self.put_applied(&mut batch);
         batch.commit().map_err(write_state_machine)?;
+        if let Some(publisher) = &self.publisher {
+            for (tenant_id, stream_index, tree_size, note) in published {
+                publisher.publish(&tenant_id, stream_index, tree_size, note);
+            }
+        }
         self.ledger.batch_committed();
         self.publish_counters();
         Ok(())
@@ -249,6 +300,7 @@ impl Inner {
         keyspaces.events.clear().map_err(write_snapshot_fjall)?;
         keyspaces.dedup.clear().map_err(write_snapshot_fjall)?;
         keyspaces.tenants.clear().map_err(write_snapshot_fjall)?;
+        keyspaces.chain.clear().map_err(write_snapshot_fjall)?;
 
         file.seek(std::io::SeekFrom::Start(0))
             .map_err(read_snapshot)?;
@@ -267,6 +319,7 @@ impl Inner {
                 TAG_EVENTS => &keyspaces.events,
                 TAG_DEDUP => &keyspaces.dedup,
                 TAG_TENANTS => &keyspaces.tenants,
+                TAG_CHAIN => &keyspaces.chain,
                 _ => unreachable!("verified before"),
             };
             batch.insert(keyspace, key, value);
@@ -324,6 +377,7 @@ impl Inner {
 struct Lookup<'a> {
     events: &'a Keyspace,
     dedup: &'a Keyspace,
+    chain: &'a Keyspace,
 }
 
 impl LedgerLookup for Lookup<'_> {
@@ -344,6 +398,23 @@ impl LedgerLookup for Lookup<'_> {
             .get(event_key(stream_no, seq))?
             .expect("a dedup entry points at a stored event");
         Ok(leaf_hash(&canonical))
+    }
+
+    fn tree_root_after(
+        &self,
+        stream_no: u32,
+        block_index: u64,
+    ) -> Result<Option<[u8; 32]>, fjall::Error> {
+        let Some(bytes) = self
+            .chain
+            .get(chain_key(CHAIN_BLOCK, stream_no, block_index))?
+        else {
+            return Ok(None);
+        };
+        // A damaged record gives no root, so the checkpoint is skipped, not recorded.
+        Ok(BlockRecord::decode(&bytes)
+            .ok()
+            .map(|record| record.tree_root_after))
     }
 }
 
@@ -508,6 +579,7 @@ fn write_snapshot_file(
         (TAG_EVENTS, &keyspaces.events),
         (TAG_DEDUP, &keyspaces.dedup),
         (TAG_TENANTS, &keyspaces.tenants),
+        (TAG_CHAIN, &keyspaces.chain),
     ] {
         for guard in view.iter(keyspace) {
             let (key, value) = guard.into_inner().map_err(write_snapshot_fjall)?;
@@ -539,7 +611,7 @@ fn verify_snapshot_file(file: &mut std::fs::File) -> Result<SnapshotMeta, Storag
         let tag = read_u8(&mut reader)?;
         match tag {
             TAG_END => break,
-            TAG_EVENTS | TAG_DEDUP | TAG_TENANTS => {
+            TAG_EVENTS | TAG_DEDUP | TAG_TENANTS | TAG_CHAIN => {
                 read_chunk(&mut reader)?;
                 read_chunk(&mut reader)?;
             }

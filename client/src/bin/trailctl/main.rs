@@ -1,12 +1,17 @@
-//! `trailctl`: ingest, read, inspect and benchmark a Trail node from the command line.
+//! `trailctl`: ingest, read, inspect, verify and benchmark a Trail node from the command
+//! line.
 //!
-//! Exit codes: 0 success; 1 something was rejected, not found or invalid; 2 the node
-//! could not be reached.
+//! Exit codes: 0 success; 1 something was rejected, not found, invalid or did not
+//! verify; 2 the node could not be reached.
 
 mod bench;
+mod checkpoint;
 mod ingest;
+mod key;
 mod output;
+mod proof;
 mod read;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,8 +39,23 @@ Examples:
   # Throughput and ack latency with 1 M generated events, 64 batches in flight
   trailctl bench ingest --count 1000000 --concurrency 64
 
-Exit codes: 0 success; 1 rejected events, event not found or bad input;
-2 the node could not be reached.";
+  # Tamper evidence (docs/PROOFS.md). Pin the node's verifier key first (check it out
+  # of band: it is what every checkpoint must be signed with)
+  export TRAIL_VERIFIER_KEY=$(trailctl status --json | jq -r .verifier_key)
+
+  # Prove one event, save the proof, verify it later with no node at all
+  trailctl proof --tenant ten_0001 evt_1 --out evt_1.proof.json
+  trailctl proof --verify evt_1.proof.json
+
+  # Keep a checkpoint now; later, check the node still extends it (no rollback, no fork)
+  trailctl checkpoint --tenant ten_0001 --seal-now --out ten_0001.checkpoint
+  trailctl verify --checkpoint ten_0001.checkpoint
+
+  # Full audit: recompute every event, block and root of two tenants' streams
+  trailctl verify --tenant ten_0001 --tenant ten_0002
+
+Exit codes: 0 success; 1 rejected events, event not found, bad input, or a proof,
+checkpoint or audit that does not verify; 2 the node could not be reached.";
 
 /// Command-line client for Trail, the multi-tenant audit-log ledger.
 #[derive(Debug, Parser)]
@@ -79,8 +99,73 @@ enum Command {
     /// Print a tenant's events in stream order as JSON lines.
     Tail(read::TailArgs),
 
-    /// Show the node's identity, memory and per-shard consensus state.
+    /// Show the node's identity, verifier key, memory and per-shard consensus state.
     Status(read::StatusArgs),
+
+    /// Prove that an event is in the ledger, or verify a saved proof offline.
+    ///
+    /// Fetches the event's inclusion proof (GetProof), packs it as a `trail-proof-v1`
+    /// bundle (docs/PROOFS.md) and verifies it locally: the checkpoint's signature under
+    /// the pinned key, the event bytes, the block header, the event's path to the
+    /// block's merkle root and the block's path to the checkpoint's root. Prints a
+    /// summary, or the bundle with --json; --out saves the bundle once it verified.
+    ///
+    /// `--verify FILE` checks a saved bundle with the pinned key alone, contacting no node.
+    ///
+    /// Examples:
+    ///   trailctl proof --tenant ten_0001 evt_1
+    ///   trailctl proof --tenant ten_0001 evt_1 --json --out evt_1.proof.json
+    ///   trailctl proof --key "$KEY" --verify evt_1.proof.json
+    ///
+    /// Exit code 0 verified; 1 not found, or the proof does not verify (the first failed
+    /// step is named); 2 the node could not be reached.
+    #[command(verbatim_doc_comment)]
+    Proof(proof::ProofArgs),
+
+    /// Fetch a stream's signed checkpoint, verify its signature, print or save it.
+    ///
+    /// The checkpoint is a C2SP signed note: origin, tree size (blocks), stream tree
+    /// root, last seq and seal time, signed by the node's key. It is printed verbatim,
+    /// or saved with --out; a saved file is exactly the note, so keep it somewhere the
+    /// node cannot reach and later run `trailctl verify --checkpoint FILE` to prove the
+    /// node still extends it.
+    ///
+    /// Examples:
+    ///   trailctl checkpoint --tenant ten_0001
+    ///   trailctl checkpoint --tenant ten_0001 --seal-now --out ten_0001.checkpoint
+    ///   trailctl checkpoint --tenant ten_0001 --size 42
+    ///
+    /// Exit code 0 verified; 1 the signature or the stream does not match; 2 the node
+    /// could not be reached.
+    #[command(verbatim_doc_comment)]
+    Checkpoint(checkpoint::CheckpointArgs),
+
+    /// Audit tenants' streams in full, or check a kept checkpoint against the node.
+    ///
+    /// Full audit (--tenant, repeatable): the node seals and signs a fresh checkpoint;
+    /// its signature is checked; then every block is read with its events and
+    /// recomputed from the bytes alone: each event decodes and holds the seq of its
+    /// position (gap-free from 1), each block's merkle root, count, first seq and link
+    /// to the previous block, and finally the stream tree root, seq and time, which must
+    /// equal the checkpoint's. Prints
+    ///   stream T/0: verified N events in B blocks, tree size S, root R (E events/s)
+    /// or the first failure, by stream, block and seq.
+    ///
+    /// Kept checkpoint (--checkpoint FILE): checks the file's signature, fetches a fresh
+    /// checkpoint and verifies the RFC 9162 consistency proof between the two: a store
+    /// rolled back, or a history rewritten, fails. Add --full to run the full audit of
+    /// that stream too, against the same fresh checkpoint.
+    ///
+    /// Examples:
+    ///   trailctl verify --tenant ten_0001
+    ///   trailctl verify --tenant ten_0001 --tenant ten_0002 --key-file node.pub
+    ///   trailctl verify --checkpoint ten_0001.checkpoint
+    ///   trailctl verify --checkpoint ten_0001.checkpoint --full
+    ///
+    /// Exit code 0 all verified; 1 anything failed (every tenant is still checked);
+    /// 2 the node could not be reached.
+    #[command(verbatim_doc_comment)]
+    Verify(verify::VerifyArgs),
 
     /// Measure the node.
     Bench {
@@ -161,12 +246,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow::Result<ExitCode> {
+    // Offline verification must not contact the node, not even to connect.
+    let command = match command {
+        Command::Proof(args) if args.is_offline() => return proof::verify_offline(args),
+        online => online,
+    };
+    if let Command::Verify(args) = &command {
+        args.validate()?;
+    }
     let client = Client::connect_with(endpoint, options).await?;
     match command {
         Command::Ingest(args) => ingest::run(&client, args).await,
         Command::Get(args) => read::get(&client, args).await,
         Command::Tail(args) => read::tail(&client, args).await,
         Command::Status(args) => read::status(&client, args).await,
+        Command::Proof(args) => proof::run(&client, args).await,
+        Command::Checkpoint(args) => checkpoint::run(&client, args).await,
+        Command::Verify(args) => verify::run(&client, args).await,
         Command::Bench {
             bench: BenchCommand::Ingest(args),
         } => bench::run(&client, args).await,

@@ -134,6 +134,7 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
         "data_dir": status.data_dir,
         "grpc_addr": status.grpc_addr,
         "http_addr": status.http_addr,
+        "verifier_key": status.verifier_key,
         "uptime_ms": status.uptime_ms,
         "events": status.events,
         "rss_bytes": status.rss_bytes,
@@ -153,6 +154,10 @@ fn status_table(status: &StatusResponse) -> String {
             "addresses   grpc {}  http {}",
             status.grpc_addr, status.http_addr
         ));
+    }
+    if !status.verifier_key.is_empty() {
+        // The one line an auditor copies: the key to pin (see `trailctl verify --help`).
+        lines.push(format!("verifier    {}", status.verifier_key));
     }
     lines.push(format!(
         "uptime      {}",
@@ -243,6 +248,7 @@ mod tests {
             peak_rss_bytes: 312 << 20,
             grpc_addr: "127.0.0.1:7400".to_string(),
             http_addr: "127.0.0.1:7401".to_string(),
+            verifier_key: "trail.local+1a2b3c4d+AQ".to_string(),
         };
         let table = status_table(&status);
         assert!(table.contains("uptime      1h 02m 05s"), "{table}");
@@ -262,6 +268,14 @@ mod tests {
             ),
             "{table}"
         );
+        assert!(
+            table.contains("verifier    trail.local+1a2b3c4d+AQ"),
+            "{table}"
+        );
         assert_eq!(status_json(&status)["shards"][0]["role"], "leader");
+        assert_eq!(
+            status_json(&status)["verifier_key"],
+            "trail.local+1a2b3c4d+AQ"
+        );
     }
 }

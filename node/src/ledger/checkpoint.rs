@@ -1,0 +1,211 @@
+//! Checkpoints as C2SP signed notes (`tlog-checkpoint`), as the server writes them.
+//! Pure: signing is deterministic Ed25519 and the key is handed in. The format is in
+//! `docs/PROOFS.md` ("Checkpoint: a C2SP signed note").
+//!
+//! The client verifies notes with its own code (`trail_client::verify`), not this.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
+
+/// The signature type byte of an Ed25519 note key (C2SP signed-note).
+const ED25519_KEY_TYPE: u8 = 0x01;
+/// Signature lines start with an em dash and a space.
+const SIGNATURE_LINE_PREFIX: &str = "\u{2014} ";
+
+/// What a checkpoint says: a stream tree of `tree_size` blocks has root `root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointBody {
+    /// `{origin prefix}/{stream}`.
+    pub origin: String,
+    pub tree_size: u64,
+    pub root: [u8; 32],
+    /// The last event seq covered.
+    pub last_seq: u64,
+    /// `sealed_at` of the last covered block, ns since the Unix epoch.
+    pub time_ns: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("checkpoint note: {0}")]
+pub struct NoteError(pub String);
+
+impl CheckpointBody {
+    /// The note text: every line ends with `\n`.
+    pub fn text(&self) -> String {
+        format!(
+            "{}\n{}\n{}\nseq {}\ntime {}\n",
+            self.origin,
+            self.tree_size,
+            BASE64.encode(self.root),
+            self.last_seq,
+            format_time(self.time_ns),
+        )
+    }
+
+    /// Parses the text of a signed note (signatures are not checked here: the server
+    /// only reads back notes it wrote).
+    pub fn parse_note(note: &str) -> Result<CheckpointBody, NoteError> {
+        let (text, _signatures) = note
+            .split_once("\n\n")
+            .ok_or_else(|| NoteError("no blank line before the signatures".into()))?;
+        let mut lines = text.split('\n');
+        let mut next = |what: &str| {
+            lines
+                .next()
+                .ok_or_else(|| NoteError(format!("missing the {what} line")))
+        };
+        let origin = next("origin")?.to_string();
+        let tree_size = next("tree size")?
+            .parse::<u64>()
+            .map_err(|_| NoteError("tree size is not a decimal number".into()))?;
+        let root: [u8; 32] = BASE64
+            .decode(next("root hash")?)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| NoteError("root hash is not 32 bytes of base64".into()))?;
+        let last_seq = next("seq")?
+            .strip_prefix("seq ")
+            .and_then(|value| value.parse::<u64>().ok())
+            .ok_or_else(|| NoteError("expected `seq N`".into()))?;
+        let time_ns = next("time")?
+            .strip_prefix("time ")
+            .and_then(parse_time)
+            .ok_or_else(|| NoteError("expected `time <RFC 3339>`".into()))?;
+        Ok(CheckpointBody {
+            origin,
+            tree_size,
+            root,
+            last_seq,
+            time_ns,
+        })
+    }
+}
+
+fn format_time(time_ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(time_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn parse_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()?
+        .timestamp_nanos_opt()
+}
+
+/// A note signer: an Ed25519 key with its C2SP name.
+pub struct NoteSigner {
+    name: String,
+    key: SigningKey,
+    key_id: [u8; 4],
+}
+
+impl std::fmt::Debug for NoteSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoteSigner")
+            .field("verifier_key", &self.verifier_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NoteSigner {
+    /// `name` must be non-empty and contain no whitespace or `+` (C2SP signed-note).
+    pub fn new(name: &str, key: SigningKey) -> Result<NoteSigner, NoteError> {
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '+') {
+            return Err(NoteError(format!(
+                "key name {name:?} must be non-empty, without spaces or '+'"
+            )));
+        }
+        let public = key.verifying_key().to_bytes();
+        let mut hasher = Sha256::new();
+        hasher.update(name.as_bytes());
+        hasher.update(b"\n");
+        hasher.update([ED25519_KEY_TYPE]);
+        hasher.update(public);
+        let digest = hasher.finalize();
+        Ok(NoteSigner {
+            name: name.to_string(),
+            key,
+            key_id: digest[..4].try_into().expect("4 bytes"),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `name+keyid+base64(0x01 || public key)`: what auditors pin.
+    pub fn verifier_key(&self) -> String {
+        let mut typed = vec![ED25519_KEY_TYPE];
+        typed.extend_from_slice(&self.key.verifying_key().to_bytes());
+        format!(
+            "{}+{}+{}",
+            self.name,
+            self.key_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            BASE64.encode(typed)
+        )
+    }
+
+    /// The signed note: text, blank line, one signature line.
+    pub fn sign(&self, body: &CheckpointBody) -> String {
+        let text = body.text();
+        let signature = self.key.sign(text.as_bytes()).to_bytes();
+        let mut blob = self.key_id.to_vec();
+        blob.extend_from_slice(&signature);
+        format!(
+            "{text}\n{SIGNATURE_LINE_PREFIX}{} {}\n",
+            self.name,
+            BASE64.encode(blob)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> CheckpointBody {
+        CheckpointBody {
+            origin: "trail.local/ten_0001/0".into(),
+            tree_size: 42,
+            root: [9; 32],
+            last_seq: 43_008,
+            time_ns: 1_735_689_603_123_456_789,
+        }
+    }
+
+    #[test]
+    fn note_round_trips_and_signature_verifies() {
+        let signer = NoteSigner::new("trail.local", SigningKey::from_bytes(&[3; 32])).unwrap();
+        let note = signer.sign(&body());
+        assert!(note.starts_with(
+            "trail.local/ten_0001/0\n42\nCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=\nseq 43008\ntime 2025-01-01T00:00:03.123456789Z\n\n\u{2014} trail.local "
+        ));
+        assert_eq!(CheckpointBody::parse_note(&note).unwrap(), body());
+
+        let line = note.lines().last().unwrap();
+        let blob = BASE64.decode(line.rsplit(' ').next().unwrap()).unwrap();
+        assert_eq!(blob.len(), 68);
+        let signature = ed25519_dalek::Signature::from_slice(&blob[4..]).unwrap();
+        signer
+            .key
+            .verifying_key()
+            .verify_strict(body().text().as_bytes(), &signature)
+            .unwrap();
+        let key = signer.verifier_key();
+        assert!(key.starts_with("trail.local+"));
+        assert_eq!(key.split('+').nth(1).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn bad_names_and_notes_are_refused() {
+        assert!(NoteSigner::new("a b", SigningKey::from_bytes(&[1; 32])).is_err());
+        assert!(NoteSigner::new("a+b", SigningKey::from_bytes(&[1; 32])).is_err());
+        assert!(CheckpointBody::parse_note("origin\n1\n").is_err());
+        assert!(CheckpointBody::parse_note("o\nx\nAAAA\nseq 1\ntime t\n\n\u{2014} k s\n").is_err());
+    }
+}

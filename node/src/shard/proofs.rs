@@ -1,0 +1,358 @@
+//! Reads of a stream's chain: checkpoints, blocks, inclusion and consistency proofs.
+//!
+//! Proofs are built from committed state and checked on the way out (a block's events
+//! must hash to its root), so a damaged store answers DATA_LOSS instead of a proof that
+//! cannot verify. `ListBlocks` is the exception on purpose: it is the auditor's feed and
+//! serves the stored bytes as they are, so that `trailctl verify` sees, and names,
+//! whatever was changed.
+//!
+//! Cost: a proof reads its block's events (at most `block_events` records) and the
+//! stream's block hashes up to the checkpoint (32 bytes per 1,024 events: 10 M events
+//! are ~10,000 hashes, ~0.3 MiB, a few ms).
+
+use crate::ledger::merkle::{consistency_proof, inclusion_proof};
+use crate::ledger::{leaf_hash, BlockHeader, BlockRecord, CheckpointBody, TenantState};
+use crate::storage::{
+    chain_key, chain_key_number, event_key, ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END,
+    CHAIN_CHECKPOINT,
+};
+
+use super::reader::{get_event, tenant_state, ReadError};
+
+/// A recorded checkpoint.
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    pub body: CheckpointBody,
+    pub note: String,
+}
+
+/// A sealed block, decoded and checked against its key.
+#[derive(Debug, Clone)]
+pub struct SealedBlock {
+    pub record: BlockRecord,
+    pub header: BlockHeader,
+}
+
+#[derive(Debug)]
+pub struct InclusionProof {
+    pub event: Vec<u8>,
+    pub stream: String,
+    pub seq: u64,
+    pub leaf_index: u32,
+    pub block: SealedBlock,
+    pub block_path: Vec<[u8; 32]>,
+    pub tree_path: Vec<[u8; 32]>,
+    pub checkpoint: StoredCheckpoint,
+}
+
+/// Why a proof could not be given (besides storage errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{0}")]
+    NotFound(String),
+    /// The event is recorded but no block or no checkpoint covers it yet.
+    #[error("event {seq} of {stream} is not covered by a checkpoint yet")]
+    NotCovered { stream: String, seq: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+fn corrupt(location: String, reason: impl Into<String>) -> ReadError {
+    ReadError::Corrupt {
+        location,
+        reason: reason.into(),
+    }
+}
+
+pub fn stream_of(
+    keyspaces: &ShardKeyspaces,
+    tenant_id: &str,
+    stream_index: u32,
+) -> Result<TenantState, ProofError> {
+    if stream_index != 0 {
+        return Err(ProofError::NotFound(format!(
+            "stream {tenant_id}/{stream_index} does not exist (tenants have one stream, index 0)"
+        )));
+    }
+    tenant_state(keyspaces, tenant_id)?
+        .ok_or_else(|| ProofError::NotFound(format!("tenant {tenant_id} has no events")))
+}
+
+/// The checkpoint of exactly `tree_size`, or the latest one when `tree_size` is 0.
+pub fn checkpoint(
+    keyspaces: &ShardKeyspaces,
+    state: &TenantState,
+    tree_size: u64,
+) -> Result<Option<StoredCheckpoint>, ReadError> {
+    let stream_no = state.stream_no;
+    let found = if tree_size == 0 {
+        keyspaces
+            .chain
+            .range(
+                chain_key(CHAIN_CHECKPOINT, stream_no, 0)
+                    ..=chain_key(CHAIN_CHECKPOINT, stream_no, u64::MAX),
+            )
+            .next_back()
+            .map(|guard| guard.into_inner())
+            .transpose()?
+            .map(|(key, value)| (chain_key_number(&key).unwrap_or(0), value))
+    } else {
+        keyspaces
+            .chain
+            .get(chain_key(CHAIN_CHECKPOINT, stream_no, tree_size))?
+            .map(|value| (tree_size, value))
+    };
+    let Some((size, value)) = found else {
+        return Ok(None);
+    };
+    let location = format!("checkpoint {size} of stream {stream_no}");
+    let note =
+        String::from_utf8(value.to_vec()).map_err(|_| corrupt(location.clone(), "not UTF-8"))?;
+    let body = CheckpointBody::parse_note(&note)
+        .map_err(|error| corrupt(location.clone(), error.to_string()))?;
+    if body.tree_size != size {
+        return Err(corrupt(
+            location,
+            format!("note says size {}", body.tree_size),
+        ));
+    }
+    Ok(Some(StoredCheckpoint { body, note }))
+}
+
+pub fn block(
+    keyspaces: &ShardKeyspaces,
+    stream_no: u32,
+    block_index: u64,
+) -> Result<Option<SealedBlock>, ReadError> {
+    let Some(bytes) = keyspaces
+        .chain
+        .get(chain_key(CHAIN_BLOCK, stream_no, block_index))?
+    else {
+        return Ok(None);
+    };
+    decode_block(stream_no, block_index, &bytes).map(Some)
+}
+
+fn decode_block(stream_no: u32, block_index: u64, bytes: &[u8]) -> Result<SealedBlock, ReadError> {
+    let location = format!("block {block_index} of stream {stream_no}");
+    let record =
+        BlockRecord::decode(bytes).map_err(|error| corrupt(location.clone(), error.to_string()))?;
+    let header = BlockHeader::decode(&record.header)
+        .map_err(|error| corrupt(location.clone(), error.to_string()))?;
+    if header.block_index != block_index {
+        return Err(corrupt(
+            location,
+            format!("header says block {}", header.block_index),
+        ));
+    }
+    Ok(SealedBlock { record, header })
+}
+
+/// The stored canonical bytes of a block's events, as they are (no checks).
+pub fn block_events_raw(
+    keyspaces: &ShardKeyspaces,
+    stream_no: u32,
+    header: &BlockHeader,
+) -> Result<Vec<Vec<u8>>, ReadError> {
+    let start = event_key(stream_no, header.first_seq);
+    let end = event_key(stream_no, header.last_seq());
+    keyspaces
+        .events
+        .range(start..=end)
+        .map(|guard| Ok(guard.into_inner()?.1.to_vec()))
+        .collect()
+}
+
+/// Sealed blocks `from..to` of a stream, in order, as stored (each header is decoded
+/// for its seq range only).
+pub fn blocks_raw(
+    keyspaces: &ShardKeyspaces,
+    stream_no: u32,
+    from: u64,
+    to: u64,
+) -> impl Iterator<Item = Result<(u64, BlockRecord), ReadError>> + '_ {
+    keyspaces
+        .chain
+        .range(chain_key(CHAIN_BLOCK, stream_no, from)..chain_key(CHAIN_BLOCK, stream_no, to))
+        .map(move |guard| {
+            let (key, value) = guard.into_inner()?;
+            let index = chain_key_number(&key).unwrap_or(u64::MAX);
+            let location = format!("block {index} of stream {stream_no}");
+            if value.len() < 64 {
+                return Err(corrupt(location, "record shorter than its hashes"));
+            }
+            // Served as stored: the hash fields are the store's, the header its bytes.
+            Ok((
+                index,
+                BlockRecord {
+                    block_hash: value[..32].try_into().expect("32 bytes"),
+                    tree_root_after: value[32..64].try_into().expect("32 bytes"),
+                    header: value[64..].to_vec(),
+                },
+            ))
+        })
+}
+
+/// The block hashes of blocks `0..tree_size`, each checked against its header.
+fn block_hashes(
+    keyspaces: &ShardKeyspaces,
+    stream_no: u32,
+    tree_size: u64,
+) -> Result<Vec<[u8; 32]>, ReadError> {
+    let mut hashes = Vec::with_capacity(usize::try_from(tree_size).unwrap_or(0).min(1 << 20));
+    for (expected, item) in (0..).zip(blocks_raw(keyspaces, stream_no, 0, tree_size)) {
+        let (index, bytes) = item?;
+        let location = format!("block {expected} of stream {stream_no}");
+        if index != expected {
+            return Err(corrupt(
+                location,
+                format!("missing; next stored is {index}"),
+            ));
+        }
+        let record = BlockRecord::decode(&bytes.encode())
+            .map_err(|error| corrupt(location, error.to_string()))?;
+        hashes.push(record.block_hash);
+    }
+    if hashes.len() as u64 != tree_size {
+        return Err(corrupt(
+            format!("stream {stream_no}"),
+            format!(
+                "{} blocks stored, checkpoint covers {tree_size}",
+                hashes.len()
+            ),
+        ));
+    }
+    Ok(hashes)
+}
+
+/// The index of the sealed block holding `seq`, if it is sealed.
+fn block_of_seq(
+    keyspaces: &ShardKeyspaces,
+    stream_no: u32,
+    seq: u64,
+) -> Result<Option<u64>, ReadError> {
+    let first = keyspaces
+        .chain
+        .range(
+            chain_key(CHAIN_BLOCK_END, stream_no, seq)
+                ..=chain_key(CHAIN_BLOCK_END, stream_no, u64::MAX),
+        )
+        .next()
+        .map(|guard| guard.into_inner())
+        .transpose()?;
+    Ok(first.and_then(|(_, value)| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?))))
+}
+
+/// Inclusion proof of `(tenant, event_id)` in the checkpoint of `tree_size` (0: the
+/// latest).
+pub fn inclusion(
+    keyspaces: &ShardKeyspaces,
+    tenant_id: &str,
+    event_id: &str,
+    tree_size: u64,
+) -> Result<InclusionProof, ProofError> {
+    let state = stream_of(keyspaces, tenant_id, 0)?;
+    let read = get_event(keyspaces, tenant_id, event_id)?.ok_or_else(|| {
+        ProofError::NotFound(format!("event {event_id} of tenant {tenant_id} not found"))
+    })?;
+    let stream = read.stored.stream.clone();
+    let seq = read.stored.seq;
+    let not_covered = || ProofError::NotCovered {
+        stream: stream.clone(),
+        seq,
+    };
+    let block_index = block_of_seq(keyspaces, state.stream_no, seq)?.ok_or_else(not_covered)?;
+    let checkpoint = match checkpoint(keyspaces, &state, tree_size)? {
+        Some(checkpoint) => checkpoint,
+        None if tree_size == 0 => return Err(not_covered()),
+        None => {
+            return Err(ProofError::NotFound(format!(
+                "stream {stream} has no checkpoint of tree size {tree_size}"
+            )))
+        }
+    };
+    if checkpoint.body.tree_size <= block_index {
+        return Err(if tree_size == 0 {
+            not_covered()
+        } else {
+            ProofError::BadRequest(format!(
+                "event {event_id} is in block {block_index}, after the checkpoint of tree \
+                 size {tree_size}; ask for a later checkpoint"
+            ))
+        });
+    }
+    let block = block(keyspaces, state.stream_no, block_index)?.ok_or_else(|| {
+        corrupt(
+            format!("stream {stream}"),
+            format!("block {block_index} is missing"),
+        )
+    })?;
+    let location = format!("block {block_index} of stream {stream}");
+    let events = block_events_raw(keyspaces, state.stream_no, &block.header)?;
+    if events.len() != block.header.count as usize {
+        return Err(corrupt(
+            location,
+            format!(
+                "{} events stored, header says {}",
+                events.len(),
+                block.header.count
+            ),
+        )
+        .into());
+    }
+    let leaves: Vec<[u8; 32]> = events.iter().map(|bytes| leaf_hash(bytes)).collect();
+    if crate::ledger::merkle::root_of(&leaves) != block.header.merkle_root {
+        return Err(corrupt(location, "events do not hash to the block's root").into());
+    }
+    let leaf_index = seq - block.header.first_seq;
+    let block_path = inclusion_proof(leaves.as_slice(), leaf_index, leaves.len() as u64);
+    let hashes = block_hashes(keyspaces, state.stream_no, checkpoint.body.tree_size)?;
+    if crate::ledger::merkle::root_of(&hashes) != checkpoint.body.root {
+        return Err(corrupt(
+            format!("stream {stream}"),
+            "block hashes do not match the checkpoint's root",
+        )
+        .into());
+    }
+    let tree_path = inclusion_proof(hashes.as_slice(), block_index, hashes.len() as u64);
+    Ok(InclusionProof {
+        event: events[leaf_index as usize].clone(),
+        stream,
+        seq,
+        leaf_index: u32::try_from(leaf_index).expect("blocks hold at most 65,536 events"),
+        block,
+        block_path,
+        tree_path,
+        checkpoint,
+    })
+}
+
+/// Consistency proof between the stream trees of `from_size` and the checkpoint of
+/// `to_size` (0: the latest).
+pub fn consistency(
+    keyspaces: &ShardKeyspaces,
+    tenant_id: &str,
+    stream_index: u32,
+    from_size: u64,
+    to_size: u64,
+) -> Result<(Vec<[u8; 32]>, StoredCheckpoint), ProofError> {
+    let state = stream_of(keyspaces, tenant_id, stream_index)?;
+    let to = checkpoint(keyspaces, &state, to_size)?.ok_or_else(|| {
+        ProofError::NotFound(if to_size == 0 {
+            format!("stream {tenant_id}/{stream_index} has no checkpoint yet")
+        } else {
+            format!("stream {tenant_id}/{stream_index} has no checkpoint of tree size {to_size}")
+        })
+    })?;
+    if from_size > to.body.tree_size {
+        return Err(ProofError::BadRequest(format!(
+            "from_size {from_size} is larger than the checkpoint's tree size {}",
+            to.body.tree_size
+        )));
+    }
+    let hashes = block_hashes(keyspaces, state.stream_no, to.body.tree_size)?;
+    let proof = consistency_proof(hashes.as_slice(), from_size, to.body.tree_size);
+    Ok((proof, to))
+}
