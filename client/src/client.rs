@@ -17,8 +17,9 @@ use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{
     Block, Event, GetBlockRequest, GetCheckpointRequest, GetCheckpointResponse,
     GetConsistencyProofRequest, GetConsistencyProofResponse, GetEventRequest, GetProofRequest,
-    GetProofResponse, ListBlocksRequest, Receipt, RecordBatchResponse, RecordRequest,
-    StatusRequest, StatusResponse, StoredEvent, TailRequest, TailResponse,
+    GetProofResponse, ListBlocksRequest, ListStreamsRequest, ListStreamsResponse, Receipt,
+    RecordBatchResponse, RecordRequest, StatusRequest, StatusResponse, StoredEvent, TailRequest,
+    TailResponse,
 };
 
 use crate::encoded_batch::{assign_missing_event_ids, encode_events, EncodedBatch};
@@ -341,6 +342,25 @@ impl Client {
     /// (and `tree_size` 0) the node first seals the open block and signs a checkpoint
     /// covering every event recorded so far. Nothing is verified here: the note is the
     /// authority, see [`crate::checkpoint::Checkpoint::from_note`].
+    /// One page of the node's tenants' streams, in tenant id order.
+    pub async fn list_streams(
+        &self,
+        after_tenant_id: &str,
+        limit: u32,
+    ) -> Result<ListStreamsResponse> {
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(ListStreamsRequest {
+                    after_tenant_id: after_tenant_id.to_string(),
+                    limit,
+                });
+                request.set_timeout(timeout);
+                async move { trail.list_streams(request).await }
+            })
+            .await?;
+        Ok(response)
+    }
+
     pub async fn get_checkpoint(
         &self,
         tenant_id: &str,

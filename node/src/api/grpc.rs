@@ -423,6 +423,15 @@ impl Trail for TrailService {
         }))
     }
 
+    async fn list_streams(
+        &self,
+        request: Request<v1::ListStreamsRequest>,
+    ) -> Result<Response<v1::ListStreamsResponse>, Status> {
+        proofs::list_streams(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn get_checkpoint(
         &self,
         request: Request<v1::GetCheckpointRequest>,

@@ -11,6 +11,7 @@ use trail_proto::v1;
 
 use crate::node::Node;
 use crate::shard::proofs::{self, ProofError, StoredCheckpoint};
+use crate::shard::reader::ReadError;
 use crate::shard::ShardHandle;
 
 use super::grpc::{read_status, tenant_argument};
@@ -22,6 +23,15 @@ pub type BlockStream = Pin<Box<dyn Stream<Item = Result<v1::Block, Status>> + Se
 
 fn proof_status(error: ProofError) -> Status {
     match error {
+        // These RPCs exist to let a tenant's auditor find damage: name the record of the
+        // tenant's own stream that failed (every read here is scoped to that stream),
+        // where other reads only say that a record can not be served.
+        ProofError::Read(ReadError::Corrupt { location, reason }) => {
+            tracing::error!(%location, %reason, "proof read found a corrupt record");
+            Status::data_loss(format!(
+                "{location}: {reason}: the stored records failed their integrity checks"
+            ))
+        }
         ProofError::Read(error) => read_status(error),
         ProofError::NotFound(message) => Status::not_found(message),
         ProofError::BadRequest(message) => Status::invalid_argument(message),
@@ -74,6 +84,58 @@ async fn seal_now(shard: &ShardHandle, tenant_id: &str) -> Result<(), Status> {
     })
 }
 
+const LIST_STREAMS_DEFAULT: usize = 1_000;
+const LIST_STREAMS_MAX: usize = 10_000;
+
+pub async fn list_streams(
+    node: &Node,
+    request: v1::ListStreamsRequest,
+) -> Result<v1::ListStreamsResponse, Status> {
+    let limit = match request.limit as usize {
+        0 => LIST_STREAMS_DEFAULT,
+        limit if limit > LIST_STREAMS_MAX => {
+            return Err(Status::invalid_argument(format!(
+                "limit: {limit} is too large; use 1 to {LIST_STREAMS_MAX} (0 means {LIST_STREAMS_DEFAULT})"
+            )))
+        }
+        limit => limit,
+    };
+    let shards: Vec<ShardHandle> = node.router.shards().cloned().collect();
+    let after = request.after_tenant_id;
+    let mut streams = blocking(move || {
+        let mut streams = Vec::new();
+        for shard in &shards {
+            for (tenant_id, state) in proofs::tenants_after(&shard.keyspaces, &after, limit + 1)? {
+                streams.push(v1::StreamInfo {
+                    stream: crate::ledger::stream_name(&tenant_id, 0),
+                    tenant_id,
+                    shard_id: shard.shard,
+                    last_seq: state.next_seq - 1,
+                    blocks: state.chain.blocks.len(),
+                    checkpointed_size: state.chain.checkpointed_size,
+                });
+            }
+        }
+        Ok(streams)
+    })
+    .await?;
+    streams.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    let more = streams.len() > limit;
+    streams.truncate(limit);
+    let next_after_tenant_id = if more {
+        streams
+            .last()
+            .map(|last| last.tenant_id.clone())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(v1::ListStreamsResponse {
+        streams,
+        next_after_tenant_id,
+    })
+}
+
 pub async fn get_checkpoint(
     node: &Node,
     request: v1::GetCheckpointRequest,
@@ -81,7 +143,15 @@ pub async fn get_checkpoint(
     let tenant_id = tenant_argument(&request.tenant_id)?;
     let shard = node.router.shard_for(&tenant_id);
     if request.seal_now && request.tree_size == 0 {
-        seal_now(shard, &tenant_id).await?;
+        // Two Raft rounds only when the latest checkpoint does not cover everything.
+        let keyspaces = shard.keyspaces.clone();
+        let tenant = tenant_id.clone();
+        let state =
+            blocking(move || proofs::stream_of(&keyspaces, &tenant, request.stream_index)).await?;
+        let chain = &state.chain;
+        if !chain.open.is_empty() || chain.checkpointed_size < chain.blocks.len() {
+            seal_now(shard, &tenant_id).await?;
+        }
     }
     let keyspaces = shard.keyspaces.clone();
     let checkpoint = blocking(move || {

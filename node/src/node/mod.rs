@@ -63,6 +63,10 @@ impl Node {
 }
 
 const KEY_SHARD_COUNT: &[u8] = b"shard_count";
+const KEY_FORMAT: &[u8] = b"format";
+/// The on-disk format this build reads and writes. 1: events without blocks (first
+/// builds); 2: blocks, stream trees and checkpoints.
+const DATA_FORMAT: u32 = 2;
 
 /// Opens storage and every shard on the current (multi-thread) runtime, then starts the
 /// actors on `arbiter` (an actix thread).
@@ -146,14 +150,28 @@ fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Resul
     let meta = store
         .db
         .keyspace("node", fjall::KeyspaceCreateOptions::default)?;
+    let format = match meta.get(KEY_FORMAT)? {
+        Some(bytes) => Some(u32::from_be_bytes(bytes.as_ref().try_into()?)),
+        None => None,
+    };
     match meta.get(KEY_SHARD_COUNT)? {
         None => {
             let shards = requested.unwrap_or(SHARDS_DEFAULT);
+            meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
             meta.insert(KEY_SHARD_COUNT, shards.to_be_bytes())?;
             store.db.persist(fjall::PersistMode::SyncAll)?;
             Ok(shards)
         }
         Some(bytes) => {
+            let found = format.unwrap_or(1);
+            if found != DATA_FORMAT {
+                anyhow::bail!(
+                    "data_dir {}: written in data format {found}; this traild reads format \
+                     {DATA_FORMAT}. Start with a new --data-dir (format {found} was a \
+                     pre-release layout without blocks and checkpoints)",
+                    store.data_dir.display()
+                );
+            }
             let stored = u32::from_be_bytes(bytes.as_ref().try_into()?);
             let shards = requested.unwrap_or(stored);
             if stored != shards {

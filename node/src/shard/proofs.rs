@@ -80,6 +80,33 @@ pub fn stream_of(
         .ok_or_else(|| ProofError::NotFound(format!("tenant {tenant_id} has no events")))
 }
 
+/// Up to `limit` tenants of the shard with ids after `after`, in id order.
+pub fn tenants_after(
+    keyspaces: &ShardKeyspaces,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<(String, TenantState)>, ReadError> {
+    use std::ops::Bound;
+    let start = if after.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(after.as_bytes().to_vec())
+    };
+    let mut tenants = Vec::new();
+    for guard in keyspaces
+        .tenants
+        .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        .take(limit)
+    {
+        let (key, value) = guard.into_inner()?;
+        let tenant_id = String::from_utf8_lossy(&key).into_owned();
+        let state: TenantState = bincode::deserialize(&value)
+            .map_err(|error| corrupt(format!("tenant {tenant_id}"), error.to_string()))?;
+        tenants.push((tenant_id, state));
+    }
+    Ok(tenants)
+}
+
 /// The checkpoint of exactly `tree_size`, or the latest one when `tree_size` is 0.
 pub fn checkpoint(
     keyspaces: &ShardKeyspaces,

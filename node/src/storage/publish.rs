@@ -6,7 +6,9 @@
 //! with *different* bytes is a fork signal, logged as an error and counted, never
 //! overwritten. Writing runs on its own thread behind a bounded queue, so the fsyncs of
 //! publication never sit in the apply path; a full queue makes apply wait (the queue
-//! holds 4,096 notes, ~1 MiB).
+//! holds 4,096 notes, ~1 MiB). The thread writes whatever is queued (up to 1,024 files)
+//! and then makes the lot durable with one `syncfs`: a checkpoint round of 1,000 tenants
+//! costs one journal commit, not 2,000 fsyncs competing with the Raft log's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
 const QUEUE_NOTES_MAX: usize = 4096;
+const WRITE_BATCH_MAX: usize = 1024;
 
 struct Job {
     relative: PathBuf,
@@ -76,27 +79,63 @@ impl Publisher {
 }
 
 fn run(dir: &Path, receiver: Receiver<Job>, counters: &PublishCounters) {
-    while let Ok(job) = receiver.recv() {
-        let path = dir.join(&job.relative);
-        match write_once(&path, job.note.as_bytes()) {
-            Ok(Written::New) => {
-                counters.published.fetch_add(1, Ordering::Relaxed);
+    while let Ok(first) = receiver.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < WRITE_BATCH_MAX {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
-            Ok(Written::Same) => {
-                counters.already_present.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Written::Different) => {
-                counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    path = %path.display(),
-                    "a published checkpoint of this size exists with different content \
-                     (a fork, or a store restored from elsewhere): left untouched"
-                );
-            }
-            Err(error) => {
+        }
+        let mut written = 0;
+        for job in jobs {
+            written += publish_one(dir, job, counters);
+        }
+        if written > 0 {
+            if let Err(error) = sync_filesystem(dir) {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(path = %path.display(), %error, "publishing a checkpoint failed");
+                tracing::error!(%error, "syncing published checkpoints failed");
             }
+        }
+    }
+}
+
+/// Flushes the file system holding `dir` (data and metadata of every file written).
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir)?;
+    // SAFETY: `syncfs` only reads the descriptor, which `handle` keeps open.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes one checkpoint file (not yet durable); 1 when a file was created.
+fn publish_one(dir: &Path, job: Job, counters: &PublishCounters) -> usize {
+    let path = dir.join(&job.relative);
+    match write_once(&path, job.note.as_bytes()) {
+        Ok(Written::New) => {
+            counters.published.fetch_add(1, Ordering::Relaxed);
+            1
+        }
+        Ok(Written::Same) => {
+            counters.already_present.fetch_add(1, Ordering::Relaxed);
+            0
+        }
+        Ok(Written::Different) => {
+            counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                path = %path.display(),
+                "a published checkpoint of this size exists with different content \
+                 (a fork, or a store restored from elsewhere): left untouched"
+            );
+            0
+        }
+        Err(error) => {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path.display(), %error, "publishing a checkpoint failed");
+            0
         }
     }
 }
@@ -107,9 +146,9 @@ enum Written {
     Different,
 }
 
-/// Creates `path` with `bytes` unless it exists: write to a temporary name, fsync, then
+/// Creates `path` with `bytes` unless it exists: write to a temporary name, then
 /// hard-link into place (fails if the name is taken), so a reader never sees half a
-/// file and an existing checkpoint is never replaced.
+/// file and an existing checkpoint is never replaced. The caller makes it durable.
 fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
     if let Ok(existing) = std::fs::read(path) {
         return Ok(if existing == bytes {
@@ -122,7 +161,6 @@ fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
     std::fs::create_dir_all(parent)?;
     let mut temporary = tempfile::NamedTempFile::new_in(parent)?;
     temporary.write_all(bytes)?;
-    temporary.as_file().sync_all()?;
     match temporary.persist_noclobber(path) {
         Ok(_) => {}
         Err(error) if error.error.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -130,7 +168,6 @@ fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
         }
         Err(error) => return Err(error.error),
     }
-    std::fs::File::open(parent)?.sync_all()?;
     Ok(Written::New)
 }
 

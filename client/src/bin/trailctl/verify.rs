@@ -41,6 +41,11 @@ pub struct VerifyArgs {
     #[arg(long, requires = "checkpoint")]
     full: bool,
 
+    /// Audit every tenant's stream on the node (listed with ListStreams), one after
+    /// the other; the exit code is 1 if any fails.
+    #[arg(long, conflicts_with_all = ["tenants", "checkpoint"])]
+    all_tenants: bool,
+
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -56,10 +61,10 @@ impl VerifyArgs {
     /// Checks the flags before any connection, so a bad command line is exit code 1
     /// whether or not the node is up.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.checkpoint.is_none() && self.tenants.is_empty() {
+        if self.checkpoint.is_none() && self.tenants.is_empty() && !self.all_tenants {
             anyhow::bail!(
-                "verify needs --tenant TENANT (repeatable) for a full audit, or --checkpoint \
-                 FILE to check a kept checkpoint"
+                "verify needs --tenant TENANT (repeatable) or --all-tenants for a full audit, \
+                 or --checkpoint FILE to check a kept checkpoint"
             );
         }
         if self.checkpoint.is_some() && self.tenants.len() > 1 {
@@ -125,10 +130,29 @@ pub async fn run(client: &Client, args: VerifyArgs) -> anyhow::Result<ExitCode> 
         }
         None => {
             let stream_index = args.stream_index.unwrap_or(0);
-            for tenant in &args.tenants {
+            let tenants = if args.all_tenants {
+                all_tenants(client).await?
+            } else {
+                args.tenants.clone()
+            };
+            let started = std::time::Instant::now();
+            let (mut passed, mut events) = (0usize, 0u64);
+            for tenant in &tenants {
                 let audited =
                     full_audit(client, &key, tenant, stream_index, None, args.quiet).await?;
+                if let Ok(line) = &audited {
+                    passed += 1;
+                    events += events_in_line(line);
+                }
                 failed |= report(audited);
+            }
+            if tenants.len() > 1 {
+                let seconds = started.elapsed().as_secs_f64();
+                report_ok(&format!(
+                    "{passed} of {} streams verified, {events} events in {seconds:.1}s ({:.0} events/s)",
+                    tenants.len(),
+                    events as f64 / seconds.max(1e-9),
+                ));
             }
         }
     }
@@ -137,6 +161,31 @@ pub async fn run(client: &Client, args: VerifyArgs) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Every tenant with a stream on the node, page by page.
+async fn all_tenants(client: &Client) -> anyhow::Result<Vec<String>> {
+    let mut tenants = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = client
+            .list_streams(&after, 0)
+            .await
+            .map_err(|error| anyhow::anyhow!("ListStreams failed: {error}"))?;
+        tenants.extend(page.streams.into_iter().map(|stream| stream.tenant_id));
+        if page.next_after_tenant_id.is_empty() {
+            return Ok(tenants);
+        }
+        after = page.next_after_tenant_id;
+    }
+}
+
+/// The event count in a "verified N events" line (0 when it has none).
+fn events_in_line(line: &str) -> u64 {
+    line.split_once("verified ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|count| count.replace(',', "").parse().ok())
+        .unwrap_or(0)
 }
 
 fn report_ok(line: &str) {
