@@ -136,7 +136,7 @@ pub enum AuditFailure {
     },
     #[error(
         "merkle root of the {events} stored events does not match the header: \
-         an event in this block was altered"
+         an event in this block (or the header's root) was altered"
     )]
     MerkleRoot { events: u32 },
     #[error("the checkpoint is for stream {found}")]
@@ -176,7 +176,7 @@ fn missing(noun: &str, first: u64, last: u64) -> String {
 
 /// The first failure of an audit: stream, place and what failed, e.g. "stream acme/0
 /// block 17 (seqs 17409–18432): merkle root of the 1024 stored events does not match the
-/// header: an event in this block was altered".
+/// header: an event in this block (or the header's root) was altered".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("stream {stream} {location}: {failure}")]
 pub struct AuditError {
@@ -569,7 +569,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "stream acme/0 block 2 (seqs 8\u{2013}12): merkle root of the 5 stored events does \
-             not match the header: an event in this block was altered"
+             not match the header: an event in this block (or the header's root) was altered"
         );
         assert_eq!(
             error.location,

@@ -63,9 +63,23 @@ pub async fn run(client: &Client, args: ProofArgs) -> anyhow::Result<ExitCode> {
     let tenant = args.tenant.as_deref().expect("clap requires --tenant");
     let event_id = args.event_id.as_deref().expect("clap requires EVENT_ID");
     let (key, origin) = args.key.resolve(client).await?;
-    let response = client
+    let response = match client
         .get_proof(tenant, event_id, args.tree_size.unwrap_or(0))
-        .await?;
+        .await
+    {
+        Ok(response) => response,
+        // The node found its own store damaged where this proof needs it: say so, and
+        // point at the audit that locates every change.
+        Err(trail_client::Error::Rpc(status)) if status.code() == tonic::Code::DataLoss => {
+            eprintln!(
+                "error: the node cannot prove event {event_id:?} of tenant {tenant}: DATA_LOSS: \
+                 {}. Run `trailctl verify --tenant {tenant}` to audit the stream",
+                status.message()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let block = response
         .block
         .as_ref()
