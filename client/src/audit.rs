@@ -16,7 +16,7 @@ use std::fmt;
 
 use crate::block::{block_hash, BlockHeader, BlockHeaderError};
 use crate::checkpoint::{format_time, split_stream, Checkpoint};
-use crate::event::{event_leaf_hash, CanonicalEvent, EventDecodeError};
+use crate::event::{event_leaf_hash, CanonicalEventRef, EventDecodeError};
 use crate::verify::{RootBuilder, EMPTY_TREE_ROOT};
 
 /// Where an audit failed.
@@ -351,7 +351,7 @@ impl Auditor {
             }
             let position_u32 = u32::try_from(position).expect("below the header's u32 count");
             let expected = header.first_seq + position_u64;
-            let event = CanonicalEvent::decode(bytes.as_ref()).map_err(|error| {
+            let event = CanonicalEventRef::decode(bytes.as_ref()).map_err(|error| {
                 fail(AuditFailure::EventDecode {
                     position: position_u32,
                     seq: expected,
@@ -361,13 +361,13 @@ impl Auditor {
             if event.stream != self.stream {
                 return Err(fail(AuditFailure::EventStream {
                     seq: event.seq,
-                    found: event.stream,
+                    found: event.stream.to_string(),
                 }));
             }
             if event.tenant_id != self.tenant_id {
                 return Err(fail(AuditFailure::EventTenant {
                     seq: event.seq,
-                    found: event.tenant_id,
+                    found: event.tenant_id.to_string(),
                 }));
             }
             if event.seq != expected {
@@ -492,7 +492,7 @@ where
         };
     }
     for (offset, bytes) in rest.iter().enumerate() {
-        let Ok(later) = CanonicalEvent::decode(bytes.as_ref()) else {
+        let Ok(later) = CanonicalEventRef::decode(bytes.as_ref()) else {
             continue;
         };
         if later.seq == expected {

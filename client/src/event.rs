@@ -109,6 +109,34 @@ pub struct CanonicalEvent {
     pub subject_id: String,
 }
 
+/// A decoded event that borrows its strings from the canonical bytes: what a full audit
+/// needs per event, without an allocation per field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalEventRef<'a> {
+    pub stream: &'a str,
+    pub seq: u64,
+    /// ns since the Unix epoch.
+    pub ingested_at: i64,
+    pub tenant_id: &'a str,
+    pub event_id: &'a str,
+    /// ns since the Unix epoch.
+    pub occurred_at: i64,
+    pub actor_type: ActorType,
+    pub actor_id: &'a str,
+    pub actor_email: &'a str,
+    pub actor_name: &'a str,
+    pub action: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: &'a str,
+    pub result: EventResult,
+    pub request_id: &'a str,
+    pub session_id: &'a str,
+    pub ip_address: &'a str,
+    pub user_agent: &'a str,
+    pub metadata: &'a str,
+    pub subject_id: &'a str,
+}
+
 /// Big-endian reads over a byte slice; every read names its field when it runs out.
 pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
@@ -165,11 +193,13 @@ fn read_i64(reader: &mut Reader<'_>, field: &'static str) -> Result<i64, EventDe
     Ok(i64::from_be_bytes(reader.array(field).map_err(truncated)?))
 }
 
-fn read_string(reader: &mut Reader<'_>, field: &'static str) -> Result<String, EventDecodeError> {
+fn read_string<'a>(
+    reader: &mut Reader<'a>,
+    field: &'static str,
+) -> Result<&'a str, EventDecodeError> {
     let length = u32::from_be_bytes(reader.array(field).map_err(truncated)?);
     let bytes = reader.take(field, u64::from(length)).map_err(truncated)?;
-    let text = std::str::from_utf8(bytes).map_err(|_| EventDecodeError::BadUtf8 { field })?;
-    Ok(text.to_string())
+    std::str::from_utf8(bytes).map_err(|_| EventDecodeError::BadUtf8 { field })
 }
 
 fn put_string(out: &mut Vec<u8>, text: &str) {
@@ -178,10 +208,10 @@ fn put_string(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
-impl CanonicalEvent {
+impl<'a> CanonicalEventRef<'a> {
     /// Decodes version 1 canonical bytes. Refuses unknown versions, unknown enum values,
     /// bad UTF-8, truncation and trailing bytes.
-    pub fn decode(bytes: &[u8]) -> Result<CanonicalEvent, EventDecodeError> {
+    pub fn decode(bytes: &'a [u8]) -> Result<CanonicalEventRef<'a>, EventDecodeError> {
         if bytes.is_empty() {
             return Err(EventDecodeError::Empty);
         }
@@ -224,7 +254,7 @@ impl CanonicalEvent {
                 bytes: reader.remaining(),
             });
         }
-        Ok(CanonicalEvent {
+        Ok(CanonicalEventRef {
             stream,
             seq,
             ingested_at,
@@ -245,6 +275,36 @@ impl CanonicalEvent {
             user_agent,
             metadata,
             subject_id,
+        })
+    }
+}
+
+impl CanonicalEvent {
+    /// Decodes version 1 canonical bytes. Refuses unknown versions, unknown enum values,
+    /// bad UTF-8, truncation and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<CanonicalEvent, EventDecodeError> {
+        let event = CanonicalEventRef::decode(bytes)?;
+        Ok(CanonicalEvent {
+            stream: event.stream.to_string(),
+            seq: event.seq,
+            ingested_at: event.ingested_at,
+            tenant_id: event.tenant_id.to_string(),
+            event_id: event.event_id.to_string(),
+            occurred_at: event.occurred_at,
+            actor_type: event.actor_type,
+            actor_id: event.actor_id.to_string(),
+            actor_email: event.actor_email.to_string(),
+            actor_name: event.actor_name.to_string(),
+            action: event.action.to_string(),
+            resource_type: event.resource_type.to_string(),
+            resource_id: event.resource_id.to_string(),
+            result: event.result,
+            request_id: event.request_id.to_string(),
+            session_id: event.session_id.to_string(),
+            ip_address: event.ip_address.to_string(),
+            user_agent: event.user_agent.to_string(),
+            metadata: event.metadata.to_string(),
+            subject_id: event.subject_id.to_string(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! verify; 2 the node could not be reached.
 
 mod bench;
+mod bench_verify;
 mod checkpoint;
 mod ingest;
 mod key;
@@ -183,6 +184,10 @@ enum BenchCommand {
     /// includes the node's peak RSS and, as a physical reference measured in the same
     /// run, the disk's rate of 4 KiB write + fdatasync in --fsync-dir.
     Ingest(BenchIngestArgs),
+
+    /// Full-audit speed: fetch a stream's blocks, then audit them in memory, beside
+    /// plain SHA-256 over the same bytes (the floor) measured in the same run.
+    Verify(bench_verify::BenchVerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +271,9 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::Bench {
             bench: BenchCommand::Ingest(args),
         } => bench::run(&client, args).await,
+        Command::Bench {
+            bench: BenchCommand::Verify(args),
+        } => bench_verify::run(&client, args).await,
     }
 }
 
