@@ -17,9 +17,9 @@ use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{
     Block, Event, GetBlockRequest, GetCheckpointRequest, GetCheckpointResponse,
     GetConsistencyProofRequest, GetConsistencyProofResponse, GetEventRequest, GetProofRequest,
-    GetProofResponse, ListBlocksRequest, ListStreamsRequest, ListStreamsResponse, Receipt,
-    RecordBatchResponse, RecordRequest, StatusRequest, StatusResponse, StoredEvent, TailRequest,
-    TailResponse,
+    GetProofResponse, ListBlocksRequest, ListStreamsRequest, ListStreamsResponse, QueryRequest,
+    QueryResponse, Receipt, RecordBatchResponse, RecordRequest, StatusRequest, StatusResponse,
+    StoredEvent, TailRequest, TailResponse,
 };
 
 use crate::encoded_batch::{assign_missing_event_ids, encode_events, EncodedBatch};
@@ -320,6 +320,23 @@ impl Client {
                 let mut request = Request::new(tail.clone());
                 request.set_timeout(timeout);
                 async move { trail.tail(request).await }
+            })
+            .await?;
+        Ok(response)
+    }
+
+    /// One page of a tenant's events matching a filter (docs/QUERY.md). Pass the
+    /// response's `next_cursor` as the next request's `cursor`, with the same tenant,
+    /// filter and order, until it comes back empty. A page may hold fewer than `limit`
+    /// events, even none, when the node stopped at its bound on events examined per
+    /// request (`partial`); the cursor then continues the scan. Retried like other reads;
+    /// a refused filter or cursor is INVALID_ARGUMENT naming the field.
+    pub async fn query(&self, query: QueryRequest) -> Result<QueryResponse> {
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(query.clone());
+                request.set_timeout(timeout);
+                async move { trail.query(request).await }
             })
             .await?;
         Ok(response)

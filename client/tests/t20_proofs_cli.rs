@@ -289,6 +289,13 @@ impl Trail for FakeNode {
         Err(Status::unimplemented("fake node"))
     }
 
+    async fn query(
+        &self,
+        _: Request<trail_proto::v1::QueryRequest>,
+    ) -> Result<Response<trail_proto::v1::QueryResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
+
     async fn list_streams(
         &self,
         _: Request<ListStreamsRequest>,

@@ -20,7 +20,7 @@ use crate::node::{actor::GetNodeStatus, Node};
 use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
 use crate::shard::IngestError;
 
-use super::proofs;
+use super::{proofs, query};
 
 /// Batches a `RecordStream` may have in processing at once (per stream).
 const STREAM_BATCHES_IN_FLIGHT_MAX: usize = 1;
@@ -191,7 +191,7 @@ pub(super) fn read_status(error: ReadError) -> Status {
     }
 }
 
-fn to_stored_event(read: ReadEvent) -> v1::StoredEvent {
+pub(super) fn to_stored_event(read: ReadEvent) -> v1::StoredEvent {
     let stored = read.stored;
     let event = stored.event;
     v1::StoredEvent {
@@ -421,6 +421,15 @@ impl Trail for TrailService {
             http_addr: config.http_addr.to_string(),
             verifier_key: self.node.signer.verifier_key(),
         }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<v1::QueryRequest>,
+    ) -> Result<Response<v1::QueryResponse>, Status> {
+        query::query(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_streams(

@@ -1,13 +1,37 @@
-//! HTTP on actix-web: `/health` and Prometheus `/metrics`. The REST query API joins it
-//! with the query work.
+//! HTTP on actix-web: `/health`, Prometheus `/metrics`, and the REST query API
+//! (docs/QUERY.md):
+//!
+//! - `GET /api/v1/tenants/{tenant}/audit-logs?actor_id=&actor_type=&action=&resource_type=
+//!   &resource_id=&result=&request_id=&start_time=&end_time=&limit=&cursor=&order=`
+//!   answers `{"events": [...], "count": n, "next_cursor": "..." | null, "partial": bool,
+//!   "scanned_to": {"stream", "seq"} | null, "events_examined": n}`;
+//! - `GET /api/v1/tenants/{tenant}/audit-logs/{event_id}` answers the event.
+//!
+//! Events are JSON in the workload's shape (`../shared/workload/README.md`, the shape
+//! `trailctl get` prints): enums upper case as ingested (`"USER"`, `"FAILURE"`), times
+//! RFC 3339 in UTC with nanoseconds, empty optional fields left out, plus `stream`,
+//! `seq`, `ingested_at` and `leaf_hash` (hex). Errors are
+//! `{"error": {"code", "message", "parameter"}}` with 400 (bad input), 404 (no such
+//! event or route), 500 (a stored record failed its checks) or 503 (storage failed).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use actix_web::{get, web, HttpResponse, Responder};
+use actix_web::http::StatusCode;
+use actix_web::{get, web, HttpRequest, HttpResponse, Responder};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::Value;
 
+use crate::ledger::{ActorKind, Outcome};
 use crate::node::Node;
+use crate::shard::reader::{self, ReadError, ReadEvent};
 use crate::shard::ShardHandle;
+
+use super::query::{self, rest_parameters, ParamError, QueryError};
+
+/// Longest event id accepted in a path (ingest's own bound).
+const EVENT_ID_BYTES_MAX: usize = crate::ledger::validate::EVENT_ID_BYTES_MAX;
 
 #[get("/health")]
 async fn health() -> impl Responder {
@@ -49,6 +73,329 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
         .body(body)
 }
 
+#[get("/tenants/{tenant}/audit-logs")]
+async fn list_audit_logs(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    request: HttpRequest,
+) -> HttpResponse {
+    let input = match query::rest_input(&path.into_inner(), request.query_string()) {
+        Ok(input) => input,
+        Err(error) => return bad_request(error),
+    };
+    let output = match query::run(&node, input).await {
+        Ok(output) => output,
+        Err(QueryError::Invalid(error)) => return bad_request(error.into()),
+        Err(QueryError::Read(error)) => return read_failed(error),
+        Err(QueryError::Unavailable(reason)) => {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason, None)
+        }
+    };
+    // A page of 1,000 events is a few milliseconds of JSON: off the actix thread.
+    let body = tokio::task::spawn_blocking(move || {
+        let page = output.page;
+        let events: Vec<EventJson<'_>> = page.events.iter().map(event_json).collect();
+        let scanned_to = page.scanned_to_seq.map(|seq| PositionJson {
+            stream: &page.stream,
+            seq,
+        });
+        serde_json::to_vec(&PageJson {
+            count: events.len(),
+            events,
+            next_cursor: output.next_cursor,
+            partial: page.partial,
+            scanned_to,
+            events_examined: page.examined,
+        })
+    })
+    .await;
+    match body {
+        Ok(Ok(body)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+        _ => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "response encoding failed",
+            None,
+        ),
+    }
+}
+
+// `.+`: event ids may contain `/` (any printable ASCII), and still name one event.
+#[get("/tenants/{tenant}/audit-logs/{event_id:.+}")]
+async fn get_audit_log(
+    node: web::Data<Node>,
+    path: web::Path<(String, String)>,
+    request: HttpRequest,
+) -> HttpResponse {
+    let (tenant, event_id) = path.into_inner();
+    if let Err(error) = rest_parameters(request.query_string(), &[]) {
+        return bad_request(error);
+    }
+    let tenant_id = match crate::ledger::validate_tenant_id(&tenant) {
+        Ok(tenant_id) => tenant_id,
+        Err(error) => return bad_request(error.into()),
+    };
+    if event_id.len() > EVENT_ID_BYTES_MAX {
+        return bad_request(ParamError {
+            parameter: "event_id".into(),
+            message: format!(
+                "is {} bytes; event ids are at most {EVENT_ID_BYTES_MAX}",
+                event_id.len()
+            ),
+        });
+    }
+    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let read_tenant = tenant_id.clone();
+    let read_event_id = event_id.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        reader::get_event(&keyspaces, &read_tenant, &read_event_id)
+    })
+    .await;
+    match found {
+        Err(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "read task failed",
+            None,
+        ),
+        Ok(Err(error)) => read_failed(error),
+        Ok(Ok(None)) => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no event {event_id:?} in tenant {tenant_id}"),
+            Some("event_id"),
+        ),
+        Ok(Ok(Some(event))) => HttpResponse::Ok().json(event_json(&event)),
+    }
+}
+
+/// Anything else under `/api/v1`: a JSON 404 naming the path.
+async fn no_route(request: HttpRequest) -> HttpResponse {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!(
+            "no route {} {}; see docs/QUERY.md (GET /api/v1/tenants/{{tenant}}/audit-logs)",
+            request.method(),
+            request.path()
+        ),
+        None,
+    )
+}
+
+fn bad_request(error: ParamError) -> HttpResponse {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+        &error.to_string(),
+        Some(&error.parameter),
+    )
+}
+
+fn read_failed(error: ReadError) -> HttpResponse {
+    // Reported in full in the node's log; the caller learns only the kind of failure.
+    tracing::error!(%error, "read failed");
+    match error {
+        ReadError::Storage(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "storage read failed; retry",
+            None,
+        ),
+        ReadError::Corrupt { .. } => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "data_loss",
+            "a stored record failed its integrity checks",
+            None,
+        ),
+    }
+}
+
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    parameter: Option<&str>,
+) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({
+        "error": { "code": code, "message": message, "parameter": parameter }
+    }))
+}
+
+#[derive(Serialize)]
+struct PageJson<'a> {
+    events: Vec<EventJson<'a>>,
+    count: usize,
+    /// `null` when there is nothing more to read.
+    next_cursor: Option<String>,
+    partial: bool,
+    scanned_to: Option<PositionJson<'a>>,
+    events_examined: u64,
+}
+
+#[derive(Serialize)]
+struct PositionJson<'a> {
+    stream: &'a str,
+    seq: u64,
+}
+
+/// An event in the workload's shape, fields in its order, then what the ledger added.
+#[derive(Serialize)]
+struct EventJson<'a> {
+    event_id: &'a str,
+    tenant_id: &'a str,
+    actor: ActorJson<'a>,
+    action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<ResourceJson<'a>>,
+    result: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    ip_address: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    user_agent: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    session_id: &'a str,
+    occurred_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+    subject_id: &'a str,
+    stream: &'a str,
+    seq: u64,
+    ingested_at: String,
+    leaf_hash: String,
+}
+
+#[derive(Serialize)]
+struct ActorJson<'a> {
+    #[serde(rename = "type")]
+    actor_type: &'static str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    email: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct ResourceJson<'a> {
+    #[serde(rename = "type")]
+    resource_type: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+}
+
+fn event_json(read: &ReadEvent) -> EventJson<'_> {
+    let stored = &read.stored;
+    let event = &stored.event;
+    // Metadata was validated as a JSON object at ingest; should a stored value ever not
+    // parse, it is shown as the string it is rather than dropped.
+    let metadata = if event.metadata_json.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str::<Value>(&event.metadata_json)
+                .unwrap_or_else(|_| Value::String(event.metadata_json.clone())),
+        )
+    };
+    EventJson {
+        event_id: &event.event_id,
+        tenant_id: &event.tenant_id,
+        actor: ActorJson {
+            actor_type: match event.actor_kind {
+                ActorKind::User => "USER",
+                ActorKind::Service => "SERVICE",
+                ActorKind::System => "SYSTEM",
+            },
+            id: &event.actor_id,
+            email: &event.actor_email,
+            name: &event.actor_name,
+        },
+        action: &event.action,
+        resource: if event.resource_type.is_empty() {
+            None
+        } else {
+            Some(ResourceJson {
+                resource_type: &event.resource_type,
+                id: &event.resource_id,
+            })
+        },
+        result: match event.outcome {
+            Outcome::Success => "SUCCESS",
+            Outcome::Failure => "FAILURE",
+            Outcome::Denied => "DENIED",
+        },
+        ip_address: &event.ip_address,
+        user_agent: &event.user_agent,
+        request_id: &event.request_id,
+        session_id: &event.session_id,
+        occurred_at: rfc3339(event.occurred_at_ns),
+        metadata,
+        subject_id: &event.subject_id,
+        stream: &stored.stream,
+        seq: stored.seq,
+        ingested_at: rfc3339(stored.ingested_at_ns),
+        leaf_hash: hex(&read.leaf_hash),
+    }
+}
+
+/// RFC 3339 in UTC with nine fractional digits, so times sort as text.
+fn rfc3339(ns: i64) -> String {
+    let seconds = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    DateTime::<Utc>::from_timestamp(seconds, nanos)
+        .expect("i64 nanoseconds are within chrono's range")
+        .to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
 pub fn configure(config: &mut web::ServiceConfig) {
-    config.service(health).service(metrics);
+    config.service(health).service(metrics).service(
+        web::scope("/api/v1")
+            .service(list_audit_logs)
+            .service(get_audit_log)
+            .default_service(web::to(no_route)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::event::tests::sample_event;
+    use crate::ledger::StoredEvent;
+
+    #[test]
+    fn event_json_has_the_workload_shape() {
+        let read = ReadEvent {
+            stored: StoredEvent {
+                stream: "ten_0001/0".into(),
+                seq: 3,
+                ingested_at_ns: 1_735_689_603_000_000_001,
+                event: sample_event("ten_0001", "evt_1"),
+            },
+            leaf_hash: [0xab; 32],
+        };
+        let value = serde_json::to_value(event_json(&read)).unwrap();
+        assert_eq!(value["actor"]["type"], "USER");
+        assert_eq!(value["actor"]["id"], "usr_1");
+        assert_eq!(value["resource"]["type"], "session");
+        assert_eq!(value["result"], "SUCCESS");
+        assert_eq!(value["occurred_at"], "2025-01-01T00:00:02.719812000Z");
+        assert_eq!(value["ingested_at"], "2025-01-01T00:00:03.000000001Z");
+        assert_eq!(value["metadata"]["mfa"], true);
+        assert_eq!(value["seq"], 3);
+        assert_eq!(value["leaf_hash"], "ab".repeat(32));
+        assert!(value.get("session_id").is_none());
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+    }
 }

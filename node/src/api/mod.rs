@@ -1,8 +1,10 @@
-//! The node's public surfaces: gRPC (`trail.v1.Trail`) and HTTP (health, metrics).
+//! The node's public surfaces: gRPC (`trail.v1.Trail`) and HTTP (health, metrics, the
+//! REST query API).
 
 pub mod grpc;
 pub mod http;
 pub mod proofs;
+pub mod query;
 
 /// The process's resident memory, from /proc (Linux); zeros elsewhere.
 #[derive(Debug, Default, Clone, Copy)]

@@ -2,6 +2,7 @@
 //! API reads.
 
 pub mod actor;
+pub mod cursor_key;
 pub mod key;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use crate::config::NodeConfig;
 use crate::ledger::routing::{shard_for_tenant, ShardId};
 use crate::ledger::NoteSigner;
 use crate::shard::actor::ShardActor;
+use crate::shard::cursor::CursorKey;
 use crate::shard::{self, SealerSettings, ShardHandle, ShardSettings};
 use crate::storage::publish::Publisher;
 use crate::storage::NodeStore;
@@ -50,6 +52,10 @@ pub struct Node {
     pub clock: Arc<dyn Clock>,
     pub signer: Arc<NoteSigner>,
     pub publisher: Publisher,
+    /// Authenticates query cursors (`<data dir>/cursor.key`).
+    pub cursor_key: Arc<CursorKey>,
+    /// Query scans running at once; more wait their turn (`api/query.rs`).
+    pub query_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -82,6 +88,7 @@ pub async fn start(
         &config.data_dir,
         &tamper.checkpoint_origin,
     )?);
+    let cursor_key = Arc::new(cursor_key::load_or_create(&config.data_dir)?);
     let publisher = Publisher::start(&tamper.checkpoint_dir).map_err(|error| {
         anyhow::anyhow!(
             "checkpoint_dir {}: {error}",
@@ -141,6 +148,10 @@ pub async fn start(
         clock,
         signer,
         publisher,
+        cursor_key,
+        query_permits: Arc::new(tokio::sync::Semaphore::new(
+            crate::api::query::QUERIES_IN_FLIGHT_MAX,
+        )),
     })
 }
 

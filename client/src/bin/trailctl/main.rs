@@ -11,6 +11,7 @@ mod ingest;
 mod key;
 mod output;
 mod proof;
+mod query;
 mod read;
 mod verify;
 
@@ -32,6 +33,11 @@ Examples:
   # Read one event back, then the newest ones of its tenant as they arrive
   trailctl get --tenant ten_0001 6f1c1d2e-8a4b-4c8e-9a53-0f6a7b1e2c3d
   trailctl tail --tenant ten_0001 --follow
+
+  # Search a tenant's history: failed logins of the last day, then every page as JSON
+  trailctl query --tenant ten_0001 --action 'auth.*' --result failure \
+      --start-time 2025-01-01T00:00:00Z --end-time 2025-01-02T00:00:00Z
+  trailctl query --tenant ten_0001 --actor-id usr_42 --all --json > usr_42.jsonl
 
   # Node and shard state, as a table or as JSON
   trailctl status
@@ -102,6 +108,34 @@ enum Command {
 
     /// Show the node's identity, verifier key, memory and per-shard consensus state.
     Status(read::StatusArgs),
+
+    /// Search a tenant's events by actor, action, resource, result, request and time.
+    ///
+    /// Prints a table (time, actor, action, resource, result, seq) or, with --json, one
+    /// event per line in the workload's shape. Filters combine (all must match); an
+    /// action filter is exact (auth.login) or a prefix (auth.* matches auth.login and
+    /// auth.mfa.verify). Times are RFC 3339; --start-time is inclusive, --end-time
+    /// exclusive, both on occurred_at.
+    ///
+    /// Results come in ingest order (stream seq), newest first unless --order asc; they
+    /// are not sorted by occurred_at (docs/QUERY.md says why). One page holds at most
+    /// --limit events; the command then prints on stderr the --cursor for the next page.
+    /// --all follows the cursors to the end with a progress spinner on stderr. A node
+    /// examines at most 100,000 events per request, so a page of a rare filter may come
+    /// back short or empty with a cursor: --all keeps going.
+    ///
+    /// Examples:
+    ///   trailctl query --tenant ten_0001
+    ///   trailctl query --tenant ten_0001 --action 'auth.*' --result failure --limit 200
+    ///   trailctl query --tenant ten_0001 --resource-type document --resource-id doc_7 --all
+    ///   trailctl query --tenant ten_0001 --start-time 2025-03-01T00:00:00Z \
+    ///       --end-time 2025-03-08T00:00:00Z --order asc --all --json > week.jsonl
+    ///   trailctl query --tenant ten_0001 --actor-id usr_42 --cursor <CURSOR>
+    ///
+    /// Exit code 0 (also when nothing matches); 1 a filter, limit or cursor was refused
+    /// (the message names it); 2 the node could not be reached.
+    #[command(verbatim_doc_comment)]
+    Query(query::QueryArgs),
 
     /// Prove that an event is in the ledger, or verify a saved proof offline.
     ///
@@ -265,6 +299,7 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::Get(args) => read::get(&client, args).await,
         Command::Tail(args) => read::tail(&client, args).await,
         Command::Status(args) => read::status(&client, args).await,
+        Command::Query(args) => query::run(&client, args).await,
         Command::Proof(args) => proof::run(&client, args).await,
         Command::Checkpoint(args) => checkpoint::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,

@@ -102,7 +102,7 @@ pub async fn status(client: &Client, args: StatusArgs) -> anyhow::Result<ExitCod
 }
 
 /// A reader that went away (`| head`) is a normal end; other write errors are not.
-fn closed_stdout(error: io::Error) -> anyhow::Result<ExitCode> {
+pub(crate) fn closed_stdout(error: io::Error) -> anyhow::Result<ExitCode> {
     if error.kind() == io::ErrorKind::BrokenPipe {
         Ok(ExitCode::SUCCESS)
     } else {
