@@ -1,24 +1,26 @@
 //! trail-sim: deterministic simulation of Trail.
 //!
-//! Today this drives the ledger's apply logic (`trail_node::ledger`, the very code the
-//! server runs) on three replicas of one shard, with a seeded workload of batches,
-//! client retries (duplicate event ids) and replica crashes that lose everything not
-//! yet committed to their store. Checkers run after every step. The full harness
-//! (openraft groups over an in-memory router with network and disk faults, and the
-//! turmoil harness) grows from here; see the simulation issue.
+//! Two harnesses, one seed per run, the same trace hash every time:
+//! - [`raft`]: real openraft groups running the real ledger apply code over in-memory
+//!   disks with a crash model and a faulty in-memory network, on one paused
+//!   current-thread runtime, with continuous checkers (the default of the CLI);
+//! - this module's [`run`]: the ledger's apply logic (`trail_node::ledger`, the very
+//!   code the server runs) on three replicas of one shard without Raft, with a seeded
+//!   workload of batches, client retries (duplicate event ids) and replica crashes
+//!   that lose everything not yet committed to their store; checkers after every step.
 //!
-//! One seed decides one run, and the run's trace hash is the same every time.
+//! See `docs/SIMULATION.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+pub mod raft;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use trail_node::ledger::merkle::{root_of, CompactTree};
 use trail_node::ledger::{
-    leaf_hash, ActorKind, BlockHeader, CheckpointBody, CheckpointDue, CheckpointNote, EventRecord,
-    LeafHash, Ledger, LedgerCommand, LedgerWrite, MemoryStore, NoteSigner, Outcome, Replaced,
-    StoredEvent,
+    ActorKind, CheckpointBody, CheckpointDue, CheckpointNote, EventRecord, LeafHash, Ledger,
+    LedgerCommand, LedgerWrite, MemoryStore, NoteSigner, Outcome, Replaced, StoredEvent,
 };
 
 pub const REPLICAS: usize = 3;
@@ -422,66 +424,8 @@ fn check_replicas(replicas: &[Replica]) {
 /// Every stream's blocks chain up from zero, cover its events in order with the right
 /// roots, and every recorded checkpoint names the root of the tree of its size.
 fn check_chain(replica: &Replica, signer: &NoteSigner) {
-    let store = &replica.store.committed;
-    for (tenant_id, state) in &store.tenants {
-        let stream_no = state.stream_no;
-        let mut previous = [0u8; 32];
-        let mut next_seq = 1;
-        let mut hashes = Vec::new();
-        let mut tree = CompactTree::new();
-        let mut roots = Vec::new();
-        for ((number, index), record) in &store.blocks {
-            if *number != stream_no {
-                continue;
-            }
-            let header = BlockHeader::decode(&record.header).expect("headers decode");
-            assert_eq!(
-                header.block_index,
-                hashes.len() as u64,
-                "{tenant_id}: block index"
-            );
-            assert_eq!(header.block_index, *index, "{tenant_id}: block key");
-            assert_eq!(
-                header.prev_block_hash, previous,
-                "{tenant_id}: chain broken"
-            );
-            assert_eq!(
-                header.first_seq, next_seq,
-                "{tenant_id}: block not contiguous"
-            );
-            let leaves: Vec<[u8; 32]> = (header.first_seq..=header.last_seq())
-                .map(|seq| leaf_hash(&store.events[&(stream_no, seq)]))
-                .collect();
-            assert_eq!(
-                root_of(&leaves),
-                header.merkle_root,
-                "{tenant_id}: block root"
-            );
-            previous = record.block_hash;
-            next_seq = header.last_seq() + 1;
-            hashes.push(record.block_hash);
-            tree.push(record.block_hash);
-            roots.push(tree.root());
-            assert_eq!(
-                tree.root(),
-                record.tree_root_after,
-                "{tenant_id}: tree root"
-            );
-        }
-        assert_eq!(state.chain.blocks.len(), hashes.len() as u64);
-        for ((number, size), note) in &store.checkpoints {
-            if *number != stream_no {
-                continue;
-            }
-            let body = CheckpointBody::parse_note(note).expect("notes parse");
-            assert_eq!(body.tree_size, *size);
-            assert_eq!(
-                body.root,
-                roots[*size as usize - 1],
-                "{tenant_id}: checkpoint root"
-            );
-            assert!(note.contains(&format!("\n\n\u{2014} {} ", signer.name())));
-        }
+    if let Err(error) = raft::check::check_chain(&replica.store.committed, signer.name()) {
+        panic!("{error}");
     }
 }
 

@@ -1,38 +1,99 @@
 //! `cargo run -p trail-sim -- --seed N` runs one seed and prints its trace hash;
-//! `--seeds A..B` runs many; `--replay N --trace` prints the trace of one.
+//! `--seeds A..B` runs many in parallel; `--replay N --trace` prints the trace of one.
+//! `--harness raft` (the default) runs openraft groups with the ledger under faults;
+//! `--harness ledger` runs the ledger-level model without Raft.
 
-use clap::Parser;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use trail_sim::raft::{self, PlantedBug};
 use trail_sim::{run, RunOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Harness {
+    /// openraft groups (the node's Raft types over in-memory stores) with the ledger.
+    Raft,
+    /// The ledger apply code on three replicas, without Raft.
+    Ledger,
+}
 
 #[derive(Parser)]
 #[command(
     name = "trail-sim",
-    about = "Deterministic simulation of Trail's ledger"
+    about = "Deterministic simulation of Trail: one seed, one run, one trace hash"
 )]
 struct Args {
     /// Run this one seed.
     #[arg(long, conflicts_with_all = ["seeds", "replay"])]
     seed: Option<u64>,
-    /// Run a range of seeds, e.g. 0..1000.
+    /// Run a range of seeds in parallel, e.g. 0..1000.
     #[arg(long)]
     seeds: Option<String>,
-    /// Run one seed again and print its trace (with --trace).
+    /// Run one seed again (with --trace: print its trace).
     #[arg(long)]
     replay: Option<u64>,
     /// Print every trace line.
     #[arg(long)]
     trace: bool,
-    /// Proposal steps per run.
+    /// Which harness runs.
+    #[arg(long, value_enum, default_value_t = Harness::Raft)]
+    harness: Harness,
+    /// Plant a bug the checkers must catch (raft harness): ack-before-fsync,
+    /// apply-twice-after-restart, skip-seq, seal-order, stale-read.
+    #[arg(long, value_name = "NAME")]
+    planted_bug: Option<String>,
+    /// Raft harness: length of the safety phase in virtual ms (default: the seed's).
+    #[arg(long)]
+    safety_ms: Option<u64>,
+    /// Raft harness: reads wait for openraft's read log id only (not linearizable
+    /// after a leader restart; seed 495 shows it).
+    #[arg(long)]
+    openraft_read_index: bool,
+    /// Raft harness: the log reader returns gapped ranges, as the node's fjall log
+    /// store does (a stale replication stream then breaks a follower's log; seed 28399).
+    #[arg(long)]
+    gapped_log_reads: bool,
+    /// Ledger harness: proposal steps per run.
     #[arg(long, default_value_t = 200)]
     steps: usize,
+    /// Threads for --seeds (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// With --seeds: stop at the first failing seed.
+    #[arg(long)]
+    fail_fast: bool,
+    /// With --seeds: print every seed's outcome and trace hash.
+    #[arg(long)]
+    verbose: bool,
+}
+
+enum Outcome {
+    Passed { summary: String, trace: Vec<String> },
+    Failed { message: String, trace: Vec<String> },
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let options = RunOptions {
-        steps: args.steps,
-        keep_trace: args.trace,
+    let planted = match args.planted_bug.as_deref() {
+        None => None,
+        Some(name) => match PlantedBug::parse(name) {
+            Some(bug) => Some(bug),
+            None => {
+                let names: Vec<&str> = PlantedBug::ALL.iter().map(|bug| bug.name()).collect();
+                eprintln!(
+                    "--planted-bug: unknown bug {name:?}; one of {}",
+                    names.join(", ")
+                );
+                return std::process::ExitCode::from(2);
+            }
+        },
     };
+    if planted.is_some() && args.harness == Harness::Ledger {
+        eprintln!("--planted-bug needs --harness raft");
+        return std::process::ExitCode::from(2);
+    }
     let seeds: Vec<u64> = match (&args.seeds, args.seed.or(args.replay)) {
         (Some(range), _) => match parse_range(range) {
             Some(range) => range.collect(),
@@ -44,38 +105,216 @@ fn main() -> std::process::ExitCode {
         (None, Some(seed)) => vec![seed],
         (None, None) => vec![0],
     };
-    let mut failures = Vec::new();
-    for seed in &seeds {
-        let seed = *seed;
-        let outcome = std::panic::catch_unwind(|| run(seed, options));
-        match outcome {
-            Ok(report) => {
-                for line in &report.trace {
-                    println!("{line}");
-                }
-                if seeds.len() == 1 {
-                    println!(
-                        "seed {seed}: ok, trace {} ({} trace events, {} events stored, {} duplicates sent, {} crashes)",
-                        report.trace_hash, report.trace_events, report.events_stored, report.duplicates_sent, report.crashes
-                    );
+    let many = seeds.len() > 1;
+    if many {
+        quiet_panics();
+    }
+    let run_one = |seed: u64| -> Outcome {
+        match args.harness {
+            Harness::Ledger => {
+                let options = RunOptions {
+                    steps: args.steps,
+                    keep_trace: args.trace,
+                };
+                match std::panic::catch_unwind(|| run(seed, options)) {
+                    Ok(report) => Outcome::Passed {
+                        summary: format!(
+                            "trace {} ({} trace events, {} events stored, {} duplicates sent, {} crashes)",
+                            report.trace_hash,
+                            report.trace_events,
+                            report.events_stored,
+                            report.duplicates_sent,
+                            report.crashes
+                        ),
+                        trace: report.trace,
+                    },
+                    Err(panic) => Outcome::Failed {
+                        message: panic_message(&panic),
+                        trace: Vec::new(),
+                    },
                 }
             }
-            Err(_) => failures.push(seed),
+            Harness::Raft => {
+                let options = raft::Options {
+                    keep_trace: args.trace,
+                    planted,
+                    safety_ms: args.safety_ms,
+                    openraft_read_index: args.openraft_read_index,
+                    gapped_log_reads: args.gapped_log_reads,
+                };
+                match std::panic::catch_unwind(|| raft::run(seed, &options)) {
+                    Ok(Ok(report)) => Outcome::Passed {
+                        summary: format!(
+                            "trace {} ({} trace events, {} replicas, {} ms virtual, {} events, \
+                             {} crashes, {} power failures, {} partitions, {} reads checked, \
+                             {} leaders, {} rpcs, {} lost, {} duplicated, {} fsyncs, \
+                             {} unsynced writes lost in crashes)",
+                            report.trace_hash,
+                            report.trace_events,
+                            report.replicas,
+                            report.virtual_ms,
+                            report.events_sent,
+                            report.crashes,
+                            report.power_failures,
+                            report.partitions,
+                            report.reads_checked,
+                            report.leaders,
+                            report.net.sent,
+                            report.net.dropped,
+                            report.net.duplicated,
+                            report.fsyncs,
+                            report.unsynced_writes_lost
+                        ),
+                        trace: report.trace,
+                    },
+                    Ok(Err(failure)) => Outcome::Failed {
+                        message: failure.to_string(),
+                        trace: failure.trace,
+                    },
+                    Err(panic) => Outcome::Failed {
+                        message: format!("seed {seed}: panicked: {}", panic_message(&panic)),
+                        trace: Vec::new(),
+                    },
+                }
+            }
         }
+    };
+
+    let replay = |seed: u64| {
+        let mut command = format!("cargo run --release -p trail-sim -- --replay {seed}");
+        if args.harness == Harness::Ledger {
+            command.push_str(" --harness ledger");
+            if args.steps != 200 {
+                command.push_str(&format!(" --steps {}", args.steps));
+            }
+        }
+        if let Some(bug) = planted {
+            command.push_str(&format!(" --planted-bug {}", bug.name()));
+        }
+        if args.openraft_read_index {
+            command.push_str(" --openraft-read-index");
+        }
+        if args.gapped_log_reads {
+            command.push_str(" --gapped-log-reads");
+        }
+        if let Some(ms) = args.safety_ms {
+            command.push_str(&format!(" --safety-ms {ms}"));
+        }
+        command.push_str(" --trace");
+        command
+    };
+
+    if !many {
+        let seed = seeds[0];
+        return match run_one(seed) {
+            Outcome::Passed { summary, trace } => {
+                for line in trace {
+                    println!("{line}");
+                }
+                println!("seed {seed}: ok, {summary}");
+                std::process::ExitCode::SUCCESS
+            }
+            Outcome::Failed { message, trace } => {
+                for line in trace {
+                    println!("{line}");
+                }
+                println!("FAILED {message}");
+                println!("replay with `{}`", replay(seed));
+                std::process::ExitCode::from(1)
+            }
+        };
     }
-    if seeds.len() > 1 {
-        println!("{} seeds, {} failed", seeds.len(), failures.len());
-    }
-    for seed in &failures {
-        println!(
-            "FAILED seed {seed}: replay with `cargo run -p trail-sim -- --replay {seed} --trace`"
-        );
+
+    let threads = args
+        .threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|count| count.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let failures: Arc<Mutex<Vec<(u64, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let index = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(seed) = seeds.get(index).copied() else {
+                    return;
+                };
+                match run_one(seed) {
+                    Outcome::Passed { summary, .. } => {
+                        if args.verbose {
+                            println!("seed {seed}: ok, {summary}");
+                        }
+                    }
+                    Outcome::Failed { message, .. } => {
+                        if args.verbose {
+                            println!("FAILED {message}");
+                        }
+                        failures
+                            .lock()
+                            .expect("failures lock")
+                            .push((seed, message));
+                        if args.fail_fast {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let ran = done.load(Ordering::SeqCst);
+    let mut failures = failures.lock().expect("failures lock").clone();
+    failures.sort();
+    println!(
+        "{ran} seeds, {} failed, {elapsed:.1} s on {threads} threads ({:.1} seeds/s)",
+        failures.len(),
+        ran as f64 / elapsed.max(1e-9)
+    );
+    for (seed, message) in &failures {
+        println!("FAILED {message}");
+        println!("  replay with `{}`", replay(*seed));
     }
     if failures.is_empty() {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)
     }
+}
+
+/// With many seeds, a panic (a seed's harness thread, or a Raft task of a seed with a
+/// planted bug) prints one line, not a backtrace each.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|location| format!(" at {}:{}", location.file(), location.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!("panic: {message}{location}");
+    }));
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 fn parse_range(text: &str) -> Option<std::ops::Range<u64>> {
