@@ -364,30 +364,24 @@ pub fn rest_input(tenant: &str, query_string: &str) -> Result<QueryInput, ParamE
     let tenant_id = validate_tenant_id(tenant)?;
     let mut values = rest_parameters(query_string, &REST_PARAMETERS)?;
     let mut take = |name: &'static str| values.remove(name).unwrap_or_default();
-    let actor_kind = match take("actor_type") {
-        text if text.is_empty() => None,
-        text => Some(rest_enum(
-            "actor_type",
-            &text,
-            &[
-                ("user", ActorKind::User),
-                ("service", ActorKind::Service),
-                ("system", ActorKind::System),
-            ],
-        )?),
-    };
-    let outcome = match take("result") {
-        text if text.is_empty() => None,
-        text => Some(rest_enum(
-            "result",
-            &text,
-            &[
-                ("success", Outcome::Success),
-                ("failure", Outcome::Failure),
-                ("denied", Outcome::Denied),
-            ],
-        )?),
-    };
+    let actor_kind = rest_enum(
+        "actor_type",
+        &take("actor_type"),
+        &[
+            ("user", ActorKind::User),
+            ("service", ActorKind::Service),
+            ("system", ActorKind::System),
+        ],
+    )?;
+    let outcome = rest_enum(
+        "result",
+        &take("result"),
+        &[
+            ("success", Outcome::Success),
+            ("failure", Outcome::Failure),
+            ("denied", Outcome::Denied),
+        ],
+    )?;
     let filters = Filters {
         actor_id: actor_id_filter(&take("actor_id"))?,
         actor_kind,
@@ -423,14 +417,18 @@ pub fn rest_input(tenant: &str, query_string: &str) -> Result<QueryInput, ParamE
     })
 }
 
+/// An enum parameter by name, any case; an absent (empty) parameter is no filter.
 fn rest_enum<T: Copy>(
     parameter: &'static str,
     text: &str,
     names: &[(&'static str, T)],
-) -> Result<T, ParamError> {
+) -> Result<Option<T>, ParamError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
     for (name, value) in names {
         if text.eq_ignore_ascii_case(name) {
-            return Ok(*value);
+            return Ok(Some(*value));
         }
     }
     let accepted: Vec<&str> = names.iter().map(|(name, _)| *name).collect();

@@ -305,24 +305,23 @@ impl Ledger {
         writes: &mut Vec<LedgerWrite>,
     ) -> LedgerResponse {
         let mut response = LedgerResponse::default();
-        let tenant_ids: Vec<String> = match only_tenant {
-            Some(tenant_id) if self.tenants.contains_key(tenant_id) => vec![tenant_id.to_string()],
-            Some(_) => Vec::new(),
-            None => self.tenants.keys().cloned().collect(),
-        };
-        for tenant_id in tenant_ids {
-            let state = self.tenants.get_mut(&tenant_id).expect("listed above");
+        // Every tenant, or just the one asked for (none if it has no events here).
+        let tenants = self
+            .tenants
+            .iter_mut()
+            .filter(|(tenant_id, _)| only_tenant.is_none_or(|only| only == tenant_id.as_str()));
+        for (tenant_id, state) in tenants {
             let chain = &state.chain;
             if !chain.open.is_empty() {
                 if chain.open_since_ns <= opened_at_or_before_ns {
                     seal_block(
-                        &tenant_id,
+                        tenant_id,
                         state,
                         sealed_at_ns,
                         &mut self.pending_roots,
                         writes,
                     );
-                    mark_dirty(&mut self.dirty_tenants, &tenant_id);
+                    mark_dirty(&mut self.dirty_tenants, tenant_id);
                 } else {
                     response.open_blocks += 1;
                 }
@@ -330,12 +329,12 @@ impl Ledger {
             let chain = &state.chain;
             if chain.blocks.len() > chain.checkpointed_size {
                 response.checkpoints_due.push(CheckpointDue {
-                    stream: stream_name(&tenant_id, 0),
+                    stream: stream_name(tenant_id, 0),
                     tree_size: chain.blocks.len(),
                     root: chain.blocks.root(),
                     last_seq: state.last_sealed_seq(),
                     sealed_at_ns: chain.last_sealed_at_ns,
-                    tenant_id,
+                    tenant_id: tenant_id.clone(),
                 });
             }
         }

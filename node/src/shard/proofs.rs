@@ -10,8 +10,9 @@
 //! stream's block hashes up to the checkpoint (32 bytes per 1,024 events: 10 M events
 //! are ~10,000 hashes, ~0.3 MiB, a few ms).
 
+use crate::ledger::event::DecodeError;
 use crate::ledger::merkle::{consistency_proof, inclusion_proof};
-use crate::ledger::{leaf_hash, BlockHeader, BlockRecord, CheckpointBody, TenantState};
+use crate::ledger::{block_hash, leaf_hash, BlockHeader, BlockRecord, CheckpointBody, TenantState};
 use crate::storage::{
     chain_key, chain_key_number, event_key, ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END,
     CHAIN_CHECKPOINT,
@@ -230,16 +231,19 @@ fn block_hashes(
 ) -> Result<Vec<[u8; 32]>, ReadError> {
     let mut hashes = Vec::with_capacity(usize::try_from(tree_size).unwrap_or(0).min(1 << 20));
     for (expected, item) in (0..).zip(blocks_raw(keyspaces, stream_no, 0, tree_size)) {
-        let (index, bytes) = item?;
-        let location = format!("block {expected} of stream {stream_no}");
+        let (index, record) = item?;
         if index != expected {
             return Err(corrupt(
-                location,
+                format!("block {expected} of stream {stream_no}"),
                 format!("missing; next stored is {index}"),
             ));
         }
-        let record = BlockRecord::decode(&bytes.encode())
-            .map_err(|error| corrupt(location, error.to_string()))?;
+        if block_hash(&record.header) != record.block_hash {
+            return Err(corrupt(
+                format!("block {index} of stream {stream_no}"),
+                DecodeError::Checksum.to_string(),
+            ));
+        }
         hashes.push(record.block_hash);
     }
     if hashes.len() as u64 != tree_size {
