@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{
-    Block, Event, GetBlockRequest, GetCheckpointRequest, GetCheckpointResponse,
+    Block, CountRequest, Event, GetBlockRequest, GetCheckpointRequest, GetCheckpointResponse,
     GetConsistencyProofRequest, GetConsistencyProofResponse, GetEventRequest, GetProofRequest,
     GetProofResponse, ListBlocksRequest, ListStreamsRequest, ListStreamsResponse, QueryRequest,
     QueryResponse, Receipt, RecordBatchResponse, RecordRequest, StatusRequest, StatusResponse,
@@ -340,6 +340,18 @@ impl Client {
             })
             .await?;
         Ok(response)
+    }
+
+    /// How many of a tenant's events match a filter (from the node's indexes).
+    pub async fn count(&self, count: CountRequest) -> Result<u64> {
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(count.clone());
+                request.set_timeout(timeout);
+                async move { trail.count(request).await }
+            })
+            .await?;
+        Ok(response.count)
     }
 
     /// The node's identity, memory and per-shard consensus state.

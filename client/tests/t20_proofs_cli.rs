@@ -296,6 +296,13 @@ impl Trail for FakeNode {
         Err(Status::unimplemented("fake node"))
     }
 
+    async fn count(
+        &self,
+        _: Request<trail_proto::v1::CountRequest>,
+    ) -> Result<Response<trail_proto::v1::CountResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
+
     async fn list_streams(
         &self,
         _: Request<ListStreamsRequest>,

@@ -12,6 +12,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod consensus;
+pub mod index;
 pub mod ledger;
 pub mod node;
 pub mod shard;

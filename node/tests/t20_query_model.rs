@@ -6,9 +6,16 @@
 //! combinations, orders, page sizes and examined-event bounds, page through the query
 //! with `shard::query::run`, passing each page's position on through a sealed and
 //! reopened cursor, and applying more batches between pages (ingest while paging). The
-//! concatenated pages must equal the model's answer exactly, in order (so nothing is
-//! skipped or repeated), every event must be the queried tenant's, and a cursor of
+//! concatenated pages must be in the query's order (`occurred_at`, then seq), hold no
+//! event twice, hold every matching event that existed at the first page, and nothing
+//! that does not match (events recorded while paging may or may not appear, as they
+//! fall before or after the cursor); without ingest while paging they must equal the
+//! model's answer exactly. Every event must be the queried tenant's, and a cursor of
 //! another tenant or another filter must be refused.
+//!
+//! The node's indexer runs beside it with a short commit interval, so queries see any
+//! mix of indexed events and unindexed tail; each case forces one access path (time
+//! index, terms) or lets the planner choose: the results must not depend on it.
 
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
@@ -17,9 +24,10 @@ use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
 use tempfile::TempDir;
 use trail_node::consensus::{Entry, LogId};
+use trail_node::index::{IndexConfig, NodeIndex};
 use trail_node::ledger::{ActorKind, EventRecord, LedgerCommand, Outcome};
 use trail_node::shard::cursor::{tenant_digest, Cursor, CursorKey};
-use trail_node::shard::query::{self, ActionMatch, Filters, Order, Query};
+use trail_node::shard::query::{self, AccessPath, ActionMatch, Filters, Order, Query};
 use trail_node::storage::{NodeStore, ShardKeyspaces, StateMachine};
 
 /// Tenants per case; each case gets fresh tenant names in the shared store.
@@ -124,6 +132,7 @@ struct QueryCase {
     order: Order,
     page_size: usize,
     examined_max: u64,
+    path: Option<AccessPath>,
 }
 
 fn filters() -> impl Strategy<Value = Filters> {
@@ -177,9 +186,14 @@ fn query_case() -> impl Strategy<Value = QueryCase> {
         any::<bool>(),
         prop_oneof![1usize..=4, 5usize..=60, Just(1_000usize)],
         prop_oneof![1u64..=7, Just(query::EXAMINED_PER_REQUEST_MAX)],
+        prop_oneof![
+            Just(None),
+            Just(Some(AccessPath::TimeIndex)),
+            Just(Some(AccessPath::Terms))
+        ],
     )
         .prop_map(
-            |(tenant, filters, newest_first, page_size, examined_max)| QueryCase {
+            |(tenant, filters, newest_first, page_size, examined_max, path)| QueryCase {
                 tenant,
                 filters,
                 order: if newest_first {
@@ -189,6 +203,7 @@ fn query_case() -> impl Strategy<Value = QueryCase> {
                 },
                 page_size,
                 examined_max,
+                path,
             },
         )
 }
@@ -199,6 +214,7 @@ struct Store {
     _dir: TempDir,
     keyspaces: ShardKeyspaces,
     state_machine: StateMachine,
+    index: NodeIndex,
     runtime: tokio::runtime::Runtime,
     next_index: u64,
     cases: u64,
@@ -229,6 +245,11 @@ impl Store {
         let keyspaces = store.shard(1).expect("open shard keyspaces");
         let state_machine =
             StateMachine::open(store.db.clone(), &keyspaces, None).expect("open state machine");
+        let mut config = IndexConfig::new(dir.path());
+        config.commit_interval = std::time::Duration::from_millis(3);
+        config.poll_interval = std::time::Duration::from_millis(1);
+        let index = NodeIndex::open(&store.db, std::slice::from_ref(&keyspaces), config)
+            .expect("open index");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -237,6 +258,7 @@ impl Store {
             _dir: dir,
             keyspaces,
             state_machine,
+            index,
             runtime,
             next_index: 1,
             cases: 0,
@@ -286,18 +308,54 @@ impl Store {
             .all(|receipt| !receipt.deduplicated));
     }
 
-    /// The model's answer: the tenant's events that match, in the query's order.
-    fn expected(&self, case: &QueryCase, events_visible: usize) -> Vec<(u64, String)> {
-        let mut expected: Vec<(u64, String)> = self.applied[case.tenant][..events_visible]
+    /// The model's answer over the tenant's first `events_visible` events: those that
+    /// match, in the query's order (`occurred_at`, then seq).
+    fn expected(&self, case: &QueryCase, events_visible: usize) -> Vec<Got> {
+        let mut expected: Vec<Got> = self.applied[case.tenant][..events_visible]
             .iter()
             .enumerate()
             .filter(|(_, event)| model_matches(&case.filters, event))
-            .map(|(index, event)| (index as u64 + 1, event.event_id.clone()))
+            .map(|(index, event)| Got {
+                occurred_at_ns: event.occurred_at_ns,
+                seq: index as u64 + 1,
+                event_id: event.event_id.clone(),
+            })
             .collect();
+        expected.sort_by_key(|got| (got.occurred_at_ns, got.seq));
         if case.order == Order::NewestFirst {
             expected.reverse();
         }
         expected
+    }
+
+    /// Checks one query's pages against the model: in order, no repeats, everything
+    /// that existed at the first page, nothing that never matched; exactly the model's
+    /// answer when nothing was recorded while paging.
+    fn check(&self, case: &QueryCase, got: &[Got], at_first: usize, at_last: usize) {
+        let first = self.expected(case, at_first);
+        let last = self.expected(case, at_last);
+        if at_first == at_last {
+            assert_eq!(got, &first[..], "case {case:?}");
+            return;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for pair in got.windows(2) {
+            let (a, b) = (
+                (pair[0].occurred_at_ns, pair[0].seq),
+                (pair[1].occurred_at_ns, pair[1].seq),
+            );
+            match case.order {
+                Order::NewestFirst => assert!(a > b, "out of order: {case:?}"),
+                Order::OldestFirst => assert!(a < b, "out of order: {case:?}"),
+            }
+        }
+        for item in got {
+            assert!(seen.insert(item.seq), "repeated seq {}: {case:?}", item.seq);
+            assert!(last.contains(item), "{item:?} does not match: {case:?}");
+        }
+        for item in &first {
+            assert!(seen.contains(&item.seq), "skipped {item:?}: {case:?}");
+        }
     }
 }
 
@@ -336,16 +394,22 @@ fn model_matches(filters: &Filters, event: &EventRecord) -> bool {
             .is_none_or(|end| event.occurred_at_ns < end)
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Got {
+    occurred_at_ns: i64,
+    seq: u64,
+    event_id: String,
+}
+
 /// Pages through one query to its end, applying one batch of `during` after each page.
-/// Returns what the pages held and how many of the tenant's events the model should
-/// count (all of them at the first read for newest first; at the last read for oldest
-/// first, which continues into events that arrived meanwhile).
+/// Returns what the pages held and how many of the tenant's events existed at the
+/// first and at the last read.
 fn page_through(
     store: &mut Store,
     key: &CursorKey,
     case: &QueryCase,
     during: &mut std::vec::IntoIter<Vec<Draw>>,
-) -> (Vec<(u64, String)>, usize) {
+) -> (Vec<Got>, usize, usize) {
     let tenant = store.tenants[case.tenant].clone();
     let tenant = tenant.as_str();
     let digest = case.filters.digest(case.order);
@@ -356,7 +420,7 @@ fn page_through(
     // Every request examines at least one event, so this many pages always suffice.
     let pages_max = 10_000;
     for _ in 0..pages_max {
-        let after_seq = cursor_text.as_ref().map(|text| {
+        let after = cursor_text.as_ref().map(|text| {
             let cursor = key.open(text).expect("our own cursor opens");
             cursor
                 .check_scope(&tenant_digest(tenant), &digest)
@@ -371,16 +435,17 @@ fn page_through(
             assert!(cursor
                 .check_scope(&tenant_digest(tenant), &other_filters.digest(case.order))
                 .is_err());
-            cursor.seq
+            (cursor.occurred_at_ns, cursor.seq)
         });
         let mut query = Query::new(tenant, case.filters.clone(), case.page_size, case.order);
-        query.after_seq = after_seq;
+        query.after = after;
         query.examined_max = case.examined_max;
+        query.path = case.path;
         visible_at_last_read = store.applied[case.tenant].len();
-        let page = query::run(&store.keyspaces, &query).expect("query runs");
+        let page = query::run(&store.keyspaces, &store.index, &query).expect("query runs");
         assert!(page.events.len() <= case.page_size);
-        assert!(page.examined <= case.examined_max);
-        if page.next_after_seq.is_some() && !page.partial {
+        assert!(page.examined <= case.examined_max.max(case.page_size as u64 + 1));
+        if page.next_after.is_some() && !page.partial {
             assert_eq!(
                 page.events.len(),
                 case.page_size,
@@ -390,20 +455,21 @@ fn page_through(
         for event in &page.events {
             assert_eq!(event.stored.event.tenant_id, tenant, "tenant isolation");
             assert_eq!(event.stored.stream, format!("{tenant}/0"));
-            got.push((event.stored.seq, event.stored.event.event_id.clone()));
+            got.push(Got {
+                occurred_at_ns: event.stored.event.occurred_at_ns,
+                seq: event.stored.seq,
+                event_id: event.stored.event.event_id.clone(),
+            });
         }
-        let Some(seq) = page.next_after_seq else {
-            let visible = match case.order {
-                Order::NewestFirst => visible_at_first_read,
-                Order::OldestFirst => visible_at_last_read,
-            };
-            return (got, visible);
+        let Some((occurred_at_ns, seq)) = page.next_after else {
+            return (got, visible_at_first_read, visible_at_last_read);
         };
         cursor_text = Some(key.seal(&Cursor {
             order: case.order,
             tenant_digest: tenant_digest(tenant),
             query_digest: digest,
             stream_index: 0,
+            occurred_at_ns,
             seq,
         }));
         if let Some(batch) = during.next() {
@@ -433,9 +499,14 @@ proptest! {
             let key = CursorKey::from_bytes([42; 32]);
             let mut during = during.into_iter();
             for case in &cases {
-                let (got, visible) = page_through(store, &key, case, &mut during);
-                let expected = store.expected(case, visible);
-                prop_assert_eq!(&got, &expected, "case {:?}", case);
+                let (got, at_first, at_last) = page_through(store, &key, case, &mut during);
+                store.check(case, &got, at_first, at_last);
+                // Counts agree with the model too.
+                let tenant = &store.tenants[case.tenant];
+                let count = query::count(&store.keyspaces, &store.index, tenant, &case.filters)
+                    .expect("count runs");
+                let expected = store.expected(case, store.applied[case.tenant].len()).len();
+                prop_assert_eq!(count, expected as u64, "count of {:?}", case);
             }
             Ok(())
         })?;
@@ -461,6 +532,26 @@ fn every_page_size_gives_the_same_result() {
         })
         .collect();
     store.apply(&draws[..25]);
+    assert!(
+        store.index.wait_caught_up(
+            std::slice::from_ref(&store.keyspaces),
+            std::time::Duration::from_secs(10)
+        ),
+        "the indexer catches up"
+    );
+    // Everything indexed: both paths answer from the indexes alone.
+    for path in [AccessPath::TimeIndex, AccessPath::Terms] {
+        let mut query = Query::new(
+            &store.tenants[0],
+            Filters::default(),
+            100,
+            Order::NewestFirst,
+        );
+        query.path = Some(path);
+        let page = query::run(&store.keyspaces, &store.index, &query).unwrap();
+        assert_eq!(page.tail_events, 0, "{path:?}");
+        assert_eq!(page.events.len(), 13, "{path:?}");
+    }
     store.apply(&draws[25..]);
     let key = CursorKey::from_bytes([7; 32]);
     for order in [Order::NewestFirst, Order::OldestFirst] {
@@ -475,10 +566,11 @@ fn every_page_size_gives_the_same_result() {
                     order,
                     page_size,
                     examined_max,
+                    path: None,
                 };
-                let (got, visible) =
+                let (got, at_first, at_last) =
                     page_through(&mut store, &key, &case, &mut Vec::new().into_iter());
-                assert_eq!(got, store.expected(&case, visible), "{case:?}");
+                store.check(&case, &got, at_first, at_last);
             }
         }
     }
@@ -503,9 +595,9 @@ fn unknown_tenant_reads_nothing() {
     let other = store.tenants[1].clone();
     for tenant in ["ten_nobody", other.as_str()] {
         let query = Query::new(tenant, Filters::default(), 50, Order::NewestFirst);
-        let page = query::run(&store.keyspaces, &query).unwrap();
+        let page = query::run(&store.keyspaces, &store.index, &query).unwrap();
         assert!(page.events.is_empty());
-        assert_eq!(page.next_after_seq, None);
+        assert_eq!(page.next_after, None);
         assert_eq!(page.examined, 0);
     }
 }

@@ -188,6 +188,7 @@ pub(super) fn read_status(error: ReadError) -> Status {
         ReadError::Corrupt { .. } => {
             Status::data_loss("a stored record failed its integrity checks")
         }
+        error @ ReadError::IndexBehind { .. } => Status::unavailable(error.to_string()),
     }
 }
 
@@ -402,16 +403,25 @@ impl Trail for TrailService {
             shards: status
                 .shards
                 .into_iter()
-                .map(|shard| v1::ShardStatus {
-                    shard_id: shard.shard,
-                    leader_node_id: shard.leader.unwrap_or(0),
-                    term: shard.term,
-                    last_log_index: shard.last_log_index,
-                    last_applied_index: shard.last_applied_index,
-                    events: shard.events,
-                    streams: shard.streams as u32,
-                    queue_bytes: shard.queue_bytes,
-                    role: shard.role,
+                .map(|shard| {
+                    let progress = self.node.index.progress(shard.shard);
+                    let read = |value: Option<&std::sync::atomic::AtomicU64>| {
+                        value.map_or(0, |value| value.load(std::sync::atomic::Ordering::Relaxed))
+                    };
+                    v1::ShardStatus {
+                        shard_id: shard.shard,
+                        leader_node_id: shard.leader.unwrap_or(0),
+                        term: shard.term,
+                        last_log_index: shard.last_log_index,
+                        last_applied_index: shard.last_applied_index,
+                        events: shard.events,
+                        streams: shard.streams as u32,
+                        queue_bytes: shard.queue_bytes,
+                        role: shard.role,
+                        indexed_index: read(progress.map(|p| &p.indexed_through)),
+                        index_lag_ms: read(progress.map(|p| &p.lag_ms)),
+                        index_rebuild_remaining: read(progress.map(|p| &p.rebuild_remaining)),
+                    }
                 })
                 .collect(),
             uptime_ms: status.uptime_ms,
@@ -428,6 +438,15 @@ impl Trail for TrailService {
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<v1::QueryResponse>, Status> {
         query::query(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn count(
+        &self,
+        request: Request<v1::CountRequest>,
+    ) -> Result<Response<v1::CountResponse>, Status> {
+        query::count(&self.node, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -73,6 +73,27 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
         .body(body)
 }
 
+/// `{"count": n}`: the tenant's events matching the filters, from the indexes.
+#[get("/tenants/{tenant}/audit-logs/count")]
+async fn count_audit_logs(
+    node: web::Data<Node>,
+    path: web::Path<String>,
+    request: HttpRequest,
+) -> HttpResponse {
+    let input = match query::rest_count_input(&path.into_inner(), request.query_string()) {
+        Ok(input) => input,
+        Err(error) => return bad_request(error),
+    };
+    match query::count_events(&node, input.tenant_id, input.filters).await {
+        Ok(count) => HttpResponse::Ok().json(serde_json::json!({ "count": count })),
+        Err(QueryError::Invalid(error)) => bad_request(error.into()),
+        Err(QueryError::Read(error)) => read_failed(error),
+        Err(QueryError::Unavailable(reason)) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason, None)
+        }
+    }
+}
+
 #[get("/tenants/{tenant}/audit-logs")]
 async fn list_audit_logs(
     node: web::Data<Node>,
@@ -95,9 +116,10 @@ async fn list_audit_logs(
     let body = tokio::task::spawn_blocking(move || {
         let page = output.page;
         let events: Vec<EventJson<'_>> = page.events.iter().map(event_json).collect();
-        let scanned_to = page.scanned_to_seq.map(|seq| PositionJson {
+        let scanned_to = page.scanned_to.map(|(occurred_at_ns, seq)| PositionJson {
             stream: &page.stream,
             seq,
+            occurred_at: rfc3339(occurred_at_ns),
         });
         serde_json::to_vec(&PageJson {
             count: events.len(),
@@ -106,6 +128,8 @@ async fn list_audit_logs(
             partial: page.partial,
             scanned_to,
             events_examined: page.examined,
+            access_path: page.path.map_or("", |path| path.name()),
+            tail_events: page.tail_events,
         })
     })
     .await;
@@ -210,6 +234,12 @@ fn read_failed(error: ReadError) -> HttpResponse {
             "a stored record failed its integrity checks",
             None,
         ),
+        error @ ReadError::IndexBehind { .. } => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &error.to_string(),
+            None,
+        ),
     }
 }
 
@@ -233,12 +263,15 @@ struct PageJson<'a> {
     partial: bool,
     scanned_to: Option<PositionJson<'a>>,
     events_examined: u64,
+    access_path: &'static str,
+    tail_events: u64,
 }
 
 #[derive(Serialize)]
 struct PositionJson<'a> {
     stream: &'a str,
     seq: u64,
+    occurred_at: String,
 }
 
 /// An event in the workload's shape, fields in its order, then what the ledger added.
@@ -363,6 +396,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config.service(health).service(metrics).service(
         web::scope("/api/v1")
             .service(list_audit_logs)
+            // Before `{event_id}`, which would otherwise take "count".
+            .service(count_audit_logs)
             .service(get_audit_log)
             .default_service(web::to(no_route)),
     );

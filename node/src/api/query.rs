@@ -103,7 +103,7 @@ pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryErr
     filters.check()?;
     let tenant_digest = tenant_digest(&tenant_id);
     let query_digest = filters.digest(order);
-    let after_seq = if cursor.is_empty() {
+    let after = if cursor.is_empty() {
         None
     } else {
         let opened = node.cursor_key.open(&cursor)?;
@@ -120,12 +120,13 @@ pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryErr
             )
             .into());
         }
-        Some(opened.seq)
+        Some((opened.occurred_at_ns, opened.seq))
     };
     let mut query = Query::new(&tenant_id, filters, limit, order);
-    query.after_seq = after_seq;
+    query.after = after;
 
     let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let index = node.index.clone();
     let permit = node
         .query_permits
         .clone()
@@ -136,7 +137,7 @@ pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryErr
     let page = tokio::task::spawn_blocking(move || {
         // The permit lives as long as the scan, even if the caller goes away.
         let _permit = permit;
-        query::run(&keyspaces, &query)
+        query::run(&keyspaces, &index, &query)
     })
     .await
     .map_err(|_| QueryError::Unavailable("query task failed"))?
@@ -144,17 +145,20 @@ pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryErr
     tracing::debug!(
         tenant = %tenant_id,
         examined = page.examined,
+        path = page.path.map_or("none", |path| path.name()),
+        tail = page.tail_events,
         matched = page.events.len(),
         partial = page.partial,
         elapsed_us = started.elapsed().as_micros() as u64,
         "query"
     );
-    let next_cursor = page.next_after_seq.map(|seq| {
+    let next_cursor = page.next_after.map(|(occurred_at_ns, seq)| {
         node.cursor_key.seal(&Cursor {
             order,
             tenant_digest,
             query_digest,
             stream_index: 0,
+            occurred_at_ns,
             seq,
         })
     });
@@ -174,17 +178,71 @@ pub async fn query(node: &Node, request: v1::QueryRequest) -> Result<v1::QueryRe
         QueryError::Unavailable(reason) => Status::unavailable(reason),
     })?;
     let page = output.page;
-    let scanned_to = page.scanned_to_seq.map(|seq| v1::StreamPosition {
-        stream: page.stream.clone(),
-        seq,
-    });
+    let scanned_to = page
+        .scanned_to
+        .map(|(occurred_at_ns, seq)| v1::StreamPosition {
+            stream: page.stream.clone(),
+            seq,
+            occurred_at: Some(timestamp(occurred_at_ns)),
+        });
     Ok(v1::QueryResponse {
         events: page.events.into_iter().map(to_stored_event).collect(),
         next_cursor: output.next_cursor.unwrap_or_default(),
         partial: page.partial,
         scanned_to,
         events_examined: page.examined,
+        access_path: page.path.map_or("", |path| path.name()).to_string(),
+        tail_events: page.tail_events,
     })
+}
+
+/// Counts a tenant's matching events (a filter as `Query` takes it; no cursor).
+pub async fn count_events(
+    node: &Node,
+    tenant_id: String,
+    filters: Filters,
+) -> Result<u64, QueryError> {
+    filters.check()?;
+    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let index = node.index.clone();
+    let permit = node
+        .query_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| QueryError::Unavailable("node is shutting down"))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        query::count(&keyspaces, &index, &tenant_id, &filters)
+    })
+    .await
+    .map_err(|_| QueryError::Unavailable("count task failed"))?
+    .map_err(QueryError::Read)
+}
+
+/// The `Count` RPC.
+pub async fn count(node: &Node, request: v1::CountRequest) -> Result<v1::CountResponse, Status> {
+    let input = grpc_input(v1::QueryRequest {
+        tenant_id: request.tenant_id,
+        filter: request.filter,
+        ..v1::QueryRequest::default()
+    })
+    .map_err(|error| grpc_invalid(&error))?;
+    let count = count_events(node, input.tenant_id, input.filters)
+        .await
+        .map_err(|error| match error {
+            QueryError::Invalid(error) => grpc_invalid(&error),
+            QueryError::Read(error) => read_status(error),
+            QueryError::Unavailable(reason) => Status::unavailable(reason),
+        })?;
+    Ok(v1::CountResponse { count })
+}
+
+fn timestamp(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: ns.rem_euclid(1_000_000_000) as i32,
+    }
 }
 
 /// INVALID_ARGUMENT naming the field by its path in `QueryRequest`.
@@ -356,6 +414,12 @@ pub fn rest_parameters(
     }
     values.retain(|_, value| !value.is_empty());
     Ok(values)
+}
+
+/// Parses `GET /api/v1/tenants/{tenant}/audit-logs/count?…`: the filters only.
+pub fn rest_count_input(tenant: &str, query_string: &str) -> Result<QueryInput, ParamError> {
+    rest_parameters(query_string, &REST_PARAMETERS[..9])?;
+    rest_input(tenant, query_string)
 }
 
 /// Parses `GET /api/v1/tenants/{tenant}/audit-logs?…`. Unlike gRPC, `limit=0` is an

@@ -91,6 +91,20 @@ pub struct TenantState {
     /// The seq the next event of the stream gets; seqs start at 1 and have no gaps.
     pub next_seq: u64,
     pub chain: StreamChain,
+    /// `ingested_at` of the stream's last event. Apply stamps each event with the larger
+    /// of the leader's clock and this, so `ingested_at` never goes backwards within a
+    /// stream, across restarts and leader changes too (exports prove completeness of a
+    /// time range by it).
+    pub last_ingested_at_ns: i64,
+}
+
+/// [`TenantState`] as data format 2 stored it, before `last_ingested_at_ns`.
+#[derive(Deserialize)]
+struct TenantStateV2 {
+    tenant_no: u32,
+    stream_no: u32,
+    next_seq: u64,
+    chain: StreamChain,
 }
 
 /// A stream's tamper-evidence state: its open block and the tree over its sealed blocks.
@@ -118,7 +132,36 @@ impl TenantState {
             stream_no: number,
             next_seq: 1,
             chain: StreamChain::default(),
+            last_ingested_at_ns: i64::MIN,
         }
+    }
+
+    /// The stored form (bincode).
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("tenant state serializes")
+    }
+
+    /// Reads the stored form, also as data format 2 wrote it (without
+    /// `last_ingested_at_ns`: such a stream's events are then clamped from the first
+    /// event applied after the upgrade on, which every replica does alike).
+    pub fn decode(bytes: &[u8]) -> Option<TenantState> {
+        use bincode::Options;
+        let exact = || {
+            bincode::DefaultOptions::new()
+                .with_fixint_encoding()
+                .reject_trailing_bytes()
+        };
+        if let Ok(state) = exact().deserialize::<TenantState>(bytes) {
+            return Some(state);
+        }
+        let old: TenantStateV2 = exact().deserialize(bytes).ok()?;
+        Some(TenantState {
+            tenant_no: old.tenant_no,
+            stream_no: old.stream_no,
+            next_seq: old.next_seq,
+            chain: old.chain,
+            last_ingested_at_ns: i64::MIN,
+        })
     }
 
     /// The last seq in a sealed block.
@@ -440,6 +483,8 @@ impl Ledger {
         }
 
         let seq = state.next_seq;
+        let ingested_at_ns = ingested_at_ns.max(state.last_ingested_at_ns);
+        state.last_ingested_at_ns = ingested_at_ns;
         let mut canonical = Vec::with_capacity(event.size_bytes() + stream.len());
         encode_canonical(&stream, seq, ingested_at_ns, event, &mut canonical);
         let hash = leaf_hash(&canonical);

@@ -21,31 +21,40 @@ const KEY_PREFIX: &str = "hmac-sha256 ";
 
 /// Loads the key, or creates it if the file does not exist.
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<CursorKey> {
-    let path = data_dir.join(KEY_FILE);
-    match std::fs::metadata(&path) {
+    let key = load_or_create_secret(
+        &data_dir.join(KEY_FILE),
+        "cursor key",
+        "delete it to make a new one (clients' open cursors then stop working)",
+    )?;
+    Ok(CursorKey::from_bytes(key))
+}
+
+/// A node secret of 32 random bytes in its own file (`hmac-sha256 <base64>`), created
+/// with mode 0600 if missing and refused if anyone but the owner can read it. `what`
+/// names it in errors; `if_lost` says what deleting the file does.
+pub fn load_or_create_secret(path: &Path, what: &str, if_lost: &str) -> anyhow::Result<[u8; 32]> {
+    match std::fs::metadata(path) {
         Ok(metadata) => {
             let mode = metadata.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 anyhow::bail!(
-                    "cursor key {}: mode {mode:04o} lets others read the key; run `chmod 600 {}`",
+                    "{what} {}: mode {mode:04o} lets others read the key; run `chmod 600 {}`",
                     path.display(),
                     path.display()
                 );
             }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|error| anyhow::anyhow!("cursor key {}: {error}", path.display()))?;
-            let key = parse(&text).ok_or_else(|| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| anyhow::anyhow!("{what} {}: {error}", path.display()))?;
+            parse(&text).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "cursor key {}: not a Trail cursor key file (expected `hmac-sha256 \
-                     <base64 of 32 bytes>`); delete it to make a new one (clients' open \
-                     cursors then stop working)",
+                    "{what} {}: not a Trail {what} file (expected `hmac-sha256 <base64 of \
+                     32 bytes>`); {if_lost}",
                     path.display()
                 )
-            })?;
-            Ok(CursorKey::from_bytes(key))
+            })
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => create(&path),
-        Err(error) => anyhow::bail!("cursor key {}: {error}", path.display()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => create(path, what),
+        Err(error) => anyhow::bail!("{what} {}: {error}", path.display()),
     }
 }
 
@@ -54,7 +63,7 @@ fn parse(text: &str) -> Option<[u8; 32]> {
     BASE64.decode(encoded).ok()?.try_into().ok()
 }
 
-fn create(path: &Path) -> anyhow::Result<CursorKey> {
+fn create(path: &Path, what: &str) -> anyhow::Result<[u8; 32]> {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     let mut file = std::fs::OpenOptions::new()
@@ -62,14 +71,14 @@ fn create(path: &Path) -> anyhow::Result<CursorKey> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|error| anyhow::anyhow!("creating cursor key {}: {error}", path.display()))?;
+        .map_err(|error| anyhow::anyhow!("creating {what} {}: {error}", path.display()))?;
     writeln!(file, "{KEY_PREFIX}{}", BASE64.encode(key))?;
     file.sync_all()?;
     if let Some(parent) = path.parent() {
         std::fs::File::open(parent)?.sync_all()?;
     }
-    tracing::info!(path = %path.display(), "created the node's query cursor key");
-    Ok(CursorKey::from_bytes(key))
+    tracing::info!(path = %path.display(), "created the node's {what}");
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -90,6 +99,7 @@ mod tests {
             tenant_digest: tenant_digest("t"),
             query_digest: [0; 16],
             stream_index: 0,
+            occurred_at_ns: 1,
             seq: 9,
         };
         let text = first.seal(&cursor);

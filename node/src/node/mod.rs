@@ -12,6 +12,7 @@ use actix::prelude::*;
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::index::{IndexConfig, NodeIndex};
 use crate::ledger::routing::{shard_for_tenant, ShardId};
 use crate::ledger::NoteSigner;
 use crate::shard::actor::ShardActor;
@@ -56,12 +57,16 @@ pub struct Node {
     pub cursor_key: Arc<CursorKey>,
     /// Query scans running at once; more wait their turn (`api/query.rs`).
     pub query_permits: Arc<tokio::sync::Semaphore>,
+    /// The secondary indexes, built behind the log (`index/`).
+    pub index: NodeIndex,
 }
 
 impl Node {
     /// Stops the shards in order, then makes everything durable.
     pub async fn stop(&self) -> anyhow::Result<()> {
         self.actor.send(actor::StopNode).await?;
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.stop()).await?;
         let db = self.store.db.clone();
         tokio::task::spawn_blocking(move || db.persist(fjall::PersistMode::SyncAll)).await??;
         Ok(())
@@ -71,8 +76,11 @@ impl Node {
 const KEY_SHARD_COUNT: &[u8] = b"shard_count";
 const KEY_FORMAT: &[u8] = b"format";
 /// The on-disk format this build reads and writes. 1: events without blocks (first
-/// builds); 2: blocks, stream trees and checkpoints.
-const DATA_FORMAT: u32 = 2;
+/// builds); 2: blocks, stream trees and checkpoints; 3: the index feed and time index
+/// (a format-2 directory is upgraded in place: its indexes are built at start; an
+/// older traild refuses a format-3 one, since it would not feed the indexes).
+const DATA_FORMAT: u32 = 3;
+const DATA_FORMAT_UPGRADABLE: u32 = 2;
 
 /// Opens storage and every shard on the current (multi-thread) runtime, then starts the
 /// actors on `arbiter` (an actix thread).
@@ -128,6 +136,16 @@ pub async fn start(
             .await?;
     }
 
+    let shard_keyspaces: Vec<_> = handles
+        .values()
+        .map(|handle| handle.keyspaces.clone())
+        .collect();
+    let index = NodeIndex::open(
+        &store.db,
+        &shard_keyspaces,
+        IndexConfig::new(&config.data_dir),
+    )?;
+
     let (sender, receiver) = tokio::sync::oneshot::channel();
     arbiter.spawn(async move {
         let mut shard_actors = BTreeMap::new();
@@ -152,6 +170,7 @@ pub async fn start(
         query_permits: Arc::new(tokio::sync::Semaphore::new(
             crate::api::query::QUERIES_IN_FLIGHT_MAX,
         )),
+        index,
     })
 }
 
@@ -175,7 +194,11 @@ fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Resul
         }
         Some(bytes) => {
             let found = format.unwrap_or(1);
-            if found != DATA_FORMAT {
+            if found == DATA_FORMAT_UPGRADABLE {
+                meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
+                store.db.persist(fjall::PersistMode::SyncAll)?;
+                tracing::info!(from = found, to = DATA_FORMAT, "upgraded the data format");
+            } else if found != DATA_FORMAT {
                 anyhow::bail!(
                     "data_dir {}: written in data format {found}; this traild reads format \
                      {DATA_FORMAT}. Start with a new --data-dir (format {found} was a \

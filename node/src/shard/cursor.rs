@@ -1,22 +1,23 @@
 //! Query cursors: an opaque, authenticated token that says where the next page of a
 //! query starts (docs/QUERY.md).
 //!
-//! A cursor names a position in a tenant's stream and the query it belongs to, and is
+//! A cursor names a position in a query's order and the query it belongs to, and is
 //! authenticated with HMAC-SHA-256 under the node's cursor key (`<data dir>/cursor.key`),
 //! so a client can neither edit the position nor move the cursor to another tenant,
 //! filter or order: each is refused, naming `cursor`.
 //!
-//! Layout, version 1 (62 bytes, then base64url without padding, 83 characters):
+//! Layout, version 2 (70 bytes, then base64url without padding, 94 characters):
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | version = 1 |
+//! | 1 | version = 2 (version 1, before the time order, is refused) |
 //! | 1 | order: 1 newest first, 2 oldest first |
 //! | 16 | tenant digest: SHA-256("trail.cursor.tenant.v1" \|\| tenant_id), first 16 bytes |
 //! | 16 | query digest: [`super::query::Filters::digest`] of the filter and order |
 //! | 4 | stream index (u32 BE) |
+//! | 8 | occurred_at (i64 BE, ns) and |
 //! | 8 | seq (u64 BE): the last position the query has considered |
-//! | 16 | HMAC-SHA-256 of the 46 bytes above, first 16 bytes |
+//! | 16 | HMAC-SHA-256 of the 54 bytes above, first 16 bytes |
 //!
 //! Pure: no I/O and no clock. The key is loaded by `node::cursor_key`.
 
@@ -28,11 +29,11 @@ use sha2::{Digest, Sha256};
 use super::query::Order;
 use crate::ledger::FieldError;
 
-pub const CURSOR_VERSION: u8 = 1;
+pub const CURSOR_VERSION: u8 = 2;
 /// Truncated digests and tag: 128 bits each, beyond any guessing or collision search.
 pub const DIGEST_BYTES: usize = 16;
 const TAG_BYTES: usize = 16;
-const BODY_BYTES: usize = 1 + 1 + DIGEST_BYTES + DIGEST_BYTES + 4 + 8;
+const BODY_BYTES: usize = 1 + 1 + DIGEST_BYTES + DIGEST_BYTES + 4 + 8 + 8;
 const CURSOR_BYTES: usize = BODY_BYTES + TAG_BYTES;
 /// Longest text a cursor parameter may be before it is refused unread.
 const CURSOR_TEXT_BYTES_MAX: usize = 256;
@@ -60,6 +61,7 @@ pub struct Cursor {
     pub tenant_digest: Digest16,
     pub query_digest: Digest16,
     pub stream_index: u32,
+    pub occurred_at_ns: i64,
     pub seq: u64,
 }
 
@@ -94,6 +96,7 @@ impl CursorKey {
         bytes.extend_from_slice(&cursor.tenant_digest);
         bytes.extend_from_slice(&cursor.query_digest);
         bytes.extend_from_slice(&cursor.stream_index.to_be_bytes());
+        bytes.extend_from_slice(&cursor.occurred_at_ns.to_be_bytes());
         bytes.extend_from_slice(&cursor.seq.to_be_bytes());
         debug_assert_eq!(bytes.len(), BODY_BYTES);
         let mut mac = self.mac();
@@ -153,12 +156,14 @@ impl CursorKey {
         let tenant_digest: Digest16 = take(DIGEST_BYTES).try_into().expect("16 bytes");
         let query_digest: Digest16 = take(DIGEST_BYTES).try_into().expect("16 bytes");
         let stream_index = u32::from_be_bytes(take(4).try_into().expect("4 bytes"));
+        let occurred_at_ns = i64::from_be_bytes(take(8).try_into().expect("8 bytes"));
         let seq = u64::from_be_bytes(take(8).try_into().expect("8 bytes"));
         Ok(Cursor {
             order,
             tenant_digest,
             query_digest,
             stream_index,
+            occurred_at_ns,
             seq,
         })
     }
@@ -211,6 +216,7 @@ mod tests {
             tenant_digest: tenant_digest("ten_a"),
             query_digest: [7; 16],
             stream_index: 0,
+            occurred_at_ns: -7,
             seq: 12_345,
         }
     }
@@ -218,7 +224,7 @@ mod tests {
     #[test]
     fn round_trips_and_is_url_safe() {
         let text = key(1).seal(&sample());
-        assert_eq!(text.len(), 83);
+        assert_eq!(text.len(), 94);
         assert!(text
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'));

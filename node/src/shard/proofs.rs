@@ -101,8 +101,12 @@ pub fn tenants_after(
     {
         let (key, value) = guard.into_inner()?;
         let tenant_id = String::from_utf8_lossy(&key).into_owned();
-        let state: TenantState = bincode::deserialize(&value)
-            .map_err(|error| corrupt(format!("tenant {tenant_id}"), error.to_string()))?;
+        let state = TenantState::decode(&value).ok_or_else(|| {
+            corrupt(
+                format!("tenant {tenant_id}"),
+                "the tenant state does not decode",
+            )
+        })?;
         tenants.push((tenant_id, state));
     }
     Ok(tenants)

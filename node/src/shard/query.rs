@@ -19,12 +19,18 @@
 
 use sha2::{Digest, Sha256};
 
+use tantivy::Term;
+
 use super::cursor::{truncate, Digest16};
 use super::reader::{tenant_state, ReadError, ReadEvent};
+use crate::index::schema::{actor_kind_text, outcome_text};
+pub use crate::index::search::Position;
+use crate::index::search::{has_terms, term_query, Bounds, CountAdmitted, TopPositions};
+use crate::index::{stream_value, NodeIndex, Terms};
 use crate::ledger::validate::{ACTION_BYTES_MAX, ID_BYTES_MAX, RESOURCE_TYPE_BYTES_MAX};
+use crate::ledger::StoredEvent;
 use crate::ledger::{leaf_hash, stream_name, ActorKind, EventRecord, FieldError, Outcome};
-use crate::ledger::{StoredEvent, TenantState};
-use crate::storage::{event_key, ShardKeyspaces};
+use crate::storage::{event_key, tindex_key, tindex_key_decode, ShardKeyspaces};
 
 /// Events per page when the request does not say.
 pub const LIMIT_DEFAULT: usize = 50;
@@ -256,10 +262,12 @@ pub struct Query {
     /// 1 to [`LIMIT_MAX`].
     pub limit: usize,
     pub order: Order,
-    /// From the cursor: every seq up to this one in scan order has been considered.
-    pub after_seq: Option<u64>,
+    /// From the cursor: every position up to this one in `order` has been considered.
+    pub after: Option<Position>,
     /// [`EXAMINED_PER_REQUEST_MAX`] except in tests.
     pub examined_max: u64,
+    /// The access path; `None` lets the planner choose (tests force each).
+    pub path: Option<AccessPath>,
 }
 
 impl Query {
@@ -269,11 +277,39 @@ impl Query {
             filters,
             limit,
             order,
-            after_seq: None,
+            after: None,
             examined_max: EXAMINED_PER_REQUEST_MAX,
+            path: None,
         }
     }
 }
+
+/// How a query finds its events below the index watermark (above it, the tail of the
+/// stream is always read from the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessPath {
+    /// Walk the time index in order, read each event and test the filter: cheap when
+    /// the filter matches many events (or there is none).
+    TimeIndex,
+    /// Ask tantivy for the first positions matching the filter's terms: cheap when the
+    /// filter is selective.
+    Terms,
+}
+
+impl AccessPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessPath::TimeIndex => "time_index",
+            AccessPath::Terms => "terms",
+        }
+    }
+}
+
+/// Events of the unindexed tail one query reads at most. The tail is what the indexer
+/// has not made visible yet: under sustained ingest at most ~1 s of a stream's events.
+/// A longer one means the index is being rebuilt; queries are then refused as
+/// unavailable (with the rebuild's progress in `status`) rather than scanning millions.
+pub const TAIL_EVENTS_MAX: u64 = 200_000;
 
 /// One page of results.
 #[derive(Debug, Clone, Default)]
@@ -281,286 +317,510 @@ pub struct Page {
     /// The tenant's stream (`"{tenant}/0"`).
     pub stream: String,
     pub events: Vec<ReadEvent>,
-    /// Where the next page continues (after this seq, in scan order); `None` when the
-    /// scan reached the end of the stream.
-    pub next_after_seq: Option<u64>,
+    /// Where the next page continues (after this position, in order); `None` when
+    /// there is nothing more.
+    pub next_after: Option<Position>,
     /// The page stopped at the examined-events bound before it was full.
     pub partial: bool,
-    /// The last seq examined, if any.
-    pub scanned_to_seq: Option<u64>,
+    /// The last position examined, if any.
+    pub scanned_to: Option<Position>,
     pub examined: u64,
+    /// The access path the planner chose (`None` for an unknown tenant).
+    pub path: Option<AccessPath>,
+    /// Events of the stream the indexes did not cover yet (read from the store).
+    pub tail_events: u64,
 }
 
-/// The seqs one request scans: `first_seq..=last_seq` of the tenant's stream, walked in
-/// `order`. Pure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScanPlan {
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub order: Order,
-}
-
-impl ScanPlan {
-    /// The range still to scan, given the stream's highest seq at the time of the read
-    /// and the cursor's position; `None` when nothing is left.
-    pub fn new(order: Order, after_seq: Option<u64>, stream_last_seq: u64) -> Option<ScanPlan> {
-        let (first_seq, last_seq) = match order {
-            Order::NewestFirst => {
-                let below = match after_seq {
-                    None => stream_last_seq,
-                    Some(seq) => seq.checked_sub(1)?.min(stream_last_seq),
-                };
-                (1, below)
-            }
-            Order::OldestFirst => (
-                after_seq.map_or(1, |seq| seq.saturating_add(1)),
-                stream_last_seq,
-            ),
-        };
-        if first_seq == 0 || first_seq > last_seq {
-            return None;
-        }
-        Some(ScanPlan {
-            first_seq,
-            last_seq,
-            order,
-        })
-    }
-
-    /// The first seq in scan order.
-    pub fn start_seq(&self) -> u64 {
-        match self.order {
-            Order::NewestFirst => self.last_seq,
-            Order::OldestFirst => self.first_seq,
-        }
-    }
-
-    /// The last seq in scan order.
-    pub fn end_seq(&self) -> u64 {
-        match self.order {
-            Order::NewestFirst => self.first_seq,
-            Order::OldestFirst => self.last_seq,
-        }
-    }
-
-    fn after(&self, seq: u64) -> u64 {
-        match self.order {
-            Order::NewestFirst => seq - 1,
-            Order::OldestFirst => seq + 1,
-        }
+/// Whether `a` comes before `b` in `order`.
+fn before(order: Order, a: Position, b: Position) -> bool {
+    match order {
+        Order::NewestFirst => a > b,
+        Order::OldestFirst => a < b,
     }
 }
 
-/// Whether a scan wants more events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Stop,
+/// The position of an event in keyset order.
+pub fn position_of(event: &StoredEvent) -> Position {
+    (event.event.occurred_at_ns, event.seq)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stopped {
-    Full,
-    Budget,
+/// Runs a query against a shard's committed state and the node's indexes. Blocking:
+/// call it on the blocking pool.
+///
+/// The stream is read in two parts: below the index watermark (the first seq the
+/// visible indexes do not hold) through the chosen [`AccessPath`], and from the
+/// watermark to the stream's last seq (the tail) straight from the store. Events and
+/// tenant state commit in one batch, so every seq up to the last one read is present;
+/// so no acknowledged event is ever missing from a result.
+pub fn run(
+    keyspaces: &ShardKeyspaces,
+    index: &NodeIndex,
+    query: &Query,
+) -> Result<Page, ReadError> {
+    assert!((1..=LIMIT_MAX).contains(&query.limit), "limit is validated");
+    let stream = stream_name(&query.tenant_id, 0);
+    let Some(tenant) = tenant_state(keyspaces, &query.tenant_id)? else {
+        return Ok(Page {
+            stream,
+            ..Page::default()
+        });
+    };
+    let visible = index.visible();
+    let last_seq = tenant.next_seq - 1;
+    let tail_from = visible
+        .tail_from(keyspaces.shard, tenant.stream_no)
+        .min(last_seq + 1);
+    let bounds = Bounds {
+        stream: stream_value(keyspaces.shard, tenant.stream_no),
+        start_ns: query.filters.start_time_ns,
+        end_ns: query.filters.end_time_ns,
+        after: query.after,
+        order: query.order,
+        seq_below: tail_from,
+    };
+    let reader = StreamReader {
+        keyspaces,
+        query,
+        stream: &stream,
+        stream_no: tenant.stream_no,
+    };
+    let tail = reader.tail(tail_from, last_seq, &bounds)?;
+    let path = query
+        .path
+        .unwrap_or_else(|| choose_path(index, &visible.searcher, query));
+    let mut page = match path {
+        AccessPath::Terms => reader.by_terms(index, &visible.searcher, &bounds, tail)?,
+        AccessPath::TimeIndex => reader.by_time(&bounds, tail)?,
+    };
+    page.path = Some(path);
+    page.tail_events = last_seq + 1 - tail_from;
+    Ok(page)
 }
 
-/// The state of one scan: fed the stream's events in scan order, it checks that they
-/// are the expected, gap-free positions of the tenant's own stream, keeps the matches
-/// and decides when to stop. Pure.
-pub struct Scan<'q> {
-    query: &'q Query,
-    plan: ScanPlan,
-    stream: String,
-    next_expected_seq: u64,
-    events: Vec<ReadEvent>,
-    examined: u64,
-    last_examined_seq: Option<u64>,
-    stopped: Option<Stopped>,
+/// Counts a tenant's events matching a filter, from the indexes and the tail, without
+/// reading indexed events.
+pub fn count(
+    keyspaces: &ShardKeyspaces,
+    index: &NodeIndex,
+    tenant_id: &str,
+    filters: &Filters,
+) -> Result<u64, ReadError> {
+    let Some(tenant) = tenant_state(keyspaces, tenant_id)? else {
+        return Ok(0);
+    };
+    let visible = index.visible();
+    let last_seq = tenant.next_seq - 1;
+    let tail_from = visible
+        .tail_from(keyspaces.shard, tenant.stream_no)
+        .min(last_seq + 1);
+    let bounds = Bounds {
+        stream: stream_value(keyspaces.shard, tenant.stream_no),
+        start_ns: filters.start_time_ns,
+        end_ns: filters.end_time_ns,
+        after: None,
+        order: Order::NewestFirst,
+        seq_below: tail_from,
+    };
+    let query = Query::new(tenant_id, filters.clone(), 1, Order::NewestFirst);
+    let stream = stream_name(tenant_id, 0);
+    let reader = StreamReader {
+        keyspaces,
+        query: &query,
+        stream: &stream,
+        stream_no: tenant.stream_no,
+    };
+    let tail = reader.tail(tail_from, last_seq, &bounds)?;
+    let indexed = visible
+        .searcher
+        .search(
+            &*term_query(index.fields(), index.terms(), tenant_id, filters),
+            &CountAdmitted { bounds },
+        )
+        .map_err(index_error)?;
+    Ok(indexed + tail.len() as u64)
 }
 
-impl<'q> Scan<'q> {
-    pub fn new(query: &'q Query, plan: ScanPlan) -> Scan<'q> {
-        assert!((1..=LIMIT_MAX).contains(&query.limit), "limit is validated");
-        assert!(query.examined_max > 0, "a scan may examine events");
-        Scan {
-            query,
-            plan,
-            stream: stream_name(&query.tenant_id, 0),
-            next_expected_seq: plan.start_seq(),
-            events: Vec::with_capacity(query.limit.min(64)),
-            examined: 0,
-            last_examined_seq: None,
-            stopped: None,
-        }
+/// The planner: the time index when the filter matches a large share of the tenant's
+/// events (a page then needs few reads), the terms when it is selective. Costs, measured
+/// on this machine: an event read and tested on the time-index path ~1.5 µs; a matching
+/// document visited by the terms path (postings and three fast-field reads) ~20 ns.
+fn choose_path(index: &NodeIndex, searcher: &tantivy::Searcher, query: &Query) -> AccessPath {
+    const READ_COST_OVER_VISIT: u64 = 75;
+    if !has_terms(&query.filters) {
+        return AccessPath::TimeIndex;
+    }
+    let fields = index.fields();
+    let terms = index.terms();
+    let tenant = &query.tenant_id;
+    let freq = |term: Term| searcher.doc_freq(&term).unwrap_or(u64::MAX);
+    let tenant_docs = freq(terms.tenant(fields, tenant)).max(1);
+    let filters = &query.filters;
+    let mut matching = tenant_docs;
+    let mut consider = |docs: u64| matching = matching.min(docs);
+    if let Some(actor_id) = &filters.actor_id {
+        consider(freq(terms.actor(fields, tenant, actor_id)));
+    }
+    if let Some(kind) = filters.actor_kind {
+        consider(freq(Terms::vocabulary(
+            fields.actor_type,
+            tenant,
+            actor_kind_text(kind),
+        )));
+    }
+    if let Some(ActionMatch::Exact(action)) = &filters.action {
+        consider(freq(Terms::vocabulary(fields.action, tenant, action)));
+    }
+    if let Some(resource_type) = &filters.resource_type {
+        consider(freq(Terms::vocabulary(
+            fields.resource_type,
+            tenant,
+            resource_type,
+        )));
+    }
+    if let Some(resource_id) = &filters.resource_id {
+        consider(freq(terms.resource(fields, tenant, resource_id)));
+    }
+    if let Some(outcome) = filters.outcome {
+        consider(freq(Terms::vocabulary(
+            fields.result,
+            tenant,
+            outcome_text(outcome),
+        )));
+    }
+    if let Some(request_id) = &filters.request_id {
+        consider(freq(terms.request(fields, tenant, request_id)));
+    }
+    // Reads the time index needs for a page, if matches are spread evenly.
+    let reads = (query.limit as u64).saturating_mul(tenant_docs) / matching.max(1);
+    if reads.saturating_mul(READ_COST_OVER_VISIT) < matching {
+        AccessPath::TimeIndex
+    } else {
+        AccessPath::Terms
+    }
+}
+
+fn index_error(error: tantivy::TantivyError) -> ReadError {
+    ReadError::Corrupt {
+        location: "query index".into(),
+        reason: format!("{error}; `trailctl reindex` rebuilds it from the store"),
+    }
+}
+
+/// Reads one tenant's stream for one query.
+struct StreamReader<'a> {
+    keyspaces: &'a ShardKeyspaces,
+    query: &'a Query,
+    stream: &'a str,
+    stream_no: u32,
+}
+
+impl StreamReader<'_> {
+    /// Reads, decodes and checks the event at `seq`: its key, seq, stream and tenant.
+    fn event(&self, seq: u64) -> Result<(StoredEvent, fjall::Slice), ReadError> {
+        let location = || format!("stream {} seq {seq}", self.stream);
+        let value = self
+            .keyspaces
+            .events
+            .get(event_key(self.stream_no, seq))?
+            .ok_or_else(|| ReadError::Corrupt {
+                location: location(),
+                reason: "event is missing".into(),
+            })?;
+        let stored = self.checked(seq, &value)?;
+        Ok((stored, value))
     }
 
-    /// One stored event, with its canonical bytes (hashed only if it matches).
-    pub fn offer(&mut self, stored: StoredEvent, canonical: &[u8]) -> Result<Flow, ReadError> {
-        assert!(self.stopped.is_none(), "no events after a stop");
-        // A hole or a stray record means lost or misplaced data: reported, never skipped.
-        if stored.seq != self.next_expected_seq {
+    fn checked(&self, seq: u64, value: &[u8]) -> Result<StoredEvent, ReadError> {
+        let location = || format!("stream {} seq {seq}", self.stream);
+        let stored = StoredEvent::decode_canonical(value).map_err(|error| ReadError::Corrupt {
+            location: location(),
+            reason: error.to_string(),
+        })?;
+        if stored.seq != seq {
             return Err(ReadError::Corrupt {
-                location: format!("stream {} seq {}", self.stream, self.next_expected_seq),
-                reason: format!(
-                    "expected seq {} in scan order, found {}",
-                    self.next_expected_seq, stored.seq
-                ),
+                location: location(),
+                reason: format!("record says seq {}", stored.seq),
             });
         }
         // Tenant isolation does not rest on key arithmetic alone: a record of another
         // tenant inside this tenant's range is reported, never served.
         if stored.event.tenant_id != self.query.tenant_id || stored.stream != self.stream {
             return Err(ReadError::Corrupt {
-                location: format!("stream {} seq {}", self.stream, stored.seq),
+                location: location(),
                 reason: "the record belongs to another stream".into(),
             });
         }
-        self.examined += 1;
-        self.last_examined_seq = Some(stored.seq);
-        if stored.seq != self.plan.end_seq() {
-            self.next_expected_seq = self.plan.after(stored.seq);
-        }
-        if self.query.filters.matches(&stored.event) {
-            self.events.push(ReadEvent {
-                leaf_hash: leaf_hash(canonical),
-                stored,
-            });
-            if self.events.len() == self.query.limit {
-                self.stopped = Some(Stopped::Full);
-                return Ok(Flow::Stop);
-            }
-        }
-        if self.examined >= self.query.examined_max {
-            self.stopped = Some(Stopped::Budget);
-            return Ok(Flow::Stop);
-        }
-        Ok(Flow::Continue)
+        Ok(stored)
     }
 
-    /// The page, once the scan stopped or its range ran out.
-    pub fn finish(self) -> Result<Page, ReadError> {
-        let at_end = self.last_examined_seq == Some(self.plan.end_seq());
-        if self.stopped.is_none() && !at_end {
-            // The range is the committed stream up to its last seq: every key must be there.
+    /// The tail's matching events after the cursor, in order.
+    fn tail(&self, from: u64, last: u64, bounds: &Bounds) -> Result<Vec<ReadEvent>, ReadError> {
+        if from > last {
+            return Ok(Vec::new());
+        }
+        let length = last + 1 - from;
+        if length > TAIL_EVENTS_MAX {
+            return Err(ReadError::IndexBehind { events: length });
+        }
+        let mut matches = Vec::new();
+        let mut expected = from;
+        for guard in self
+            .keyspaces
+            .events
+            .range(event_key(self.stream_no, from)..=event_key(self.stream_no, last))
+        {
+            let (_, value) = guard.into_inner()?;
+            let stored = self.checked(expected, &value)?;
+            expected += 1;
+            let (occurred_at_ns, seq) = position_of(&stored);
+            let tail_bounds = Bounds {
+                seq_below: u64::MAX,
+                ..*bounds
+            };
+            if tail_bounds.admits(bounds.stream, occurred_at_ns, seq)
+                && self.query.filters.matches(&stored.event)
+            {
+                matches.push(ReadEvent {
+                    leaf_hash: leaf_hash(&value),
+                    stored,
+                });
+            }
+        }
+        if expected != last + 1 {
             return Err(ReadError::Corrupt {
-                location: format!("stream {} seq {}", self.stream, self.next_expected_seq),
+                location: format!("stream {} seq {expected}", self.stream),
                 reason: "event is missing".into(),
             });
         }
-        let next_after_seq = if at_end { None } else { self.last_examined_seq };
+        let order = self.query.order;
+        matches.sort_unstable_by(|a, b| {
+            let (a, b) = (position_of(&a.stored), position_of(&b.stored));
+            if before(order, a, b) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        Ok(matches)
+    }
+
+    /// The terms path: tantivy's first `limit + 1` matching positions below the
+    /// watermark, merged with the tail.
+    fn by_terms(
+        &self,
+        index: &NodeIndex,
+        searcher: &tantivy::Searcher,
+        bounds: &Bounds,
+        tail: Vec<ReadEvent>,
+    ) -> Result<Page, ReadError> {
+        let limit = self.query.limit;
+        let positions = searcher
+            .search(
+                &*term_query(
+                    index.fields(),
+                    index.terms(),
+                    &self.query.tenant_id,
+                    &self.query.filters,
+                ),
+                &TopPositions {
+                    bounds: *bounds,
+                    k: limit + 1,
+                },
+            )
+            .map_err(index_error)?;
+        let mut indexed = Vec::with_capacity(positions.len());
+        for (occurred_at_ns, seq) in &positions {
+            let (stored, value) = self.event(*seq)?;
+            if stored.event.occurred_at_ns != *occurred_at_ns
+                || !self.query.filters.matches(&stored.event)
+            {
+                return Err(ReadError::Corrupt {
+                    location: format!("stream {} seq {seq}", self.stream),
+                    reason: "the query index does not describe this event; \
+                             `trailctl reindex` rebuilds it from the store"
+                        .into(),
+                });
+            }
+            indexed.push(ReadEvent {
+                leaf_hash: leaf_hash(&value),
+                stored,
+            });
+        }
+        let examined = indexed.len() as u64;
+        let mut merged = merge(self.query.order, indexed, tail);
+        let more = merged.len() > limit;
+        merged.truncate(limit);
+        let next_after = if more {
+            merged.last().map(|event| position_of(&event.stored))
+        } else {
+            None
+        };
         Ok(Page {
-            stream: self.stream,
-            events: self.events,
-            next_after_seq,
-            partial: self.stopped == Some(Stopped::Budget) && next_after_seq.is_some(),
-            scanned_to_seq: self.last_examined_seq,
-            examined: self.examined,
+            stream: self.stream.to_string(),
+            scanned_to: merged.last().map(|event| position_of(&event.stored)),
+            events: merged,
+            next_after,
+            partial: false,
+            examined,
+            path: None,
+            tail_events: 0,
+        })
+    }
+
+    /// The time-index path: walk the stream's time index in order from the cursor,
+    /// read each event, test the filter, and merge in the tail's matches as the walk
+    /// passes them; at most `examined_max` events read.
+    fn by_time(&self, bounds: &Bounds, tail: Vec<ReadEvent>) -> Result<Page, ReadError> {
+        let order = self.query.order;
+        let limit = self.query.limit;
+        let (low, high) = time_range(self.stream_no, bounds);
+        let keys = self.keyspaces.tindex.range(low..high);
+        let walk: Box<dyn Iterator<Item = fjall::Guard>> = match order {
+            Order::NewestFirst => Box::new(keys.rev()),
+            Order::OldestFirst => Box::new(keys),
+        };
+        let mut tail = tail.into_iter().peekable();
+        let mut events = Vec::with_capacity(limit.min(64));
+        let mut examined = 0u64;
+        let mut last_examined = None;
+        let mut full = false;
+        let mut out_of_budget = false;
+        for guard in walk {
+            let key = guard.key()?;
+            let (occurred_at_ns, seq) =
+                tindex_key_decode(&key, self.stream_no).ok_or_else(|| ReadError::Corrupt {
+                    location: format!("time index of stream {}", self.stream),
+                    reason: format!("key {:02x?} is not a time-index key", key.as_ref()),
+                })?;
+            if !bounds.admits(bounds.stream, occurred_at_ns, seq) {
+                // Above the watermark (the tail has it) or outside the window.
+                continue;
+            }
+            let here = (occurred_at_ns, seq);
+            while let Some(next) =
+                tail.next_if(|event| before(order, position_of(&event.stored), here))
+            {
+                events.push(next);
+                if events.len() == limit {
+                    full = true;
+                    break;
+                }
+            }
+            if full {
+                break;
+            }
+            let (stored, value) = self.event(seq)?;
+            if stored.event.occurred_at_ns != occurred_at_ns {
+                return Err(ReadError::Corrupt {
+                    location: format!("stream {} seq {seq}", self.stream),
+                    reason: "the time index does not describe this event; \
+                             `trailctl reindex` rebuilds it from the store"
+                        .into(),
+                });
+            }
+            examined += 1;
+            last_examined = Some(here);
+            if self.query.filters.matches(&stored.event) {
+                events.push(ReadEvent {
+                    leaf_hash: leaf_hash(&value),
+                    stored,
+                });
+                if events.len() == limit {
+                    full = true;
+                    break;
+                }
+            }
+            if examined >= self.query.examined_max {
+                out_of_budget = true;
+                break;
+            }
+        }
+        if !full && !out_of_budget {
+            // The walk ran out: the rest of the tail follows.
+            for event in tail.by_ref() {
+                events.push(event);
+                if events.len() == limit {
+                    full = true;
+                    break;
+                }
+            }
+        }
+        let last_returned = events.last().map(|event| position_of(&event.stored));
+        // A full page continues after its last event (the next page may be empty).
+        let (next_after, partial) = if full {
+            (last_returned, false)
+        } else if out_of_budget {
+            (last_examined, true)
+        } else {
+            (None, false)
+        };
+        let scanned_to = match (last_examined, last_returned) {
+            (Some(a), Some(b)) => Some(if before(order, a, b) { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        Ok(Page {
+            stream: self.stream.to_string(),
+            events,
+            next_after,
+            partial,
+            scanned_to,
+            examined,
+            path: None,
+            tail_events: 0,
         })
     }
 }
 
-/// Runs a query against a shard's committed state. Blocking: call it on the blocking
-/// pool. Reads the tenant's state, then one range of its stream up to the stream's last
-/// seq at that moment (events and tenant state commit in one batch, so every seq up to
-/// it is present).
-pub fn run(keyspaces: &ShardKeyspaces, query: &Query) -> Result<Page, ReadError> {
-    let stream = stream_name(&query.tenant_id, 0);
-    let empty = || Page {
-        stream: stream.clone(),
-        ..Page::default()
+/// The time-index keys of a stream that the bounds can admit, as a key range.
+fn time_range(stream_no: u32, bounds: &Bounds) -> (Vec<u8>, Vec<u8>) {
+    let mut low = tindex_key(stream_no, bounds.start_ns.unwrap_or(i64::MIN), 0).to_vec();
+    let mut high = match bounds.end_ns {
+        Some(end) => tindex_key(stream_no, end, 0).to_vec(),
+        None => (stream_no + 1).to_be_bytes().to_vec(),
     };
-    let Some(tenant) = tenant_state(keyspaces, &query.tenant_id)? else {
-        return Ok(empty());
-    };
-    let Some(plan) = ScanPlan::new(query.order, query.after_seq, tenant.next_seq - 1) else {
-        return Ok(empty());
-    };
-    let mut scan = Scan::new(query, plan);
-    let range = keyspaces.events.range(range_keys(&tenant, &plan));
-    match plan.order {
-        Order::NewestFirst => feed(&mut scan, range.rev())?,
-        Order::OldestFirst => feed(&mut scan, range)?,
+    if stream_no == u32::MAX && bounds.end_ns.is_none() {
+        high = vec![0xFF; 21];
     }
-    scan.finish()
-}
-
-fn range_keys(tenant: &TenantState, plan: &ScanPlan) -> std::ops::RangeInclusive<[u8; 12]> {
-    event_key(tenant.stream_no, plan.first_seq)..=event_key(tenant.stream_no, plan.last_seq)
-}
-
-fn feed<I>(scan: &mut Scan<'_>, guards: I) -> Result<(), ReadError>
-where
-    I: Iterator<Item = fjall::Guard>,
-{
-    for guard in guards {
-        let (key, value) = guard.into_inner()?;
-        let stored = StoredEvent::decode_canonical(&value).map_err(|error| ReadError::Corrupt {
-            location: format!("event key {:02x?}", key.as_ref()),
-            reason: error.to_string(),
-        })?;
-        let seq_in_key = u64::from_be_bytes(
-            key.get(4..12)
-                .and_then(|bytes| bytes.try_into().ok())
-                .ok_or_else(|| ReadError::Corrupt {
-                    location: format!("event key {:02x?}", key.as_ref()),
-                    reason: "event keys are 12 bytes".into(),
-                })?,
-        );
-        if stored.seq != seq_in_key {
-            return Err(ReadError::Corrupt {
-                location: format!("event key {:02x?}", key.as_ref()),
-                reason: format!("record says seq {}", stored.seq),
-            });
-        }
-        if scan.offer(stored, &value)? == Flow::Stop {
-            break;
+    if let Some((occurred_at_ns, seq)) = bounds.after {
+        let cursor = tindex_key(stream_no, occurred_at_ns, seq).to_vec();
+        match bounds.order {
+            // Strictly below the cursor: the range's end is exclusive.
+            Order::NewestFirst => high = high.min(cursor),
+            // Strictly above it: start just after the cursor's key.
+            Order::OldestFirst => {
+                let mut after = cursor;
+                after.push(0);
+                low = low.max(after);
+            }
         }
     }
-    Ok(())
+    if low > high {
+        high = low.clone();
+    }
+    (low, high)
+}
+
+/// Two lists, each in `order`, merged in `order`.
+fn merge(order: Order, a: Vec<ReadEvent>, b: Vec<ReadEvent>) -> Vec<ReadEvent> {
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let mut a = a.into_iter().peekable();
+    let mut b = b.into_iter().peekable();
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => before(order, position_of(&x.stored), position_of(&y.stored)),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        merged.push(if take_a { a.next() } else { b.next() }.expect("peeked"));
+    }
+    merged
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ledger::event::tests::sample_event;
-
-    fn stored(tenant: &str, seq: u64, configure: impl FnOnce(&mut EventRecord)) -> StoredEvent {
-        let mut event = sample_event(tenant, &format!("e{seq}"));
-        configure(&mut event);
-        StoredEvent {
-            stream: stream_name(tenant, 0),
-            seq,
-            ingested_at_ns: 1_000 + seq as i64,
-            event,
-        }
-    }
-
-    /// Runs a scan over `events` (given in seq order, seqs 1..=n) as `run` would.
-    fn scan(query: &Query, events: &[StoredEvent]) -> Result<Page, ReadError> {
-        let last = events.len() as u64;
-        let Some(plan) = ScanPlan::new(query.order, query.after_seq, last) else {
-            return Ok(Page::default());
-        };
-        let mut scan = Scan::new(query, plan);
-        let ordered: Vec<&StoredEvent> = match plan.order {
-            Order::NewestFirst => events[..plan.last_seq as usize]
-                .iter()
-                .rev()
-                .take_while(|event| event.seq >= plan.first_seq)
-                .collect(),
-            Order::OldestFirst => events[plan.first_seq as usize - 1..].iter().collect(),
-        };
-        for event in ordered {
-            if scan.offer(event.clone(), &event.to_canonical())? == Flow::Stop {
-                break;
-            }
-        }
-        scan.finish()
-    }
-
-    fn seqs(page: &Page) -> Vec<u64> {
-        page.events.iter().map(|event| event.stored.seq).collect()
-    }
 
     #[test]
     fn action_filters_exact_and_prefix() {
@@ -770,111 +1030,5 @@ mod tests {
             variants[0].digest(Order::NewestFirst),
             variants[0].clone().digest(Order::NewestFirst)
         );
-    }
-
-    #[test]
-    fn plans_cover_what_the_cursor_has_not() {
-        let plan = |order, after| ScanPlan::new(order, after, 10);
-        assert_eq!(
-            plan(Order::NewestFirst, None).unwrap(),
-            ScanPlan {
-                first_seq: 1,
-                last_seq: 10,
-                order: Order::NewestFirst
-            }
-        );
-        assert_eq!(plan(Order::NewestFirst, Some(4)).unwrap().last_seq, 3);
-        assert_eq!(plan(Order::NewestFirst, Some(1)), None);
-        assert_eq!(plan(Order::NewestFirst, Some(0)), None);
-        // A cursor from before a newer event arrived still continues below itself.
-        assert_eq!(plan(Order::NewestFirst, Some(50)).unwrap().last_seq, 10);
-        assert_eq!(plan(Order::OldestFirst, None).unwrap().first_seq, 1);
-        assert_eq!(plan(Order::OldestFirst, Some(4)).unwrap().first_seq, 5);
-        assert_eq!(plan(Order::OldestFirst, Some(10)), None);
-        assert_eq!(ScanPlan::new(Order::NewestFirst, None, 0), None);
-        assert_eq!(ScanPlan::new(Order::OldestFirst, None, 0), None);
-    }
-
-    #[test]
-    fn pages_stop_at_the_limit_and_end_without_a_cursor() {
-        let events: Vec<StoredEvent> = (1..=7)
-            .map(|seq| {
-                stored("t", seq, |event| {
-                    if seq % 2 == 0 {
-                        event.outcome = Outcome::Failure;
-                    }
-                })
-            })
-            .collect();
-        let failures = Filters {
-            outcome: Some(Outcome::Failure),
-            ..Filters::default()
-        };
-        let mut query = Query::new("t", failures, 2, Order::NewestFirst);
-        let first = scan(&query, &events).unwrap();
-        assert_eq!(seqs(&first), vec![6, 4]);
-        assert_eq!(first.next_after_seq, Some(4));
-        assert!(!first.partial);
-        query.after_seq = first.next_after_seq;
-        let second = scan(&query, &events).unwrap();
-        assert_eq!(seqs(&second), vec![2]);
-        assert_eq!(second.next_after_seq, None);
-        assert_eq!(second.scanned_to_seq, Some(1));
-
-        // A page that fills exactly at the stream's end needs no further request.
-        let mut oldest = Query::new("t", Filters::default(), 7, Order::OldestFirst);
-        let all = scan(&oldest, &events).unwrap();
-        assert_eq!(seqs(&all), (1..=7).collect::<Vec<_>>());
-        assert_eq!(all.next_after_seq, None);
-        oldest.after_seq = Some(7);
-        assert!(scan(&oldest, &events).unwrap().events.is_empty());
-    }
-
-    #[test]
-    fn the_examined_bound_ends_a_page_early_with_a_cursor() {
-        let events: Vec<StoredEvent> = (1..=10).map(|seq| stored("t", seq, |_| {})).collect();
-        let nothing = Filters {
-            actor_id: Some("nobody".into()),
-            ..Filters::default()
-        };
-        let mut query = Query::new("t", nothing, 50, Order::OldestFirst);
-        query.examined_max = 4;
-        let page = scan(&query, &events).unwrap();
-        assert!(page.events.is_empty());
-        assert!(page.partial);
-        assert_eq!(page.next_after_seq, Some(4));
-        assert_eq!(page.examined, 4);
-        query.after_seq = Some(8);
-        let last = scan(&query, &events).unwrap();
-        // The bound was not reached before the end: not partial, no cursor.
-        assert!(!last.partial);
-        assert_eq!(last.next_after_seq, None);
-        assert_eq!(last.examined, 2);
-    }
-
-    #[test]
-    fn a_gap_or_a_foreign_record_is_reported() {
-        let query = Query::new("t", Filters::default(), 50, Order::OldestFirst);
-        let with_gap = [stored("t", 1, |_| {}), stored("t", 3, |_| {})];
-        let plan = ScanPlan::new(Order::OldestFirst, None, 3).unwrap();
-        let mut gap = Scan::new(&query, plan);
-        assert_eq!(gap.offer(with_gap[0].clone(), &[]).unwrap(), Flow::Continue);
-        assert!(matches!(
-            gap.offer(with_gap[1].clone(), &[]),
-            Err(ReadError::Corrupt { .. })
-        ));
-
-        let mut foreign = stored("u", 1, |_| {});
-        foreign.stream = stream_name("t", 0);
-        let mut other = Scan::new(&query, plan);
-        assert!(matches!(
-            other.offer(foreign, &[]),
-            Err(ReadError::Corrupt { .. })
-        ));
-
-        // A range that ends early is missing its last events.
-        let mut short = Scan::new(&query, plan);
-        short.offer(stored("t", 1, |_| {}), &[]).unwrap();
-        assert!(matches!(short.finish(), Err(ReadError::Corrupt { .. })));
     }
 }

@@ -17,6 +17,13 @@ pub enum ReadError {
     /// A stored record failed its checks: never served, always reported.
     #[error("corrupt record at {location}: {reason}")]
     Corrupt { location: String, reason: String },
+    /// The query indexes are far behind the store (being rebuilt): answering would
+    /// mean reading this many events of the stream one by one.
+    #[error(
+        "the query index is being built ({events} events of this stream not indexed yet); \
+         retry shortly (`trailctl status` shows the progress)"
+    )]
+    IndexBehind { events: u64 },
 }
 
 /// A stored event with its leaf hash, as reads return it.
@@ -32,11 +39,11 @@ pub fn tenant_state(
 ) -> Result<Option<TenantState>, ReadError> {
     match keyspaces.tenants.get(tenant_id.as_bytes())? {
         None => Ok(None),
-        Some(bytes) => bincode::deserialize(&bytes)
+        Some(bytes) => TenantState::decode(&bytes)
             .map(Some)
-            .map_err(|error| ReadError::Corrupt {
+            .ok_or_else(|| ReadError::Corrupt {
                 location: format!("tenant {tenant_id}"),
-                reason: error.to_string(),
+                reason: "the tenant state does not decode".into(),
             }),
     }
 }

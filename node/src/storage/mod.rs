@@ -14,7 +14,12 @@
 //! |                 | `e` stream_no last_seq           | block_index (u64 BE)          |
 //! |                 | `c` stream_no tree_size          | signed checkpoint note        |
 //! | `sN.sm_meta`    | `applied`, `membership`, `snapshot` | bincode                    |
+//! | `sN.feed`       | applied log index (u64 BE)       | [`FeedRuns`]: what that apply batch appended |
+//! | `sN.tindex`     | stream_no, occurred_at, seq      | empty: the time index (behind the log) |
 //!
+//! `feed` is the queue between apply and the indexer (`crate::index`): apply writes
+//! one small key per batch, in the batch; the indexer deletes it once the events are
+//! in the committed indexes. `tindex` is written only by the indexer.
 //! A tenant's newest events are one contiguous range of `sN.events`. Per event, apply
 //! writes two keys: the event (sequential, cheap) and its dedup entry (random, ~5 µs).
 
@@ -95,6 +100,8 @@ impl NodeStore {
             tenants: open("tenants", MEMTABLE_BYTES_MAX_SMALL)?,
             chain: open("chain", MEMTABLE_BYTES_MAX_SMALL)?,
             sm_meta: open("sm_meta", MEMTABLE_BYTES_MAX_SMALL)?,
+            feed: open("feed", MEMTABLE_BYTES_MAX_SMALL)?,
+            tindex: open("tindex", MEMTABLE_BYTES_MAX_BULK)?,
             snapshot_dir: Arc::new(
                 self.data_dir
                     .join("snapshots")
@@ -115,6 +122,8 @@ pub struct ShardKeyspaces {
     pub tenants: Keyspace,
     pub chain: Keyspace,
     pub sm_meta: Keyspace,
+    pub feed: Keyspace,
+    pub tindex: Keyspace,
     pub snapshot_dir: Arc<PathBuf>,
 }
 
@@ -163,4 +172,133 @@ pub fn chain_key(prefix: u8, stream_no: u32, number: u64) -> [u8; 13] {
 /// The number at the end of a chain key.
 pub fn chain_key_number(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(5..13)?.try_into().ok()?))
+}
+
+/// What one apply batch appended, as the indexer's feed entry: per stream, one run of
+/// consecutive seqs (a batch appends each stream's events in seq order). Or a reset:
+/// the shard's state was replaced (a snapshot was installed), so its indexes are rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedRuns {
+    /// `(stream_no, first_seq, count)`, in the order streams first appear.
+    pub runs: Vec<(u32, u64, u32)>,
+    pub reset: bool,
+}
+
+const FEED_RUNS: u8 = 1;
+const FEED_RESET: u8 = 2;
+
+impl FeedRuns {
+    pub fn add(&mut self, stream_no: u32, seq: u64) {
+        if let Some(run) = self.runs.iter_mut().rev().find(|run| run.0 == stream_no) {
+            debug_assert_eq!(run.1 + u64::from(run.2), seq, "a stream appends in order");
+            run.2 += 1;
+        } else {
+            self.runs.push((stream_no, seq, 1));
+        }
+    }
+
+    pub fn reset() -> FeedRuns {
+        FeedRuns {
+            runs: Vec::new(),
+            reset: true,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && !self.reset
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        if self.reset {
+            return vec![FEED_RESET];
+        }
+        let mut out = Vec::with_capacity(1 + 16 * self.runs.len());
+        out.push(FEED_RUNS);
+        for (stream_no, first_seq, count) in &self.runs {
+            out.extend_from_slice(&stream_no.to_be_bytes());
+            out.extend_from_slice(&first_seq.to_be_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<FeedRuns> {
+        match bytes.split_first()? {
+            (&FEED_RESET, []) => Some(FeedRuns::reset()),
+            (&FEED_RUNS, rest) if rest.len() % 16 == 0 => Some(FeedRuns {
+                runs: rest
+                    .chunks_exact(16)
+                    .map(|run| {
+                        (
+                            u32::from_be_bytes(run[..4].try_into().expect("4 bytes")),
+                            u64::from_be_bytes(run[4..12].try_into().expect("8 bytes")),
+                            u32::from_be_bytes(run[12..].try_into().expect("4 bytes")),
+                        )
+                    })
+                    .collect(),
+                reset: false,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `occurred_at` as a key part that sorts like the number (sign bit flipped).
+pub fn time_key_part(occurred_at_ns: i64) -> [u8; 8] {
+    ((occurred_at_ns as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn time_key_part_decode(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// A time-index key: `stream_no, occurred_at, seq` (20 bytes).
+pub fn tindex_key(stream_no: u32, occurred_at_ns: i64, seq: u64) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..4].copy_from_slice(&stream_no.to_be_bytes());
+    key[4..12].copy_from_slice(&time_key_part(occurred_at_ns));
+    key[12..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `(occurred_at, seq)` of a time-index key of the expected stream.
+pub fn tindex_key_decode(key: &[u8], stream_no: u32) -> Option<(i64, u64)> {
+    if key.len() != 20 || key[..4] != stream_no.to_be_bytes() {
+        return None;
+    }
+    let occurred_at_ns = time_key_part_decode(key[4..12].try_into().ok()?);
+    let seq = u64::from_be_bytes(key[12..].try_into().ok()?);
+    Some((occurred_at_ns, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_runs_round_trip() {
+        let mut feed = FeedRuns::default();
+        for (stream, seq) in [(3, 10), (1, 1), (3, 11), (3, 12), (1, 2)] {
+            feed.add(stream, seq);
+        }
+        assert_eq!(feed.runs, vec![(3, 10, 3), (1, 1, 2)]);
+        assert_eq!(FeedRuns::decode(&feed.encode()), Some(feed));
+        assert_eq!(
+            FeedRuns::decode(&FeedRuns::reset().encode()),
+            Some(FeedRuns::reset())
+        );
+        assert_eq!(FeedRuns::decode(&[1, 2, 3]), None);
+        assert_eq!(FeedRuns::decode(&[]), None);
+    }
+
+    #[test]
+    fn time_keys_sort_like_times() {
+        let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000_000_000, i64::MAX];
+        for pair in times.windows(2) {
+            assert!(tindex_key(7, pair[0], 9) < tindex_key(7, pair[1], 1));
+            assert_eq!(time_key_part_decode(time_key_part(pair[0])), pair[0]);
+        }
+        assert_eq!(tindex_key_decode(&tindex_key(7, -5, 9), 7), Some((-5, 9)));
+        assert_eq!(tindex_key_decode(&tindex_key(7, -5, 9), 8), None);
+    }
 }

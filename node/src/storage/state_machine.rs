@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use super::log_store::storage_io_error;
 use super::publish::Publisher;
 use super::{
-    chain_key, decode_position, dedup_key, event_key, position_value, ShardKeyspaces, CHAIN_BLOCK,
-    CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
+    chain_key, decode_position, dedup_key, event_key, position_value, FeedRuns, ShardKeyspaces,
+    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
 };
 use crate::consensus::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -162,13 +162,17 @@ impl Inner {
         let keyspaces = &self.keyspaces;
         let mut batch = self.db.batch();
         let mut published = Vec::new();
+        let mut feed = FeedRuns::default();
         for write in writes.drain(..) {
             match write {
                 LedgerWrite::Event {
                     stream_no,
                     seq,
                     canonical,
-                } => batch.insert(&keyspaces.events, event_key(stream_no, seq), canonical),
+                } => {
+                    feed.add(stream_no, seq);
+                    batch.insert(&keyspaces.events, event_key(stream_no, seq), canonical)
+                }
                 LedgerWrite::Dedup {
                     tenant_no,
                     event_id,
@@ -179,11 +183,9 @@ impl Inner {
                     dedup_key(tenant_no, &event_id),
                     position_value(stream_no, seq),
                 ),
-                LedgerWrite::Tenant { tenant_id, state } => batch.insert(
-                    &keyspaces.tenants,
-                    tenant_id.into_bytes(),
-                    bincode::serialize(&state).expect("tenant state serializes"),
-                ),
+                LedgerWrite::Tenant { tenant_id, state } => {
+                    batch.insert(&keyspaces.tenants, tenant_id.into_bytes(), state.encode())
+                }
                 LedgerWrite::Block {
                     stream_no,
                     block_index,
@@ -216,6 +218,10 @@ impl Inner {
                     published.push((tenant_id, stream_index, tree_size, note));
                 }
             }
+        }
+        if !feed.is_empty() {
+            let applied = self.last_applied.map_or(0, |log_id| log_id.index);
+            batch.insert(&keyspaces.feed, applied.to_be_bytes(), feed.encode());
         }
         self.put_applied(&mut batch);
         batch.commit().map_err(write_state_machine)?;
@@ -301,6 +307,9 @@ impl Inner {
         keyspaces.dedup.clear().map_err(write_snapshot_fjall)?;
         keyspaces.tenants.clear().map_err(write_snapshot_fjall)?;
         keyspaces.chain.clear().map_err(write_snapshot_fjall)?;
+        // The indexes describe the replaced state: the feed's pending entries go, and a
+        // reset entry (with the installed state) makes the indexer rebuild the shard.
+        keyspaces.feed.clear().map_err(write_snapshot_fjall)?;
 
         file.seek(std::io::SeekFrom::Start(0))
             .map_err(read_snapshot)?;
@@ -332,6 +341,12 @@ impl Inner {
         }
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
+        let applied = self.last_applied.map_or(0, |log_id| log_id.index);
+        batch.insert(
+            &keyspaces.feed,
+            applied.to_be_bytes(),
+            FeedRuns::reset().encode(),
+        );
         self.put_applied(&mut batch);
         batch.commit().map_err(write_snapshot_fjall)?;
 
@@ -710,8 +725,7 @@ fn load_ledger(tenants: &Keyspace) -> Result<Ledger, StorageError> {
         let (key, value) = guard.into_inner().map_err(read_state_machine)?;
         let tenant_id =
             String::from_utf8(key.to_vec()).map_err(|_| format_error("tenant id is not UTF-8"))?;
-        let state: TenantState =
-            bincode::deserialize(&value).map_err(|_| format_error("bad tenant state"))?;
+        let state = TenantState::decode(&value).ok_or_else(|| format_error("bad tenant state"))?;
         states.push((tenant_id, state));
     }
     Ok(Ledger::from_tenants(states))

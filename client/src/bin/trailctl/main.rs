@@ -117,12 +117,13 @@ enum Command {
     /// auth.mfa.verify). Times are RFC 3339; --start-time is inclusive, --end-time
     /// exclusive, both on occurred_at.
     ///
-    /// Results come in ingest order (stream seq), newest first unless --order asc; they
-    /// are not sorted by occurred_at (docs/QUERY.md says why). One page holds at most
-    /// --limit events; the command then prints on stderr the --cursor for the next page.
-    /// --all follows the cursors to the end with a progress spinner on stderr. A node
-    /// examines at most 100,000 events per request, so a page of a rare filter may come
-    /// back short or empty with a cursor: --all keeps going.
+    /// Results come by occurred_at (ties by stream position), newest first unless
+    /// --order asc. One page holds at most --limit events; the command then prints on
+    /// stderr the --cursor for the next page. --all follows the cursors to the end with
+    /// a progress spinner on stderr. The node answers selective filters from its
+    /// indexes; for broad ones it walks the tenant's events in time order and examines
+    /// at most 100,000 per request, so such a page may come back short with a cursor:
+    /// --all keeps going.
     ///
     /// Examples:
     ///   trailctl query --tenant ten_0001
@@ -136,6 +137,17 @@ enum Command {
     /// (the message names it); 2 the node could not be reached.
     #[command(verbatim_doc_comment)]
     Query(query::QueryArgs),
+    /// Count a tenant's events matching filters (the same filters as `query`).
+    ///
+    /// Answered from the node's indexes, without reading the events; events recorded
+    /// in the last second (not indexed yet) are counted from the store.
+    ///
+    /// Examples:
+    ///   trailctl count --tenant ten_0001
+    ///   trailctl count --tenant ten_0001 --action auth.login --result failure \
+    ///       --start-time 2025-03-01T00:00:00Z --end-time 2025-03-08T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Count(query::CountArgs),
 
     /// Prove that an event is in the ledger, or verify a saved proof offline.
     ///
@@ -300,6 +312,7 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::Tail(args) => read::tail(&client, args).await,
         Command::Status(args) => read::status(&client, args).await,
         Command::Query(args) => query::run(&client, args).await,
+        Command::Count(args) => query::count(&client, args).await,
         Command::Proof(args) => proof::run(&client, args).await,
         Command::Checkpoint(args) => checkpoint::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,

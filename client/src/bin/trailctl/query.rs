@@ -9,8 +9,8 @@ use indicatif::ProgressBar;
 use trail_client::json::stored_event_to_string;
 use trail_client::Client;
 use trail_proto::v1::{
-    ActorType, QueryFilter, QueryOrder, QueryRequest, QueryResponse, Result as EventResult,
-    StoredEvent,
+    ActorType, CountRequest, QueryFilter, QueryOrder, QueryRequest, QueryResponse,
+    Result as EventResult, StoredEvent,
 };
 use trail_proto::Timestamp;
 
@@ -33,14 +33,15 @@ pub enum ResultArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OrderArg {
-    /// Newest first (descending seq).
+    /// Newest first (descending occurred_at).
     Desc,
-    /// Oldest first (ascending seq).
+    /// Oldest first (ascending occurred_at).
     Asc,
 }
 
+/// Which events: a tenant and filters (shared by `query`, `count` and `export`).
 #[derive(Debug, Args)]
-pub struct QueryArgs {
+pub struct FilterArgs {
     /// The tenant whose events to search.
     #[arg(long)]
     tenant: String,
@@ -81,12 +82,18 @@ pub struct QueryArgs {
     /// Events that occurred before this RFC 3339 time (exclusive).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     end_time: Option<Timestamp>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
 
     /// Events per page.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     limit: u32,
 
-    /// Newest first (desc, the default) or oldest first (asc), in ingest order.
+    /// Newest first (desc, the default) or oldest first (asc), by occurred_at.
     #[arg(long, value_enum, default_value = "desc")]
     order: OrderArg,
 
@@ -121,40 +128,75 @@ fn parse_time(text: &str) -> Result<Timestamp, String> {
     })
 }
 
+#[derive(Debug, Args)]
+pub struct CountArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+
+    /// Print `{"count": n}` instead of the number.
+    #[arg(long)]
+    json: bool,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> QueryFilter {
+        let text = |value: &Option<String>| value.clone().unwrap_or_default();
+        QueryFilter {
+            actor_id: text(&self.actor_id),
+            actor_type: match self.actor_type {
+                None => ActorType::Unspecified,
+                Some(ActorTypeArg::User) => ActorType::User,
+                Some(ActorTypeArg::Service) => ActorType::Service,
+                Some(ActorTypeArg::System) => ActorType::System,
+            } as i32,
+            action: text(&self.action),
+            resource_type: text(&self.resource_type),
+            resource_id: text(&self.resource_id),
+            result: match self.result {
+                None => EventResult::Unspecified,
+                Some(ResultArg::Success) => EventResult::Success,
+                Some(ResultArg::Failure) => EventResult::Failure,
+                Some(ResultArg::Denied) => EventResult::Denied,
+            } as i32,
+            request_id: text(&self.request_id),
+            start_time: self.start_time,
+            end_time: self.end_time,
+        }
+    }
+}
+
 impl QueryArgs {
     fn request(&self) -> QueryRequest {
-        let text = |value: &Option<String>| value.clone().unwrap_or_default();
         QueryRequest {
-            tenant_id: self.tenant.clone(),
-            filter: Some(QueryFilter {
-                actor_id: text(&self.actor_id),
-                actor_type: match self.actor_type {
-                    None => ActorType::Unspecified,
-                    Some(ActorTypeArg::User) => ActorType::User,
-                    Some(ActorTypeArg::Service) => ActorType::Service,
-                    Some(ActorTypeArg::System) => ActorType::System,
-                } as i32,
-                action: text(&self.action),
-                resource_type: text(&self.resource_type),
-                resource_id: text(&self.resource_id),
-                result: match self.result {
-                    None => EventResult::Unspecified,
-                    Some(ResultArg::Success) => EventResult::Success,
-                    Some(ResultArg::Failure) => EventResult::Failure,
-                    Some(ResultArg::Denied) => EventResult::Denied,
-                } as i32,
-                request_id: text(&self.request_id),
-                start_time: self.start_time,
-                end_time: self.end_time,
-            }),
+            tenant_id: self.filter.tenant.clone(),
+            filter: Some(self.filter.filter()),
             limit: self.limit,
-            cursor: text(&self.cursor),
+            cursor: self.cursor.clone().unwrap_or_default(),
             order: match self.order {
                 OrderArg::Desc => QueryOrder::NewestFirst,
                 OrderArg::Asc => QueryOrder::OldestFirst,
             } as i32,
         }
     }
+}
+
+/// `trailctl count`: the number of matching events, answered from the node's indexes.
+pub async fn count(client: &Client, args: CountArgs) -> anyhow::Result<ExitCode> {
+    let count = client
+        .count(CountRequest {
+            tenant_id: args.filter.tenant.clone(),
+            filter: Some(args.filter.filter()),
+        })
+        .await?;
+    let line = if args.json {
+        serde_json::json!({ "count": count }).to_string()
+    } else {
+        count.to_string()
+    };
+    if let Err(error) = print_line(&line) {
+        return closed_stdout(error);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run(client: &Client, args: QueryArgs) -> anyhow::Result<ExitCode> {

@@ -125,6 +125,9 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
                 "events": shard.events,
                 "streams": shard.streams,
                 "queue_bytes": shard.queue_bytes,
+                "indexed_index": shard.indexed_index,
+                "index_lag_ms": shard.index_lag_ms,
+                "index_rebuild_remaining": shard.index_rebuild_remaining,
             })
         })
         .collect();
@@ -172,7 +175,16 @@ fn status_table(status: &StatusResponse) -> String {
     lines.push(String::new());
 
     let header = [
-        "shard", "role", "leader", "term", "last log", "applied", "events", "streams", "queued",
+        "shard",
+        "role",
+        "leader",
+        "term",
+        "last log",
+        "applied",
+        "events",
+        "streams",
+        "queued",
+        "index lag",
     ];
     let mut rows: Vec<Vec<String>> = Vec::with_capacity(status.shards.len());
     for shard in &status.shards {
@@ -186,6 +198,7 @@ fn status_table(status: &StatusResponse) -> String {
             group_thousands(shard.events),
             group_thousands(u64::from(shard.streams)),
             human_bytes(shard.queue_bytes),
+            index_lag(shard),
         ]);
     }
     let mut widths: Vec<usize> = header.iter().map(|title| title.len()).collect();
@@ -220,6 +233,18 @@ fn status_table(status: &StatusResponse) -> String {
     lines.join("\n")
 }
 
+/// How far the query indexes trail the log: a duration, or a rebuild's remaining work.
+fn index_lag(shard: &trail_proto::v1::ShardStatus) -> String {
+    if shard.index_rebuild_remaining > 0 {
+        format!(
+            "rebuilding, {} left",
+            group_thousands(shard.index_rebuild_remaining)
+        )
+    } else {
+        format!("{} ms", group_thousands(shard.index_lag_ms))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +266,9 @@ mod tests {
                 streams: 1_000,
                 queue_bytes: 1536,
                 role: "leader".to_string(),
+                indexed_index: 12_340,
+                index_lag_ms: 420,
+                index_rebuild_remaining: 0,
             }],
             events: 1_000_000,
             uptime_ms: 3_725_000,
@@ -258,13 +286,13 @@ mod tests {
         );
         assert!(
             table.contains(
-                "shard  role    leader  term  last log  applied     events  streams   queued"
+                "shard  role    leader  term  last log  applied     events  streams   queued  index lag"
             ),
             "{table}"
         );
         assert!(
             table.contains(
-                "    0  leader       1     3    12,345   12,345  1,000,000    1,000  1.5 KiB"
+                "    0  leader       1     3    12,345   12,345  1,000,000    1,000  1.5 KiB     420 ms"
             ),
             "{table}"
         );

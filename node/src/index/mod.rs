@@ -1,0 +1,735 @@
+//! Secondary indexes, built behind the log (docs/QUERY.md, "Indexes").
+//!
+//! Apply writes one small feed key per batch (`sN.feed`: which seqs of which streams
+//! it appended). One indexer thread per node reads the feeds of all shards, reads those
+//! events from the store, and builds two derived indexes in bulk:
+//!
+//! - the time index `sN.tindex` (`stream_no, occurred_at, seq`, empty values): a
+//!   tenant's events in `occurred_at` order as one range scan, for unselective queries
+//!   and deep keyset pages;
+//! - one tantivy index per node (`<data dir>/index`), one document per event with the
+//!   tenant-scoped filter terms and the position as fast fields, for selective filters
+//!   and counts.
+//!
+//! Every `commit_interval` it makes them durable together: the time-index keys (with
+//! an fsync), then the tantivy commit, whose payload names, per shard, the last feed
+//! key it covers. Then it reloads the searcher and publishes a [`Visible`]: the searcher
+//! and, per stream, the first seq it does not hold. Queries read the indexes below that
+//! seq and the store's events from it on (the tail), so an acknowledged event is never
+//! missing from a result. Last, it deletes the feed keys it covered.
+//!
+//! After a crash the indexer resumes after the payload's feed key; time-index keys are
+//! idempotent, and tantivy documents are only added above each stream's watermark. A
+//! missing or unreadable index, an index of another format, or a shard whose state was
+//! replaced by a snapshot is rebuilt from the store.
+
+pub mod schema;
+pub mod search;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fjall::{Database, PersistMode};
+use serde::{Deserialize, Serialize};
+use tantivy::indexer::IndexWriterOptions;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+
+use crate::ledger::routing::ShardId;
+use crate::ledger::{StoredEvent, TenantState};
+use crate::node::cursor_key::load_or_create_secret;
+use crate::storage::{event_key, tindex_key, FeedRuns, ShardKeyspaces};
+pub use schema::{stream_value, Fields, Terms};
+
+/// Events read and indexed per shard per round, so one busy shard cannot starve the
+/// others nor delay a due commit by much.
+const EVENTS_PER_ROUND_MAX: u64 = 20_000;
+/// Documents between commits at most: bounds the time-index keys held for the next
+/// commit (20 bytes each) and the work redone after a crash.
+const DOCS_PER_COMMIT_MAX: u64 = 200_000;
+/// tantivy's indexing arena (its minimum is 15 MB).
+const WRITER_MEMORY_BYTES: usize = 48 << 20;
+const TERM_KEY_FILE: &str = "term.key";
+const PAYLOAD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    pub dir: PathBuf,
+    /// How often new events become visible in the indexes (tantivy commit + reload
+    /// costs ~11–16 ms here; DESIGN.md).
+    pub commit_interval: Duration,
+    /// How often the indexer looks at the feeds when it has nothing to do.
+    pub poll_interval: Duration,
+}
+
+impl IndexConfig {
+    pub fn new(data_dir: &Path) -> IndexConfig {
+        IndexConfig {
+            dir: data_dir.join("index"),
+            commit_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What queries read: one committed searcher and, per shard and stream, the first seq
+/// that is not in it (the tail starts there). Streams not listed start their tail at 1.
+pub struct Visible {
+    pub searcher: Searcher,
+    pub tail_from: BTreeMap<ShardId, HashMap<u32, u64>>,
+}
+
+impl Visible {
+    pub fn tail_from(&self, shard: ShardId, stream_no: u32) -> u64 {
+        self.tail_from
+            .get(&shard)
+            .and_then(|streams| streams.get(&stream_no))
+            .copied()
+            .unwrap_or(1)
+    }
+}
+
+/// Per shard, for `status`.
+#[derive(Debug, Default)]
+pub struct IndexProgress {
+    /// The last feed key (applied log index) the visible indexes cover.
+    pub indexed_through: AtomicU64,
+    /// How long the oldest event not yet visible has waited, in ms (0 when none).
+    pub lag_ms: AtomicU64,
+    /// Events of a rebuild still to index (0 when not rebuilding).
+    pub rebuild_remaining: AtomicU64,
+}
+
+/// The node's secondary indexes: the handle queries use.
+#[derive(Clone)]
+pub struct NodeIndex {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    fields: Fields,
+    terms: Terms,
+    visible: RwLock<Arc<Visible>>,
+    progress: BTreeMap<ShardId, Arc<IndexProgress>>,
+    stop: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The tantivy commit payload.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Payload {
+    version: u32,
+    format: u32,
+    /// Per shard, the last feed key covered. A shard missing here is rebuilt.
+    shards: BTreeMap<ShardId, u64>,
+}
+
+impl NodeIndex {
+    /// Opens (or creates, or rebuilds) the index and starts the indexer thread. Call it
+    /// after the shards' state machines opened and before they apply anything new.
+    pub fn open(
+        db: &Database,
+        shards: &[ShardKeyspaces],
+        config: IndexConfig,
+    ) -> anyhow::Result<NodeIndex> {
+        let (schema, fields) = Fields::schema();
+        std::fs::create_dir_all(&config.dir)?;
+        let key = load_or_create_secret(
+            &config.dir.join(TERM_KEY_FILE),
+            "index term key",
+            "delete the index directory to rebuild the index under a new key",
+        )?;
+        let existing = if config.dir.join("meta.json").exists() {
+            open_existing(&config.dir, &schema)
+        } else {
+            Err(String::new())
+        };
+        let (index, payload) = match existing {
+            Ok(found) => found,
+            Err(reason) => {
+                if !reason.is_empty() {
+                    tracing::warn!(dir = %config.dir.display(), %reason, "rebuilding the query index");
+                }
+                remove_index_files(&config.dir)?;
+                let index = Index::create_in_dir(&config.dir, schema.clone())?;
+                (index, Payload::default())
+            }
+        };
+        let writer: IndexWriter<TantivyDocument> = index.writer_with_options(
+            IndexWriterOptions::builder()
+                .memory_budget_per_thread(WRITER_MEMORY_BYTES)
+                .num_worker_threads(1)
+                .num_merge_threads(1)
+                .build(),
+        )?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+
+        let mut indexer = Indexer {
+            db: db.clone(),
+            writer,
+            reader,
+            fields,
+            terms: Terms::new(&key),
+            shards: Vec::new(),
+            config: config.clone(),
+            time_keys: Vec::new(),
+            uncommitted: 0,
+            oldest_pending_ns: None,
+        };
+        for keyspaces in shards {
+            let resume = payload.shards.get(&keyspaces.shard).copied();
+            indexer.shards.push(ShardIndexer::open(keyspaces, resume)?);
+        }
+        for shard in &indexer.shards {
+            if shard.rebuilding() {
+                indexer
+                    .writer
+                    .delete_term(Term::from_field_u64(fields.shard, u64::from(shard.id)));
+            }
+        }
+        let progress: BTreeMap<ShardId, Arc<IndexProgress>> = indexer
+            .shards
+            .iter()
+            .map(|shard| (shard.id, shard.progress.clone()))
+            .collect();
+        let shared = Arc::new(Shared {
+            fields,
+            terms: indexer.terms.clone(),
+            visible: RwLock::new(Arc::new(indexer.visible())),
+            progress,
+            stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let handle = NodeIndex { shared };
+        let thread_handle = handle.clone();
+        let thread = std::thread::Builder::new()
+            .name("trail-indexer".into())
+            .spawn(move || indexer.run(&thread_handle))?;
+        *handle.shared.thread.lock().expect("indexer thread lock") = Some(thread);
+        Ok(handle)
+    }
+
+    pub fn fields(&self) -> &Fields {
+        &self.shared.fields
+    }
+
+    pub fn terms(&self) -> &Terms {
+        &self.shared.terms
+    }
+
+    /// The indexes as of their last commit.
+    pub fn visible(&self) -> Arc<Visible> {
+        self.shared.visible.read().expect("visible lock").clone()
+    }
+
+    pub fn progress(&self, shard: ShardId) -> Option<&IndexProgress> {
+        self.shared.progress.get(&shard).map(|progress| &**progress)
+    }
+
+    /// Waits until the visible indexes cover everything the shards have applied (their
+    /// feeds hold nothing newer than the last commit); false on timeout. For tests,
+    /// benchmarks and `reindex`.
+    pub fn wait_caught_up(&self, shards: &[ShardKeyspaces], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let caught_up = shards.iter().all(|keyspaces| {
+                let Some(progress) = self.progress(keyspaces.shard) else {
+                    return true;
+                };
+                let indexed = progress.indexed_through.load(Ordering::SeqCst);
+                progress.rebuild_remaining.load(Ordering::SeqCst) == 0
+                    && last_feed_key(keyspaces).is_ok_and(|last| last <= indexed)
+            });
+            if caught_up {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Commits what is indexed and stops the thread (orderly shutdown).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let thread = self
+            .shared
+            .thread
+            .lock()
+            .expect("indexer thread lock")
+            .take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the indexer thread panicked");
+            }
+        }
+    }
+
+    fn publish(&self, visible: Visible) {
+        *self.shared.visible.write().expect("visible lock") = Arc::new(visible);
+    }
+}
+
+fn open_existing(dir: &Path, schema: &tantivy::schema::Schema) -> Result<(Index, Payload), String> {
+    let index = Index::open_in_dir(dir).map_err(|error| error.to_string())?;
+    if index.schema() != *schema {
+        return Err("the index has another schema".into());
+    }
+    let metas = index.load_metas().map_err(|error| error.to_string())?;
+    let payload = match metas.payload {
+        None => Payload::default(),
+        Some(text) => serde_json::from_str::<Payload>(&text).map_err(|error| error.to_string())?,
+    };
+    if payload.version != PAYLOAD_VERSION || payload.format != schema::INDEX_FORMAT {
+        if metas.segments.is_empty() {
+            return Ok((index, Payload::default()));
+        }
+        return Err(format!(
+            "the index is of format {}/{}; this node writes {}/{}",
+            payload.version,
+            payload.format,
+            PAYLOAD_VERSION,
+            schema::INDEX_FORMAT
+        ));
+    }
+    Ok((index, payload))
+}
+
+/// Removes tantivy's files, keeping the term key.
+fn remove_index_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() != TERM_KEY_FILE {
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path)?;
+            } else {
+                std::fs::remove_file(path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The indexer thread's state.
+struct Indexer {
+    db: Database,
+    writer: IndexWriter<TantivyDocument>,
+    reader: IndexReader,
+    fields: Fields,
+    terms: Terms,
+    shards: Vec<ShardIndexer>,
+    config: IndexConfig,
+    /// Time-index keys for the next commit: (position in `shards`, key).
+    time_keys: Vec<(usize, [u8; 20])>,
+    uncommitted: u64,
+    /// `ingested_at` of the oldest event added since the last commit.
+    oldest_pending_ns: Option<i64>,
+}
+
+/// One shard's part of the indexer.
+struct ShardIndexer {
+    id: ShardId,
+    keyspaces: ShardKeyspaces,
+    /// Feed keys up to this one are read (and their events added).
+    read_through: u64,
+    /// Feed keys up to this one are committed; the payload says so.
+    committed_through: u64,
+    /// Feed keys read since the last commit, deleted after it.
+    read_keys: Vec<u64>,
+    /// Per stream, the first seq not yet added to the writer.
+    next: HashMap<u32, u64>,
+    /// Per stream, the first seq not in the visible searcher.
+    visible_next: HashMap<u32, u64>,
+    /// Streams still to index from the store before the feed (a rebuild): stream_no,
+    /// first seq to index, end (exclusive).
+    backlog: Vec<(u32, u64, u64)>,
+    progress: Arc<IndexProgress>,
+}
+
+impl ShardIndexer {
+    /// `resume`: the payload's feed key for this shard; `None` rebuilds the shard.
+    fn open(keyspaces: &ShardKeyspaces, resume: Option<u64>) -> anyhow::Result<ShardIndexer> {
+        // The feed's end first, then the streams: whatever apply adds in between is in
+        // both, and the per-stream watermarks skip it the second time.
+        let applied = last_feed_key(keyspaces)?;
+        let mut streams: Vec<(u32, u64)> = Vec::new();
+        for guard in keyspaces.tenants.iter() {
+            let (key, value) = guard.into_inner()?;
+            let state = TenantState::decode(&value).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "shard {}: tenant {} does not decode",
+                    keyspaces.shard,
+                    String::from_utf8_lossy(&key)
+                )
+            })?;
+            streams.push((state.stream_no, state.next_seq));
+        }
+        let progress = Arc::new(IndexProgress::default());
+        let mut shard = ShardIndexer {
+            id: keyspaces.shard,
+            keyspaces: keyspaces.clone(),
+            read_through: 0,
+            committed_through: 0,
+            read_keys: Vec::new(),
+            next: HashMap::new(),
+            visible_next: HashMap::new(),
+            backlog: Vec::new(),
+            progress,
+        };
+        match resume {
+            Some(through) => {
+                // Indexed: every seq below the first one the unread feed names.
+                let mut first_unread: HashMap<u32, u64> = HashMap::new();
+                for guard in keyspaces.feed.range((through + 1).to_be_bytes()..) {
+                    let (_, value) = guard.into_inner()?;
+                    let feed = FeedRuns::decode(&value)
+                        .ok_or_else(|| anyhow::anyhow!("shard {}: bad feed entry", shard.id))?;
+                    if feed.reset {
+                        // Handled when read: the whole shard is rebuilt then.
+                        break;
+                    }
+                    for (stream_no, first_seq, _) in feed.runs {
+                        first_unread.entry(stream_no).or_insert(first_seq);
+                    }
+                }
+                for (stream_no, next_seq) in streams {
+                    let next = first_unread.get(&stream_no).copied().unwrap_or(next_seq);
+                    shard.next.insert(stream_no, next);
+                }
+                shard.read_through = through;
+                shard.committed_through = through;
+            }
+            None => {
+                // Everything in the store now is the backlog; the feed after it is new,
+                // and the feed up to it is deleted once the backlog is committed.
+                keyspaces.tindex.clear()?;
+                for guard in keyspaces.feed.range(..=applied.to_be_bytes()) {
+                    let key = guard.key()?;
+                    shard
+                        .read_keys
+                        .push(u64::from_be_bytes(key.as_ref().try_into()?));
+                }
+                for (stream_no, next_seq) in streams {
+                    shard.next.insert(stream_no, 1);
+                    if next_seq > 1 {
+                        shard.backlog.push((stream_no, 1, next_seq));
+                    }
+                }
+                shard.read_through = applied;
+                shard.committed_through = applied;
+                let remaining = shard.backlog_events();
+                shard
+                    .progress
+                    .rebuild_remaining
+                    .store(remaining, Ordering::Relaxed);
+                tracing::info!(
+                    shard = shard.id,
+                    events = remaining,
+                    "indexing the shard's events"
+                );
+            }
+        }
+        shard.visible_next = shard.next.clone();
+        shard
+            .progress
+            .indexed_through
+            .store(shard.committed_through, Ordering::Relaxed);
+        Ok(shard)
+    }
+
+    fn rebuilding(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    fn backlog_events(&self) -> u64 {
+        self.backlog.iter().map(|(_, from, to)| to - from).sum()
+    }
+}
+
+/// The last feed key of a shard (0 when the feed is empty): everything applied so far
+/// that the indexes need is at or before it.
+fn last_feed_key(keyspaces: &ShardKeyspaces) -> anyhow::Result<u64> {
+    match keyspaces.feed.last_key_value() {
+        None => Ok(0),
+        Some(guard) => {
+            let (key, _) = guard.into_inner()?;
+            Ok(u64::from_be_bytes(key.as_ref().try_into()?))
+        }
+    }
+}
+
+impl Indexer {
+    fn run(mut self, handle: &NodeIndex) {
+        let mut last_commit = Instant::now();
+        loop {
+            let stopping = handle.shared.stop.load(Ordering::SeqCst);
+            let added = match self.round() {
+                Ok(added) => added,
+                Err(error) => {
+                    // Derived state: stop indexing (queries still see everything through
+                    // the tail, bounded), and say so loudly.
+                    tracing::error!(%error, "the indexer stopped");
+                    return;
+                }
+            };
+            let something = self.uncommitted > 0
+                || self
+                    .shards
+                    .iter()
+                    .any(|shard| shard.read_through > shard.committed_through);
+            let due = something
+                && (stopping
+                    || last_commit.elapsed() >= self.config.commit_interval
+                    || self.uncommitted >= DOCS_PER_COMMIT_MAX);
+            if due {
+                if let Err(error) = self.commit(handle) {
+                    tracing::error!(%error, "the indexer could not commit; it stopped");
+                    return;
+                }
+                last_commit = Instant::now();
+            }
+            self.report_lag();
+            if stopping {
+                return;
+            }
+            if added == 0 {
+                std::thread::sleep(self.config.poll_interval);
+            }
+        }
+    }
+
+    /// Index lag: how long ago the oldest event not yet visible was ingested.
+    fn report_lag(&self) {
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let lag_ms = self.oldest_pending_ns.map_or(0, |oldest| {
+            (now_ns.saturating_sub(oldest).max(0) / 1_000_000) as u64
+        });
+        for shard in &self.shards {
+            shard.progress.lag_ms.store(lag_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads and adds what is new in every shard, a bounded amount each. Returns the
+    /// number of events added.
+    fn round(&mut self) -> anyhow::Result<u64> {
+        let mut added = 0;
+        for position in 0..self.shards.len() {
+            added += self.shard_round(position)?;
+        }
+        Ok(added)
+    }
+
+    fn shard_round(&mut self, position: usize) -> anyhow::Result<u64> {
+        let mut budget = EVENTS_PER_ROUND_MAX;
+        let mut added = 0;
+        // A rebuild first: the feed describes only what comes after it.
+        while budget > 0 {
+            let Some((stream_no, from, to)) = self.shards[position].backlog.last().copied() else {
+                break;
+            };
+            let end = to.min(from + budget);
+            let count = self.add_events(position, stream_no, from, end)?;
+            budget -= count.max(1);
+            added += count;
+            let shard = &mut self.shards[position];
+            if end >= to {
+                shard.backlog.pop();
+            } else {
+                shard.backlog.last_mut().expect("still there").1 = end;
+            }
+            shard
+                .progress
+                .rebuild_remaining
+                .store(shard.backlog_events(), Ordering::Relaxed);
+        }
+        if self.shards[position].rebuilding() {
+            return Ok(added);
+        }
+        let start = self.shards[position].read_through + 1;
+        let mut entries = Vec::new();
+        for guard in self.shards[position]
+            .keyspaces
+            .feed
+            .range(start.to_be_bytes()..)
+        {
+            let (key, value) = guard.into_inner()?;
+            let key = u64::from_be_bytes(key.as_ref().try_into()?);
+            let feed = FeedRuns::decode(&value).ok_or_else(|| {
+                anyhow::anyhow!("shard {}: bad feed entry {key}", self.shards[position].id)
+            })?;
+            let events: u64 = feed.runs.iter().map(|run| u64::from(run.2)).sum();
+            entries.push((key, feed));
+            if events >= budget {
+                break;
+            }
+            budget -= events;
+        }
+        for (key, feed) in entries {
+            if feed.reset {
+                self.reset_shard(position)?;
+                let shard = &mut self.shards[position];
+                shard.read_keys.push(key);
+                shard.read_through = key;
+                return Ok(added);
+            }
+            for (stream_no, first_seq, count) in feed.runs {
+                let next = self.shards[position]
+                    .next
+                    .get(&stream_no)
+                    .copied()
+                    .unwrap_or(1);
+                let end = first_seq + u64::from(count);
+                if end > next {
+                    added += self.add_events(position, stream_no, next.max(first_seq), end)?;
+                }
+            }
+            let shard = &mut self.shards[position];
+            shard.read_keys.push(key);
+            shard.read_through = key;
+        }
+        Ok(added)
+    }
+
+    /// The shard's state was replaced: drop its documents and time keys, and index
+    /// everything it holds now.
+    fn reset_shard(&mut self, position: usize) -> anyhow::Result<()> {
+        let shard = &mut self.shards[position];
+        tracing::info!(
+            shard = shard.id,
+            "the shard's state was replaced; re-indexing it"
+        );
+        self.writer
+            .delete_term(Term::from_field_u64(self.fields.shard, u64::from(shard.id)));
+        shard.keyspaces.tindex.clear()?;
+        self.time_keys.retain(|(owner, _)| *owner != position);
+        let fresh = ShardIndexer::open(&shard.keyspaces, None)?;
+        shard.next = fresh.next;
+        shard.backlog = fresh.backlog;
+        shard.read_keys.extend(fresh.read_keys);
+        // Nothing of the old state is visible any more: the tail is the whole stream.
+        shard.visible_next.clear();
+        Ok(())
+    }
+
+    /// Adds seqs `from..end` of a stream. Returns how many.
+    fn add_events(
+        &mut self,
+        position: usize,
+        stream_no: u32,
+        from: u64,
+        end: u64,
+    ) -> anyhow::Result<u64> {
+        let shard = &mut self.shards[position];
+        let mut expected = from;
+        for guard in shard
+            .keyspaces
+            .events
+            .range(event_key(stream_no, from)..event_key(stream_no, end))
+        {
+            let (_, value) = guard.into_inner()?;
+            let stored = StoredEvent::decode_canonical(&value).map_err(|error| {
+                anyhow::anyhow!(
+                    "shard {} stream {stream_no} seq {expected}: {error}",
+                    shard.id
+                )
+            })?;
+            anyhow::ensure!(
+                stored.seq == expected,
+                "shard {} stream {stream_no}: expected seq {expected}, found {}",
+                shard.id,
+                stored.seq
+            );
+            self.writer.add_document(self.terms.document(
+                &self.fields,
+                shard.id,
+                stream_no,
+                stored.seq,
+                &stored.event,
+            ))?;
+            self.time_keys.push((
+                position,
+                tindex_key(stream_no, stored.event.occurred_at_ns, stored.seq),
+            ));
+            let oldest = self.oldest_pending_ns.get_or_insert(stored.ingested_at_ns);
+            *oldest = (*oldest).min(stored.ingested_at_ns);
+            expected += 1;
+        }
+        anyhow::ensure!(
+            expected == end,
+            "shard {} stream {stream_no}: events {expected}..{end} are missing",
+            shard.id
+        );
+        shard.next.insert(stream_no, end);
+        let count = end - from;
+        self.uncommitted += count;
+        Ok(count)
+    }
+
+    /// Makes the added events durable and visible, then drops the feed keys covered.
+    fn commit(&mut self, handle: &NodeIndex) -> anyhow::Result<()> {
+        // 1. Time keys, durable before the tantivy commit that names them covered.
+        let mut batch = self.db.batch();
+        for (position, key) in self.time_keys.drain(..) {
+            batch.insert(&self.shards[position].keyspaces.tindex, key, []);
+        }
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        // 2. The documents, with what they cover.
+        let payload = Payload {
+            version: PAYLOAD_VERSION,
+            format: schema::INDEX_FORMAT,
+            shards: self
+                .shards
+                .iter()
+                .filter(|shard| !shard.rebuilding())
+                .map(|shard| (shard.id, shard.read_through))
+                .collect(),
+        };
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&serde_json::to_string(&payload)?);
+        prepared.commit()?;
+        self.reader.reload()?;
+        // 3. Visible: the searcher and where each stream's tail starts.
+        for shard in &mut self.shards {
+            shard.visible_next = shard.next.clone();
+        }
+        handle.publish(self.visible());
+        // 4. The feed keys now covered.
+        let mut batch = self.db.batch();
+        for shard in &mut self.shards {
+            if !shard.rebuilding() {
+                for key in shard.read_keys.drain(..) {
+                    batch.remove(&shard.keyspaces.feed, key.to_be_bytes());
+                }
+                shard.committed_through = shard.read_through;
+            }
+            shard
+                .progress
+                .indexed_through
+                .store(shard.committed_through, Ordering::Relaxed);
+        }
+        batch.commit()?;
+        self.uncommitted = 0;
+        self.oldest_pending_ns = None;
+        Ok(())
+    }
+
+    fn visible(&self) -> Visible {
+        Visible {
+            searcher: self.reader.searcher(),
+            tail_from: self
+                .shards
+                .iter()
+                .map(|shard| (shard.id, shard.visible_next.clone()))
+                .collect(),
+        }
+    }
+}
