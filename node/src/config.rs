@@ -77,6 +77,11 @@ pub struct Flags {
     /// for "<origin>/<tenant>/<stream>" [default: trail.local]. Use a name you own.
     #[arg(long, env = "TRAIL_CHECKPOINT_ORIGIN")]
     pub checkpoint_origin: Option<String>,
+    /// Record every query, count and export of a tenant's events as an
+    /// `audit_log.read` / `audit_log.export` event in that tenant's own log, before
+    /// answering [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub audit_reads: Option<bool>,
     /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
     #[arg(long, env = "TRAIL_LOG")]
     pub log: Option<String>,
@@ -100,6 +105,7 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_dir: Option<PathBuf>,
     checkpoint_origin: Option<String>,
+    audit_reads: Option<bool>,
     log: Option<String>,
 }
 
@@ -115,6 +121,8 @@ pub struct NodeConfig {
     pub limits: BatchLimits,
     pub snapshot_logs_since_last: u64,
     pub tamper: TamperSettings,
+    /// Queries, counts and exports are recorded in the tenant's log (`api/audit.rs`).
+    pub audit_reads: bool,
     pub log: String,
 }
 
@@ -257,6 +265,7 @@ impl NodeConfig {
                 .snapshot_logs_since_last
                 .or(file.snapshot_logs_since_last)
                 .unwrap_or(20_000),
+            audit_reads: flags.audit_reads.or(file.audit_reads).unwrap_or(true),
             log: flags.log.or(file.log).unwrap_or_else(|| {
                 "info,openraft=warn,actix_server=warn,fjall=warn,lsm_tree=warn".to_string()
             }),

@@ -220,7 +220,9 @@ fn assert_bad_request(port: u16, path: &str, parameter: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn query_through_grpc_rest_and_trailctl() {
     let dir = TempDir::new().expect("temporary directory");
-    let node = Traild::start(dir.path(), &[]).await;
+    // Reads are not recorded here, so results hold only the test's events; the test
+    // below covers the records.
+    let node = Traild::start(dir.path(), &["--audit-reads", "false"]).await;
     let tenant_a = record(&node, "ten_a", 90).await;
     let _tenant_b = record(&node, "ten_b", 30).await;
     let cursor_key = dir.path().join("cursor.key");
@@ -503,4 +505,126 @@ async fn query_through_grpc_rest_and_trailctl() {
     assert_eq!(continued.events.len(), 40);
     assert_eq!(continued.events[0].seq, 40);
     assert!(continued.next_cursor.is_empty());
+}
+
+/// Each query and count is recorded in the tenant's own log before it is answered:
+/// who (the declared actor, the peer), which filter, how many; other tenants' logs do
+/// not see it. Counts agree with the events a query returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_are_audited_and_counts_agree() {
+    let dir = TempDir::new().expect("temporary directory");
+    let node = Traild::start(dir.path(), &[]).await;
+    let tenant_a = record(&node, "ten_a", 40).await;
+    let _tenant_b = record(&node, "ten_b", 10).await;
+    let mut client = node.client().await.expect("connect");
+    let is_auth = |action: &str| action.starts_with("auth.");
+
+    let failed_auth = QueryFilter {
+        action: "auth.*".into(),
+        result: v1::Result::Failure as i32,
+        ..Default::default()
+    };
+    let mut request = tonic::Request::new(filter_request(
+        "ten_a",
+        failed_auth.clone(),
+        1_000,
+        QueryOrder::NewestFirst,
+    ));
+    request
+        .metadata_mut()
+        .insert("x-trail-actor", "auditor@example.com".parse().unwrap());
+    let page = client.query(request).await.expect("query").into_inner();
+    let expected_failed = expected(
+        &tenant_a,
+        |_, action, result| is_auth(action) && result == v1::Result::Failure as i32,
+        true,
+    );
+    assert_eq!(page.events.len(), expected_failed.len());
+    let count = client
+        .count(v1::CountRequest {
+            tenant_id: "ten_a".into(),
+            filter: Some(failed_auth.clone()),
+        })
+        .await
+        .expect("count")
+        .into_inner()
+        .count;
+    assert_eq!(
+        count as usize,
+        expected_failed.len(),
+        "count agrees with the query"
+    );
+    let (status, body) = http_get(
+        node.http_port,
+        "/api/v1/tenants/ten_a/audit-logs/count?action=auth.*&result=failure",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"].as_u64(), Some(count));
+
+    // The records: one for the query, one per count.
+    let records = client
+        .query(filter_request(
+            "ten_a",
+            QueryFilter {
+                action: "audit_log.read".into(),
+                ..Default::default()
+            },
+            1_000,
+            QueryOrder::OldestFirst,
+        ))
+        .await
+        .expect("query the records")
+        .into_inner()
+        .events;
+    assert_eq!(records.len(), 3, "{records:?}");
+    let first = records[0].event.as_ref().expect("whole");
+    assert_eq!(
+        first.actor.as_ref().expect("actor").id,
+        "auditor@example.com"
+    );
+    assert_eq!(
+        first.resource.as_ref().expect("resource").r#type,
+        "audit_log"
+    );
+    assert!(!first.ip_address.is_empty(), "the peer is recorded");
+    let metadata: Value = serde_json::from_str(&first.metadata_json).expect("JSON metadata");
+    assert_eq!(metadata["read"], "query");
+    assert_eq!(metadata["filter"]["action"], "auth.*");
+    assert_eq!(metadata["filter"]["result"], "failure");
+    assert_eq!(
+        metadata["first_page_events"].as_u64(),
+        Some(expected_failed.len() as u64)
+    );
+    for record in &records[1..] {
+        let event = record.event.as_ref().expect("whole");
+        let metadata: Value = serde_json::from_str(&event.metadata_json).expect("JSON");
+        assert_eq!(metadata["read"], "count");
+        assert_eq!(metadata["counted"].as_u64(), Some(count));
+    }
+    assert_eq!(
+        records[2]
+            .event
+            .as_ref()
+            .unwrap()
+            .actor
+            .as_ref()
+            .unwrap()
+            .id,
+        "anonymous",
+        "REST without x-trail-actor"
+    );
+    // Tenant B's log records none of tenant A's reads.
+    let b_records = client
+        .count(v1::CountRequest {
+            tenant_id: "ten_b".into(),
+            filter: Some(QueryFilter {
+                action: "audit_log.*".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("count")
+        .into_inner()
+        .count;
+    assert_eq!(b_records, 0);
 }

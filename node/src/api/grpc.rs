@@ -179,6 +179,17 @@ fn status_of_event_error(error: &v1::EventError) -> Status {
     status
 }
 
+/// Who sent a read, for its audit record.
+pub(super) fn read_by<T>(request: &Request<T>) -> super::audit::ReadBy {
+    let metadata = request.metadata();
+    let text = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok());
+    super::audit::ReadBy::new(
+        text(super::audit::ACTOR_HEADER),
+        request.remote_addr(),
+        text("user-agent"),
+    )
+}
+
 pub(super) fn read_status(error: ReadError) -> Status {
     // Corruption is reported loudly in the node's log; the caller learns only that the
     // record can not be served.
@@ -437,7 +448,8 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<v1::QueryResponse>, Status> {
-        query::query(&self.node, request.into_inner())
+        let by = read_by(&request);
+        query::query(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
     }
@@ -446,7 +458,8 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
-        query::count(&self.node, request.into_inner())
+        let by = read_by(&request);
+        query::count(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
     }

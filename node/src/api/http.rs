@@ -28,6 +28,7 @@ use crate::node::Node;
 use crate::shard::reader::{self, ReadError, ReadEvent};
 use crate::shard::ShardHandle;
 
+use super::audit::{ReadBy, ACTOR_HEADER};
 use super::query::{self, rest_parameters, ParamError, QueryError};
 
 /// Longest event id accepted in a path (ingest's own bound).
@@ -84,7 +85,8 @@ async fn count_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    match query::count_events(&node, input.tenant_id, input.filters).await {
+    let by = read_by(&request);
+    match query::count_events(&node, input.tenant_id, input.filters, &by).await {
         Ok(count) => HttpResponse::Ok().json(serde_json::json!({ "count": count })),
         Err(QueryError::Invalid(error)) => bad_request(error.into()),
         Err(QueryError::Read(error)) => read_failed(error),
@@ -104,7 +106,8 @@ async fn list_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    let output = match query::run(&node, input).await {
+    let by = read_by(&request);
+    let output = match query::run(&node, input, &by).await {
         Ok(output) => output,
         Err(QueryError::Invalid(error)) => return bad_request(error.into()),
         Err(QueryError::Read(error)) => return read_failed(error),
@@ -215,6 +218,21 @@ fn bad_request(error: ParamError) -> HttpResponse {
         "invalid_argument",
         &error.to_string(),
         Some(&error.parameter),
+    )
+}
+
+/// Who sent a read, for its audit record.
+fn read_by(request: &HttpRequest) -> ReadBy {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    ReadBy::new(
+        header(ACTOR_HEADER),
+        request.peer_addr(),
+        header("user-agent"),
     )
 }
 

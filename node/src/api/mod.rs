@@ -1,6 +1,7 @@
 //! The node's public surfaces: gRPC (`trail.v1.Trail`) and HTTP (health, metrics, the
 //! REST query API).
 
+pub mod audit;
 pub mod grpc;
 pub mod http;
 pub mod proofs;

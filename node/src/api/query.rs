@@ -22,7 +22,9 @@ use crate::shard::query::{
 };
 use crate::shard::reader::ReadError;
 
+use super::audit::{self, record_read, ReadBy, ReadKind};
 use super::grpc::{read_status, to_stored_event};
+use serde_json::json;
 
 /// Query scans running at once on the blocking pool; more wait for a permit. A scan is
 /// CPU-bound (up to ~0.1 s of one core, see `EXAMINED_PER_REQUEST_MAX`), so a few per
@@ -92,7 +94,7 @@ pub struct QueryOutput {
 
 /// Runs a query: opens and checks its cursor, scans on the blocking pool (at most
 /// [`QUERIES_IN_FLIGHT_MAX`] at once), seals the next cursor.
-pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryError> {
+pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOutput, QueryError> {
     let QueryInput {
         tenant_id,
         filters,
@@ -122,6 +124,8 @@ pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryErr
         }
         Some((opened.occurred_at_ns, opened.seq))
     };
+    let continued = after.is_some();
+    let audited_filters = filters.clone();
     let mut query = Query::new(&tenant_id, filters, limit, order);
     query.after = after;
 
@@ -152,6 +156,24 @@ pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryErr
         elapsed_us = started.elapsed().as_micros() as u64,
         "query"
     );
+    // One record per query: its first page. Later pages continue it through a cursor
+    // that only a recorded first page handed out (recording each page would also make
+    // an oldest-first read of everything chase its own records forever).
+    if !continued {
+        record_read(
+            node,
+            &tenant_id,
+            ReadKind::Query,
+            by,
+            json!({
+                "filter": audit::describe(&audited_filters),
+                "order": if order == Order::NewestFirst { "desc" } else { "asc" },
+                "first_page_events": page.events.len(),
+            }),
+        )
+        .await
+        .map_err(QueryError::Unavailable)?;
+    }
     let next_cursor = page.next_after.map(|(occurred_at_ns, seq)| {
         node.cursor_key.seal(&Cursor {
             order,
@@ -170,9 +192,13 @@ pub async fn run(node: &Node, input: QueryInput) -> Result<QueryOutput, QueryErr
 // ---------------------------------------------------------------------------
 
 /// The `Query` RPC.
-pub async fn query(node: &Node, request: v1::QueryRequest) -> Result<v1::QueryResponse, Status> {
+pub async fn query(
+    node: &Node,
+    request: v1::QueryRequest,
+    by: &ReadBy,
+) -> Result<v1::QueryResponse, Status> {
     let input = grpc_input(request).map_err(|error| grpc_invalid(&error))?;
-    let output = run(node, input).await.map_err(|error| match error {
+    let output = run(node, input, by).await.map_err(|error| match error {
         QueryError::Invalid(error) => grpc_invalid(&error),
         QueryError::Read(error) => read_status(error),
         QueryError::Unavailable(reason) => Status::unavailable(reason),
@@ -201,8 +227,11 @@ pub async fn count_events(
     node: &Node,
     tenant_id: String,
     filters: Filters,
+    by: &ReadBy,
 ) -> Result<u64, QueryError> {
     filters.check()?;
+    let audited = audit::describe(&filters);
+    let audited_tenant = tenant_id.clone();
     let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
     let index = node.index.clone();
     let permit = node
@@ -211,24 +240,38 @@ pub async fn count_events(
         .acquire_owned()
         .await
         .map_err(|_| QueryError::Unavailable("node is shutting down"))?;
-    tokio::task::spawn_blocking(move || {
+    let count = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         query::count(&keyspaces, &index, &tenant_id, &filters)
     })
     .await
     .map_err(|_| QueryError::Unavailable("count task failed"))?
-    .map_err(QueryError::Read)
+    .map_err(QueryError::Read)?;
+    record_read(
+        node,
+        &audited_tenant,
+        ReadKind::Count,
+        by,
+        json!({ "filter": audited, "counted": count }),
+    )
+    .await
+    .map_err(QueryError::Unavailable)?;
+    Ok(count)
 }
 
 /// The `Count` RPC.
-pub async fn count(node: &Node, request: v1::CountRequest) -> Result<v1::CountResponse, Status> {
+pub async fn count(
+    node: &Node,
+    request: v1::CountRequest,
+    by: &ReadBy,
+) -> Result<v1::CountResponse, Status> {
     let input = grpc_input(v1::QueryRequest {
         tenant_id: request.tenant_id,
         filter: request.filter,
         ..v1::QueryRequest::default()
     })
     .map_err(|error| grpc_invalid(&error))?;
-    let count = count_events(node, input.tenant_id, input.filters)
+    let count = count_events(node, input.tenant_id, input.filters, by)
         .await
         .map_err(|error| match error {
             QueryError::Invalid(error) => grpc_invalid(&error),

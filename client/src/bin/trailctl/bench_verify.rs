@@ -119,7 +119,7 @@ pub async fn run(client: &Client, args: BenchVerifyArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-async fn largest_tenant(client: &Client) -> anyhow::Result<String> {
+pub async fn largest_tenant(client: &Client) -> anyhow::Result<String> {
     let mut best: Option<(u64, String)> = None;
     let mut after = String::new();
     loop {

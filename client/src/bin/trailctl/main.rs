@@ -5,6 +5,7 @@
 //! verify; 2 the node could not be reached.
 
 mod bench;
+mod bench_query;
 mod bench_verify;
 mod checkpoint;
 mod ingest;
@@ -234,6 +235,11 @@ enum BenchCommand {
     /// Full-audit speed: fetch a stream's blocks, then audit them in memory, beside
     /// plain SHA-256 over the same bytes (the floor) measured in the same run.
     Verify(bench_verify::BenchVerifyArgs),
+
+    /// Query latency at the client: newest 50 of the tenant, of an actor, of a
+    /// resource, of an action in 7 days, a deep keyset page of 200, a 7-day count,
+    /// one at a time, beside a Status round trip measured in the same run.
+    Query(bench_query::BenchQueryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +328,9 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::Bench {
             bench: BenchCommand::Verify(args),
         } => bench_verify::run(&client, args).await,
+        Command::Bench {
+            bench: BenchCommand::Query(args),
+        } => bench_query::run(&client, args).await,
     }
 }
 
