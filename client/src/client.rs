@@ -354,6 +354,19 @@ impl Client {
         Ok(response.count)
     }
 
+    /// Asks the node to rebuild its query indexes from its store; returns the number of
+    /// events to index. Progress is in [`Client::status`].
+    pub async fn reindex(&self) -> Result<u64> {
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(trail_proto::v1::ReindexRequest {});
+                request.set_timeout(timeout);
+                async move { trail.reindex(request).await }
+            })
+            .await?;
+        Ok(response.events)
+    }
+
     /// The node's identity, memory and per-shard consensus state.
     pub async fn status(&self) -> Result<StatusResponse> {
         let response = self

@@ -303,6 +303,13 @@ impl Trail for FakeNode {
         Err(Status::unimplemented("fake node"))
     }
 
+    async fn reindex(
+        &self,
+        _: Request<trail_proto::v1::ReindexRequest>,
+    ) -> Result<Response<trail_proto::v1::ReindexResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
+
     async fn list_streams(
         &self,
         _: Request<ListStreamsRequest>,

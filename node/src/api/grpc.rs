@@ -464,6 +464,26 @@ impl Trail for TrailService {
             .map(Response::new)
     }
 
+    async fn reindex(
+        &self,
+        _request: Request<v1::ReindexRequest>,
+    ) -> Result<Response<v1::ReindexResponse>, Status> {
+        tracing::info!("reindex requested");
+        self.node.index.request_reindex();
+        let events = self
+            .node
+            .router
+            .shards()
+            .map(|shard| {
+                shard
+                    .counters
+                    .events_total
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        Ok(Response::new(v1::ReindexResponse { events }))
+    }
+
     async fn list_streams(
         &self,
         request: Request<v1::ListStreamsRequest>,

@@ -115,6 +115,7 @@ struct Shared {
     visible: RwLock<Arc<Visible>>,
     progress: BTreeMap<ShardId, Arc<IndexProgress>>,
     stop: AtomicBool,
+    reindex: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -204,6 +205,7 @@ impl NodeIndex {
             visible: RwLock::new(Arc::new(indexer.visible())),
             progress,
             stop: AtomicBool::new(false),
+            reindex: AtomicBool::new(false),
             thread: Mutex::new(None),
         });
         let handle = NodeIndex { shared };
@@ -254,6 +256,13 @@ impl NodeIndex {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Rebuilds every shard's indexes from the store, online: until a shard is done,
+    /// its queries read its events from the store (or are refused while that is too
+    /// much); `status` shows the progress.
+    pub fn request_reindex(&self) {
+        self.shared.reindex.store(true, Ordering::SeqCst);
     }
 
     /// Commits what is indexed and stops the thread (orderly shutdown).
@@ -360,18 +369,7 @@ impl ShardIndexer {
         // The feed's end first, then the streams: whatever apply adds in between is in
         // both, and the per-stream watermarks skip it the second time.
         let applied = last_feed_key(keyspaces)?;
-        let mut streams: Vec<(u32, u64)> = Vec::new();
-        for guard in keyspaces.tenants.iter() {
-            let (key, value) = guard.into_inner()?;
-            let state = TenantState::decode(&value).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "shard {}: tenant {} does not decode",
-                    keyspaces.shard,
-                    String::from_utf8_lossy(&key)
-                )
-            })?;
-            streams.push((state.stream_no, state.next_seq));
-        }
+        let streams = streams_of(keyspaces)?;
         let progress = Arc::new(IndexProgress::default());
         let mut shard = ShardIndexer {
             id: keyspaces.shard,
@@ -430,11 +428,13 @@ impl ShardIndexer {
                     .progress
                     .rebuild_remaining
                     .store(remaining, Ordering::Relaxed);
-                tracing::info!(
-                    shard = shard.id,
-                    events = remaining,
-                    "indexing the shard's events"
-                );
+                if remaining > 0 {
+                    tracing::info!(
+                        shard = shard.id,
+                        events = remaining,
+                        "indexing the shard's events"
+                    );
+                }
             }
         }
         shard.visible_next = shard.next.clone();
@@ -445,6 +445,30 @@ impl ShardIndexer {
         Ok(shard)
     }
 
+    /// For a rebuild: every stream's events now in the store are the backlog (and the
+    /// watermarks start at 1); the feed keys up to now are deleted once it is committed,
+    /// and the feed after them is read as usual (skipping what the backlog covered).
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        keyspaces: &ShardKeyspaces,
+    ) -> anyhow::Result<(HashMap<u32, u64>, Vec<(u32, u64, u64)>, Vec<u64>)> {
+        let applied = last_feed_key(keyspaces)?;
+        let mut read_keys = Vec::new();
+        for guard in keyspaces.feed.range(..=applied.to_be_bytes()) {
+            let key = guard.key()?;
+            read_keys.push(u64::from_be_bytes(key.as_ref().try_into()?));
+        }
+        let mut next = HashMap::new();
+        let mut backlog = Vec::new();
+        for (stream_no, next_seq) in streams_of(keyspaces)? {
+            next.insert(stream_no, 1);
+            if next_seq > 1 {
+                backlog.push((stream_no, 1, next_seq));
+            }
+        }
+        Ok((next, backlog, read_keys))
+    }
+
     fn rebuilding(&self) -> bool {
         !self.backlog.is_empty()
     }
@@ -452,6 +476,23 @@ impl ShardIndexer {
     fn backlog_events(&self) -> u64 {
         self.backlog.iter().map(|(_, from, to)| to - from).sum()
     }
+}
+
+/// `(stream_no, next_seq)` of every stream of a shard.
+fn streams_of(keyspaces: &ShardKeyspaces) -> anyhow::Result<Vec<(u32, u64)>> {
+    let mut streams = Vec::new();
+    for guard in keyspaces.tenants.iter() {
+        let (key, value) = guard.into_inner()?;
+        let state = TenantState::decode(&value).ok_or_else(|| {
+            anyhow::anyhow!(
+                "shard {}: tenant {} does not decode",
+                keyspaces.shard,
+                String::from_utf8_lossy(&key)
+            )
+        })?;
+        streams.push((state.stream_no, state.next_seq));
+    }
+    Ok(streams)
 }
 
 /// The last feed key of a shard (0 when the feed is empty): everything applied so far
@@ -471,7 +512,15 @@ impl Indexer {
         let mut last_commit = Instant::now();
         loop {
             let stopping = handle.shared.stop.load(Ordering::SeqCst);
-            let added = match self.round() {
+            if handle.shared.reindex.swap(false, Ordering::SeqCst) {
+                for position in 0..self.shards.len() {
+                    if let Err(error) = self.reset_shard(position, handle) {
+                        tracing::error!(%error, "the indexer stopped");
+                        return;
+                    }
+                }
+            }
+            let added = match self.round(handle) {
                 Ok(added) => added,
                 Err(error) => {
                     // Derived state: stop indexing (queries still see everything through
@@ -519,15 +568,15 @@ impl Indexer {
 
     /// Reads and adds what is new in every shard, a bounded amount each. Returns the
     /// number of events added.
-    fn round(&mut self) -> anyhow::Result<u64> {
+    fn round(&mut self, handle: &NodeIndex) -> anyhow::Result<u64> {
         let mut added = 0;
         for position in 0..self.shards.len() {
-            added += self.shard_round(position)?;
+            added += self.shard_round(position, handle)?;
         }
         Ok(added)
     }
 
-    fn shard_round(&mut self, position: usize) -> anyhow::Result<u64> {
+    fn shard_round(&mut self, position: usize, handle: &NodeIndex) -> anyhow::Result<u64> {
         let mut budget = EVENTS_PER_ROUND_MAX;
         let mut added = 0;
         // A rebuild first: the feed describes only what comes after it.
@@ -574,7 +623,7 @@ impl Indexer {
         }
         for (key, feed) in entries {
             if feed.reset {
-                self.reset_shard(position)?;
+                self.reset_shard(position, handle)?;
                 let shard = &mut self.shards[position];
                 shard.read_keys.push(key);
                 shard.read_through = key;
@@ -598,24 +647,27 @@ impl Indexer {
         Ok(added)
     }
 
-    /// The shard's state was replaced: drop its documents and time keys, and index
-    /// everything it holds now.
-    fn reset_shard(&mut self, position: usize) -> anyhow::Result<()> {
+    /// Re-indexes a shard from the store (its state was replaced by a snapshot, or a
+    /// reindex was asked for): its documents go at the next commit, and until then and
+    /// while it rebuilds, queries read its events from the store (the tail), so nothing
+    /// is missed. Time-index keys are kept: they are a function of the immutable events
+    /// and are written again alike.
+    fn reset_shard(&mut self, position: usize, handle: &NodeIndex) -> anyhow::Result<()> {
         let shard = &mut self.shards[position];
-        tracing::info!(
-            shard = shard.id,
-            "the shard's state was replaced; re-indexing it"
-        );
+        tracing::info!(shard = shard.id, "re-indexing the shard from the store");
+        shard.visible_next.clear();
+        handle.publish(self.visible());
+        let shard = &mut self.shards[position];
         self.writer
             .delete_term(Term::from_field_u64(self.fields.shard, u64::from(shard.id)));
-        shard.keyspaces.tindex.clear()?;
-        self.time_keys.retain(|(owner, _)| *owner != position);
-        let fresh = ShardIndexer::open(&shard.keyspaces, None)?;
-        shard.next = fresh.next;
-        shard.backlog = fresh.backlog;
-        shard.read_keys.extend(fresh.read_keys);
-        // Nothing of the old state is visible any more: the tail is the whole stream.
-        shard.visible_next.clear();
+        let (next, backlog, read_keys) = ShardIndexer::scan(&shard.keyspaces)?;
+        shard.next = next;
+        shard.backlog = backlog;
+        shard.read_keys.extend(read_keys);
+        shard
+            .progress
+            .rebuild_remaining
+            .store(shard.backlog_events(), Ordering::Relaxed);
         Ok(())
     }
 

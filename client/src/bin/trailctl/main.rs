@@ -150,6 +150,16 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Count(query::CountArgs),
 
+    /// Rebuild the node's query indexes from its store, and wait for it.
+    ///
+    /// The indexes (time order, filter terms) are derived from the stored events and
+    /// are rebuilt online: queries keep working meanwhile, reading the events of a
+    /// shard that is not done yet from the store (a shard with very many such events
+    /// answers "index is being built, retry"). A node also rebuilds them by itself when
+    /// their files are missing or damaged. Shows progress; Ctrl-C stops waiting, not
+    /// the rebuild.
+    Reindex(read::ReindexArgs),
+
     /// Prove that an event is in the ledger, or verify a saved proof offline.
     ///
     /// Fetches the event's inclusion proof (GetProof), packs it as a `trail-proof-v1`
@@ -319,6 +329,7 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::Status(args) => read::status(&client, args).await,
         Command::Query(args) => query::run(&client, args).await,
         Command::Count(args) => query::count(&client, args).await,
+        Command::Reindex(args) => read::reindex(&client, args).await,
         Command::Proof(args) => proof::run(&client, args).await,
         Command::Checkpoint(args) => checkpoint::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,

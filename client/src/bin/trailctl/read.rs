@@ -233,6 +233,58 @@ fn status_table(status: &StatusResponse) -> String {
     lines.join("\n")
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReindexArgs {
+    /// Ask for the rebuild and return without waiting for it.
+    #[arg(long)]
+    no_wait: bool,
+
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// `trailctl reindex`: starts the rebuild, then follows `index_rebuild_remaining`.
+pub async fn reindex(client: &Client, args: ReindexArgs) -> anyhow::Result<ExitCode> {
+    let events = client.reindex().await?;
+    if args.no_wait {
+        print_line(&format!(
+            "rebuilding the query indexes of {} events; `trailctl status` shows the progress",
+            group_thousands(events)
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = crate::output::progress_bar(
+        Some(events.max(1)),
+        "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} events indexed",
+        args.quiet,
+    );
+    let started = std::time::Instant::now();
+    // The node picks the request up within a few ms; until a shard reports its
+    // backlog, it may still read 0.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    loop {
+        let status = client.status().await?;
+        let remaining: u64 = status
+            .shards
+            .iter()
+            .map(|shard| shard.index_rebuild_remaining)
+            .sum();
+        bar.set_position(events.saturating_sub(remaining));
+        if remaining == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bar.finish_and_clear();
+    print_line(&format!(
+        "rebuilt the query indexes of {} events in {}",
+        group_thousands(events),
+        human_duration(started.elapsed())
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// How far the query indexes trail the log: a duration, or a rebuild's remaining work.
 fn index_lag(shard: &trail_proto::v1::ShardStatus) -> String {
     if shard.index_rebuild_remaining > 0 {
