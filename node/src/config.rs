@@ -35,7 +35,7 @@ pub struct Flags {
     /// Address of the gRPC API (ingest, reads, status).
     #[arg(long, env = "TRAIL_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
-    /// Address of the HTTP endpoint (/health, /metrics).
+    /// Address of the HTTP endpoint (REST queries, /health, /metrics).
     #[arg(long, env = "TRAIL_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
     /// This node's id in its cluster (stable across restarts).

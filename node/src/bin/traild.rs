@@ -135,7 +135,10 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
         config.data_dir.display()
     );
     println!("  gRPC  {}", config.grpc_addr);
-    println!("  HTTP  http://{} (/health, /metrics)", config.http_addr);
+    println!(
+        "  HTTP  http://{} (REST /api/v1/tenants/{{tenant}}/audit-logs, /health, /metrics)",
+        config.http_addr
+    );
     println!("ready");
 
     wait_for_signal().await;
