@@ -181,7 +181,6 @@ impl NodeIndex {
             config: config.clone(),
             time_keys: Vec::new(),
             uncommitted: 0,
-            oldest_pending_ns: None,
         };
         for keyspaces in shards {
             let resume = payload.shards.get(&keyspaces.shard).copied();
@@ -339,8 +338,6 @@ struct Indexer {
     /// Time-index keys for the next commit: (position in `shards`, key).
     time_keys: Vec<(usize, [u8; 20])>,
     uncommitted: u64,
-    /// `ingested_at` of the oldest event added since the last commit.
-    oldest_pending_ns: Option<i64>,
 }
 
 /// One shard's part of the indexer.
@@ -360,6 +357,8 @@ struct ShardIndexer {
     /// Streams still to index from the store before the feed (a rebuild): stream_no,
     /// first seq to index, end (exclusive).
     backlog: Vec<(u32, u64, u64)>,
+    /// `ingested_at` of the oldest event added since the last commit.
+    oldest_pending_ns: Option<i64>,
     progress: Arc<IndexProgress>,
 }
 
@@ -380,6 +379,7 @@ impl ShardIndexer {
             next: HashMap::new(),
             visible_next: HashMap::new(),
             backlog: Vec::new(),
+            oldest_pending_ns: None,
             progress,
         };
         match resume {
@@ -469,6 +469,23 @@ impl ShardIndexer {
         Ok((next, backlog, read_keys))
     }
 
+    /// `ingested_at` of the first event of the first feed entry not read yet.
+    fn first_unread_ingested_at(&self) -> Option<i64> {
+        let guard = self
+            .keyspaces
+            .feed
+            .range((self.read_through + 1).to_be_bytes()..)
+            .next()?;
+        let (_, value) = guard.into_inner().ok()?;
+        let &(stream_no, first_seq, _) = FeedRuns::decode(&value)?.runs.first()?;
+        let event = self
+            .keyspaces
+            .events
+            .get(event_key(stream_no, first_seq))
+            .ok()??;
+        Some(StoredEvent::decode_canonical(&event).ok()?.ingested_at_ns)
+    }
+
     fn rebuilding(&self) -> bool {
         !self.backlog.is_empty()
     }
@@ -555,13 +572,18 @@ impl Indexer {
         }
     }
 
-    /// Index lag: how long ago the oldest event not yet visible was ingested.
+    /// Index lag, per shard: how long ago the oldest event not yet visible was
+    /// ingested: the oldest one added since the last commit, or else the first one of
+    /// the feed not read yet (one event read per shard).
     fn report_lag(&self) {
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let lag_ms = self.oldest_pending_ns.map_or(0, |oldest| {
-            (now_ns.saturating_sub(oldest).max(0) / 1_000_000) as u64
-        });
         for shard in &self.shards {
+            let oldest = shard
+                .oldest_pending_ns
+                .or_else(|| shard.first_unread_ingested_at());
+            let lag_ms = oldest.map_or(0, |oldest| {
+                (now_ns.saturating_sub(oldest).max(0) / 1_000_000) as u64
+            });
             shard.progress.lag_ms.store(lag_ms, Ordering::Relaxed);
         }
     }
@@ -710,7 +732,7 @@ impl Indexer {
                 position,
                 tindex_key(stream_no, stored.event.occurred_at_ns, stored.seq),
             ));
-            let oldest = self.oldest_pending_ns.get_or_insert(stored.ingested_at_ns);
+            let oldest = shard.oldest_pending_ns.get_or_insert(stored.ingested_at_ns);
             *oldest = (*oldest).min(stored.ingested_at_ns);
             expected += 1;
         }
@@ -770,7 +792,9 @@ impl Indexer {
         }
         batch.commit()?;
         self.uncommitted = 0;
-        self.oldest_pending_ns = None;
+        for shard in &mut self.shards {
+            shard.oldest_pending_ns = None;
+        }
         Ok(())
     }
 
