@@ -391,6 +391,64 @@ pub(crate) mod tests {
         assert_eq!(hex::encode(event_leaf_hash(&bytes)), VECTOR_LEAF_HEX);
     }
 
+    fn any_actor_type() -> impl proptest::strategy::Strategy<Value = ActorType> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(ActorType::User),
+            proptest::strategy::Just(ActorType::Service),
+            proptest::strategy::Just(ActorType::System),
+        ]
+    }
+
+    fn any_result() -> impl proptest::strategy::Strategy<Value = EventResult> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(EventResult::Success),
+            proptest::strategy::Just(EventResult::Failure),
+            proptest::strategy::Just(EventResult::Denied),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The encoder is the decoder's inverse both ways: any event survives
+        /// encode-then-decode, and its bytes survive decode-then-encode. (The export
+        /// verifier re-encodes events from their exported fields; the process test
+        /// `t95_export` checks the same on a real node's bytes.)
+        #[test]
+        fn encode_and_decode_are_inverse(
+            texts in proptest::collection::vec(".{0,40}", 15),
+            numbers in proptest::prelude::any::<(u64, i64, i64)>(),
+            actor_type in any_actor_type(),
+            result in any_result(),
+        ) {
+            let text = |index: usize| texts[index].clone();
+            let event = CanonicalEvent {
+                stream: text(0),
+                seq: numbers.0,
+                ingested_at: numbers.1,
+                tenant_id: text(1),
+                event_id: text(2),
+                occurred_at: numbers.2,
+                actor_type,
+                actor_id: text(3),
+                actor_email: text(4),
+                actor_name: text(5),
+                action: text(6),
+                resource_type: text(7),
+                resource_id: text(8),
+                result,
+                request_id: text(9),
+                session_id: text(10),
+                ip_address: text(11),
+                user_agent: text(12),
+                metadata: text(13),
+                subject_id: text(14),
+            };
+            let bytes = event.encode();
+            let decoded = CanonicalEvent::decode(&bytes).unwrap();
+            proptest::prop_assert_eq!(&decoded, &event);
+            proptest::prop_assert_eq!(decoded.encode(), bytes);
+        }
+    }
+
     #[test]
     fn damaged_bytes_are_refused() {
         let bytes = hex::decode(VECTOR_HEX).unwrap();

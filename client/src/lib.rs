@@ -23,8 +23,10 @@
 //! [`note`] verifies C2SP signed notes under a pinned [`note::VerifierKey`],
 //! [`checkpoint`] parses the checkpoints they carry, [`event`] and [`block`] decode the
 //! canonical event and block header bytes, [`verify`] checks RFC 9162 proofs and builds
-//! roots, [`bundle`] verifies `trail-proof-v1` inclusion proof bundles offline, and
-//! [`audit`] recomputes a whole stream block by block.
+//! roots, [`bundle`] verifies `trail-proof-v1` inclusion proof bundles offline,
+//! [`audit`] recomputes a whole stream block by block, and [`export`] writes and
+//! verifies `trail-export-v1` exports (records with a proof bundle, complete for a time
+//! range).
 
 pub mod audit;
 pub mod block;
@@ -34,6 +36,7 @@ mod client;
 mod encoded_batch;
 mod error;
 pub mod event;
+pub mod export;
 pub mod json;
 pub mod note;
 mod retry;

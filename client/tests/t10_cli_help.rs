@@ -22,6 +22,11 @@ fn help_lists_commands_examples_and_exit_codes() {
         "proof",
         "checkpoint",
         "verify",
+        "query",
+        "count",
+        "reindex",
+        "export",
+        "verify-export",
         "Examples",
         "Exit codes",
     ] {

@@ -8,6 +8,7 @@ mod bench;
 mod bench_query;
 mod bench_verify;
 mod checkpoint;
+mod export;
 mod ingest;
 mod key;
 mod output;
@@ -61,6 +62,11 @@ Examples:
 
   # Full audit: recompute every event, block and root of two tenants' streams
   trailctl verify --tenant ten_0001 --tenant ten_0002
+
+  # Export March for an auditor, provably complete, and check it later with no node
+  trailctl export --tenant ten_0001 --start-time 2025-03-01T00:00:00Z \
+      --end-time 2025-04-01T00:00:00Z --out march.jsonl
+  trailctl verify-export march.jsonl
 
 Exit codes: 0 success; 1 rejected events, event not found, bad input, or a proof,
 checkpoint or audit that does not verify; 2 the node could not be reached.";
@@ -225,6 +231,61 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Verify(verify::VerifyArgs),
 
+    /// Export a tenant's events to a file, with a proof bundle beside it.
+    ///
+    /// Writes one event per line (--format jsonl, the default) or per CSV row (--format
+    /// csv), in seq order, each with every field of its canonical encoding and its leaf
+    /// hash, to --out FILE, and the proof bundle (`trail-export-v1`, docs/PROOFS.md) to
+    /// FILE.proof.jsonl. The node first seals and signs a fresh checkpoint, so every
+    /// event recorded until then is covered; the files are checked as `verify-export`
+    /// does before they are kept. Streams any number of events in constant memory, with
+    /// a progress bar.
+    ///
+    /// Without filters, --start-time/--end-time select on ingested_at (when the ledger
+    /// recorded the event; start inclusive, end exclusive, either may be left out), and
+    /// the bundle proves the export COMPLETE: the events are one run of seqs, and the
+    /// events just before and after it are proven to be outside the range.
+    ///
+    /// With a filter (--actor-id, --actor-type, --action, --resource-type,
+    /// --resource-id, --result, --request-id), the node's query selects the events, and
+    /// --start-time/--end-time select on occurred_at as in `trailctl query`. Each event
+    /// is proven included; that no other event matches is not proven.
+    ///
+    /// Examples:
+    ///   trailctl export --tenant ten_0001 --start-time 2025-03-01T00:00:00Z \
+    ///       --end-time 2025-04-01T00:00:00Z --out march.jsonl
+    ///   trailctl export --tenant ten_0001 --format csv --out all.csv
+    ///   trailctl export --tenant ten_0001 --action 'auth.*' --result failure \
+    ///       --key-file node.pub --out failed-logins.jsonl
+    ///
+    /// Exit code 0 written and verified; 1 bad input, or what the node served does not
+    /// verify (nothing is kept); 2 the node could not be reached.
+    #[command(verbatim_doc_comment)]
+    Export(export::ExportArgs),
+
+    /// Verify an export and its proof bundle offline, with a pinned key.
+    ///
+    /// Contacts no node. Checks, in order: the bundle's checkpoint signature under the
+    /// pinned key (--key, --key-file or TRAIL_VERIFIER_KEY) and its stream; the
+    /// selected range and its bound events; then, block by block, each line: its fields
+    /// re-encoded canonically and hashed must give its leaf_hash, the line must be the one
+    /// spelling of its fields, of the tenant, in seq order, inside the range (or
+    /// matching the filter); the proven events and the block proof must give the
+    /// block's merkle root; blocks must chain by prev_block_hash; finally the covering
+    /// blocks and the tree proof must give the checkpoint's root. For a time range the
+    /// lines must be every seq of the range, bounded by the events just outside it.
+    /// Prints what is proven, or the first problem: export line and seq, or bundle line
+    /// and block, and the check that failed.
+    ///
+    /// Examples:
+    ///   trailctl verify-export march.jsonl --key-file node.pub
+    ///   TRAIL_VERIFIER_KEY="$KEY" trailctl verify-export all.csv
+    ///   trailctl verify-export copy.jsonl --bundle march.jsonl.proof.jsonl --key "$KEY"
+    ///
+    /// Exit code 0 verified; 1 anything failed or could not be read.
+    #[command(verbatim_doc_comment)]
+    VerifyExport(export::VerifyExportArgs),
+
     /// Measure the node.
     Bench {
         #[command(subcommand)]
@@ -316,9 +377,13 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
     // Offline verification must not contact the node, not even to connect.
     let command = match command {
         Command::Proof(args) if args.is_offline() => return proof::verify_offline(args),
+        Command::VerifyExport(args) => return export::verify_offline(args),
         online => online,
     };
     if let Command::Verify(args) = &command {
+        args.validate()?;
+    }
+    if let Command::Export(args) = &command {
         args.validate()?;
     }
     let client = Client::connect_with(endpoint, options).await?;
@@ -333,6 +398,8 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::Proof(args) => proof::run(&client, args).await,
         Command::Checkpoint(args) => checkpoint::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,
+        Command::Export(args) => export::run(&client, args).await,
+        Command::VerifyExport(_) => unreachable!("verify-export runs offline, above"),
         Command::Bench {
             bench: BenchCommand::Ingest(args),
         } => bench::run(&client, args).await,

@@ -39,7 +39,8 @@ pub enum OrderArg {
     Asc,
 }
 
-/// Which events: a tenant and filters (shared by `query`, `count` and `export`).
+/// Which events: a tenant and filters (shared by `query` and `count`; `export` has its
+/// own, since its time range without filters bounds ingested_at).
 #[derive(Debug, Args)]
 pub struct FilterArgs {
     /// The tenant whose events to search.
