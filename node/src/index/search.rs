@@ -10,9 +10,9 @@ use std::ops::Bound;
 
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
-use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader, Term};
+use tantivy::{DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
 
 use super::schema::{actor_kind_text, outcome_text, Fields, Terms};
 use crate::shard::query::{ActionMatch, Filters, Order};
@@ -80,7 +80,12 @@ pub fn term_query(
             Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
         ));
     };
-    must(terms.tenant(fields, tenant_id));
+    // Every other term is scoped to the tenant already (schema.rs), so the tenant's own
+    // term (all of its documents: millions for a whale) is only needed alone: in an
+    // intersection it would only cost seeks.
+    if !has_terms(filters) {
+        must(terms.tenant(fields, tenant_id));
+    }
     if let Some(actor_id) = &filters.actor_id {
         must(terms.actor(fields, tenant_id, actor_id));
     }
@@ -126,6 +131,97 @@ pub fn term_query(
         ));
     }
     Box::new(BooleanQuery::new(clauses))
+}
+
+/// A segment's ordinal, reader and the range of `occurred_at` in it.
+struct SegmentSpan<'a> {
+    ordinal: SegmentOrdinal,
+    reader: &'a SegmentReader,
+    occ_min: i64,
+    occ_max: i64,
+}
+
+/// The segments that can hold a document inside the time bounds, with their
+/// `occurred_at` ranges (column statistics, so no document is read).
+fn segments_in_range<'a>(
+    searcher: &'a Searcher,
+    bounds: &Bounds,
+) -> tantivy::Result<Vec<SegmentSpan<'a>>> {
+    let mut spans = Vec::new();
+    for (ordinal, reader) in searcher.segment_readers().iter().enumerate() {
+        if reader.num_docs() == 0 {
+            continue;
+        }
+        let occ = reader.fast_fields().i64("occ")?;
+        let (occ_min, occ_max) = (occ.min_value(), occ.max_value());
+        if bounds.start_ns.is_some_and(|start| occ_max < start)
+            || bounds.end_ns.is_some_and(|end| occ_min >= end)
+        {
+            continue;
+        }
+        spans.push(SegmentSpan {
+            ordinal: ordinal as SegmentOrdinal,
+            reader,
+            occ_min,
+            occ_max,
+        });
+    }
+    Ok(spans)
+}
+
+/// The first `k` admitted positions of a query in keyset order. Segments are visited
+/// from the one with the newest (or oldest) `occurred_at` on, and the search stops
+/// when no segment left can hold a position before the `k`th found: segments are
+/// written in ingest order, so the newest page of a term usually touches only the
+/// newest few small segments, not the big merged ones of the past.
+pub fn top_positions(
+    searcher: &Searcher,
+    query: &dyn Query,
+    bounds: &Bounds,
+    k: usize,
+) -> tantivy::Result<Vec<Position>> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let mut spans = segments_in_range(searcher, bounds)?;
+    match bounds.order {
+        Order::NewestFirst => spans.sort_by_key(|span| std::cmp::Reverse(span.occ_max)),
+        Order::OldestFirst => spans.sort_by_key(|span| span.occ_min),
+    }
+    let collector = TopPositions { bounds: *bounds, k };
+    let mut best: Vec<Position> = Vec::with_capacity(2 * k);
+    for span in spans {
+        if best.len() >= k {
+            // Ties on occurred_at are broken by seq, so a segment whose range only
+            // touches the kth position's time may still hold one before it.
+            let kth = best[k - 1].0;
+            let beyond = match bounds.order {
+                Order::NewestFirst => span.occ_max < kth,
+                Order::OldestFirst => span.occ_min > kth,
+            };
+            if beyond {
+                break;
+            }
+        }
+        best.extend(collector.collect_segment(&*weight, span.ordinal, span.reader)?);
+        sort_in_order(&mut best, bounds.order);
+        best.truncate(k);
+    }
+    Ok(best)
+}
+
+/// How many documents of a query the bounds admit; segments outside the time bounds
+/// are skipped without reading a document.
+pub fn count_admitted(
+    searcher: &Searcher,
+    query: &dyn Query,
+    bounds: &Bounds,
+) -> tantivy::Result<u64> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let collector = CountAdmitted { bounds: *bounds };
+    let mut count = 0;
+    for span in segments_in_range(searcher, bounds)? {
+        count += collector.collect_segment(&*weight, span.ordinal, span.reader)?;
+    }
+    Ok(count)
 }
 
 /// The columns both collectors read.

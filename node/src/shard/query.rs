@@ -25,7 +25,7 @@ use super::cursor::{truncate, Digest16};
 use super::reader::{tenant_state, ReadError, ReadEvent};
 use crate::index::schema::{actor_kind_text, outcome_text};
 pub use crate::index::search::Position;
-use crate::index::search::{has_terms, term_query, Bounds, CountAdmitted, TopPositions};
+use crate::index::search::{count_admitted, has_terms, term_query, top_positions, Bounds};
 use crate::index::{stream_value, NodeIndex, Terms};
 use crate::ledger::validate::{ACTION_BYTES_MAX, ID_BYTES_MAX, RESOURCE_TYPE_BYTES_MAX};
 use crate::ledger::StoredEvent;
@@ -389,7 +389,12 @@ pub fn run(
         .path
         .unwrap_or_else(|| choose_path(index, &visible.searcher, query));
     let mut page = match path {
-        AccessPath::Terms => reader.by_terms(index, &visible.searcher, &bounds, tail)?,
+        AccessPath::Terms => match reader.by_terms(index, &visible.searcher, &bounds, tail)? {
+            Some(page) => page,
+            // Two identifiers shared a 64-bit term (index/schema.rs): this query walks
+            // the time index instead.
+            None => reader.by_time(&bounds, reader.tail(tail_from, last_seq, &bounds)?)?,
+        },
         AccessPath::TimeIndex => reader.by_time(&bounds, tail)?,
     };
     page.path = Some(path);
@@ -430,13 +435,12 @@ pub fn count(
         stream_no: tenant.stream_no,
     };
     let tail = reader.tail(tail_from, last_seq, &bounds)?;
-    let indexed = visible
-        .searcher
-        .search(
-            &*term_query(index.fields(), index.terms(), tenant_id, filters),
-            &CountAdmitted { bounds },
-        )
-        .map_err(index_error)?;
+    let indexed = count_admitted(
+        &visible.searcher,
+        &*term_query(index.fields(), index.terms(), tenant_id, filters),
+        &bounds,
+    )
+    .map_err(index_error)?;
     Ok(indexed + tail.len() as u64)
 }
 
@@ -605,35 +609,39 @@ impl StreamReader<'_> {
     }
 
     /// The terms path: tantivy's first `limit + 1` matching positions below the
-    /// watermark, merged with the tail.
+    /// watermark, merged with the tail. `None` when a position found is not an event of
+    /// the filter (two identifiers shared a keyed term).
     fn by_terms(
         &self,
         index: &NodeIndex,
         searcher: &tantivy::Searcher,
         bounds: &Bounds,
         tail: Vec<ReadEvent>,
-    ) -> Result<Page, ReadError> {
+    ) -> Result<Option<Page>, ReadError> {
         let limit = self.query.limit;
-        let positions = searcher
-            .search(
-                &*term_query(
-                    index.fields(),
-                    index.terms(),
-                    &self.query.tenant_id,
-                    &self.query.filters,
-                ),
-                &TopPositions {
-                    bounds: *bounds,
-                    k: limit + 1,
-                },
-            )
-            .map_err(index_error)?;
+        let positions = top_positions(
+            searcher,
+            &*term_query(
+                index.fields(),
+                index.terms(),
+                &self.query.tenant_id,
+                &self.query.filters,
+            ),
+            bounds,
+            limit + 1,
+        )
+        .map_err(index_error)?;
         let mut indexed = Vec::with_capacity(positions.len());
         for (occurred_at_ns, seq) in &positions {
             let (stored, value) = self.event(*seq)?;
-            if stored.event.occurred_at_ns != *occurred_at_ns
-                || !self.query.filters.matches(&stored.event)
+            if stored.event.occurred_at_ns == *occurred_at_ns
+                && !self.query.filters.matches(&stored.event)
             {
+                // A term shared by two identifiers (64-bit keyed hashes): not this
+                // filter's event; the caller takes the other path.
+                return Ok(None);
+            }
+            if stored.event.occurred_at_ns != *occurred_at_ns {
                 return Err(ReadError::Corrupt {
                     location: format!("stream {} seq {seq}", self.stream),
                     reason: "the query index does not describe this event; \
@@ -655,7 +663,7 @@ impl StreamReader<'_> {
         } else {
             None
         };
-        Ok(Page {
+        Ok(Some(Page {
             stream: self.stream.to_string(),
             scanned_to: merged.last().map(|event| position_of(&event.stored)),
             events: merged,
@@ -664,7 +672,7 @@ impl StreamReader<'_> {
             examined,
             path: None,
             tail_events: 0,
-        })
+        }))
     }
 
     /// The time-index path: walk the stream's time index in order from the cursor,
