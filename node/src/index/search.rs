@@ -169,6 +169,20 @@ fn segments_in_range<'a>(
     Ok(spans)
 }
 
+/// Documents holding `term` in the segments that can hold a document inside the time
+/// bounds (per-segment term statistics; no posting is read). The planner's estimate.
+pub fn doc_freq_in_range(
+    searcher: &Searcher,
+    bounds: &Bounds,
+    term: &Term,
+) -> tantivy::Result<u64> {
+    let mut docs = 0;
+    for span in segments_in_range(searcher, bounds)? {
+        docs += u64::from(span.reader.inverted_index(term.field())?.doc_freq(term)?);
+    }
+    Ok(docs)
+}
+
 /// The first `k` admitted positions of a query in keyset order. Segments are visited
 /// from the one with the newest (or oldest) `occurred_at` on, and the search stops
 /// when no segment left can hold a position before the `k`th found: segments are
