@@ -354,6 +354,30 @@ impl Client {
         Ok(response.count)
     }
 
+    /// Records an export in the tenant's own log (`audit_log.export`: who, what it
+    /// selects, the format) before it is read; the record's receipt, or `None` when the
+    /// node does not record reads.
+    pub async fn record_export(
+        &self,
+        tenant_id: &str,
+        filter: trail_proto::v1::QueryFilter,
+        format: &str,
+    ) -> Result<Option<Receipt>> {
+        let export = trail_proto::v1::RecordExportRequest {
+            tenant_id: tenant_id.to_string(),
+            filter: Some(filter),
+            format: format.to_string(),
+        };
+        let response = self
+            .call_with_retries(|mut trail, timeout| {
+                let mut request = Request::new(export.clone());
+                request.set_timeout(timeout);
+                async move { trail.record_export(request).await }
+            })
+            .await?;
+        Ok(response.receipt)
+    }
+
     /// Asks the node to rebuild its query indexes from its store; returns the number of
     /// events to index. Progress is in [`Client::status`].
     pub async fn reindex(&self) -> Result<u64> {

@@ -303,6 +303,13 @@ impl Trail for FakeNode {
         Err(Status::unimplemented("fake node"))
     }
 
+    async fn record_export(
+        &self,
+        _: Request<trail_proto::v1::RecordExportRequest>,
+    ) -> Result<Response<trail_proto::v1::RecordExportResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
+
     async fn reindex(
         &self,
         _: Request<trail_proto::v1::ReindexRequest>,

@@ -23,6 +23,7 @@ use tokio_stream::StreamExt;
 use trail_client::event::CanonicalEvent;
 use trail_client::workload::Workload;
 use trail_client::Client;
+use trail_proto::v1::{QueryFilter, QueryRequest};
 use trail_tests::{binary, Traild};
 
 const NODE_ARGS: &[&str] = &[
@@ -210,6 +211,32 @@ async fn exports_verify_offline_and_every_tampering_is_named() {
     let exported = export(&node, &key, "ten_a", &records_a, &range);
     expect_ok(&exported, "export ten_a range");
     assert!(exported.stdout.contains("complete"), "{}", exported.stdout);
+    // The export is recorded in the tenant's own log before it reads, with what it
+    // selects, and its summary names the record.
+    assert!(
+        exported.stdout.contains("recorded  as audit_log.export"),
+        "{}",
+        exported.stdout
+    );
+    let records = client
+        .query(QueryRequest {
+            tenant_id: "ten_a".into(),
+            filter: Some(QueryFilter {
+                action: "audit_log.export".into(),
+                ..QueryFilter::default()
+            }),
+            ..QueryRequest::default()
+        })
+        .await
+        .expect("query the export records");
+    assert_eq!(records.events.len(), 1, "one audit_log.export record");
+    let record = records.events[0].event.as_ref().expect("event");
+    let metadata: serde_json::Value =
+        serde_json::from_str(&record.metadata_json).expect("metadata is JSON");
+    assert_eq!(metadata["read"], "export");
+    assert_eq!(metadata["time_field"], "ingested_at");
+    assert_eq!(metadata["format"], "jsonl");
+    assert!(metadata["filter"]["start_time_ns"].is_i64(), "{metadata}");
     let lines = json_lines(&records_a);
     let ids: Vec<String> = lines
         .iter()
@@ -376,7 +403,17 @@ async fn exports_verify_offline_and_every_tampering_is_named() {
         &verify(&node, &key, &all, None),
         "verify-export whole stream",
     );
-    assert_eq!(json_lines(&all).len(), 4 * ROUND_EVENTS / TENANTS.len());
+    // The stream holds the tenant's events and the records of its reads and exports.
+    let lines = json_lines(&all);
+    let audit_records = lines
+        .iter()
+        .filter(|line| line["action"].as_str().unwrap().starts_with("audit_log."))
+        .count();
+    assert_eq!(
+        lines.len() - audit_records,
+        4 * ROUND_EVENTS / TENANTS.len()
+    );
+    assert!(audit_records >= 4, "{audit_records} read and export records");
 
     // A filtered export: each event proven, as many as the node counts.
     let filtered = out.path().join("filtered.jsonl");

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use trail_proto::v1;
 
 use crate::ledger::validate::{validate_event, ID_BYTES_MAX};
-use crate::ledger::{ActorKind, Outcome};
+use crate::ledger::{ActorKind, ApplyReceipt, Outcome};
 use crate::node::Node;
 use crate::shard::batcher::IngestError;
 use crate::shard::query::{ActionMatch, Filters};
@@ -118,17 +118,18 @@ pub fn describe(filters: &Filters) -> Value {
     Value::Object(shown)
 }
 
-/// Appends the record of a read to the tenant's log and waits for its ack. `Err` with
-/// a reason the caller can show when it could not be recorded.
+/// Appends the record of a read to the tenant's log and waits for its ack: its receipt,
+/// or `None` when the node does not record reads. `Err` with a reason the caller can
+/// show when it could not be recorded.
 pub async fn record_read(
     node: &Node,
     tenant_id: &str,
     kind: ReadKind,
     by: &ReadBy,
     details: Value,
-) -> Result<(), &'static str> {
+) -> Result<Option<(String, ApplyReceipt)>, &'static str> {
     if !node.config.audit_reads {
-        return Ok(());
+        return Ok(None);
     }
     let mut metadata = json!({ "read": kind.name() });
     if let (Value::Object(target), Value::Object(source)) = (&mut metadata, details) {
@@ -167,13 +168,16 @@ pub async fn record_read(
         })?;
     debug_assert_eq!(record.actor_kind, ActorKind::Service);
     debug_assert_eq!(record.outcome, Outcome::Success);
+    let event_id = record.event_id.clone();
     let handle = node.router.shard_for(tenant_id);
     let receiver = handle.submit(vec![record]).map_err(|error| match error {
         IngestError::Busy { .. } => "the node is busy and could not record this read; retry",
         _ => "the read could not be recorded in the audit log; retry",
     })?;
     match receiver.await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(mut receipts)) if receipts.len() == 1 => {
+            Ok(Some((event_id, receipts.pop().expect("one receipt"))))
+        }
         _ => Err("the read could not be recorded in the audit log; retry"),
     }
 }

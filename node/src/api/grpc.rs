@@ -18,7 +18,7 @@ use crate::ledger::{
 };
 use crate::node::{actor::GetNodeStatus, Node};
 use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
-use crate::shard::IngestError;
+use crate::shard::{IngestError, ReadBarrierError};
 
 use super::{proofs, query};
 
@@ -135,7 +135,11 @@ impl TrailService {
     }
 }
 
-fn to_receipt(event_id: String, tenant_id: String, receipt: ApplyReceipt) -> v1::Receipt {
+pub(super) fn to_receipt(
+    event_id: String,
+    tenant_id: String,
+    receipt: ApplyReceipt,
+) -> v1::Receipt {
     v1::Receipt {
         event_id,
         tenant_id,
@@ -188,6 +192,11 @@ pub(super) fn read_by<T>(request: &Request<T>) -> super::audit::ReadBy {
         request.remote_addr(),
         text("user-agent"),
     )
+}
+
+/// A read that could not pass its shard's linearizable read barrier: retryable.
+pub(super) fn barrier_status(error: ReadBarrierError) -> Status {
+    Status::unavailable(error.to_string())
 }
 
 pub(super) fn read_status(error: ReadError) -> Status {
@@ -338,7 +347,9 @@ impl Trail for TrailService {
         if request.event_id.is_empty() {
             return Err(Status::invalid_argument("event_id: is required"));
         }
-        let keyspaces = self.node.router.shard_for(&tenant_id).keyspaces.clone();
+        let shard = self.node.router.shard_for(&tenant_id);
+        shard.read_barrier().await.map_err(barrier_status)?;
+        let keyspaces = shard.keyspaces.clone();
         let event_id = request.event_id.clone();
         let tenant_for_read = tenant_id.clone();
         let found = tokio::task::spawn_blocking(move || {
@@ -380,7 +391,9 @@ impl Trail for TrailService {
             }
             limit => limit,
         };
-        let keyspaces = self.node.router.shard_for(&tenant_id).keyspaces.clone();
+        let shard = self.node.router.shard_for(&tenant_id);
+        shard.read_barrier().await.map_err(barrier_status)?;
+        let keyspaces = shard.keyspaces.clone();
         let after_seq = request.after_seq;
         let (events, last_seq) = tokio::task::spawn_blocking(move || {
             reader::tail(&keyspaces, &tenant_id, after_seq, limit)
@@ -460,6 +473,16 @@ impl Trail for TrailService {
     ) -> Result<Response<v1::CountResponse>, Status> {
         let by = read_by(&request);
         query::count(&self.node, request.into_inner(), &by)
+            .await
+            .map(Response::new)
+    }
+
+    async fn record_export(
+        &self,
+        request: Request<v1::RecordExportRequest>,
+    ) -> Result<Response<v1::RecordExportResponse>, Status> {
+        let by = read_by(&request);
+        query::record_export(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
     }

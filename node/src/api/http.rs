@@ -93,6 +93,12 @@ async fn count_audit_logs(
         Err(QueryError::Unavailable(reason)) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason, None)
         }
+        Err(QueryError::Barrier(error)) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &error.to_string(),
+            None,
+        ),
     }
 }
 
@@ -113,6 +119,14 @@ async fn list_audit_logs(
         Err(QueryError::Read(error)) => return read_failed(error),
         Err(QueryError::Unavailable(reason)) => {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason, None)
+        }
+        Err(QueryError::Barrier(error)) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &error.to_string(),
+                None,
+            )
         }
     };
     // A page of 1,000 events is a few milliseconds of JSON: off the actix thread.
@@ -173,7 +187,16 @@ async fn get_audit_log(
             ),
         });
     }
-    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let shard = node.router.shard_for(&tenant_id);
+    if let Err(error) = shard.read_barrier().await {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &error.to_string(),
+            None,
+        );
+    }
+    let keyspaces = shard.keyspaces.clone();
     let read_tenant = tenant_id.clone();
     let read_event_id = event_id.clone();
     let found = tokio::task::spawn_blocking(move || {

@@ -21,6 +21,7 @@ use crate::shard::query::{
     resource_type_filter, Filters, Order, Page, Query, LIMIT_DEFAULT, LIMIT_MAX,
 };
 use crate::shard::reader::ReadError;
+use crate::shard::ReadBarrierError;
 
 use super::audit::{self, record_read, ReadBy, ReadKind};
 use super::grpc::{read_status, to_stored_event};
@@ -66,6 +67,8 @@ pub enum QueryError {
     Invalid(FieldError),
     Read(ReadError),
     Unavailable(&'static str),
+    /// The shard's linearizable read barrier did not pass (not the leader, timeout).
+    Barrier(ReadBarrierError),
 }
 
 impl From<FieldError> for QueryError {
@@ -129,7 +132,9 @@ pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOut
     let mut query = Query::new(&tenant_id, filters, limit, order);
     query.after = after;
 
-    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let shard = node.router.shard_for(&tenant_id);
+    shard.read_barrier().await.map_err(QueryError::Barrier)?;
+    let keyspaces = shard.keyspaces.clone();
     let index = node.index.clone();
     let permit = node
         .query_permits
@@ -202,6 +207,7 @@ pub async fn query(
         QueryError::Invalid(error) => grpc_invalid(&error),
         QueryError::Read(error) => read_status(error),
         QueryError::Unavailable(reason) => Status::unavailable(reason),
+        QueryError::Barrier(error) => super::grpc::barrier_status(error),
     })?;
     let page = output.page;
     let scanned_to = page
@@ -232,7 +238,9 @@ pub async fn count_events(
     filters.check()?;
     let audited = audit::describe(&filters);
     let audited_tenant = tenant_id.clone();
-    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let shard = node.router.shard_for(&tenant_id);
+    shard.read_barrier().await.map_err(QueryError::Barrier)?;
+    let keyspaces = shard.keyspaces.clone();
     let index = node.index.clone();
     let permit = node
         .query_permits
@@ -259,6 +267,56 @@ pub async fn count_events(
     Ok(count)
 }
 
+/// The `RecordExport` RPC: an export's `audit_log.export` record, appended before it
+/// reads anything.
+pub async fn record_export(
+    node: &Node,
+    request: v1::RecordExportRequest,
+    by: &ReadBy,
+) -> Result<v1::RecordExportResponse, Status> {
+    const FORMAT_BYTES_MAX: usize = 16;
+    let format = request.format;
+    if format.len() > FORMAT_BYTES_MAX
+        || !format
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Status::invalid_argument(format!(
+            "format: at most {FORMAT_BYTES_MAX} letters, digits, '-' or '_' (e.g. jsonl, csv)"
+        )));
+    }
+    let input = grpc_input(v1::QueryRequest {
+        tenant_id: request.tenant_id,
+        filter: request.filter,
+        ..v1::QueryRequest::default()
+    })
+    .map_err(|error| grpc_invalid(&error))?;
+    input
+        .filters
+        .check()
+        .map_err(|error| grpc_invalid(&error))?;
+    // An export without other filters is a range of the stream, bounded on
+    // ingested_at (docs/PROOFS.md, "Exports").
+    let time_field = if crate::index::search::has_terms(&input.filters) {
+        "occurred_at"
+    } else {
+        "ingested_at"
+    };
+    let details = json!({
+        "filter": audit::describe(&input.filters),
+        "time_field": time_field,
+        "format": format,
+    });
+    let recorded = record_read(node, &input.tenant_id, ReadKind::Export, by, details)
+        .await
+        .map_err(Status::unavailable)?;
+    Ok(v1::RecordExportResponse {
+        receipt: recorded.map(|(event_id, receipt)| {
+            super::grpc::to_receipt(event_id, input.tenant_id.clone(), receipt)
+        }),
+    })
+}
+
 /// The `Count` RPC.
 pub async fn count(
     node: &Node,
@@ -277,6 +335,7 @@ pub async fn count(
             QueryError::Invalid(error) => grpc_invalid(&error),
             QueryError::Read(error) => read_status(error),
             QueryError::Unavailable(reason) => Status::unavailable(reason),
+            QueryError::Barrier(error) => super::grpc::barrier_status(error),
         })?;
     Ok(v1::CountResponse { count })
 }

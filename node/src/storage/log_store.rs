@@ -3,21 +3,46 @@
 //! Durability: `append` writes the entries into the shared journal (visible to readers
 //! at once) and hands the `LogFlushed` callback to the [`Syncer`], which calls it only
 //! after the fsync that covers them. Votes are fsynced before `save_vote` returns.
+//!
+//! Two rules about crashes that openraft 0.9.25 does not keep by itself (found by the
+//! simulation, docs/SIMULATION.md "Bugs found"):
+//!
+//! - **Reads never skip a missing entry** (seed 28399). A leader's replication stream
+//!   can outlive its leadership and read a range whose head this node has since purged;
+//!   openraft sends whatever comes back after the range's `prev_log_id`, so entries
+//!   after a gap would land after a hole in the follower's log. Replication's reads
+//!   (`limited_get_log_entries`) return only the entries that follow the range's start
+//!   without a gap, nothing when the start is missing; other reads return one gap-free
+//!   run (openraft's conformance suite requires them to skip a missing head).
+//! - **The log is never purged in the journal beyond what the state machine has
+//!   applied** (seed 11974). openraft purges the log a received snapshot covers as soon
+//!   as it hands the snapshot to the state machine, before the install is done. The log
+//!   and the state machine share fjall's journal, and a crash keeps a prefix of it: a
+//!   purge journaled first could survive a crash that loses the install, leaving a log
+//!   purged past the applied state, which the replica can never catch up from. So a
+//!   purge beyond the state machine's [`AppliedProgress`] takes effect at once for
+//!   openraft (reads, `get_log_state`) but is journaled only once the state machine has
+//!   reached it, after the install's batch. An append that would leave a hole in the
+//!   journaled log until then (the first entries after the snapshot) waits for it.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use fjall::{Database, Keyspace, PersistMode};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 
-use super::{ShardKeyspaces, Syncer};
+use super::{AppliedProgress, ShardKeyspaces, Syncer};
 use crate::consensus::{Entry, LogId, LogState, NodeId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
+
+/// How often an append that waits for a snapshot install says so in the log.
+const WAIT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -25,16 +50,49 @@ pub struct LogStore {
     log: Keyspace,
     meta: Keyspace,
     syncer: Syncer,
-    /// The last entry's id, or the last purged id when the log is empty. Kept in memory
-    /// so that `get_log_state` does not decode a (large) entry.
-    state: Arc<Mutex<LogState>>,
+    /// The state machine's applied index: how far the journal may be purged.
+    applied: Arc<AppliedProgress>,
+    state: Arc<Mutex<State>>,
+}
+
+/// Where a log read's run of entries may begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// At the range's start, or nowhere.
+    Exact,
+    /// At the first entry present in the range.
+    FirstPresent,
+}
+
+struct State {
+    /// What openraft sees: the last purged id (which may be ahead of the journal, see
+    /// `pending_purge`) and the last entry's id, or the last purged id when the log is
+    /// empty. Kept in memory so that `get_log_state` does not decode a (large) entry.
+    log: LogState,
+    /// The last purge written to the journal.
+    journaled_purge: Option<LogId>,
+    /// A purge openraft asked for that is not journaled yet: the state machine has not
+    /// reached it. Entries up to it are already invisible to readers.
+    pending_purge: Option<LogId>,
+}
+
+impl State {
+    /// Entries at or below this index are purged, as openraft sees it.
+    fn first_readable(&self) -> u64 {
+        self.log
+            .last_purged_log_id
+            .map_or(0, |purged| purged.index + 1)
+    }
 }
 
 impl LogStore {
+    /// Opens the log of a shard whose state machine reports to `applied`
+    /// (`StateMachine::applied`).
     pub fn open(
         db: Database,
         keyspaces: &ShardKeyspaces,
         syncer: Syncer,
+        applied: Arc<AppliedProgress>,
     ) -> Result<LogStore, StorageError> {
         let log = keyspaces.raft_log.clone();
         let meta = keyspaces.raft_meta.clone();
@@ -46,21 +104,163 @@ impl LogStore {
                 Some(decode_entry(&value)?.log_id)
             }
         };
-        let state = LogState {
-            last_purged_log_id,
-            last_log_id: last_entry.or(last_purged_log_id),
+        let state = State {
+            log: LogState {
+                last_purged_log_id,
+                last_log_id: last_entry.max(last_purged_log_id),
+            },
+            journaled_purge: last_purged_log_id,
+            pending_purge: None,
         };
         Ok(LogStore {
             db,
             log,
             meta,
             syncer,
+            applied,
             state: Arc::new(Mutex::new(state)),
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("log state lock")
+    }
+
+    /// The purge openraft asked for that still waits for the state machine, if any.
+    pub fn pending_purge(&self) -> Option<LogId> {
+        self.lock().pending_purge
+    }
+
+    /// A run of consecutive entries of `[start, end)`, cut at the first missing entry.
+    /// With `Head::Exact` the run must begin at `start` (else it is empty); with
+    /// `Head::FirstPresent` it begins at the first entry present in the range. Entries
+    /// below `first_readable` are purged: never returned.
+    fn contiguous_entries(
+        &self,
+        first_readable: u64,
+        start: u64,
+        end: Bound<u64>,
+        head: Head,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let start = match head {
+            Head::Exact if start < first_readable => return Ok(entries),
+            Head::Exact => start,
+            Head::FirstPresent => start.max(first_readable),
+        };
+        let end = match end {
+            Bound::Included(index) => Bound::Included(index.to_be_bytes()),
+            Bound::Excluded(index) => Bound::Excluded(index.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut expected = start;
+        for guard in self.log.range((Bound::Included(start.to_be_bytes()), end)) {
+            let (key, value) = guard.into_inner().map_err(read_logs)?;
+            let index = key_index(&key)?;
+            if index != expected && !(entries.is_empty() && head == Head::FirstPresent) {
+                break;
+            }
+            let entry = decode_entry(&value)?;
+            if entry.log_id.index != index {
+                return Err(io_error(
+                    ErrorSubject::Log(entry.log_id),
+                    ErrorVerb::Read,
+                    &LogCorrupt("a log entry is stored under another index"),
+                ));
+            }
+            expected = index + 1;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    /// Journals the pending purge if the state machine has reached it.
+    fn purge_if_reached(&self, state: &mut State) -> Result<(), StorageError> {
+        if let Some(pending) = state.pending_purge {
+            if self.applied.reached(pending.index) {
+                self.journal_purge(state, pending)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the log up to `log_id` (inclusive) and records it, in one batch.
+    fn journal_purge(&self, state: &mut State, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = bincode::serialize(&log_id)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, KEY_PURGED, bytes);
+        for guard in self.log.range(..=log_id.index.to_be_bytes()) {
+            let key = guard.key().map_err(write_logs)?;
+            batch.remove(&self.log, key);
+        }
+        batch.commit().map_err(write_logs)?;
+        state.journaled_purge = Some(log_id);
+        if state.pending_purge.is_some_and(|pending| pending <= log_id) {
+            state.pending_purge = None;
+        }
+        Ok(())
+    }
+
+    /// The end of the log as journaled: the last stored entry's index, or the last
+    /// journaled purge's when it is higher.
+    fn journaled_end(&self, state: &State) -> Result<Option<u64>, StorageError> {
+        let last_key = match self.log.last_key_value() {
+            None => None,
+            Some(guard) => Some(key_index(&guard.key().map_err(read_logs)?)?),
+        };
+        Ok(last_key.max(state.journaled_purge.map(|purged| purged.index)))
+    }
+
+    /// Before appending entries from `first_index` on: if a purge still waits for the
+    /// state machine and the entries would not follow the journaled log (they follow a
+    /// snapshot being installed), wait until the install is in the journal and journal
+    /// the purge first. Journaled before the install, the entries could survive a crash
+    /// that loses it and leave a hole the replica can neither fill nor apply across.
+    async fn order_after_pending_purge(&self, first_index: u64) -> Result<(), StorageError> {
+        loop {
+            let pending = {
+                let mut state = self.lock();
+                self.purge_if_reached(&mut state)?;
+                let Some(pending) = state.pending_purge else {
+                    return Ok(());
+                };
+                let follows = self
+                    .journaled_end(&state)?
+                    .map_or(first_index == 0, |end| first_index <= end + 1);
+                if follows {
+                    return Ok(());
+                }
+                pending
+            };
+            tracing::info!(
+                %pending,
+                first_index,
+                "append waits for the state machine to reach a deferred purge"
+            );
+            match tokio::time::timeout(WAIT_WARNING_INTERVAL, self.applied.wait_for(pending.index))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(failed)) => {
+                    return Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, &failed))
+                }
+                Err(_) => tracing::warn!(
+                    %pending,
+                    applied = ?self.applied.applied_index(),
+                    "still waiting for the state machine to install a snapshot before appending"
+                ),
+            }
+        }
     }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// The consecutive entries of `range` from the first one present, cut at the first
+    /// missing entry after it; purged entries are never returned. openraft allows
+    /// missing entries here, and its callers that need the whole range check what they
+    /// got (`get_log_entries`, re-applying the committed log); `limited_get_log_entries`,
+    /// which replication uses, is stricter.
     async fn try_get_log_entries<RB>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError>
     where
         RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
@@ -70,17 +270,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(index) => index + 1,
             Bound::Unbounded => 0,
         };
-        let end = match range.end_bound() {
-            Bound::Included(index) => Bound::Included(index.to_be_bytes()),
-            Bound::Excluded(index) => Bound::Excluded(index.to_be_bytes()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut entries = Vec::new();
-        for guard in self.log.range((Bound::Included(start.to_be_bytes()), end)) {
-            let (_, value) = guard.into_inner().map_err(read_logs)?;
-            entries.push(decode_entry(&value)?);
-        }
-        Ok(entries)
+        let end = range.end_bound().cloned();
+        let first_readable = self.lock().first_readable();
+        self.contiguous_entries(first_readable, start, end, Head::FirstPresent)
+    }
+
+    /// What replication sends after `prev_log_id = start - 1`: only the entries that
+    /// follow `start` without a gap; nothing when `start` itself is missing or purged.
+    /// openraft 0.9.25 sends what this returns without checking that it begins at
+    /// `start` (an empty answer becomes a heartbeat); a stale replication stream whose
+    /// node purged the head of the range would otherwise send entries that do not follow
+    /// `prev_log_id`, and the follower would append them after a hole (seed 28399).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let first_readable = self.lock().first_readable();
+        self.contiguous_entries(first_readable, start, Bound::Excluded(end), Head::Exact)
     }
 }
 
@@ -88,7 +295,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
-        Ok(self.state.lock().expect("log state lock").clone())
+        Ok(self.lock().log.clone())
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -137,19 +344,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(first) = entries.first() {
+            self.order_after_pending_purge(first.log_id.index).await?;
+        }
         let mut batch = self.db.batch();
-        let mut last = None;
         // Contiguity is openraft's to keep (and the conformance suite appends with gaps
         // on purpose), so it is not asserted here.
-        for entry in entries {
-            let bytes = bincode::serialize(&entry)
+        for entry in &entries {
+            let bytes = bincode::serialize(entry)
                 .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
             batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
-            last = Some(entry.log_id);
         }
         batch.commit().map_err(write_logs)?;
-        if let Some(last) = last {
-            self.state.lock().expect("log state lock").last_log_id = Some(last);
+        if let Some(last) = entries.last() {
+            self.lock().log.last_log_id = Some(last.log_id);
         }
         self.syncer
             .after_sync(move || callback.log_io_completed(Ok(())));
@@ -157,42 +366,52 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        self.purge_if_reached(&mut state)?;
         let mut batch = self.db.batch();
         for guard in self.log.range(log_id.index.to_be_bytes()..) {
             let key = guard.key().map_err(write_logs)?;
             batch.remove(&self.log, key);
         }
         batch.commit().map_err(write_logs)?;
+        let first_readable = state.first_readable();
         let previous = match log_id.index.checked_sub(1) {
-            None => None,
-            Some(index) => match self.log.get(index.to_be_bytes()).map_err(read_logs)? {
-                Some(value) => Some(decode_entry(&value)?.log_id),
-                None => None,
-            },
+            Some(index) if index >= first_readable => {
+                match self.log.get(index.to_be_bytes()).map_err(read_logs)? {
+                    Some(value) => Some(decode_entry(&value)?.log_id),
+                    None => None,
+                }
+            }
+            _ => None,
         };
-        let mut state = self.state.lock().expect("log state lock");
-        state.last_log_id = previous.or(state.last_purged_log_id);
+        state.log.last_log_id = previous.or(state.log.last_purged_log_id);
         Ok(())
     }
 
+    /// Purged at once as openraft sees it; journaled once the state machine has applied
+    /// up to `log_id` (see the module doc). Purges the snapshot policy asks for are
+    /// never above the applied index, so only a received snapshot's purge waits.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(&log_id)
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
-        let mut batch = self.db.batch();
-        batch.insert(&self.meta, KEY_PURGED, bytes);
-        for guard in self.log.range(..=log_id.index.to_be_bytes()) {
-            let key = guard.key().map_err(write_logs)?;
-            batch.remove(&self.log, key);
+        let mut state = self.lock();
+        if state.log.last_purged_log_id >= Some(log_id) {
+            return Ok(());
         }
-        batch.commit().map_err(write_logs)?;
-        let mut state = self.state.lock().expect("log state lock");
-        state.last_purged_log_id = Some(log_id);
-        if state
-            .last_log_id
-            .is_none_or(|last| last.index < log_id.index)
-        {
-            state.last_log_id = Some(log_id);
+        state.log.last_purged_log_id = Some(log_id);
+        if state.log.last_log_id < Some(log_id) {
+            state.log.last_log_id = Some(log_id);
         }
+        let target = state
+            .pending_purge
+            .map_or(log_id, |pending| pending.max(log_id));
+        if self.applied.reached(target.index) {
+            return self.journal_purge(&mut state, target);
+        }
+        tracing::info!(
+            purge = %target,
+            applied = ?self.applied.applied_index(),
+            "log purge deferred until the state machine reaches it"
+        );
+        state.pending_purge = Some(target);
         Ok(())
     }
 }
@@ -200,6 +419,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
     bincode::deserialize(bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
 }
+
+/// The log index a `raft_log` key names.
+fn key_index(key: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| {
+        io_error(
+            ErrorSubject::Logs,
+            ErrorVerb::Read,
+            &LogCorrupt("a log key is not 8 bytes"),
+        )
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LogCorrupt(&'static str);
 
 fn read_meta<T: serde::de::DeserializeOwned>(
     meta: &Keyspace,

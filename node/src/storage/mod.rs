@@ -27,6 +27,7 @@
 // boxing it on our side would only add a conversion at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod applied;
 pub mod log_store;
 pub mod publish;
 pub mod state_machine;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::ledger::routing::ShardId;
+pub use applied::AppliedProgress;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use syncer::Syncer;
@@ -125,6 +127,47 @@ pub struct ShardKeyspaces {
     pub feed: Keyspace,
     pub tindex: Keyspace,
     pub snapshot_dir: Arc<PathBuf>,
+}
+
+/// Checks the ids a shard's Raft would start on against what openraft requires
+/// (`RaftState::validate`): with `purge_upto` the applied id when the log ends below it
+/// (openraft then purges to it at startup) and the purged id otherwise,
+/// `purge_upto <= snapshot <= applied` (no snapshot: `purge_upto <= applied`; openraft
+/// builds one). A violation means log entries that are in no snapshot and were never
+/// applied (docs/SIMULATION.md, seed 11974): refuse to start rather than run on it.
+pub fn check_startable(
+    log: &crate::consensus::LogState,
+    applied: Option<crate::consensus::LogId>,
+    snapshot: Option<crate::consensus::LogId>,
+) -> Result<(), String> {
+    let purge_upto = if log.last_log_id < applied {
+        applied
+    } else {
+        log.last_purged_log_id
+    };
+    let show = |id: Option<crate::consensus::LogId>| {
+        id.map_or_else(|| "none".to_string(), |id| id.to_string())
+    };
+    let problem = match snapshot {
+        Some(snapshot) if purge_upto > Some(snapshot) => {
+            Some("the log is purged past the snapshot")
+        }
+        Some(snapshot) if Some(snapshot) > applied => {
+            Some("the snapshot is ahead of the applied id")
+        }
+        None if purge_upto > applied => Some("the log is purged past the applied id"),
+        _ => None,
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(format!(
+            "{problem}: log purged to {}, last log id {}, applied {}, snapshot {}",
+            show(log.last_purged_log_id),
+            show(log.last_log_id),
+            show(applied),
+            show(snapshot),
+        )),
+    }
 }
 
 pub fn event_key(stream_no: u32, seq: u64) -> [u8; 12] {
@@ -289,6 +332,31 @@ mod tests {
         );
         assert_eq!(FeedRuns::decode(&[1, 2, 3]), None);
         assert_eq!(FeedRuns::decode(&[]), None);
+    }
+
+    #[test]
+    fn startable_ids() {
+        use crate::consensus::{LogId, LogState};
+        let id = |index| Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index));
+        let log = |purged, last| LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        };
+        assert!(check_startable(&log(None, None), None, None).is_ok());
+        assert!(check_startable(&log(id(7), id(20)), id(15), id(7)).is_ok());
+        // A log that ends below the applied id is purged to it at startup.
+        assert!(check_startable(&log(id(7), id(9)), id(15), id(15)).is_ok());
+        assert!(check_startable(&log(id(3), id(9)), id(9), None).is_ok());
+        // Seed 11974: the purge without the install.
+        let error = check_startable(&log(id(15), id(15)), id(9), id(7)).unwrap_err();
+        assert!(
+            error.starts_with("the log is purged past the snapshot"),
+            "{error}"
+        );
+        // Seed 11974: the installed state without the snapshot pointer.
+        assert!(check_startable(&log(id(7), id(9)), id(15), id(7)).is_err());
+        assert!(check_startable(&log(id(10), id(12)), id(9), None).is_err());
+        assert!(check_startable(&log(None, id(12)), id(9), id(10)).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use sha2::{Digest, Sha256};
 
+use super::applied::AppliedProgress;
 use super::log_store::storage_io_error;
 use super::publish::Publisher;
 use super::{
@@ -34,6 +35,8 @@ use crate::ledger::{
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Present while a received snapshot replaces the state (see `Inner::install`).
+const KEY_INSTALLING: &[u8] = b"installing";
 
 /// Writes per fjall batch during apply (~3 per event): bounds the memory of one batch
 /// when openraft hands over many entries at once.
@@ -61,6 +64,9 @@ pub struct ShardCounters {
 pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     pub counters: Arc<ShardCounters>,
+    /// The applied index once it is in the journal: the log store purges no further,
+    /// and linearizable reads wait on it.
+    pub applied: Arc<AppliedProgress>,
 }
 
 struct Inner {
@@ -70,6 +76,7 @@ struct Inner {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     counters: Arc<ShardCounters>,
+    applied: Arc<AppliedProgress>,
     snapshots_built: u64,
     /// Publishes recorded checkpoints outside the store.
     publisher: Option<Publisher>,
@@ -87,26 +94,42 @@ impl StateMachine {
             read_meta(&keyspaces.sm_meta, KEY_MEMBERSHIP)?.unwrap_or_default();
         let ledger = load_ledger(&keyspaces.tenants)?;
         let counters = Arc::new(ShardCounters::default());
-        let inner = Inner {
+        let applied = Arc::new(AppliedProgress::new(
+            last_applied.map(|log_id| log_id.index),
+        ));
+        let mut inner = Inner {
             db,
             keyspaces: keyspaces.clone(),
             ledger,
             last_applied,
             last_membership,
             counters: counters.clone(),
+            applied: applied.clone(),
             snapshots_built: 0,
             publisher,
         };
+        inner.finish_interrupted_install()?;
         inner.remove_stale_snapshot_files()?;
         inner.publish_counters();
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
             counters,
+            applied,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("state machine lock")
+    }
+
+    /// The applied id and the current snapshot's last log id, as stored.
+    pub fn applied_and_snapshot(&self) -> Result<(Option<LogId>, Option<LogId>), StorageError> {
+        let inner = self.lock();
+        let snapshot = inner.current_snapshot_meta()?;
+        Ok((
+            inner.last_applied,
+            snapshot.and_then(|meta| meta.last_log_id),
+        ))
     }
 }
 
@@ -244,7 +267,11 @@ impl Inner {
         batch.insert(sm_meta, KEY_MEMBERSHIP, membership);
     }
 
+    /// Publishes the counters and the applied index. Called only after the batch that
+    /// applied it is committed to the journal.
     fn publish_counters(&self) {
+        self.applied
+            .publish(self.last_applied.map(|log_id| log_id.index));
         self.counters
             .events_total
             .store(self.ledger.events_total(), Ordering::Relaxed);
@@ -285,23 +312,70 @@ impl Inner {
             .join(format!("{}.snap", meta.snapshot_id))
     }
 
-    /// Replaces the whole state with a verified snapshot file and makes it current.
-    fn install(
+    /// Replaces the whole state with a received snapshot and makes it current.
+    ///
+    /// Crash-safe as one step: clearing a keyspace is durable at once in fjall (a new
+    /// table version, outside the journal's order) and the records load in several
+    /// batches, so a crash in between would leave a cleared or half-loaded state under
+    /// the old applied id, which re-applying the log on top of would silently diverge.
+    /// So the snapshot file is made durable under its final name first, then an
+    /// `installing` marker; the last batch records the applied id, the snapshot pointer
+    /// and removes the marker; and [`StateMachine::open`] finishes an install it finds
+    /// marked. The log store purges the covered log only after that last batch
+    /// (`AppliedProgress`), so the log is there for as long as the old state might be.
+    fn install(&mut self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), StorageError> {
+        let path = self.begin_install(meta, file)?;
+        self.load_snapshot(meta, &path)
+    }
+
+    /// The durable part before any state is replaced: the verified snapshot file under
+    /// its final name, then the `installing` marker. Returns the file's path.
+    fn begin_install(
         &mut self,
         meta: &SnapshotMeta,
         mut file: std::fs::File,
-    ) -> Result<(), StorageError> {
+    ) -> Result<PathBuf, StorageError> {
         use std::io::Seek;
         file.seek(std::io::SeekFrom::Start(0))
             .map_err(read_snapshot)?;
-        let bytes_meta = verify_snapshot_file(&mut file)?;
-        if bytes_meta.last_log_id != meta.last_log_id {
-            return Err(storage_io_error(
-                ErrorSubject::Snapshot(None),
-                ErrorVerb::Read,
-                &SnapshotFormatError("snapshot file does not match its metadata"),
-            ));
-        }
+        check_snapshot_file(&mut file, meta)?;
+        let path = self.snapshot_path(meta);
+        keep_snapshot_file(&mut file, &path)?;
+        self.keyspaces
+            .sm_meta
+            .insert(
+                KEY_INSTALLING,
+                bincode::serialize(meta).expect("meta serializes"),
+            )
+            .map_err(write_snapshot_fjall)?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(write_snapshot_fjall)?;
+        Ok(path)
+    }
+
+    /// Finishes an install a crash interrupted (see [`Inner::install`]).
+    fn finish_interrupted_install(&mut self) -> Result<(), StorageError> {
+        let Some(meta) = read_meta::<SnapshotMeta>(&self.keyspaces.sm_meta, KEY_INSTALLING)? else {
+            return Ok(());
+        };
+        tracing::warn!(
+            snapshot = %meta.snapshot_id,
+            "finishing the install of a snapshot that a crash interrupted"
+        );
+        let path = self.snapshot_path(&meta);
+        let mut file = std::fs::File::open(&path).map_err(read_snapshot)?;
+        check_snapshot_file(&mut file, &meta)?;
+        self.load_snapshot(&meta, &path)
+    }
+
+    /// Replaces the state with the (verified) snapshot file at `path`; idempotent.
+    fn load_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        path: &std::path::Path,
+    ) -> Result<(), StorageError> {
+        let previous = self.current_snapshot_meta()?;
         let keyspaces = self.keyspaces.clone();
         keyspaces.events.clear().map_err(write_snapshot_fjall)?;
         keyspaces.dedup.clear().map_err(write_snapshot_fjall)?;
@@ -311,9 +385,8 @@ impl Inner {
         // reset entry (with the installed state) makes the indexer rebuild the shard.
         keyspaces.feed.clear().map_err(write_snapshot_fjall)?;
 
-        file.seek(std::io::SeekFrom::Start(0))
-            .map_err(read_snapshot)?;
-        let mut reader = BufReader::new(file);
+        let file = std::fs::File::open(path).map_err(read_snapshot)?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
         read_header(&mut reader)?;
         let mut batch = self.db.batch();
         let mut records = 0usize;
@@ -348,18 +421,21 @@ impl Inner {
             FeedRuns::reset().encode(),
         );
         self.put_applied(&mut batch);
+        batch.insert(
+            &keyspaces.sm_meta,
+            KEY_SNAPSHOT,
+            bincode::serialize(meta).expect("meta serializes"),
+        );
+        batch.remove(&keyspaces.sm_meta, KEY_INSTALLING);
         batch.commit().map_err(write_snapshot_fjall)?;
-
-        // Keep the installed snapshot as the current one.
-        let mut source = reader.into_inner();
-        source
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(read_snapshot)?;
-        let path = self.snapshot_path(meta);
-        let mut target = std::fs::File::create(&path).map_err(write_snapshot)?;
-        std::io::copy(&mut source, &mut target).map_err(write_snapshot)?;
-        target.sync_all().map_err(write_snapshot)?;
-        self.set_current_snapshot(meta)?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(write_snapshot_fjall)?;
+        if let Some(previous) = previous {
+            if previous.snapshot_id != meta.snapshot_id {
+                let _ = std::fs::remove_file(self.snapshot_path(&previous));
+            }
+        }
 
         self.ledger = load_ledger(&keyspaces.tenants)?;
         self.publish_counters();
@@ -448,14 +524,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let applied = tokio::task::spawn_blocking(move || {
             inner
                 .lock()
                 .expect("state machine lock")
                 .apply_entries(entries)
         })
         .await
-        .expect("apply does not panic")
+        .expect("apply does not panic");
+        if applied.is_err() {
+            self.applied.fail();
+        }
+        applied
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -486,14 +566,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file = snapshot.into_std().await;
         let inner = self.inner.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || {
+        let installed = tokio::task::spawn_blocking(move || {
             inner
                 .lock()
                 .expect("state machine lock")
                 .install(&meta, file)
         })
         .await
-        .expect("install does not panic")
+        .expect("install does not panic");
+        if installed.is_err() {
+            self.applied.fail();
+        }
+        installed
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
@@ -612,7 +696,8 @@ fn write_snapshot_file(
         .map_err(|error| write_snapshot(error.into_error()))?;
     file.sync_all().map_err(write_snapshot)?;
     std::fs::rename(&temporary, path).map_err(write_snapshot)?;
-    Ok(())
+    // The name must be durable before the pointer to it (`set_current_snapshot`) is.
+    sync_parent_dir(path)
 }
 
 /// Checks magic, version, record framing and the trailing checksum; returns the meta.
@@ -643,6 +728,41 @@ fn verify_snapshot_file(file: &mut std::fs::File) -> Result<SnapshotMeta, Storag
         return Err(format_error("snapshot checksum mismatch"));
     }
     Ok(meta)
+}
+
+/// Verifies a snapshot file and that it is the one `meta` describes.
+fn check_snapshot_file(file: &mut std::fs::File, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    let bytes_meta = verify_snapshot_file(file)?;
+    if bytes_meta.last_log_id != meta.last_log_id {
+        return Err(format_error("snapshot file does not match its metadata"));
+    }
+    Ok(())
+}
+
+/// Copies a received snapshot to `path`, durably: written to a temporary name, synced,
+/// renamed, and the directory synced so that the name survives a crash too.
+fn keep_snapshot_file(
+    source: &mut std::fs::File,
+    path: &std::path::Path,
+) -> Result<(), StorageError> {
+    use std::io::Seek;
+    source
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(read_snapshot)?;
+    let temporary = path.with_extension("snap.tmp");
+    let mut target = std::fs::File::create(&temporary).map_err(write_snapshot)?;
+    std::io::copy(source, &mut target).map_err(write_snapshot)?;
+    target.sync_all().map_err(write_snapshot)?;
+    std::fs::rename(&temporary, path).map_err(write_snapshot)?;
+    sync_parent_dir(path)
+}
+
+/// Makes a file's creation or rename in its directory durable.
+fn sync_parent_dir(path: &std::path::Path) -> Result<(), StorageError> {
+    let dir = path.parent().expect("snapshot files live in a directory");
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(write_snapshot)
 }
 
 fn read_header(reader: &mut impl Read) -> Result<SnapshotMeta, StorageError> {
@@ -773,4 +893,145 @@ fn write_snapshot(error: std::io::Error) -> StorageError {
 
 fn read_snapshot(error: std::io::Error) -> StorageError {
     storage_io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &error)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::ledger::{ActorKind, EventRecord, LedgerCommand, Outcome};
+    use crate::storage::NodeStore;
+
+    fn append(index: u64, tenant_id: &str, numbers: std::ops::Range<u64>) -> Entry {
+        let events = numbers
+            .map(|number| EventRecord {
+                event_id: format!("evt_{number}"),
+                tenant_id: tenant_id.to_string(),
+                actor_kind: ActorKind::User,
+                actor_id: "user_1".into(),
+                actor_email: String::new(),
+                actor_name: String::new(),
+                action: "doc.read".into(),
+                resource_type: "doc".into(),
+                resource_id: format!("doc_{number}"),
+                outcome: Outcome::Success,
+                occurred_at_ns: 1_700_000_000_000_000_000 + number as i64,
+                request_id: String::new(),
+                session_id: String::new(),
+                ip_address: String::new(),
+                user_agent: String::new(),
+                metadata_json: String::new(),
+                subject_id: String::new(),
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LedgerCommand::Append {
+                ingested_at_ns: 1_700_000_000_000_000_000,
+                block_events_max: 4,
+                events,
+            }),
+        }
+    }
+
+    fn open(dir: &TempDir) -> (NodeStore, ShardKeyspaces, StateMachine) {
+        let store = NodeStore::open(dir.path()).expect("node store");
+        let keyspaces = store.shard(1).expect("keyspaces");
+        let sm = StateMachine::open(store.db.clone(), &keyspaces, None).expect("state machine");
+        (store, keyspaces, sm)
+    }
+
+    fn contents(keyspace: &Keyspace) -> Vec<(Vec<u8>, Vec<u8>)> {
+        keyspace
+            .iter()
+            .map(|guard| {
+                let (key, value) = guard.into_inner().expect("read");
+                (key.to_vec(), value.to_vec())
+            })
+            .collect()
+    }
+
+    /// Clearing a keyspace is durable at once in fjall and the records load in several
+    /// batches, so a crash inside an install leaves a cleared or half-loaded state under
+    /// the old applied id. The state machine finishes such an install when it opens.
+    #[tokio::test]
+    async fn an_interrupted_install_is_finished_when_the_state_machine_opens() {
+        let source_dir = TempDir::new().unwrap();
+        let (_source_store, source_keyspaces, mut source) = open(&source_dir);
+        source
+            .apply([append(1, "ten_a", 0..5), append(2, "ten_b", 5..8)])
+            .await
+            .unwrap();
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = snapshot.meta.clone();
+
+        let dir = TempDir::new().unwrap();
+        let (store, keyspaces, mut target) = open(&dir);
+        target.apply([append(1, "ten_c", 100..103)]).await.unwrap();
+        {
+            // The install's durable first steps, then a crash: one keyspace cleared,
+            // nothing loaded, the applied id still the old one.
+            let file = snapshot.snapshot.into_std().await;
+            let mut inner = target.lock();
+            inner.begin_install(&meta, file).unwrap();
+            inner.keyspaces.events.clear().unwrap();
+        }
+        drop(target);
+        assert_eq!(
+            read_meta::<Option<LogId>>(&keyspaces.sm_meta, KEY_APPLIED)
+                .unwrap()
+                .flatten()
+                .map(|log_id| log_id.index),
+            Some(1)
+        );
+
+        let mut reopened = StateMachine::open(store.db.clone(), &keyspaces, None).expect("reopen");
+        assert_eq!(reopened.applied_state().await.unwrap().0, meta.last_log_id);
+        assert_eq!(reopened.applied.applied_index(), Some(2));
+        for (installed, original) in [
+            (&keyspaces.events, &source_keyspaces.events),
+            (&keyspaces.dedup, &source_keyspaces.dedup),
+            (&keyspaces.tenants, &source_keyspaces.tenants),
+            (&keyspaces.chain, &source_keyspaces.chain),
+        ] {
+            assert_eq!(contents(installed), contents(original));
+        }
+        assert!(!keyspaces.sm_meta.contains_key(KEY_INSTALLING).unwrap());
+        let current = reopened
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("current");
+        assert_eq!(current.meta, meta);
+
+        // An install that runs to its end leaves no marker either.
+        let again = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut receiving = reopened.begin_receiving_snapshot().await.unwrap();
+        let mut data = again.snapshot;
+        tokio::io::copy(&mut data, &mut *receiving).await.unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut *receiving)
+            .await
+            .unwrap();
+        reopened
+            .install_snapshot(&again.meta, receiving)
+            .await
+            .unwrap();
+        assert!(!keyspaces.sm_meta.contains_key(KEY_INSTALLING).unwrap());
+        assert_eq!(
+            contents(&keyspaces.events),
+            contents(&source_keyspaces.events)
+        );
+    }
 }

@@ -366,6 +366,16 @@ pub async fn run(client: &Client, args: ExportArgs) -> anyhow::Result<ExitCode> 
     let tenant = args.tenant.as_str();
     let stream = format!("{tenant}/0");
 
+    // The export is recorded in the tenant's log first (audit_log.export), so the fresh
+    // checkpoint below covers its own record.
+    let format_name = match args.format {
+        FormatArg::Jsonl => "jsonl",
+        FormatArg::Csv => "csv",
+    };
+    let recorded = client
+        .record_export(tenant, args.query_filter(), format_name)
+        .await?;
+
     // Everything recorded until now gets covered by a fresh signed checkpoint.
     let response = client.get_checkpoint(tenant, 0, 0, true).await?;
     let note = response
@@ -500,6 +510,12 @@ pub async fn run(client: &Client, args: ExportArgs) -> anyhow::Result<ExitCode> 
         ),
     ];
     lines.extend(summary_lines(&summary, &key, origin));
+    if let Some(receipt) = &recorded {
+        lines.push(format!(
+            "recorded  as audit_log.export {} at {} seq {}",
+            receipt.event_id, receipt.stream, receipt.seq
+        ));
+    }
     lines.push(format!(
         "checked   in {verify_s:.1}s, as `trailctl verify-export` does"
     ));
