@@ -1,9 +1,12 @@
 //! trail-sim: deterministic simulation of Trail.
 //!
-//! Two harnesses, one seed per run, the same trace hash every time:
+//! Three harnesses, one seed per run, the same trace hash every time:
 //! - [`raft`]: real openraft groups running the real ledger apply code over in-memory
-//!   disks with a crash model and a faulty in-memory network, on one paused
-//!   current-thread runtime, with continuous checkers (the default of the CLI);
+//!   disks with a crash model and disk faults and a faulty in-memory network, on one
+//!   paused current-thread runtime, with continuous checkers (the default of the CLI);
+//! - [`turmoil`]: three simulated hosts, each running a replica of two openraft groups
+//!   on the same disks, talking real tonic gRPC (the Raft transport and `trail.v1`) over
+//!   turmoil's simulated TCP, with host crashes and network faults;
 //! - this module's [`run`]: the ledger's apply logic (`trail_node::ledger`, the very
 //!   code the server runs) on three replicas of one shard without Raft, with a seeded
 //!   workload of batches, client retries (duplicate event ids) and replica crashes
@@ -14,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub mod raft;
+pub mod turmoil;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -1,7 +1,8 @@
 //! `cargo run -p trail-sim -- --seed N` runs one seed and prints its trace hash;
 //! `--seeds A..B` runs many in parallel; `--replay N --trace` prints the trace of one.
 //! `--harness raft` (the default) runs openraft groups with the ledger under faults;
-//! `--harness ledger` runs the ledger-level model without Raft.
+//! `--harness turmoil` runs them on three simulated hosts talking tonic gRPC over
+//! turmoil's TCP; `--harness ledger` runs the ledger-level model without Raft.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,12 +10,16 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use trail_sim::raft::{self, PlantedBug};
+use trail_sim::turmoil;
 use trail_sim::{run, RunOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Harness {
     /// openraft groups (the node's Raft types over in-memory stores) with the ledger.
     Raft,
+    /// Three simulated hosts, each a replica of two openraft groups, talking real
+    /// tonic gRPC over turmoil's simulated TCP.
+    Turmoil,
     /// The ledger apply code on three replicas, without Raft.
     Ledger,
 }
@@ -41,7 +46,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Harness::Raft)]
     harness: Harness,
     /// Plant a bug the checkers must catch (raft harness): ack-before-fsync,
-    /// apply-twice-after-restart, skip-seq, seal-order, stale-read.
+    /// apply-twice-after-restart, skip-seq, seal-order, stale-read, skip-checksum,
+    /// fsync-error-ignored, wipe-in-place.
     #[arg(long, value_name = "NAME")]
     planted_bug: Option<String>,
     /// Raft harness: length of the safety phase in virtual ms (default: the seed's).
@@ -55,6 +61,19 @@ struct Args {
     /// store does (a stale replication stream then breaks a follower's log; seed 28399).
     #[arg(long)]
     gapped_log_reads: bool,
+    /// Raft harness: the log store purges as soon as openraft asks, before the state
+    /// machine has installed the snapshot that covers it (seed 11974).
+    #[arg(long)]
+    eager_purge: bool,
+    /// Raft harness: a snapshot install is two journal changes (state, then snapshot
+    /// pointer), as the node writes them; a crash between them breaks the restart
+    /// (seed 11974).
+    #[arg(long)]
+    split_install: bool,
+    /// Raft harness: no disk faults (bit flips, fsync errors, wipes), so a seed runs as
+    /// it did before they existed (how the older seeds of tests/regressions.rs replay).
+    #[arg(long)]
+    no_disk_faults: bool,
     /// Ledger harness: proposal steps per run.
     #[arg(long, default_value_t = 200)]
     steps: usize,
@@ -90,7 +109,7 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
-    if planted.is_some() && args.harness == Harness::Ledger {
+    if planted.is_some() && args.harness != Harness::Raft {
         eprintln!("--planted-bug needs --harness raft");
         return std::process::ExitCode::from(2);
     }
@@ -134,6 +153,40 @@ fn main() -> std::process::ExitCode {
                     },
                 }
             }
+            Harness::Turmoil => {
+                let options = turmoil::Options {
+                    keep_trace: args.trace,
+                };
+                match std::panic::catch_unwind(|| turmoil::run(seed, &options)) {
+                    Ok(Ok(report)) => Outcome::Passed {
+                        summary: format!(
+                            "trace {} ({} trace events, {} ms virtual, {} events, {} crashes, \
+                             {} bounces, {} partitions, {} holds, {} reads checked, \
+                             {} leaders, {} misrouted messages refused)",
+                            report.trace_hash,
+                            report.trace_events,
+                            report.virtual_ms,
+                            report.events_sent,
+                            report.crashes,
+                            report.bounces,
+                            report.partitions,
+                            report.holds,
+                            report.reads_checked,
+                            report.leaders,
+                            report.misroutes_refused,
+                        ),
+                        trace: report.trace,
+                    },
+                    Ok(Err(failure)) => Outcome::Failed {
+                        message: failure.to_string(),
+                        trace: failure.trace,
+                    },
+                    Err(panic) => Outcome::Failed {
+                        message: format!("seed {seed}: panicked: {}", panic_message(&panic)),
+                        trace: Vec::new(),
+                    },
+                }
+            }
             Harness::Raft => {
                 let options = raft::Options {
                     keep_trace: args.trace,
@@ -141,6 +194,9 @@ fn main() -> std::process::ExitCode {
                     safety_ms: args.safety_ms,
                     openraft_read_index: args.openraft_read_index,
                     gapped_log_reads: args.gapped_log_reads,
+                    eager_purge: args.eager_purge,
+                    split_install: args.split_install,
+                    no_disk_faults: args.no_disk_faults,
                 };
                 match std::panic::catch_unwind(|| raft::run(seed, &options)) {
                     Ok(Ok(report)) => Outcome::Passed {
@@ -148,7 +204,9 @@ fn main() -> std::process::ExitCode {
                             "trace {} ({} trace events, {} replicas, {} ms virtual, {} events, \
                              {} crashes, {} power failures, {} partitions, {} reads checked, \
                              {} leaders, {} rpcs, {} lost, {} duplicated, {} fsyncs, \
-                             {} unsynced writes lost in crashes)",
+                             {} unsynced writes lost in crashes, {} bits flipped, \
+                             {} corrupt disks refused, {} fsync errors, {} disks wiped, \
+                             {} repairs)",
                             report.trace_hash,
                             report.trace_events,
                             report.replicas,
@@ -163,7 +221,12 @@ fn main() -> std::process::ExitCode {
                             report.net.dropped,
                             report.net.duplicated,
                             report.fsyncs,
-                            report.unsynced_writes_lost
+                            report.unsynced_writes_lost,
+                            report.disk.bit_flips,
+                            report.disk.corruptions_detected,
+                            report.disk.fsync_errors,
+                            report.disk.wipes,
+                            report.disk.repairs,
                         ),
                         trace: report.trace,
                     },
@@ -182,6 +245,9 @@ fn main() -> std::process::ExitCode {
 
     let replay = |seed: u64| {
         let mut command = format!("cargo run --release -p trail-sim -- --replay {seed}");
+        if args.harness == Harness::Turmoil {
+            command.push_str(" --harness turmoil");
+        }
         if args.harness == Harness::Ledger {
             command.push_str(" --harness ledger");
             if args.steps != 200 {
@@ -196,6 +262,15 @@ fn main() -> std::process::ExitCode {
         }
         if args.gapped_log_reads {
             command.push_str(" --gapped-log-reads");
+        }
+        if args.eager_purge {
+            command.push_str(" --eager-purge");
+        }
+        if args.split_install {
+            command.push_str(" --split-install");
+        }
+        if args.no_disk_faults {
+            command.push_str(" --no-disk-faults");
         }
         if let Some(ms) = args.safety_ms {
             command.push_str(&format!(" --safety-ms {ms}"));

@@ -79,3 +79,34 @@ fn stale_read_is_caught() {
     let failure = first_failure(PlantedBug::StaleRead);
     assert!(failure.message.starts_with("stale read:"), "{failure}");
 }
+
+#[test]
+fn skip_checksum_is_caught() {
+    // A flipped bit served or applied shows as diverging replicas, broken chains,
+    // undecodable events, or a Raft core that stops on its own corrupt log. (The
+    // harness's end-of-run scrub is off for this bug, so its own checksums do not
+    // catch it.)
+    let failure = first_failure(PlantedBug::SkipChecksum);
+    assert!(!failure.message.contains("fails its checksum"), "{failure}");
+}
+
+#[test]
+fn fsync_error_ignored_is_caught() {
+    // The changes a failed fsync covered are lost at the next crash, after they were
+    // acknowledged: votes go back, logs lose entries, replicas diverge.
+    first_failure(PlantedBug::FsyncErrorIgnored);
+}
+
+#[test]
+fn wipe_in_place_is_caught() {
+    // A wiped voter's empty vote elects a leader that lacks committed entries.
+    let failure = first_failure(PlantedBug::WipeInPlace);
+    assert!(
+        failure.message.contains("leader completeness")
+            || failure.message.contains("acknowledged")
+            || failure.message.contains("state machine safety")
+            || failure.message.contains("log matching")
+            || failure.message.contains("not a function of the log"),
+        "{failure}"
+    );
+}

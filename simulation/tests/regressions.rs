@@ -46,16 +46,23 @@ fn seed_495_openraft_read_index_is_stale_after_leader_restart() {
 /// start without a gap (`limited_get_log_entries`), so the stale stream sends a
 /// heartbeat instead.
 ///
-/// Found with `cargo run --release -p trail-sim -- --seeds 2000..32000`.
+/// Found before disk faults existed, with `cargo run --release -p trail-sim --
+/// --seeds 2000..32000 --gapped-log-reads`; it replays with `--no-disk-faults` (disk
+/// faults draw from RNGs of their own, so without them a seed runs as it did then).
 #[test]
 fn seed_28399_gapped_log_read_makes_a_hole_in_a_follower_log() {
+    let as_found = raft::Options {
+        no_disk_faults: true,
+        ..raft::Options::default()
+    };
     let gapped = raft::Options {
         gapped_log_reads: true,
-        ..raft::Options::default()
+        ..as_found.clone()
     };
     let failure = raft::run(28399, &gapped).expect_err(
         "seed 28399 no longer reproduces the log hole; the harness changed: find a new \
-         seed with `--seeds 0..100000 --gapped-log-reads --fail-fast` and update this test",
+         seed with `--seeds 0..100000 --gapped-log-reads --no-disk-faults --fail-fast` and \
+         update this test",
     );
     // In a release build the follower appends after a hole; in a debug build openraft's
     // own `debug_assert` (entries must follow `prev_log_id`) stops its Raft core first.
@@ -63,5 +70,66 @@ fn seed_28399_gapped_log_read_makes_a_hole_in_a_follower_log() {
         failure.message.starts_with("log hole:") || failure.message.contains("Raft core stopped"),
         "{failure}"
     );
-    raft::run(28399, &raft::Options::default()).expect("contiguous log reads pass");
+    raft::run(28399, &as_found).expect("contiguous log reads pass");
+    raft::run(28399, &raft::Options::default()).expect("passes with disk faults too");
+}
+
+/// Seed 11974 (found by the fsync-error fault): a crash while replica 3 installs a
+/// snapshot. Replica 3 (state machine at index 9, log `8..=9`, current snapshot
+/// `1-7-1`) receives snapshot `1-15-2`; openraft 0.9.25's `install_full_snapshot` hands
+/// it to the state machine and pushes `PurgeLog(..=15)` with no condition; then the
+/// install's fsync fails and the crash keeps a prefix of the unsynced journal. For the
+/// replica to restart, that prefix must never hold (openraft's startup purges the log
+/// to the applied id when the log ends below it, then requires `purged <= snapshot <=
+/// committed`; a release build does not check it, the harness does at every restart):
+///
+/// - the purge without the install (`eager_purge`: the log store purges at once, as
+///   `node/src/storage/log_store.rs` does): log purged to 15, state machine at 9,
+///   snapshot at 7: entries 10..=15 are nowhere. The harness's log store defers a
+///   purge beyond what its state machine has applied or installed until it has, so
+///   the purge is journaled after it.
+/// - the installed state without the snapshot pointer (`split_install`: two journal
+///   changes, as `node/src/storage/state_machine.rs` writes them: the state with its
+///   applied id in a batch, then the pointer): state machine at 15, snapshot at 7, log
+///   ends at 9; openraft purges to 15 at startup and 10..=15 are in no snapshot (in a
+///   debug build, `validit` panics in `Engine::startup`). The harness installs the state
+///   and the pointer as one atomic change.
+///
+/// Found with `cargo run --release -p trail-sim -- --seeds 0..100000 --gapped-log-reads`
+/// when the log store purged at once (the first case: the replica cannot apply 10..=15,
+/// its Raft core stops). With the purge deferred the seed passed in release, but failed
+/// in CI's debug build, where openraft's `validit` checks caught the second case; the
+/// harness now checks the state every restart starts on, in both builds.
+#[test]
+fn seed_11974_crash_during_snapshot_install_loses_log() {
+    for (flag, broken) in [
+        (
+            "--eager-purge",
+            raft::Options {
+                eager_purge: true,
+                ..raft::Options::default()
+            },
+        ),
+        (
+            "--split-install",
+            raft::Options {
+                split_install: true,
+                ..raft::Options::default()
+            },
+        ),
+    ] {
+        let failure = raft::run(11974, &broken).expect_err(&format!(
+            "seed 11974 with {flag} no longer reproduces the crash during an install; the \
+             harness changed: find a new seed with `--seeds 0..100000 {flag} --fail-fast` and \
+             update this test"
+        ));
+        assert!(
+            failure.message.contains("purged entries in no snapshot")
+                || failure.message.contains("Raft core stopped")
+                || failure.message.contains("does not start on its own disk"),
+            "{flag}: {failure}"
+        );
+    }
+    raft::run(11974, &raft::Options::default())
+        .expect("a deferred purge and an atomic install pass");
 }

@@ -6,6 +6,7 @@
 //! kept and ends the run; the final checks run once the cluster has converged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::ServerState;
@@ -21,17 +22,36 @@ use super::{LogId, Metrics};
 
 /// A running hash of everything that happened, to compare runs of one seed.
 pub struct Trace {
-    start: Instant,
+    clock: TraceClock,
     hasher: Sha256,
     count: u64,
     /// Every line, when the run was asked to keep them (`--trace`).
     lines: Option<Vec<String>>,
 }
 
+/// Where a trace line's virtual time comes from.
+enum TraceClock {
+    /// The run's one paused tokio runtime (the Raft harness).
+    Tokio(Instant),
+    /// A virtual time the run's driver sets (the turmoil harness: every simulated host
+    /// has a runtime and a clock of its own; the driver sets the simulation's elapsed
+    /// time before each step).
+    Shared(Arc<AtomicU64>),
+}
+
 impl Trace {
     pub fn new(keep_lines: bool) -> Trace {
+        Trace::with_clock(keep_lines, TraceClock::Tokio(Instant::now()))
+    }
+
+    /// A trace whose lines are stamped with `now_us`, which the caller keeps current.
+    pub fn with_shared_clock(keep_lines: bool, now_us: Arc<AtomicU64>) -> Trace {
+        Trace::with_clock(keep_lines, TraceClock::Shared(now_us))
+    }
+
+    fn with_clock(keep_lines: bool, clock: TraceClock) -> Trace {
         Trace {
-            start: Instant::now(),
+            clock,
             hasher: Sha256::new(),
             count: 0,
             lines: keep_lines.then(Vec::new),
@@ -40,7 +60,12 @@ impl Trace {
 
     /// Virtual microseconds since the run started.
     pub fn now_us(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+        match &self.clock {
+            TraceClock::Tokio(start) => {
+                u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+            }
+            TraceClock::Shared(now_us) => now_us.load(Ordering::SeqCst),
+        }
     }
 
     pub fn record(&mut self, line: &str) {
@@ -113,9 +138,14 @@ pub type CheckResult = Result<(), String>;
 
 impl Checker {
     pub fn new(keep_trace: bool) -> Checker {
+        Checker::with_trace(Arc::new(Mutex::new(Trace::new(keep_trace))))
+    }
+
+    /// A checker of its own (one per Raft group) writing into a shared trace.
+    pub fn with_trace(trace: Arc<Mutex<Trace>>) -> Checker {
         Checker {
             inner: Arc::new(Mutex::new(CheckState::default())),
-            trace: Arc::new(Mutex::new(Trace::new(keep_trace))),
+            trace,
         }
     }
 
@@ -502,6 +532,18 @@ impl Checker {
         Ok(())
     }
 
+    /// A replica's disk was wiped (after it left the membership): it starts over with
+    /// an empty vote, which is not a vote going back.
+    pub fn on_wipe(&self, node: u64) {
+        self.state().votes.remove(&node);
+    }
+
+    /// Some replica applied an entry after the group's first (its initial membership):
+    /// a majority holds that membership durably.
+    pub fn committed_beyond_bootstrap(&self) -> bool {
+        self.state().applied.range(1..).next().is_some()
+    }
+
     pub fn leaders_seen(&self) -> usize {
         self.state().leaders.len()
     }
@@ -539,7 +581,12 @@ impl Checker {
                         "acknowledged event {tenant}/{id} lost on replica {node}"
                     ));
                 };
-                let canonical = &store.events[&(*stream_no, *stored_seq)];
+                let Some(canonical) = store.events.get(&(*stream_no, *stored_seq)) else {
+                    return Err(format!(
+                        "acknowledged event {tenant}/{id}: replica {node}'s dedup entry \
+                         points at stream {stream_no} seq {stored_seq}, which it lacks"
+                    ));
+                };
                 if (*stored_seq, leaf_hash(canonical)) != (*seq, *hash) {
                     return Err(format!(
                         "acknowledged event {tenant}/{id}: receipt seq {seq}, replica {node} \

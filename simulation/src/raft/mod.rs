@@ -18,11 +18,14 @@
 pub mod check;
 mod client;
 pub mod net;
+pub mod record;
+mod repair;
 pub mod rt;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,15 +83,27 @@ pub enum PlantedBug {
     /// Reads are answered by the replica the client believes leads, from its state
     /// machine, without confirming leadership (no read index).
     StaleRead,
+    /// A replica opens its disk without verifying checksums (and reads without
+    /// checking them): a flipped bit is served and applied.
+    SkipChecksum,
+    /// An fsync error is logged, the appends waiting for it are acknowledged and the
+    /// replica keeps running; what the failed fsync covered is lost at the next crash.
+    FsyncErrorIgnored,
+    /// A wiped replica comes back empty as a voter, without leaving the membership
+    /// first (its empty vote can be given twice in a term).
+    WipeInPlace,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::AckBeforeFsync,
         PlantedBug::ApplyTwiceAfterRestart,
         PlantedBug::SkipSeq,
         PlantedBug::SealOrder,
         PlantedBug::StaleRead,
+        PlantedBug::SkipChecksum,
+        PlantedBug::FsyncErrorIgnored,
+        PlantedBug::WipeInPlace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +113,9 @@ impl PlantedBug {
             PlantedBug::SkipSeq => "skip-seq",
             PlantedBug::SealOrder => "seal-order",
             PlantedBug::StaleRead => "stale-read",
+            PlantedBug::SkipChecksum => "skip-checksum",
+            PlantedBug::FsyncErrorIgnored => "fsync-error-ignored",
+            PlantedBug::WipeInPlace => "wipe-in-place",
         }
     }
 
@@ -122,6 +140,21 @@ pub struct Options {
     /// openraft 0.9.25 then lets a stale replication stream send entries that do not
     /// follow `prev_log_id` (seed 28399; see `tests/regressions.rs`).
     pub gapped_log_reads: bool,
+    /// The log store purges as soon as openraft asks (as the node's fjall log store
+    /// does), even beyond what the state machine has installed: a crash between the
+    /// purge and the install leaves a log the replica cannot recover from (seed 11974;
+    /// see `tests/regressions.rs`).
+    pub eager_purge: bool,
+    /// A snapshot install is two journal changes (the installed state, then the
+    /// current-snapshot pointer), as the node's state machine writes them: a crash
+    /// between them leaves a state machine applied beyond its snapshot, and openraft
+    /// purges the log up to it at startup (seed 11974; see `tests/regressions.rs`).
+    pub split_install: bool,
+    /// No disk faults (no bit flips, fsync errors or wipes): a seed runs as it did
+    /// before disk faults existed, so the seeds of `tests/regressions.rs` found then
+    /// replay as they were found. The crash model (lost unsynced writes, a torn tail)
+    /// stays.
+    pub no_disk_faults: bool,
 }
 
 /// Everything a seed decides.
@@ -153,10 +186,52 @@ pub struct Plan {
     pub power_failure_rate: f64,
     pub partition_rate: f64,
     pub lazy_flush_ms: u64,
+    pub disk: DiskFaults,
+}
+
+/// The disk faults of a seed, drawn from their own RNG (so a seed's other draws are
+/// what they were before these faults existed). Swarm testing: each kind is on in
+/// about two seeds of three, at a rate of its own.
+#[derive(Debug, Clone)]
+pub struct DiskFaults {
+    /// Per restart in the safety phase: one bit of one stored record flips while the
+    /// replica is down.
+    pub bit_flip_rate: f64,
+    /// Per fault step: the next fsync of a running replica fails.
+    pub fsync_error_rate: f64,
+    /// Per fault step: a replica's disk is lost; it is replaced by an empty one.
+    pub wipe_rate: f64,
+}
+
+impl DiskFaults {
+    /// No disk faults at all (`Options::no_disk_faults`).
+    pub const NONE: DiskFaults = DiskFaults {
+        bit_flip_rate: 0.0,
+        fsync_error_rate: 0.0,
+        wipe_rate: 0.0,
+    };
+
+    fn draw(seed: u64, planted: Option<PlantedBug>) -> DiskFaults {
+        let mut rng = StdRng::seed_from_u64(rt::splitmix64(seed ^ 0x4449_534b_4641_554c));
+        let mut rate = |low: f64, high: f64, forced: bool| {
+            let on = rng.gen_bool(0.65);
+            let rate = rng.gen_range(low..high);
+            if on || forced {
+                rate
+            } else {
+                0.0
+            }
+        };
+        DiskFaults {
+            bit_flip_rate: rate(0.05, 0.3, planted == Some(PlantedBug::SkipChecksum)),
+            fsync_error_rate: rate(0.02, 0.08, planted == Some(PlantedBug::FsyncErrorIgnored)),
+            wipe_rate: rate(0.01, 0.05, planted == Some(PlantedBug::WipeInPlace)),
+        }
+    }
 }
 
 impl Plan {
-    fn draw(rng: &mut StdRng) -> Plan {
+    fn draw(rng: &mut StdRng, disk: DiskFaults) -> Plan {
         let heartbeat_ms = rng.gen_range(30..=80);
         let election_min = heartbeat_ms * rng.gen_range(3..=5);
         let delay_high = rng.gen_range(500..=6_000);
@@ -186,6 +261,7 @@ impl Plan {
             power_failure_rate: rng.gen_range(0.02..0.15),
             partition_rate: rng.gen_range(0.1..0.4),
             lazy_flush_ms: rng.gen_range(30..=200),
+            disk,
         }
     }
 
@@ -261,9 +337,25 @@ pub struct Report {
     pub terms_with_several_leaders: usize,
     pub unsynced_writes_lost: u64,
     pub fsyncs: u64,
+    pub disk: DiskFaultStats,
     pub net: NetStats,
     pub clients: Vec<ClientStats>,
     pub trace: Vec<String>,
+}
+
+/// How often each disk fault happened in a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskFaultStats {
+    /// Bits flipped in stored records while a replica was down.
+    pub bit_flips: u64,
+    /// Restarts refused because the scrub found a corrupt record.
+    pub corruptions_detected: u64,
+    /// fsyncs that failed (each stopped its replica).
+    pub fsync_errors: u64,
+    /// Disks lost and replaced by empty ones.
+    pub wipes: u64,
+    /// Replicas repaired: removed, wiped, back as a learner, promoted.
+    pub repairs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -287,11 +379,13 @@ impl std::fmt::Display for Failure {
 
 /// Runs one seed on a fresh paused current-thread runtime on this thread.
 pub fn run(seed: u64, options: &Options) -> Result<Report, Failure> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime builds");
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time().start_paused(true);
+    // tokio's own RNG (unbiased `select!`, e.g. in openraft's replication backoff)
+    // comes from the seed too; `.cargo/config.toml` sets the cfg for the workspace.
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    let runtime = builder.build().expect("a current-thread runtime builds");
     rt::begin_run(seed);
     let result = runtime.block_on(Cluster::run(seed, options.clone()));
     drop(runtime);
@@ -307,6 +401,9 @@ struct Cluster {
     disks: Vec<Disk>,
     planted: Option<PlantedBug>,
     counters: Mutex<Counters>,
+    /// Replicas being repaired (at most one at a time: a minority), and the tasks
+    /// repairing them.
+    repairs: Mutex<Repairs>,
 }
 
 #[derive(Default)]
@@ -314,6 +411,16 @@ struct Counters {
     crashes: u64,
     power_failures: u64,
     partitions: u64,
+    disk: DiskFaultStats,
+}
+
+#[derive(Default)]
+struct Repairs {
+    nodes: BTreeSet<u64>,
+    /// Replicas that must stay down until their repair has wiped their disk and started
+    /// them (after that, a crash is restarted as any other).
+    held_down: BTreeSet<u64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Cluster {
@@ -325,19 +432,41 @@ impl Cluster {
         &self.disks[(node - 1) as usize]
     }
 
-    /// Starts (or restarts) a replica on what its disk holds.
-    async fn start(&self, node: u64) {
+    /// Starts (or restarts) a replica on what its disk holds. A replica whose scrub
+    /// finds a corrupt record refuses to start, and its repair begins: false.
+    async fn start(self: &Arc<Self>, node: u64) -> bool {
         let disk = self.disk(node).clone();
         let incarnation = disk.lock().incarnation;
         let key = NodeKey { node, incarnation };
-        let (log, sm) = disk.open(incarnation, self.checker.clone());
+        let (log, sm) = match disk.open(incarnation, self.checker.clone()) {
+            Ok(stores) => stores,
+            Err(corrupt) => {
+                self.checker
+                    .record(&format!("replica {node} refuses to start: {corrupt}"));
+                self.counters
+                    .lock()
+                    .expect("counters")
+                    .disk
+                    .corruptions_detected += 1;
+                self.begin_repair(node);
+                return false;
+            }
+        };
         let network = NetworkFactory {
             from: node,
             router: self.router.clone(),
         };
-        let raft = rt::within(key, Raft::new(node, self.config.clone(), network, log, sm))
-            .await
-            .expect("a replica starts on its own disk");
+        let started = rt::within(key, Raft::new(node, self.config.clone(), network, log, sm)).await;
+        let raft = match started {
+            Ok(raft) => raft,
+            Err(error) => {
+                // What a crash left on the disk must always be startable.
+                self.checker.fail(format!(
+                    "replica {node} does not start on its own disk: {error}"
+                ));
+                return false;
+            }
+        };
         if self.planted == Some(PlantedBug::AckBeforeFsync) {
             let every = Duration::from_millis(self.plan.lazy_flush_ms);
             rt::spawn_in(key, disk.clone().run_lazy_flusher(every));
@@ -347,6 +476,34 @@ impl Cluster {
         self.router.set_node(node, Some((key, raft)));
         self.checker
             .record(&format!("start replica {node} incarnation {incarnation}"));
+        true
+    }
+
+    /// A replica incarnation must stop at once (an fsync error): it crashes.
+    fn on_fatal(&self, key: NodeKey, reason: &str) {
+        let running = self.router.node(key.node).map(|(running, _)| running);
+        if running != Some(key) {
+            return;
+        }
+        self.checker.record(&format!(
+            "replica {}: {reason}: the replica stops",
+            key.node
+        ));
+        self.crash(key.node);
+        self.counters.lock().expect("counters").crashes += 1;
+    }
+
+    /// The replica is down for its repair: nothing else may start it.
+    fn is_held_down(&self, node: u64) -> bool {
+        self.repairs
+            .lock()
+            .expect("repairs")
+            .held_down
+            .contains(&node)
+    }
+
+    fn any_repairing(&self) -> bool {
+        !self.repairs.lock().expect("repairs").nodes.is_empty()
     }
 
     /// Crashes a replica: its tasks stop at once and its disk loses unsynced writes.
@@ -368,7 +525,12 @@ impl Cluster {
 
     async fn run(seed: u64, options: Options) -> Result<Report, Failure> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut plan = Plan::draw(&mut rng);
+        let disk_faults = if options.no_disk_faults {
+            DiskFaults::NONE
+        } else {
+            DiskFaults::draw(seed, options.planted)
+        };
+        let mut plan = Plan::draw(&mut rng, disk_faults);
         if let Some(safety_ms) = options.safety_ms {
             plan.safety_ms = safety_ms;
         }
@@ -395,7 +557,12 @@ impl Cluster {
                     options.gapped_log_reads,
                 )
             })
-            .collect();
+            .collect::<Vec<Disk>>();
+        for disk in &disks {
+            let mut disk = disk.lock();
+            disk.eager_purge = options.eager_purge;
+            disk.split_install = options.split_install;
+        }
         let cluster = Arc::new(Cluster {
             config: plan.raft_config(),
             plan,
@@ -404,7 +571,14 @@ impl Cluster {
             disks,
             planted: options.planted,
             counters: Mutex::new(Counters::default()),
+            repairs: Mutex::new(Repairs::default()),
         });
+        let weak = Arc::downgrade(&cluster);
+        rt::set_fatal_handler(Some(Rc::new(move |key, reason| {
+            if let Some(cluster) = weak.upgrade() {
+                cluster.on_fatal(key, &reason);
+            }
+        })));
         for node in cluster.nodes() {
             cluster.start(node).await;
         }
@@ -471,7 +645,8 @@ impl Cluster {
                 checker.record("liveness phase: heal everything, restart every replica");
                 cluster.router.set_filters(vec![HEALED]);
                 for node in cluster.nodes() {
-                    if cluster.router.node(node).is_none() {
+                    cluster.disk(node).disarm_fsync_error();
+                    if cluster.router.node(node).is_none() && !cluster.is_held_down(node) {
                         cluster.start(node).await;
                     }
                 }
@@ -497,6 +672,16 @@ impl Cluster {
         let virtual_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let result = result.and_then(|()| {
             let guards: Vec<_> = cluster.disks.iter().map(|disk| disk.lock()).collect();
+            // No replica holds a corrupt record at the end: each one found was repaired
+            // away. (Not with `skip-checksum`: that bug must be caught by what the
+            // corrupt data does, not by the harness's own checksums.)
+            if options.planted != Some(PlantedBug::SkipChecksum) {
+                for disk in &guards {
+                    disk.scrub().map_err(|corrupt| {
+                        format!("replica {} at the end: {corrupt}", disk.node)
+                    })?;
+                }
+            }
             let stores: Vec<(u64, &trail_node::ledger::MemoryStore)> = guards
                 .iter()
                 .map(|disk| (disk.node, &disk.sm.store))
@@ -507,6 +692,10 @@ impl Cluster {
             checker.fail(message.clone());
         }
         faults.abort();
+        rt::set_fatal_handler(None);
+        for task in std::mem::take(&mut cluster.repairs.lock().expect("repairs").tasks) {
+            task.abort();
+        }
         let mut client_stats = Vec::new();
         for client in clients {
             if client.is_finished() {
@@ -529,6 +718,12 @@ impl Cluster {
             });
         }
         let counters = cluster.counters.lock().expect("counters lock");
+        let mut disk_stats = counters.disk;
+        disk_stats.fsync_errors = cluster
+            .disks
+            .iter()
+            .map(|disk| disk.lock().fsync_errors)
+            .sum();
         Ok(Report {
             seed,
             trace_hash,
@@ -548,6 +743,7 @@ impl Cluster {
                 .map(|disk| disk.lock().lost_on_crash)
                 .sum(),
             fsyncs: cluster.disks.iter().map(|disk| disk.lock().fsyncs).sum(),
+            disk: disk_stats,
             net: cluster.router.stats(),
             clients: client_stats,
             trace,
@@ -608,8 +804,13 @@ impl Cluster {
             .and_then(|(_, leader)| leader)
     }
 
-    /// Every replica runs, agrees on one leader, and has applied the same log id.
+    /// Every replica runs, agrees on one leader, and has applied the same log id; no
+    /// repair is under way and every replica is a voter again.
     fn converged(&self) -> bool {
+        if self.any_repairing() {
+            return false;
+        }
+        let all: BTreeSet<u64> = self.nodes().into_iter().collect();
         let mut applied = BTreeSet::new();
         let mut leaders = BTreeSet::new();
         for node in self.nodes() {
@@ -620,6 +821,11 @@ impl Cluster {
             else {
                 return false;
             };
+            let membership = metrics.membership_config.membership();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            if voters != all || membership.get_joint_config().len() != 1 {
+                return false;
+            }
             applied.insert(metrics.last_applied);
             leaders.insert(metrics.current_leader);
         }
@@ -629,6 +835,9 @@ impl Cluster {
     /// The fault schedule of the safety phase.
     async fn inject_faults(cluster: Arc<Cluster>, seed: u64, on: Arc<AtomicBool>) {
         let mut rng = StdRng::seed_from_u64(seed);
+        // Disk faults draw from their own RNG: the other faults of a seed stay as they
+        // were drawn before disk faults existed.
+        let mut disk_rng = StdRng::seed_from_u64(rt::splitmix64(seed ^ 0x4449_534b));
         let plan = cluster.plan.clone();
         let nodes = cluster.nodes();
         let mut down_until: BTreeMap<u64, tokio::time::Instant> = BTreeMap::new();
@@ -647,8 +856,22 @@ impl Cluster {
                 .collect();
             for node in due {
                 down_until.remove(&node);
+                // A replica down for its repair is started by its repair.
+                if cluster.is_held_down(node) || cluster.router.node(node).is_some() {
+                    continue;
+                }
+                cluster.maybe_flip_bit(node, &mut disk_rng);
                 cluster.start(node).await;
             }
+            // A replica an fsync error stopped comes back after a while too.
+            for node in &nodes {
+                let down = cluster.router.node(*node).is_none();
+                if down && !down_until.contains_key(node) && !cluster.is_held_down(*node) {
+                    let downtime = Duration::from_millis(disk_rng.gen_range(10..=1_000));
+                    down_until.insert(*node, now + downtime);
+                }
+            }
+            cluster.inject_disk_faults(&mut disk_rng, &mut down_until);
             if partition_until.is_some_and(|until| until <= now) {
                 partition_until = None;
                 cluster.router.remove_filters(Filter::is_cut);

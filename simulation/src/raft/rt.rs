@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use openraft::async_runtime::TokioOneShotSender;
@@ -32,9 +33,13 @@ tokio::task_local! {
     static NODE: NodeKey;
 }
 
+/// What the run does when a replica incarnation must stop at once (an fsync error).
+pub type FatalHandler = Rc<dyn Fn(NodeKey, String)>;
+
 thread_local! {
     static RNG_STATE: Cell<u64> = const { Cell::new(0) };
     static TASKS: RefCell<BTreeMap<NodeKey, Vec<AbortHandle>>> = const { RefCell::new(BTreeMap::new()) };
+    static FATAL: RefCell<Option<FatalHandler>> = const { RefCell::new(None) };
 }
 
 /// Finished handles are pruned when a replica's list grows past this.
@@ -44,6 +49,23 @@ const TASKS_PRUNE_AT: usize = 64;
 pub fn begin_run(seed: u64) {
     RNG_STATE.with(|state| state.set(splitmix64(seed ^ 0x5157_5241_4654)));
     TASKS.with(|tasks| tasks.borrow_mut().clear());
+    set_fatal_handler(None);
+}
+
+/// Sets (or clears) the run's handler for [`fatal`].
+pub fn set_fatal_handler(handler: Option<FatalHandler>) {
+    FATAL.with(|slot| *slot.borrow_mut() = handler);
+}
+
+/// Replica incarnation `key` hit an error it must stop on (an fsync error: retrying
+/// an fsync can report success for data the kernel dropped). The run's handler
+/// crashes it at once, from inside one of its own tasks: the caller must not go on
+/// (it awaits forever; the abort drops it).
+pub fn fatal(key: NodeKey, reason: String) {
+    let handler = FATAL.with(|slot| slot.borrow().clone());
+    if let Some(handler) = handler {
+        handler(key, reason);
+    }
 }
 
 pub fn splitmix64(value: u64) -> u64 {

@@ -7,6 +7,13 @@
 //! and calls the `LogFlushed` callbacks waiting for it. A crash keeps a seeded prefix
 //! of the unsynced changes (a torn journal tail) and takes back the rest, newest first.
 //!
+//! Disk faults on restart: every record carries a checksum (`raft/record.rs`) and a
+//! replica scrubs its disk when it opens it; a flipped bit makes it refuse to start (the
+//! harness then repairs it: out of the membership, wiped, back as a learner, promoted).
+//! An fsync error stops the replica at once ([`rt::fatal`]): the appends waiting for
+//! that fsync are never acknowledged, and the crash model takes back the unsynced tail.
+//! A wipe gives the replica an empty disk and a new incarnation.
+//!
 //! The state machine drives `trail_node::ledger::Ledger` exactly as
 //! `node/src/storage/state_machine.rs` does: apply every entry of the call, seal the
 //! batch, execute the writes together with the applied id as one atomic change, then
@@ -35,6 +42,8 @@ use trail_node::ledger::{
 };
 
 use super::check::Checker;
+use super::record::{self, LogRecord, RecordKey};
+use super::rt::{self, NodeKey};
 use super::{
     Entry, LogId, LogState, PlantedBug, SimConfig, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, Vote,
@@ -54,7 +63,7 @@ pub struct DiskState {
     pub node: u64,
     /// Bumped by every crash; stores of an older incarnation refuse to work.
     pub incarnation: u64,
-    pub log: BTreeMap<u64, Entry>,
+    pub log: BTreeMap<u64, LogRecord>,
     pub purged: Option<LogId>,
     pub vote: Option<Vote>,
     pub committed: Option<LogId>,
@@ -62,7 +71,7 @@ pub struct DiskState {
     /// The in-memory ledger of the running state machine (rebuilt on restart).
     pub ledger: Ledger,
     /// The current snapshot; made durable (fsynced) when it is set.
-    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    pub snapshot: Option<StoredSnapshot>,
     snapshots_built: u64,
     /// Changes since the last fsync, oldest first, each with what it replaced.
     unsynced: Vec<Undo>,
@@ -77,8 +86,52 @@ pub struct DiskState {
     /// `node/src/storage/log_store.rs` does, instead of only the run that starts at the
     /// range's start (see `Options::gapped_log_reads`).
     pub gapped_log_reads: bool,
+    /// The log store purges what openraft asks at once, as `node/src/storage/log_store.rs`
+    /// does, instead of deferring a purge the state machine has not reached yet (see
+    /// `Options::eager_purge`).
+    pub eager_purge: bool,
+    /// A snapshot install is two journal changes, the installed state and then the
+    /// snapshot pointer, as `node/src/storage/state_machine.rs` writes them, instead of
+    /// one (see `Options::split_install`).
+    pub split_install: bool,
+    /// A purge deferred until the state machine has applied or installed up to it.
+    pending_purge: Option<LogId>,
     pub fsyncs: u64,
     pub lost_on_crash: u64,
+    /// The next fsync fails (a disk fault the harness arms).
+    pub fsync_error_armed: bool,
+    pub fsync_errors: u64,
+    /// With `fsync-error-ignored`: changes whose fsync failed. The kernel dropped their
+    /// dirty pages: they are visible until the next crash, which loses them whatever
+    /// fsyncs succeeded in between.
+    failed_fsync: Vec<Undo>,
+}
+
+/// A snapshot as stored: its metadata, its bytes and the bytes' checksum.
+#[derive(Clone)]
+pub struct StoredSnapshot {
+    pub meta: SnapshotMeta,
+    pub bytes: Vec<u8>,
+    pub checksum: u64,
+}
+
+impl StoredSnapshot {
+    fn new(meta: SnapshotMeta, bytes: Vec<u8>) -> StoredSnapshot {
+        let checksum = record::checksum(&bytes);
+        StoredSnapshot {
+            meta,
+            bytes,
+            checksum,
+        }
+    }
+}
+
+/// Where a bit flipped, for the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flipped {
+    LogEntry(u64),
+    Record(RecordKey),
+    Snapshot,
 }
 
 #[derive(Clone, Default)]
@@ -89,16 +142,47 @@ pub struct SmState {
     /// The applied id before the last apply batch (what `apply-twice-after-restart`
     /// wrongly restarts from).
     pub batch_start: Option<LogId>,
+    /// Each record's checksum, taken when it was written.
+    pub checksums: BTreeMap<RecordKey, u64>,
+}
+
+impl SmState {
+    /// The state of an installed snapshot: every record's checksum taken anew.
+    fn installed(store: MemoryStore, applied: Option<LogId>, membership: StoredMembership) -> Self {
+        let mut checksums = BTreeMap::new();
+        for key in RecordKey::all(&store) {
+            let checksum = key.checksum(&store).expect("a listed record exists");
+            checksums.insert(key, checksum);
+        }
+        SmState {
+            store,
+            applied,
+            membership,
+            batch_start: applied,
+            checksums,
+        }
+    }
 }
 
 enum Undo {
-    LogPut(u64, Option<Entry>),
-    LogRemoved(Vec<Entry>),
-    Purged(Vec<Entry>, Option<LogId>),
+    LogPut(u64, Option<LogRecord>),
+    LogRemoved(Vec<LogRecord>),
+    Purged(Vec<LogRecord>, Option<LogId>),
     Vote(Option<Vote>),
     Committed(Option<LogId>),
+    /// A snapshot built; its fsync follows at once, so this is taken back only when
+    /// that fsync fails.
+    Snapshot(Option<StoredSnapshot>),
+    /// A snapshot installed: the state machine's whole state (records, applied id,
+    /// membership) and the current-snapshot pointer, replaced in one atomic change.
+    /// Two changes would let a crash keep one without the other: a state machine
+    /// applied beyond its current snapshot (openraft then purges the log to the applied
+    /// id at startup, and the purged entries are in no snapshot) or a snapshot beyond
+    /// the applied id; either breaks openraft's `purged <= snapshot <= committed`.
+    Installed(Box<SmState>, Option<StoredSnapshot>),
     Apply {
         replaced: Vec<Replaced>,
+        checksums: Vec<(RecordKey, Option<u64>)>,
         applied: Option<LogId>,
         membership: StoredMembership,
         batch_start: Option<LogId>,
@@ -133,8 +217,14 @@ impl Disk {
                 planted,
                 seal_order_victim,
                 gapped_log_reads,
+                eager_purge: false,
+                split_install: false,
+                pending_purge: None,
                 fsyncs: 0,
                 lost_on_crash: 0,
+                fsync_error_armed: false,
+                fsync_errors: 0,
+                failed_fsync: Vec::new(),
             })),
             notify: Arc::new(tokio::sync::Notify::new()),
         }
@@ -145,16 +235,47 @@ impl Disk {
     }
 
     /// The fsync: every change so far is durable; waiting appends are acknowledged.
-    pub fn sync(&self) {
+    ///
+    /// False when the fsync failed: the replica has stopped ([`rt::fatal`] crashed it,
+    /// from inside the caller's task) and the caller must not go on. Nothing waiting
+    /// for that fsync is acknowledged.
+    #[must_use]
+    pub fn sync(&self) -> bool {
         let waiting = {
             let mut disk = self.lock();
-            disk.unsynced.clear();
-            disk.fsyncs += 1;
-            std::mem::take(&mut disk.waiting)
+            if disk.fsync_error_armed {
+                disk.fsync_error_armed = false;
+                disk.fsync_errors += 1;
+                if disk.planted == Some(PlantedBug::FsyncErrorIgnored) {
+                    // The bug: the error is logged, the waiting appends acknowledged, and
+                    // the fsync retried later; the changes it covered are not on disk.
+                    let failed = std::mem::take(&mut disk.unsynced);
+                    disk.failed_fsync.extend(failed);
+                    std::mem::take(&mut disk.waiting)
+                } else {
+                    let key = NodeKey {
+                        node: disk.node,
+                        incarnation: disk.incarnation,
+                    };
+                    drop(disk);
+                    rt::fatal(key, "fsync error".to_string());
+                    return false;
+                }
+            } else {
+                disk.unsynced.clear();
+                disk.fsyncs += 1;
+                std::mem::take(&mut disk.waiting)
+            }
         };
         for callback in waiting {
             callback.log_io_completed(Ok(()));
         }
+        true
+    }
+
+    /// After a failed fsync: the replica is stopped, and this task with it.
+    async fn stopped() {
+        std::future::pending::<()>().await;
     }
 
     fn fsync_latency(&self) -> Duration {
@@ -170,7 +291,9 @@ impl Disk {
             self.notify.notified().await;
             let latency = self.fsync_latency();
             tokio::time::sleep(latency).await;
-            self.sync();
+            if !self.sync() {
+                return Disk::stopped().await;
+            }
         }
     }
 
@@ -178,7 +301,9 @@ impl Disk {
     pub async fn run_lazy_flusher(self, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            self.sync();
+            if !self.sync() {
+                return Disk::stopped().await;
+            }
         }
     }
 
@@ -192,17 +317,34 @@ impl Disk {
         for undo in unsynced.into_iter().skip(keep).rev() {
             disk.undo(undo);
         }
+        // With `fsync-error-ignored`: what a failed fsync covered was never written.
+        let failed = std::mem::take(&mut disk.failed_fsync);
+        disk.lost_on_crash += failed.len() as u64;
+        for undo in failed.into_iter().rev() {
+            disk.undo(undo);
+        }
         disk.waiting.clear();
+        disk.pending_purge = None;
         disk.incarnation += 1;
         disk.ledger = Ledger::default();
         disk.incarnation
     }
 
-    /// The stores of incarnation `incarnation`, as a restart opens them.
-    pub fn open(&self, incarnation: u64, checker: Checker) -> (LogStore, StateMachine) {
+    /// The stores of incarnation `incarnation`, as a restart opens them; an error names
+    /// the first corrupt record the scrub found (the replica must not start on it).
+    pub fn open(
+        &self,
+        incarnation: u64,
+        checker: Checker,
+    ) -> Result<(LogStore, StateMachine), String> {
         {
             let mut disk = self.lock();
             assert_eq!(disk.incarnation, incarnation, "opened by its incarnation");
+            if disk.planted != Some(PlantedBug::SkipChecksum) {
+                disk.scrub()?;
+            }
+            // What any crash leaves must be a state openraft can start on.
+            checker.check(disk.startable());
             // As `StateMachine::open`: the ledger is rebuilt from the stored tenants.
             disk.ledger = Ledger::from_tenants(disk.sm.store.tenants.clone());
             if disk.planted == Some(PlantedBug::ApplyTwiceAfterRestart) && incarnation > 0 {
@@ -233,7 +375,7 @@ impl Disk {
                 disk.sm.applied.map(|log_id| log_id.index),
                 disk.snapshot
                     .as_ref()
-                    .map(|(meta, _)| meta.snapshot_id.clone()),
+                    .map(|snapshot| snapshot.meta.snapshot_id.clone()),
             ));
         }
         let log = LogStore {
@@ -246,7 +388,68 @@ impl Disk {
             incarnation,
             checker,
         };
-        (log, sm)
+        Ok((log, sm))
+    }
+
+    /// The disk is lost and replaced by an empty one (after the replica left the
+    /// membership). Returns the new incarnation.
+    pub fn wipe(&self) -> u64 {
+        let mut disk = self.lock();
+        disk.incarnation += 1;
+        disk.log.clear();
+        disk.purged = None;
+        disk.vote = None;
+        disk.committed = None;
+        disk.sm = SmState::default();
+        disk.ledger = Ledger::default();
+        disk.snapshot = None;
+        disk.unsynced.clear();
+        disk.waiting.clear();
+        disk.failed_fsync.clear();
+        disk.fsync_error_armed = false;
+        disk.pending_purge = None;
+        disk.incarnation
+    }
+
+    /// Bit rot while the replica is down: one bit of one stored record (a log entry, a
+    /// state-machine record or the snapshot, drawn by `rng`) flips; its checksum stays.
+    pub fn flip_bit(&self, rng: &mut StdRng) -> Option<Flipped> {
+        let mut disk = self.lock();
+        let log_len = disk.log.len();
+        let records_len = disk.sm.checksums.len();
+        let snapshot_len = usize::from(disk.snapshot.is_some());
+        let total = log_len + records_len + snapshot_len;
+        if total == 0 {
+            return None;
+        }
+        let pick = rng.gen_range(0..total);
+        if pick < log_len {
+            let index = *disk.log.keys().nth(pick).expect("in range");
+            let record = disk.log.get_mut(&index).expect("present");
+            return record.flip_bit(rng).then_some(Flipped::LogEntry(index));
+        }
+        if pick < log_len + records_len {
+            let key = disk
+                .sm
+                .checksums
+                .keys()
+                .nth(pick - log_len)
+                .expect("in range")
+                .clone();
+            let flipped = key.flip_bit(&mut disk.sm.store, rng);
+            return flipped.then_some(Flipped::Record(key));
+        }
+        let snapshot = disk.snapshot.as_mut().expect("counted");
+        record::flip_in_place(&mut snapshot.bytes, rng).then_some(Flipped::Snapshot)
+    }
+
+    /// Arms an fsync error: the next fsync of this disk fails.
+    pub fn arm_fsync_error(&self) {
+        self.lock().fsync_error_armed = true;
+    }
+
+    pub fn disarm_fsync_error(&self) {
+        self.lock().fsync_error_armed = false;
     }
 }
 
@@ -261,27 +464,39 @@ impl DiskState {
                     self.log.remove(&index);
                 }
             },
-            Undo::LogRemoved(entries) => {
-                for entry in entries {
-                    self.log.insert(entry.log_id.index, entry);
+            Undo::LogRemoved(records) => {
+                for record in records {
+                    self.log.insert(record.entry.log_id.index, record);
                 }
             }
-            Undo::Purged(entries, previous) => {
-                for entry in entries {
-                    self.log.insert(entry.log_id.index, entry);
+            Undo::Purged(records, previous) => {
+                for record in records {
+                    self.log.insert(record.entry.log_id.index, record);
                 }
                 self.purged = previous;
             }
             Undo::Vote(previous) => self.vote = previous,
+            Undo::Snapshot(previous) => self.snapshot = previous,
+            Undo::Installed(previous, snapshot) => {
+                self.sm = *previous;
+                self.snapshot = snapshot;
+            }
             Undo::Committed(previous) => self.committed = previous,
             Undo::Apply {
                 replaced,
+                checksums,
                 applied,
                 membership,
                 batch_start,
             } => {
                 for replaced in replaced.into_iter().rev() {
                     self.sm.store.undo(replaced);
+                }
+                for (key, previous) in checksums.into_iter().rev() {
+                    match previous {
+                        Some(checksum) => self.sm.checksums.insert(key, checksum),
+                        None => self.sm.checksums.remove(&key),
+                    };
                 }
                 self.sm.applied = applied;
                 self.sm.membership = membership;
@@ -293,12 +508,123 @@ impl DiskState {
     fn last_log_id(&self) -> Option<LogId> {
         self.log
             .last_key_value()
-            .map(|(_, entry)| entry.log_id)
+            .map(|(_, record)| record.entry.log_id)
             .or(self.purged)
     }
 
+    /// Removes the log up to `log_id` (inclusive), as one journal change.
+    fn purge_log(&mut self, log_id: LogId, checker: &Checker) {
+        let kept = self.log.split_off(&(log_id.index + 1));
+        let removed: Vec<LogRecord> = std::mem::replace(&mut self.log, kept)
+            .into_values()
+            .collect();
+        let previous = self.purged.replace(log_id);
+        checker.record(&format!(
+            "replica {} log purge ..={log_id} ({} entries)",
+            self.node,
+            removed.len()
+        ));
+        self.unsynced.push(Undo::Purged(removed, previous));
+    }
+
+    /// A deferred purge, once the state machine has reached it: journaled after the
+    /// change that reached it, so no crash keeps the purge without that change.
+    fn purge_when_reached(&mut self, checker: &Checker) {
+        let Some(pending) = self.pending_purge else {
+            return;
+        };
+        if self
+            .sm
+            .applied
+            .is_some_and(|applied| applied.index >= pending.index)
+        {
+            self.pending_purge = None;
+            self.purge_log(pending, checker);
+        }
+    }
+
+    /// What openraft 0.9.25 requires of the disk it starts on (`StorageHelper::
+    /// get_initial_state`, then `RaftState::validate`: `purged <= snapshot <=
+    /// committed`), stated as what a store must keep true across any crash:
+    ///
+    /// - the current snapshot covers the purged log (a purge is never durable without
+    ///   the snapshot that covers it; with no snapshot, openraft builds one from the
+    ///   state machine, which must then have applied the purged log);
+    /// - the current snapshot is not beyond the state machine's applied id;
+    /// - a state machine applied beyond the end of its log has that applied id as its
+    ///   current snapshot: openraft purges the log to the applied id at startup
+    ///   ("snapshot is installed but logs are not cleaned"), and those entries must be
+    ///   in the snapshot it sends to replicas that lag.
+    ///
+    /// A debug build of openraft panics on the first two (`validit`); a release build
+    /// starts and runs on an invalid state, so the harness checks them itself.
+    pub fn startable(&self) -> Result<(), String> {
+        let node = self.node;
+        let applied = self.sm.applied;
+        let snapshot = self.snapshot.as_ref().map(|s| s.meta.last_log_id);
+        let index = |log_id: Option<LogId>| log_id.map(|log_id| log_id.index);
+        // What openraft purges to at startup.
+        let purge_upto = if self.last_log_id() < applied {
+            applied
+        } else {
+            self.purged
+        };
+        let covered = match snapshot {
+            Some(snapshot) => snapshot,
+            None if purge_upto.is_some() => applied,
+            None => None,
+        };
+        if index(purge_upto) > index(covered) {
+            return Err(format!(
+                "replica {node}'s disk after a crash: the log is purged (or openraft purges \
+                 it at startup) to {:?}, but its snapshot covers only {:?} (state machine \
+                 applied {:?}, log ends at {:?}): purged entries in no snapshot",
+                index(purge_upto),
+                index(covered),
+                index(applied),
+                self.last_log_index(),
+            ));
+        }
+        if index(snapshot.flatten()) > index(applied) {
+            return Err(format!(
+                "replica {node}'s disk after a crash: its snapshot is at {:?}, beyond the \
+                 state machine's applied {:?}",
+                index(snapshot.flatten()),
+                index(applied),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn log_id_at(&self, index: u64) -> Option<LogId> {
-        self.log.get(&index).map(|entry| entry.log_id)
+        self.log.get(&index).map(|record| record.entry.log_id)
+    }
+
+    /// Verifies every stored record against its checksum, as a replica does when it
+    /// opens its disk; names the first corrupt one.
+    pub fn scrub(&self) -> Result<(), String> {
+        for (index, record) in &self.log {
+            if !record.is_intact() {
+                return Err(format!("log entry {index} fails its checksum"));
+            }
+        }
+        if self.sm.checksums.len() != RecordKey::all(&self.sm.store).len() {
+            return Err("state machine records and checksums differ in number".to_string());
+        }
+        for (key, checksum) in &self.sm.checksums {
+            if key.checksum(&self.sm.store) != Some(*checksum) {
+                return Err(format!("state machine record {key:?} fails its checksum"));
+            }
+        }
+        if let Some(snapshot) = &self.snapshot {
+            if record::checksum(&snapshot.bytes) != snapshot.checksum {
+                return Err(format!(
+                    "snapshot {} fails its checksum",
+                    snapshot.meta.snapshot_id
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn last_log_index(&self) -> Option<u64> {
@@ -339,6 +665,20 @@ impl LogStore {
         }
         Ok(disk)
     }
+
+    /// A log entry as read: its checksum is verified first (as the node's fjall block
+    /// reads are). The replica scrubbed its disk when it opened it and bits flip only
+    /// while it is down, so a mismatch here means the harness let a corrupt record
+    /// through: a violation.
+    fn read(&self, disk: &DiskState, record: &LogRecord) -> Entry {
+        if disk.planted != Some(PlantedBug::SkipChecksum) && !record.is_intact() {
+            self.checker.fail(format!(
+                "replica {} read log entry {} that fails its checksum (corrupt data served)",
+                disk.node, record.entry.log_id.index
+            ));
+        }
+        record.entry.clone()
+    }
 }
 
 impl RaftLogReader<SimConfig> for LogStore {
@@ -350,7 +690,7 @@ impl RaftLogReader<SimConfig> for LogStore {
         Ok(disk
             .log
             .range(range)
-            .map(|(_, entry)| entry.clone())
+            .map(|(_, record)| self.read(&disk, record))
             .collect())
     }
 
@@ -366,11 +706,11 @@ impl RaftLogReader<SimConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let disk = self.lock(ErrorVerb::Read).map_err(|e| *e)?;
         let mut entries: Vec<Entry> = Vec::new();
-        for (index, entry) in disk.log.range(start..end) {
+        for (index, record) in disk.log.range(start..end) {
             if !disk.gapped_log_reads && *index != start + entries.len() as u64 {
                 break;
             }
-            entries.push(entry.clone());
+            entries.push(self.read(&disk, record));
         }
         Ok(entries)
     }
@@ -400,7 +740,9 @@ impl RaftLogStorage<SimConfig> for LogStore {
         }
         let latency = self.disk.fsync_latency();
         tokio::time::sleep(latency).await;
-        self.disk.sync();
+        if !self.disk.sync() {
+            Disk::stopped().await;
+        }
         Ok(())
     }
 
@@ -451,7 +793,7 @@ impl RaftLogStorage<SimConfig> for LogStore {
                 }
                 let (first, _) = range.get_or_insert((entry.log_id, entry.log_id));
                 range = Some((*first, entry.log_id));
-                let previous = disk.log.insert(index, entry);
+                let previous = disk.log.insert(index, LogRecord::new(entry));
                 disk.unsynced.push(Undo::LogPut(index, previous));
             }
             if let Some((first, last)) = range {
@@ -477,7 +819,7 @@ impl RaftLogStorage<SimConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut disk = self.lock(ErrorVerb::Write).map_err(|e| *e)?;
-        let removed: Vec<Entry> = disk.log.split_off(&log_id.index).into_values().collect();
+        let removed: Vec<LogRecord> = disk.log.split_off(&log_id.index).into_values().collect();
         self.checker.record(&format!(
             "replica {} log truncate {log_id}.. ({} entries)",
             disk.node,
@@ -487,19 +829,32 @@ impl RaftLogStorage<SimConfig> for LogStore {
         Ok(())
     }
 
+    /// openraft 0.9.25 purges the log a received snapshot covers as soon as it hands
+    /// the snapshot to the state machine (`install_full_snapshot` pushes `PurgeLog` with
+    /// no condition), before the state machine has installed it. Journaled first, the
+    /// purge can survive a crash (or an fsync error) that loses the install: the disk
+    /// then lacks entries its state machine never applied, and the replica cannot
+    /// catch up (seed 11974; `tests/regressions.rs`). So a purge beyond what the state
+    /// machine has reached waits for it.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut disk = self.lock(ErrorVerb::Write).map_err(|e| *e)?;
-        let kept = disk.log.split_off(&(log_id.index + 1));
-        let removed: Vec<Entry> = std::mem::replace(&mut disk.log, kept)
-            .into_values()
-            .collect();
-        let previous = disk.purged.replace(log_id);
+        let reached = disk
+            .sm
+            .applied
+            .is_some_and(|applied| applied.index >= log_id.index);
+        if disk.eager_purge || reached {
+            disk.purge_log(log_id, &self.checker);
+            return Ok(());
+        }
         self.checker.record(&format!(
-            "replica {} log purge ..={log_id} ({} entries)",
+            "replica {} log purge ..={log_id} deferred: state machine at {:?}",
             disk.node,
-            removed.len()
+            disk.sm.applied.map(|applied| applied.index)
         ));
-        disk.unsynced.push(Undo::Purged(removed, previous));
+        let pending = disk
+            .pending_purge
+            .map_or(log_id, |pending| pending.max(log_id));
+        disk.pending_purge = Some(pending);
         Ok(())
     }
 }
@@ -785,10 +1140,16 @@ impl RaftStateMachine<SimConfig> for StateMachine {
             }
         }
         let mut replaced = Vec::with_capacity(writes.len());
+        let mut checksums = Vec::with_capacity(writes.len());
         for write in writes {
             self.checker
                 .check(self.checker.on_write(node, &write, &disk.sm.store));
+            let key = RecordKey::of(&write);
             replaced.push(disk.sm.store.execute(write));
+            // The record's checksum, taken as it is written.
+            let checksum = key.checksum(&disk.sm.store).expect("just written");
+            let previous = disk.sm.checksums.insert(key.clone(), checksum);
+            checksums.push((key, previous));
         }
         if let (Some(first), Some(last)) = (first_index, disk.sm.applied) {
             self.checker.record(&format!(
@@ -800,11 +1161,13 @@ impl RaftStateMachine<SimConfig> for StateMachine {
         disk.sm.batch_start = undo_applied;
         disk.unsynced.push(Undo::Apply {
             replaced,
+            checksums,
             applied: undo_applied,
             membership: undo_membership,
             batch_start: undo_batch_start,
         });
         disk.ledger.batch_committed();
+        disk.purge_when_reached(&self.checker);
         Ok(responses)
     }
 
@@ -857,24 +1220,47 @@ impl RaftStateMachine<SimConfig> for StateMachine {
             ));
             self.checker.check(self.checker.on_install(node, &store));
             disk.ledger = Ledger::from_tenants(store.tenants.clone());
-            disk.sm = SmState {
-                store,
-                applied: meta.last_log_id,
-                membership,
-                batch_start: meta.last_log_id,
-            };
-            disk.snapshot = Some((meta.clone(), bytes));
+            // One journal change: the installed state and the snapshot pointer (see
+            // `Undo::Installed`); then the purge that waited for it.
+            let installed = SmState::installed(store, meta.last_log_id, membership);
+            let previous_sm = std::mem::replace(&mut disk.sm, installed);
+            let previous_snapshot = disk
+                .snapshot
+                .replace(StoredSnapshot::new(meta.clone(), bytes));
+            if disk.split_install {
+                // The state first (the pointer still the old one), then the pointer.
+                disk.unsynced.push(Undo::Installed(
+                    Box::new(previous_sm),
+                    previous_snapshot.clone(),
+                ));
+                disk.unsynced.push(Undo::Snapshot(previous_snapshot));
+            } else {
+                disk.unsynced
+                    .push(Undo::Installed(Box::new(previous_sm), previous_snapshot));
+            }
+            disk.purge_when_reached(&self.checker);
         }
         // As the node: the installed state and the snapshot pointer are fsynced.
-        self.disk.sync();
+        if !self.disk.sync() {
+            Disk::stopped().await;
+        }
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let disk = self.lock(ErrorVerb::Read).map_err(|e| *e)?;
-        Ok(disk.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(bytes.clone())),
+        if let Some(snapshot) = &disk.snapshot {
+            let intact = record::checksum(&snapshot.bytes) == snapshot.checksum;
+            if disk.planted != Some(PlantedBug::SkipChecksum) && !intact {
+                self.checker.fail(format!(
+                    "replica {} read snapshot {} that fails its checksum (corrupt data served)",
+                    disk.node, snapshot.meta.snapshot_id
+                ));
+            }
+        }
+        Ok(disk.snapshot.as_ref().map(|snapshot| Snapshot {
+            meta: snapshot.meta.clone(),
+            snapshot: Box::new(Cursor::new(snapshot.bytes.clone())),
         }))
     }
 }
@@ -906,11 +1292,16 @@ impl RaftSnapshotBuilder<SimConfig> for SnapshotBuilder {
             if disk.incarnation != self.incarnation {
                 return Err(stale(ErrorVerb::Write));
             }
-            disk.snapshot = Some((meta.clone(), bytes.clone()));
+            let previous = disk
+                .snapshot
+                .replace(StoredSnapshot::new(meta.clone(), bytes.clone()));
+            disk.unsynced.push(Undo::Snapshot(previous));
         }
         // The snapshot and its pointer are durable before the log they replace is
         // purged (the node fsyncs both).
-        self.disk.sync();
+        if !self.disk.sync() {
+            Disk::stopped().await;
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
