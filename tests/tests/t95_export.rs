@@ -413,7 +413,10 @@ async fn exports_verify_offline_and_every_tampering_is_named() {
         lines.len() - audit_records,
         4 * ROUND_EVENTS / TENANTS.len()
     );
-    assert!(audit_records >= 4, "{audit_records} read and export records");
+    assert!(
+        audit_records >= 4,
+        "{audit_records} read and export records"
+    );
 
     // A filtered export: each event proven, as many as the node counts.
     let filtered = out.path().join("filtered.jsonl");
