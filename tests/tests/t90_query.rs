@@ -125,6 +125,14 @@ fn expected(
 
 /// `GET path` over HTTP/1.1; the status and the JSON body.
 fn http_get(port: u16, path: &str) -> (u16, Value) {
+    let (status, body) = http_get_text(port, path);
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|error| panic!("GET {path}: body is not JSON ({error}): {body}"));
+    (status, json)
+}
+
+/// `GET path` over HTTP/1.1; the status and the body.
+fn http_get_text(port: u16, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to HTTP");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -151,9 +159,7 @@ fn http_get(port: u16, path: &str) -> (u16, Value) {
     } else {
         body.to_string()
     };
-    let json = serde_json::from_str(&body)
-        .unwrap_or_else(|error| panic!("GET {path}: body is not JSON ({error}): {body}"));
-    (status, json)
+    (status, body)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -436,6 +442,18 @@ async fn query_through_grpc_rest_and_trailctl() {
     );
     let (status, body) = http_get(port, "/api/v1/nowhere");
     assert_eq!(status, 404, "{body}");
+    // Operators see index lag and the storage engine's memory and journal.
+    let (status, metrics) = http_get_text(port, "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    for name in [
+        "trail_index_lag_ms{shard=",
+        "trail_storage_memtable_bytes ",
+        "trail_storage_journal_bytes ",
+        "trail_storage_journals ",
+        "trail_storage_flushes_pending ",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
     // Nothing else was affected.
     assert_eq!(
         rest_all(port, "ten_a", "action=auth.*&result=failure"),

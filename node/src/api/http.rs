@@ -58,12 +58,31 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
     per_shard(&mut body, "trail_ingest_queue_bytes", "gauge", &|shard| {
         shard.queue.depth_bytes() as u64
     });
+    per_shard(&mut body, "trail_index_lag_ms", "gauge", &|shard| {
+        node.index
+            .progress(shard.shard)
+            .map_or(0, |progress| progress.lag_ms.load(Ordering::Relaxed))
+    });
     let memory = super::process_memory();
+    // The storage engine's memory and journal: memtables are bounded per keyspace
+    // (storage/mod.rs) and journals are deleted once every keyspace flushed past
+    // them, so these stay bounded; a climb means flushes are not keeping up.
+    let db = &node.store.db;
     for (name, value) in [
         ("trail_process_resident_memory_bytes", memory.rss_bytes),
         (
             "trail_process_peak_resident_memory_bytes",
             memory.peak_rss_bytes,
+        ),
+        ("trail_storage_memtable_bytes", db.write_buffer_size()),
+        (
+            "trail_storage_journal_bytes",
+            db.journal_disk_space().unwrap_or(0),
+        ),
+        ("trail_storage_journals", db.journal_count() as u64),
+        (
+            "trail_storage_flushes_pending",
+            db.outstanding_flushes() as u64,
         ),
     ] {
         let _ = writeln!(body, "# TYPE {name} gauge");
