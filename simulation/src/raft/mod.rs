@@ -295,7 +295,7 @@ impl Plan {
 
 /// A replica's metrics, once its Raft core has published them (until then they are
 /// `RaftMetrics::new_initial`, with a default vote, not what the replica holds).
-fn published_metrics(raft: &Raft) -> Option<Metrics> {
+pub(crate) fn published_metrics(raft: &Raft) -> Option<Metrics> {
     let metrics = raft.metrics();
     if !metrics.has_changed().unwrap_or(true) {
         return None;
@@ -304,9 +304,23 @@ fn published_metrics(raft: &Raft) -> Option<Metrics> {
     Some(current)
 }
 
+/// A replica's role, term, leader and log positions, as the trace records each change.
+pub(crate) fn metrics_summary(metrics: &Metrics) -> String {
+    format!(
+        "{:?} term {} leader {:?} log {:?} applied {:?} snapshot {:?} purged {:?}",
+        metrics.state,
+        metrics.current_term,
+        metrics.current_leader,
+        metrics.last_log_index,
+        metrics.last_applied.map(|log_id| log_id.index),
+        metrics.snapshot.map(|log_id| log_id.index),
+        metrics.purged.map(|log_id| log_id.index),
+    )
+}
+
 /// A running replica whose Raft core ended (a panic drops the metrics sender without a
 /// last report) is a failure.
-fn core_stopped(raft: &Raft) -> bool {
+pub(crate) fn core_stopped(raft: &Raft) -> bool {
     raft.metrics().has_changed().is_err()
 }
 
@@ -766,16 +780,7 @@ impl Cluster {
             let Some(metrics) = published_metrics(&raft) else {
                 continue;
             };
-            let summary = format!(
-                "{:?} term {} leader {:?} log {:?} applied {:?} snapshot {:?} purged {:?}",
-                metrics.state,
-                metrics.current_term,
-                metrics.current_leader,
-                metrics.last_log_index,
-                metrics.last_applied.map(|log_id| log_id.index),
-                metrics.snapshot.map(|log_id| log_id.index),
-                metrics.purged.map(|log_id| log_id.index),
-            );
+            let summary = metrics_summary(&metrics);
             if last_seen.get(&node) != Some(&summary) {
                 self.checker.record(&format!("replica {node}: {summary}"));
                 last_seen.insert(node, summary);

@@ -40,7 +40,7 @@ use trail_proto::v1::trail_server::TrailServer;
 
 use crate::raft::check::{Checker, Trace};
 use crate::raft::store::Disk;
-use crate::raft::{rt, Failure, Metrics, Raft};
+use crate::raft::{core_stopped, metrics_summary, published_metrics, rt, Failure, Raft};
 use api::TrailApi;
 use client::{Client, ClientStats};
 use transport::pb::raft_transport_server::RaftTransportServer;
@@ -342,7 +342,7 @@ impl Cluster {
                 .collect();
             for (group, raft) in groups {
                 let checker = &self.checkers[&group];
-                if raft.metrics().has_changed().is_err() {
+                if core_stopped(&raft) {
                     checker.fail(format!(
                         "node {node} group {group}: Raft core stopped while running"
                     ));
@@ -351,16 +351,7 @@ impl Cluster {
                 let Some(metrics) = published_metrics(&raft) else {
                     continue;
                 };
-                let summary = format!(
-                    "{:?} term {} leader {:?} log {:?} applied {:?} snapshot {:?} purged {:?}",
-                    metrics.state,
-                    metrics.current_term,
-                    metrics.current_leader,
-                    metrics.last_log_index,
-                    metrics.last_applied.map(|log_id| log_id.index),
-                    metrics.snapshot.map(|log_id| log_id.index),
-                    metrics.purged.map(|log_id| log_id.index),
-                );
+                let summary = metrics_summary(&metrics);
                 if last_seen.get(&(*node, group)) != Some(&summary) {
                     checker.record(&format!("node {node} group {group}: {summary}"));
                     last_seen.insert((*node, group), summary);
@@ -398,15 +389,6 @@ impl Cluster {
         }
         true
     }
-}
-
-fn published_metrics(raft: &Raft) -> Option<Metrics> {
-    let metrics = raft.metrics();
-    if !metrics.has_changed().unwrap_or(true) {
-        return None;
-    }
-    let current = metrics.borrow().clone();
-    Some(current)
 }
 
 /// A scheduled end of a fault.
