@@ -169,18 +169,28 @@ fn segments_in_range<'a>(
     Ok(spans)
 }
 
-/// Documents holding `term` in the segments that can hold a document inside the time
-/// bounds (per-segment term statistics; no posting is read). The planner's estimate.
-pub fn doc_freq_in_range(
-    searcher: &Searcher,
-    bounds: &Bounds,
-    term: &Term,
-) -> tantivy::Result<u64> {
-    let mut docs = 0;
-    for span in segments_in_range(searcher, bounds)? {
-        docs += u64::from(span.reader.inverted_index(term.field())?.doc_freq(term)?);
+/// Term statistics of the segments that can hold a document inside the time bounds
+/// (per-segment term dictionaries; no posting is read): the planner's estimate. The
+/// segments are found once, for all the terms of a query.
+pub struct RangeStats<'a> {
+    spans: Vec<SegmentSpan<'a>>,
+}
+
+impl<'a> RangeStats<'a> {
+    pub fn new(searcher: &'a Searcher, bounds: &Bounds) -> tantivy::Result<RangeStats<'a>> {
+        Ok(RangeStats {
+            spans: segments_in_range(searcher, bounds)?,
+        })
     }
-    Ok(docs)
+
+    /// Documents holding `term` in those segments.
+    pub fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        let mut docs = 0;
+        for span in &self.spans {
+            docs += u64::from(span.reader.inverted_index(term.field())?.doc_freq(term)?);
+        }
+        Ok(docs)
+    }
 }
 
 /// The first `k` admitted positions of a query in keyset order. Segments are visited

@@ -26,7 +26,7 @@ use super::reader::{tenant_state, ReadError, ReadEvent};
 use crate::index::schema::{actor_kind_text, outcome_text};
 pub use crate::index::search::Position;
 use crate::index::search::{
-    count_admitted, doc_freq_in_range, has_terms, term_query, top_positions, Bounds,
+    count_admitted, has_terms, term_query, top_positions, Bounds, RangeStats,
 };
 use crate::index::{stream_value, NodeIndex, Terms};
 use crate::ledger::validate::{ACTION_BYTES_MAX, ID_BYTES_MAX, RESOURCE_TYPE_BYTES_MAX};
@@ -466,7 +466,10 @@ fn choose_path(
     let fields = index.fields();
     let terms = index.terms();
     let tenant = &query.tenant_id;
-    let freq = |term: Term| doc_freq_in_range(searcher, bounds, &term).unwrap_or(u64::MAX);
+    let Ok(stats) = RangeStats::new(searcher, bounds) else {
+        return AccessPath::TimeIndex;
+    };
+    let freq = |term: Term| stats.doc_freq(&term).unwrap_or(u64::MAX);
     let tenant_docs = freq(terms.tenant(fields, tenant)).max(1);
     let filters = &query.filters;
     let mut matching = tenant_docs;
