@@ -52,6 +52,10 @@ const EVENTS_PER_ROUND_MAX: u64 = 20_000;
 const DOCS_PER_COMMIT_MAX: u64 = 200_000;
 /// tantivy's indexing arena (its minimum is 15 MB).
 const WRITER_MEMORY_BYTES: usize = 48 << 20;
+/// Shards `add_shard` opened that the indexer thread has not taken up yet. It takes
+/// them at the top of every loop (every ~20 ms when idle), and a node holds at most
+/// `config::SHARDS_MAX` (256) shards, so this bound is only met if the thread is gone.
+const ADDED_SHARDS_QUEUED_MAX: usize = 256;
 const TERM_KEY_FILE: &str = "term.key";
 const PAYLOAD_VERSION: u32 = 1;
 
@@ -113,7 +117,17 @@ struct Shared {
     fields: Fields,
     terms: Terms,
     visible: RwLock<Arc<Visible>>,
-    progress: BTreeMap<ShardId, Arc<IndexProgress>>,
+    /// Every shard `add_shard` opened, taken up by the indexer or not yet.
+    progress: RwLock<BTreeMap<ShardId, Arc<IndexProgress>>>,
+    /// Held through `add_shard`, so that a shard is opened once.
+    adding: Mutex<()>,
+    /// Shards `add_shard` opened, for the indexer thread to take up at the top of its
+    /// loop (at most `ADDED_SHARDS_QUEUED_MAX`).
+    added: Mutex<Vec<ShardIndexer>>,
+    /// Per shard the last commit payload names that the indexer does not index (yet):
+    /// the last feed key covered. Every commit carries these on, so that a shard added
+    /// after a restart resumes where it was rather than being rebuilt.
+    resume_points: Mutex<BTreeMap<ShardId, u64>>,
     stop: AtomicBool,
     reindex: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -171,49 +185,92 @@ impl NodeIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
 
-        let mut indexer = Indexer {
-            db: db.clone(),
-            writer,
-            reader,
-            fields,
-            terms: Terms::new(&key),
-            shards: Vec::new(),
-            config: config.clone(),
-            time_keys: Vec::new(),
-            uncommitted: 0,
-        };
-        for keyspaces in shards {
-            let resume = payload.shards.get(&keyspaces.shard).copied();
-            indexer.shards.push(ShardIndexer::open(keyspaces, resume)?);
-        }
-        for shard in &indexer.shards {
-            if shard.rebuilding() {
-                indexer
-                    .writer
-                    .delete_term(Term::from_field_u64(fields.shard, u64::from(shard.id)));
-            }
-        }
-        let progress: BTreeMap<ShardId, Arc<IndexProgress>> = indexer
-            .shards
-            .iter()
-            .map(|shard| (shard.id, shard.progress.clone()))
-            .collect();
+        let terms = Terms::new(&key);
         let shared = Arc::new(Shared {
             fields,
-            terms: indexer.terms.clone(),
-            visible: RwLock::new(Arc::new(indexer.visible())),
-            progress,
+            terms: terms.clone(),
+            // No shard yet: every stream's tail starts at 1.
+            visible: RwLock::new(Arc::new(Visible {
+                searcher: reader.searcher(),
+                tail_from: BTreeMap::new(),
+            })),
+            progress: RwLock::new(BTreeMap::new()),
+            adding: Mutex::new(()),
+            added: Mutex::new(Vec::new()),
+            resume_points: Mutex::new(payload.shards),
             stop: AtomicBool::new(false),
             reindex: AtomicBool::new(false),
             thread: Mutex::new(None),
         });
         let handle = NodeIndex { shared };
+        let mut indexer = Indexer {
+            db: db.clone(),
+            writer,
+            reader,
+            fields,
+            terms,
+            shards: Vec::new(),
+            config: config.clone(),
+            time_keys: Vec::new(),
+            uncommitted: 0,
+        };
+        // The shards known at start are added like any other, and taken up here rather
+        // than by the thread, so that the first queries already see their watermarks.
+        for keyspaces in shards {
+            handle.add_shard(keyspaces)?;
+            indexer.take_added(&handle)?;
+        }
+        handle.publish(indexer.visible());
         let thread_handle = handle.clone();
         let thread = std::thread::Builder::new()
             .name("trail-indexer".into())
             .spawn(move || indexer.run(&thread_handle))?;
         *handle.shared.thread.lock().expect("indexer thread lock") = Some(thread);
         Ok(handle)
+    }
+
+    /// Adds a shard to the running index (a shard this node opened after the index);
+    /// a shard it already has is left as it is. The shard resumes after the feed key
+    /// the last commit payload names for it (its documents from before a restart are
+    /// kept, never added twice), or else is indexed from the store, its old documents
+    /// deleted. The indexer thread takes it up within one loop; until then, and until
+    /// the shard's first commit, its queries read its events from the store (the tail).
+    pub fn add_shard(&self, keyspaces: &ShardKeyspaces) -> anyhow::Result<()> {
+        let _adding = self.shared.adding.lock().expect("add shard lock");
+        if self.progress(keyspaces.shard).is_some() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !self.shared.stop.load(Ordering::SeqCst),
+            "shard {}: the index is stopped",
+            keyspaces.shard
+        );
+        let queued = self.shared.added.lock().expect("added shards lock").len();
+        anyhow::ensure!(
+            queued < ADDED_SHARDS_QUEUED_MAX,
+            "shard {}: {queued} added shards wait for the indexer thread; it is not running",
+            keyspaces.shard
+        );
+        let resume = self
+            .shared
+            .resume_points
+            .lock()
+            .expect("resume points lock")
+            .get(&keyspaces.shard)
+            .copied();
+        let shard = ShardIndexer::open(keyspaces, resume)?;
+        let progress = shard.progress.clone();
+        self.shared
+            .added
+            .lock()
+            .expect("added shards lock")
+            .push(shard);
+        self.shared
+            .progress
+            .write()
+            .expect("progress lock")
+            .insert(keyspaces.shard, progress);
+        Ok(())
     }
 
     pub fn fields(&self) -> &Fields {
@@ -229,23 +286,38 @@ impl NodeIndex {
         self.shared.visible.read().expect("visible lock").clone()
     }
 
-    pub fn progress(&self, shard: ShardId) -> Option<&IndexProgress> {
-        self.shared.progress.get(&shard).map(|progress| &**progress)
+    /// The shard's indexing progress; `None` for a shard never added.
+    pub fn progress(&self, shard: ShardId) -> Option<Arc<IndexProgress>> {
+        self.shared
+            .progress
+            .read()
+            .expect("progress lock")
+            .get(&shard)
+            .cloned()
     }
 
     /// Waits until the visible indexes cover everything the shards have applied (their
-    /// feeds hold nothing newer than the last commit); false on timeout. For tests,
-    /// benchmarks and `reindex`.
+    /// feeds hold nothing newer than the last commit, and every stream's watermark is
+    /// past its last event); false on timeout. Shards never added count as caught up.
+    /// For tests, benchmarks and `reindex`.
     pub fn wait_caught_up(&self, shards: &[ShardKeyspaces], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
+            let visible = self.visible();
             let caught_up = shards.iter().all(|keyspaces| {
                 let Some(progress) = self.progress(keyspaces.shard) else {
                     return true;
                 };
                 let indexed = progress.indexed_through.load(Ordering::SeqCst);
+                // The watermarks too: a rebuild's last events are counted as indexed
+                // before the commit that makes them visible.
                 progress.rebuild_remaining.load(Ordering::SeqCst) == 0
                     && last_feed_key(keyspaces).is_ok_and(|last| last <= indexed)
+                    && streams_of(keyspaces).is_ok_and(|streams| {
+                        streams.iter().all(|&(stream_no, next_seq)| {
+                            visible.tail_from(keyspaces.shard, stream_no) >= next_seq
+                        })
+                    })
             });
             if caught_up {
                 return true;
@@ -259,7 +331,9 @@ impl NodeIndex {
 
     /// Rebuilds every shard's indexes from the store, online: until a shard is done,
     /// its queries read its events from the store (or are refused while that is too
-    /// much); `status` shows the progress.
+    /// much); `status` shows the progress. Shards added later are covered if they were
+    /// added before the call; the documents of shards the payload names but this node
+    /// has not added are deleted, and such a shard is rebuilt when it is added.
     pub fn request_reindex(&self) {
         self.shared.reindex.store(true, Ordering::SeqCst);
     }
@@ -360,11 +434,21 @@ struct ShardIndexer {
     /// `ingested_at` of the oldest event added since the last commit.
     oldest_pending_ns: Option<i64>,
     progress: Arc<IndexProgress>,
+    /// The payload's feed key it was opened to resume after; `None`: rebuilt.
+    resumed_after: Option<u64>,
 }
 
 impl ShardIndexer {
-    /// `resume`: the payload's feed key for this shard; `None` rebuilds the shard.
+    /// `resume`: the payload's feed key for this shard; `None` rebuilds the shard. Runs
+    /// on any thread: the indexer thread does not touch the shard until it takes it up.
     fn open(keyspaces: &ShardKeyspaces, resume: Option<u64>) -> anyhow::Result<ShardIndexer> {
+        // A reset at or before the payload's key is a snapshot installed while this index
+        // did not index the shard (a node that lost the shard and got it back): the state
+        // the documents describe is gone, so the shard is rebuilt.
+        let resume = match resume {
+            Some(through) if reset_through(keyspaces, through)? => None,
+            other => other,
+        };
         // The feed's end first, then the streams: whatever apply adds in between is in
         // both, and the per-stream watermarks skip it the second time.
         let applied = last_feed_key(keyspaces)?;
@@ -381,6 +465,7 @@ impl ShardIndexer {
             backlog: Vec::new(),
             oldest_pending_ns: None,
             progress,
+            resumed_after: resume,
         };
         match resume {
             Some(through) => {
@@ -495,6 +580,11 @@ impl ShardIndexer {
     }
 }
 
+/// The term every document of a shard has.
+fn shard_term(fields: &Fields, shard: ShardId) -> Term {
+    Term::from_field_u64(fields.shard, u64::from(shard))
+}
+
 /// `(stream_no, next_seq)` of every stream of a shard.
 fn streams_of(keyspaces: &ShardKeyspaces) -> anyhow::Result<Vec<(u32, u64)>> {
     let mut streams = Vec::new();
@@ -510,6 +600,18 @@ fn streams_of(keyspaces: &ShardKeyspaces) -> anyhow::Result<Vec<(u32, u64)>> {
         streams.push((state.stream_no, state.next_seq));
     }
     Ok(streams)
+}
+
+/// Whether a feed key at or before `through` is a reset. Normally there is none: the
+/// keys a commit covers are deleted after it (a crash in between leaves some).
+fn reset_through(keyspaces: &ShardKeyspaces, through: u64) -> anyhow::Result<bool> {
+    for guard in keyspaces.feed.range(..=through.to_be_bytes()) {
+        let (_, value) = guard.into_inner()?;
+        if FeedRuns::decode(&value).is_some_and(|feed| feed.reset) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The last feed key of a shard (0 when the feed is empty): everything applied so far
@@ -529,7 +631,16 @@ impl Indexer {
         let mut last_commit = Instant::now();
         loop {
             let stopping = handle.shared.stop.load(Ordering::SeqCst);
+            match self.take_added(handle) {
+                Ok(false) => {}
+                Ok(true) => handle.publish(self.visible()),
+                Err(error) => {
+                    tracing::error!(%error, "the indexer stopped");
+                    return;
+                }
+            }
             if handle.shared.reindex.swap(false, Ordering::SeqCst) {
+                self.forget_unadded(handle);
                 for position in 0..self.shards.len() {
                     if let Err(error) = self.reset_shard(position, handle) {
                         tracing::error!(%error, "the indexer stopped");
@@ -569,6 +680,50 @@ impl Indexer {
             if added == 0 {
                 std::thread::sleep(self.config.poll_interval);
             }
+        }
+    }
+
+    /// Takes up the shards `add_shard` opened. Returns whether there were any: the
+    /// caller publishes their watermarks.
+    fn take_added(&mut self, handle: &NodeIndex) -> anyhow::Result<bool> {
+        let added = std::mem::take(&mut *handle.shared.added.lock().expect("added shards lock"));
+        let any = !added.is_empty();
+        for shard in added {
+            let carried = handle
+                .shared
+                .resume_points
+                .lock()
+                .expect("resume points lock")
+                .remove(&shard.id);
+            let position = self.shards.len();
+            let resumed_after = shard.resumed_after;
+            self.shards.push(shard);
+            if resumed_after.is_none() {
+                // Documents of the shard's earlier life (a rebuild cut short, a replaced
+                // state) go at the next commit.
+                let id = self.shards[position].id;
+                self.writer.delete_term(shard_term(&self.fields, id));
+            } else if resumed_after != carried {
+                // A reindex deleted the shard's documents after `add_shard` read its
+                // resume point.
+                self.reset_shard(position, handle)?;
+            }
+        }
+        Ok(any)
+    }
+
+    /// For a reindex: deletes the documents of the shards the payload names that were
+    /// not added, and forgets where they were, so that each is rebuilt when added.
+    fn forget_unadded(&mut self, handle: &NodeIndex) {
+        let forgotten = std::mem::take(
+            &mut *handle
+                .shared
+                .resume_points
+                .lock()
+                .expect("resume points lock"),
+        );
+        for id in forgotten.keys() {
+            self.writer.delete_term(shard_term(&self.fields, *id));
         }
     }
 
@@ -680,8 +835,7 @@ impl Indexer {
         shard.visible_next.clear();
         handle.publish(self.visible());
         let shard = &mut self.shards[position];
-        self.writer
-            .delete_term(Term::from_field_u64(self.fields.shard, u64::from(shard.id)));
+        self.writer.delete_term(shard_term(&self.fields, shard.id));
         let (next, backlog, read_keys) = ShardIndexer::scan(&shard.keyspaces)?;
         shard.next = next;
         shard.backlog = backlog;
@@ -756,16 +910,22 @@ impl Indexer {
         }
         batch.commit()?;
         self.db.persist(PersistMode::SyncData)?;
-        // 2. The documents, with what they cover.
+        // 2. The documents, with what they cover: the shards not added carry on.
+        let mut covered = handle
+            .shared
+            .resume_points
+            .lock()
+            .expect("resume points lock")
+            .clone();
+        for shard in &self.shards {
+            if !shard.rebuilding() {
+                covered.insert(shard.id, shard.read_through);
+            }
+        }
         let payload = Payload {
             version: PAYLOAD_VERSION,
             format: schema::INDEX_FORMAT,
-            shards: self
-                .shards
-                .iter()
-                .filter(|shard| !shard.rebuilding())
-                .map(|shard| (shard.id, shard.read_through))
-                .collect(),
+            shards: covered,
         };
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&serde_json::to_string(&payload)?);
