@@ -2,7 +2,7 @@
 //! with cargo alone: no `protoc` is needed on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/trail/v1/trail.proto"];
+    let files = ["proto/trail/v1/trail.proto", "proto/trail/v1/raft.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -451,6 +451,13 @@ impl Trail for FakeNode {
             to: Some(ledger.checkpoint(to_size)),
         }))
     }
+
+    async fn cluster_init(
+        &self,
+        _: Request<trail_proto::v1::ClusterInitRequest>,
+    ) -> Result<Response<trail_proto::v1::ClusterInitResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
 }
 
 async fn serve(ledger: Ledger) -> (SocketAddr, FakeNode) {

@@ -2,6 +2,7 @@
 //! of precedence. With none of them, one node with 4 shards keeps its data in
 //! `./trail-data` and listens on 127.0.0.1:7400 (gRPC) and 127.0.0.1:7401 (HTTP).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -22,7 +23,9 @@ use crate::shard::BatchLimits;
     after_help = "Examples:\n  \
         traild                                   # single node, ./trail-data\n  \
         traild --data-dir /var/lib/trail --grpc-addr 0.0.0.0:7400\n  \
-        traild --config trail.toml               # same keys as the flags, snake_case\n\n\
+        traild --config trail.toml               # same keys as the flags, snake_case\n  \
+        traild --node-id 1 --peers 1=10.0.0.7:7400,2=10.0.0.8:7400,3=10.0.0.9:7400\n  \
+        # one node of three; then once: trailctl cluster init --shards 16 --replicas 3\n\n\
         Stop with SIGTERM or Ctrl-C: queued events are acknowledged and flushed first."
 )]
 pub struct Flags {
@@ -41,6 +44,16 @@ pub struct Flags {
     /// This node's id in its cluster (stable across restarts).
     #[arg(long, env = "TRAIL_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Run as one node of a cluster: every node's id and gRPC address, the same list on
+    /// each node, e.g. `1=10.0.0.7:7400,2=10.0.0.8:7400,3=10.0.0.9:7400`. The metadata
+    /// group (shard 0) gets a replica on each; `trailctl cluster init` then creates the
+    /// data shards. Without it the node runs alone.
+    #[arg(long, env = "TRAIL_PEERS", value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+    /// Name of the cluster; every Raft message carries it and a node refuses messages
+    /// of another cluster [default: trail].
+    #[arg(long, env = "TRAIL_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
     /// Data shards hosted by this node [default: 4]. Fixed when the data directory is
     /// created: tenants are placed on shards by a hash of their id.
     #[arg(long)]
@@ -95,6 +108,8 @@ struct FileConfig {
     grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     node_id: Option<u64>,
+    peers: Option<String>,
+    cluster_id: Option<String>,
     shards: Option<u32>,
     batch_events_max: Option<usize>,
     proposals_in_flight_max: Option<usize>,
@@ -116,6 +131,8 @@ pub struct NodeConfig {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub node_id: u64,
+    /// Set when the node is one of a cluster (`--peers`).
+    pub cluster: Option<ClusterConfig>,
     /// `None`: what the data directory was created with, or 4 for a new one.
     pub shards: Option<u32>,
     pub limits: BatchLimits,
@@ -136,7 +153,51 @@ pub struct TamperSettings {
     pub checkpoint_origin: String,
 }
 
+/// The nodes of a cluster, as `--peers` lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub cluster_id: String,
+    /// Node id -> its gRPC `host:port` (this node's own entry is what the others
+    /// dial; it may differ from `--grpc-addr`, e.g. 0.0.0.0).
+    pub peers: BTreeMap<u64, String>,
+}
+
 pub const SHARDS_MAX: u32 = 256;
+
+/// Parses `1=host:port,2=host:port`: ids 1 or more, each once, addresses `host:port`.
+pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let Some((id, addr)) = item.split_once('=') else {
+            anyhow::bail!("peers: {item:?} is not ID=HOST:PORT (e.g. 1=10.0.0.7:7400)");
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("peers: {item:?}: the node id {id:?} is not a number"))?;
+        if id == 0 {
+            anyhow::bail!("peers: {item:?}: node id 0 is reserved; use 1 or more");
+        }
+        let addr = addr.trim();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            anyhow::bail!("peers: {item:?}: {addr:?} is not HOST:PORT");
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            anyhow::bail!("peers: node id {id} is listed twice");
+        }
+    }
+    if peers.is_empty() {
+        anyhow::bail!("peers: the list is empty; give ID=HOST:PORT for every node");
+    }
+    Ok(peers)
+}
 
 impl NodeConfig {
     pub fn resolve(flags: Flags) -> anyhow::Result<NodeConfig> {
@@ -183,6 +244,33 @@ impl NodeConfig {
         if node_id == 0 {
             anyhow::bail!("node_id: 0 is reserved; use 1 or more");
         }
+        let cluster = match flags.peers.or(file.peers) {
+            None => None,
+            Some(text) => {
+                let peers = parse_peers(&text)?;
+                if !peers.contains_key(&node_id) {
+                    anyhow::bail!(
+                        "peers: this node's id {node_id} is not in the list {text:?}; \
+                         set --node-id to this node's entry"
+                    );
+                }
+                let cluster_id = flags
+                    .cluster_id
+                    .or(file.cluster_id)
+                    .unwrap_or_else(|| "trail".to_string());
+                if cluster_id.is_empty()
+                    || cluster_id.len() > 64
+                    || !cluster_id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+                {
+                    anyhow::bail!(
+                        "cluster_id: {cluster_id:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."
+                    );
+                }
+                Some(ClusterConfig { cluster_id, peers })
+            }
+        };
         let block_events_max = flags
             .block_events
             .or(file.block_events)
@@ -253,6 +341,7 @@ impl NodeConfig {
                 .or(file.http_addr)
                 .unwrap_or_else(|| "127.0.0.1:7401".parse().expect("valid default")),
             node_id,
+            cluster,
             shards,
             limits: BatchLimits {
                 batch_events_max,

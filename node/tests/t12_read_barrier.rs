@@ -46,7 +46,6 @@ async fn open_shard(dir: &TempDir) -> (ShardHandle, ShardTasks) {
     let store = NodeStore::open(dir.path()).expect("open node store");
     let settings = ShardSettings {
         node_id: 1,
-        advertise_addr: "127.0.0.1:1".into(),
         cluster_name: "barrier-test".into(),
         snapshot_logs_since_last: 1_000,
         limits: BatchLimits::default(),
@@ -60,8 +59,10 @@ async fn open_shard(dir: &TempDir) -> (ShardHandle, ShardTasks) {
             trail_node::node::key::load_or_create(dir.path(), "trail.test").expect("key"),
         ),
         publisher: None,
+        peers: trail_node::consensus::network::Peers::none(1),
     };
-    let (handle, tasks) = shard::open(&store, 1, &settings, Arc::new(SystemClock))
+    let alone = std::collections::BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
+    let (handle, tasks) = shard::open(&store, 1, &settings, &alone, Arc::new(SystemClock))
         .await
         .expect("open shard");
     handle

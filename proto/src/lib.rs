@@ -7,4 +7,9 @@ pub mod v1 {
     tonic::include_proto!("trail.v1");
 }
 
+/// Node-to-node Raft traffic (internal to a cluster).
+pub mod raft {
+    tonic::include_proto!("trail.raft.v1");
+}
+
 pub use prost_types::Timestamp;

@@ -169,7 +169,10 @@ pub async fn record_read(
     debug_assert_eq!(record.actor_kind, ActorKind::Service);
     debug_assert_eq!(record.outcome, Outcome::Success);
     let event_id = record.event_id.clone();
-    let handle = node.router.shard_for(tenant_id);
+    let handle = node
+        .router
+        .shard_for(tenant_id)
+        .map_err(|_| "the tenant's shard is not served by this node; retry")?;
     let receiver = handle.submit(vec![record]).map_err(|error| match error {
         IngestError::Busy { .. } => "the node is busy and could not record this read; retry",
         _ => "the read could not be recorded in the audit log; retry",

@@ -20,6 +20,7 @@ use crate::node::{actor::GetNodeStatus, Node};
 use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
 use crate::shard::{IngestError, ReadBarrierError};
 
+use super::forward::{self, forward_to_leader};
 use super::{proofs, query};
 
 /// Batches a `RecordStream` may have in processing at once (per stream).
@@ -35,10 +36,13 @@ impl TrailService {
         TrailService { node }
     }
 
-    /// Records a batch; never fails as a whole except for a malformed batch.
+    /// Records a batch; never fails as a whole except for a malformed batch. In a
+    /// cluster, the events of shards led elsewhere go to their leaders (one call per
+    /// leader node, unless the batch was forwarded here already).
     async fn record_events(
         &self,
         events: Vec<v1::Event>,
+        forwarded: bool,
     ) -> Result<v1::RecordBatchResponse, Status> {
         if events.is_empty() {
             return Err(Status::invalid_argument(
@@ -55,23 +59,62 @@ impl TrailService {
         let mut outcomes: Vec<Option<v1::record_outcome::Outcome>> = vec![None; events.len()];
         // Shard -> (request positions, events), in request order within each shard.
         let mut by_shard: BTreeMap<u32, (Vec<usize>, Vec<EventRecord>)> = BTreeMap::new();
+        // Leader node -> (request positions, events), for shards led elsewhere.
+        let mut by_leader: BTreeMap<u64, (forward::Target, Vec<usize>, Vec<v1::Event>)> =
+            BTreeMap::new();
         for (index, mut event) in events.into_iter().enumerate() {
+            if self.node.forwarder.is_some() && validate_tenant_id(&event.tenant_id).is_ok() {
+                if let Some(target) = forward::target(&self.node, &event.tenant_id, forwarded) {
+                    let entry = by_leader
+                        .entry(target.node)
+                        .or_insert_with(|| (target, Vec::new(), Vec::new()));
+                    entry.1.push(index);
+                    entry.2.push(event);
+                    continue;
+                }
+            }
             match validate_event(&mut event, now_ns, || ulid::Ulid::new().to_string()) {
                 Err(error) => outcomes[index] = Some(rejected(index, &event.event_id, &error)),
                 Ok(record) => {
-                    let shard = self.node.router.shard_for(&record.tenant_id).shard;
-                    let entry = by_shard.entry(shard).or_default();
-                    entry.0.push(index);
-                    entry.1.push(record);
+                    match self.node.router.shard_for(&record.tenant_id) {
+                        Ok(handle) => {
+                            let entry = by_shard.entry(handle.shard).or_default();
+                            entry.0.push(index);
+                            entry.1.push(record);
+                        }
+                        Err(error) => {
+                            outcomes[index] = Some(v1::record_outcome::Outcome::Error(
+                                event_error(index, &record.event_id, &Status::from(error)),
+                            ));
+                        }
+                    }
                 }
             }
         }
 
+        let remote = by_leader
+            .into_values()
+            .map(|(target, positions, events)| {
+                let request =
+                    forward::onward(&self.node, Request::new(v1::RecordBatchRequest { events }));
+                async move {
+                    let node = target.node;
+                    let mut client = target.client;
+                    let response = client.record_batch(request).await;
+                    (node, positions, response)
+                }
+            })
+            .collect::<futures::stream::FuturesUnordered<_>>()
+            .collect::<Vec<_>>();
+
         let mut waiting = Vec::with_capacity(by_shard.len());
         let mut retry_after_ms = 0u32;
         for (shard, (positions, records)) in by_shard {
-            let handle = self.node.router.shard_for(&records[0].tenant_id);
-            debug_assert_eq!(handle.shard, shard);
+            let handle = self
+                .node
+                .router
+                .local(shard)
+                .expect("routed to a local replica above");
             let ids: Vec<(String, String)> = records
                 .iter()
                 .map(|record| (record.event_id.clone(), record.tenant_id.clone()))
@@ -79,6 +122,7 @@ impl TrailService {
             // Submitting never waits: a full queue answers at once (Busy).
             waiting.push((shard, positions, ids, handle.submit(records)));
         }
+        let remote = tokio::spawn(remote);
         for (shard, positions, ids, submitted) in waiting {
             let reply = match submitted {
                 Err(error) => Err(error),
@@ -114,12 +158,46 @@ impl TrailService {
             }
         }
 
+        for (node, positions, response) in remote
+            .await
+            .map_err(|_| Status::internal("forwarding task failed"))?
+        {
+            match response {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    retry_after_ms = retry_after_ms.max(response.retry_after_ms);
+                    for (position, outcome) in positions.into_iter().zip(response.outcomes) {
+                        let mut outcome = outcome.outcome;
+                        if let Some(v1::record_outcome::Outcome::Error(error)) = &mut outcome {
+                            error.index = position as u32;
+                        }
+                        outcomes[position] = outcome;
+                    }
+                }
+                Err(status) => {
+                    let status = forward::unreachable_leader(node, status);
+                    for position in positions {
+                        outcomes[position] = Some(v1::record_outcome::Outcome::Error(event_error(
+                            position, "", &status,
+                        )));
+                    }
+                }
+            }
+        }
+
         let mut response = v1::RecordBatchResponse {
             retry_after_ms,
             ..Default::default()
         };
-        for outcome in outcomes {
-            let outcome = outcome.expect("every event has an outcome");
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            // A leader that answered fewer outcomes than it was sent broke the protocol.
+            let outcome = outcome.unwrap_or_else(|| {
+                v1::record_outcome::Outcome::Error(event_error(
+                    index,
+                    "",
+                    &Status::unavailable("the shard leader gave no outcome for this event; retry"),
+                ))
+            });
             match &outcome {
                 v1::record_outcome::Outcome::Receipt(receipt) if receipt.deduplicated => {
                     response.deduplicated += 1
@@ -160,6 +238,22 @@ fn rejected(index: usize, event_id: &str, error: &FieldError) -> v1::record_outc
     })
 }
 
+/// An event's error from a status (routing, forwarding).
+fn event_error(index: usize, event_id: &str, status: &Status) -> v1::EventError {
+    let code = match status.code() {
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        _ => "UNAVAILABLE",
+    };
+    v1::EventError {
+        index: index as u32,
+        event_id: event_id.to_string(),
+        code: code.into(),
+        field: String::new(),
+        message: status.message().to_string(),
+    }
+}
+
 fn failed(index: usize, event_id: &str, error: &IngestError) -> v1::record_outcome::Outcome {
     let code = match error {
         IngestError::Busy { .. } => "RESOURCE_EXHAUSTED",
@@ -178,18 +272,19 @@ fn status_of_event_error(error: &v1::EventError) -> Status {
     let status = match error.code.as_str() {
         "INVALID_ARGUMENT" => Status::invalid_argument(error.message.clone()),
         "RESOURCE_EXHAUSTED" => Status::resource_exhausted(error.message.clone()),
+        "FAILED_PRECONDITION" => Status::failed_precondition(error.message.clone()),
         _ => Status::unavailable(error.message.clone()),
     };
     status
 }
 
 /// Who sent a read, for its audit record.
-pub(super) fn read_by<T>(request: &Request<T>) -> super::audit::ReadBy {
+pub(super) fn read_by<T>(node: &Node, request: &Request<T>) -> super::audit::ReadBy {
     let metadata = request.metadata();
     let text = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok());
     super::audit::ReadBy::new(
         text(super::audit::ACTOR_HEADER),
-        request.remote_addr(),
+        forward::client_addr(node, request),
         text("user-agent"),
     )
 }
@@ -271,11 +366,21 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::RecordRequest>,
     ) -> Result<Response<v1::RecordResponse>, Status> {
+        let tenant = request
+            .get_ref()
+            .event
+            .as_ref()
+            .map(|event| event.tenant_id.clone())
+            .unwrap_or_default();
+        if validate_tenant_id(&tenant).is_ok() {
+            forward_to_leader!(self, request, &tenant, record);
+        }
+        let forwarded = forward::was_forwarded(&request);
         let event = request
             .into_inner()
             .event
             .ok_or_else(|| Status::invalid_argument("event: is required"))?;
-        let response = self.record_events(vec![event]).await?;
+        let response = self.record_events(vec![event], forwarded).await?;
         let outcome = response
             .outcomes
             .into_iter()
@@ -304,7 +409,10 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::RecordBatchRequest>,
     ) -> Result<Response<v1::RecordBatchResponse>, Status> {
-        let response = self.record_events(request.into_inner().events).await?;
+        let forwarded = forward::was_forwarded(&request);
+        let response = self
+            .record_events(request.into_inner().events, forwarded)
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -314,6 +422,7 @@ impl Trail for TrailService {
         &self,
         request: Request<Streaming<v1::RecordBatchRequest>>,
     ) -> Result<Response<Self::RecordStreamStream>, Status> {
+        let forwarded = forward::was_forwarded(&request);
         let mut incoming = request.into_inner();
         let service = TrailService {
             node: self.node.clone(),
@@ -324,7 +433,7 @@ impl Trail for TrailService {
         tokio::spawn(async move {
             while let Some(batch) = incoming.next().await {
                 let response = match batch {
-                    Ok(batch) => service.record_events(batch.events).await,
+                    Ok(batch) => service.record_events(batch.events, forwarded).await,
                     Err(status) => Err(status),
                 };
                 let stop = response.is_err();
@@ -342,13 +451,17 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::GetEventRequest>,
     ) -> Result<Response<v1::GetEventResponse>, Status> {
+        let tenant_id = tenant_argument(&request.get_ref().tenant_id)?;
+        forward_to_leader!(self, request, &tenant_id, get_event);
+        let replica_read = forward::is_replica_read(&request);
         let request = request.into_inner();
-        let tenant_id = tenant_argument(&request.tenant_id)?;
         if request.event_id.is_empty() {
             return Err(Status::invalid_argument("event_id: is required"));
         }
-        let shard = self.node.router.shard_for(&tenant_id);
-        shard.read_barrier().await.map_err(barrier_status)?;
+        let shard = self.node.router.shard_for(&tenant_id)?;
+        if !replica_read {
+            shard.read_barrier().await.map_err(barrier_status)?;
+        }
         let keyspaces = shard.keyspaces.clone();
         let event_id = request.event_id.clone();
         let tenant_for_read = tenant_id.clone();
@@ -373,8 +486,10 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::TailRequest>,
     ) -> Result<Response<v1::TailResponse>, Status> {
+        let tenant_id = tenant_argument(&request.get_ref().tenant_id)?;
+        forward_to_leader!(self, request, &tenant_id, tail);
+        let replica_read = forward::is_replica_read(&request);
         let request = request.into_inner();
-        let tenant_id = tenant_argument(&request.tenant_id)?;
         let first_stream = stream_name(&tenant_id, 0);
         if !request.stream.is_empty() && request.stream != first_stream {
             return Err(Status::invalid_argument(format!(
@@ -391,8 +506,10 @@ impl Trail for TrailService {
             }
             limit => limit,
         };
-        let shard = self.node.router.shard_for(&tenant_id);
-        shard.read_barrier().await.map_err(barrier_status)?;
+        let shard = self.node.router.shard_for(&tenant_id)?;
+        if !replica_read {
+            shard.read_barrier().await.map_err(barrier_status)?;
+        }
         let keyspaces = shard.keyspaces.clone();
         let after_seq = request.after_seq;
         let (events, last_seq) = tokio::task::spawn_blocking(move || {
@@ -442,9 +559,22 @@ impl Trail for TrailService {
                         streams: shard.streams as u32,
                         queue_bytes: shard.queue_bytes,
                         role: shard.role,
-                        indexed_index: read(progress.map(|p| &p.indexed_through)),
-                        index_lag_ms: read(progress.map(|p| &p.lag_ms)),
-                        index_rebuild_remaining: read(progress.map(|p| &p.rebuild_remaining)),
+                        indexed_index: read(progress.as_deref().map(|p| &p.indexed_through)),
+                        index_lag_ms: read(progress.as_deref().map(|p| &p.lag_ms)),
+                        index_rebuild_remaining: read(
+                            progress.as_deref().map(|p| &p.rebuild_remaining),
+                        ),
+                        replicas: shard
+                            .replicas
+                            .iter()
+                            .map(|replica| v1::ReplicaStatus {
+                                node_id: replica.node_id,
+                                matched_index: replica.matched_index,
+                                lag_entries: shard
+                                    .last_log_index
+                                    .saturating_sub(replica.matched_index),
+                            })
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -454,6 +584,7 @@ impl Trail for TrailService {
             grpc_addr: config.grpc_addr.to_string(),
             http_addr: config.http_addr.to_string(),
             verifier_key: self.node.signer.verifier_key(),
+            cluster: self.node.router.map().map(|map| map.to_proto()),
         }))
     }
 
@@ -461,7 +592,9 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<v1::QueryResponse>, Status> {
-        let by = read_by(&request);
+        let tenant = request.get_ref().tenant_id.clone();
+        forward_to_leader!(self, request, &tenant, query);
+        let by = read_by(&self.node, &request);
         query::query(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
@@ -471,7 +604,9 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
-        let by = read_by(&request);
+        let tenant = request.get_ref().tenant_id.clone();
+        forward_to_leader!(self, request, &tenant, count);
+        let by = read_by(&self.node, &request);
         query::count(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
@@ -481,7 +616,9 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::RecordExportRequest>,
     ) -> Result<Response<v1::RecordExportResponse>, Status> {
-        let by = read_by(&request);
+        let tenant = request.get_ref().tenant_id.clone();
+        forward_to_leader!(self, request, &tenant, record_export);
+        let by = read_by(&self.node, &request);
         query::record_export(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
@@ -497,6 +634,7 @@ impl Trail for TrailService {
             .node
             .router
             .shards()
+            .iter()
             .map(|shard| {
                 shard
                     .counters
@@ -520,6 +658,8 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::GetCheckpointRequest>,
     ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
+        let tenant = request.get_ref().tenant_id.clone();
+        forward_to_leader!(self, request, &tenant, get_checkpoint);
         proofs::get_checkpoint(&self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -529,6 +669,8 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::GetBlockRequest>,
     ) -> Result<Response<v1::GetBlockResponse>, Status> {
+        let tenant = request.get_ref().tenant_id.clone();
+        forward_to_leader!(self, request, &tenant, get_block);
         let block = proofs::get_block(&self.node, request.into_inner()).await?;
         Ok(Response::new(v1::GetBlockResponse { block: Some(block) }))
     }
@@ -539,6 +681,20 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::ListBlocksRequest>,
     ) -> Result<Response<Self::ListBlocksStream>, Status> {
+        let tenant = request.get_ref().tenant_id.clone();
+        let forwarded = forward::was_forwarded(&request);
+        if let Some(target) = forward::target(&self.node, &tenant, forwarded) {
+            let response = forward::call(
+                &self.node,
+                target,
+                request,
+                |mut client, request| async move { client.list_blocks(request).await },
+            )
+            .await?;
+            let (metadata, blocks, extensions) = response.into_parts();
+            let blocks: Self::ListBlocksStream = Box::pin(blocks);
+            return Ok(Response::from_parts(metadata, blocks, extensions));
+        }
         proofs::list_blocks(&self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -548,15 +704,26 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::GetProofRequest>,
     ) -> Result<Response<v1::GetProofResponse>, Status> {
+        let tenant = request.get_ref().tenant_id.clone();
+        forward_to_leader!(self, request, &tenant, get_proof);
         proofs::get_proof(&self.node, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn cluster_init(
+        &self,
+        request: Request<v1::ClusterInitRequest>,
+    ) -> Result<Response<v1::ClusterInitResponse>, Status> {
+        super::cluster::init(&self.node, request).await
     }
 
     async fn get_consistency_proof(
         &self,
         request: Request<v1::GetConsistencyProofRequest>,
     ) -> Result<Response<v1::GetConsistencyProofResponse>, Status> {
+        let tenant = request.get_ref().tenant_id.clone();
+        forward_to_leader!(self, request, &tenant, get_consistency_proof);
         proofs::get_consistency_proof(&self.node, request.into_inner())
             .await
             .map(Response::new)

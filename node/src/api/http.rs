@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::ledger::{ActorKind, Outcome};
-use crate::node::Node;
+use crate::node::{Node, RouteError};
 use crate::shard::reader::{self, ReadError, ReadEvent};
 use crate::shard::ShardHandle;
 
@@ -46,7 +46,12 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
         |body: &mut String, name: &str, kind: &str, value: &dyn Fn(&ShardHandle) -> u64| {
             let _ = writeln!(body, "# TYPE {name} {kind}");
             for shard in node.router.shards() {
-                let _ = writeln!(body, "{name}{{shard=\"{}\"}} {}", shard.shard, value(shard));
+                let _ = writeln!(
+                    body,
+                    "{name}{{shard=\"{}\"}} {}",
+                    shard.shard,
+                    value(&shard)
+                );
             }
         };
     per_shard(&mut body, "trail_events_total", "counter", &|shard| {
@@ -118,7 +123,18 @@ async fn count_audit_logs(
             &error.to_string(),
             None,
         ),
+        Err(QueryError::Route(error)) => route_failed(error),
     }
+}
+
+/// A tenant whose shard is not served here (REST is not forwarded yet: ask the leader,
+/// which the message names, or use gRPC, which any node forwards).
+fn route_failed(error: RouteError) -> HttpResponse {
+    let status = match error {
+        RouteError::NotInitialized => StatusCode::CONFLICT,
+        RouteError::NotHosted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error_response(status, "unavailable", &error.to_string(), None)
 }
 
 #[get("/tenants/{tenant}/audit-logs")]
@@ -147,6 +163,7 @@ async fn list_audit_logs(
                 None,
             )
         }
+        Err(QueryError::Route(error)) => return route_failed(error),
     };
     // A page of 1,000 events is a few milliseconds of JSON: off the actix thread.
     let body = tokio::task::spawn_blocking(move || {
@@ -206,7 +223,10 @@ async fn get_audit_log(
             ),
         });
     }
-    let shard = node.router.shard_for(&tenant_id);
+    let shard = match node.router.shard_for(&tenant_id) {
+        Ok(shard) => shard,
+        Err(error) => return route_failed(error),
+    };
     if let Err(error) = shard.read_barrier().await {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -2,6 +2,8 @@
 //! REST query API).
 
 pub mod audit;
+pub mod cluster;
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod proofs;

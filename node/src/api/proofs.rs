@@ -100,7 +100,7 @@ pub async fn list_streams(
         }
         limit => limit,
     };
-    let shards: Vec<ShardHandle> = node.router.shards().cloned().collect();
+    let shards: Vec<ShardHandle> = node.router.shards();
     let after = request.after_tenant_id;
     let mut streams = blocking(move || {
         let mut streams = Vec::new();
@@ -141,7 +141,7 @@ pub async fn get_checkpoint(
     request: v1::GetCheckpointRequest,
 ) -> Result<v1::GetCheckpointResponse, Status> {
     let tenant_id = tenant_argument(&request.tenant_id)?;
-    let shard = node.router.shard_for(&tenant_id);
+    let shard = node.router.shard_for(&tenant_id)?;
     if request.seal_now && request.tree_size == 0 {
         // Two Raft rounds only when the latest checkpoint does not cover everything.
         let keyspaces = shard.keyspaces.clone();
@@ -150,7 +150,7 @@ pub async fn get_checkpoint(
             blocking(move || proofs::stream_of(&keyspaces, &tenant, request.stream_index)).await?;
         let chain = &state.chain;
         if !chain.open.is_empty() || chain.checkpointed_size < chain.blocks.len() {
-            seal_now(shard, &tenant_id).await?;
+            seal_now(&shard, &tenant_id).await?;
         }
     }
     let keyspaces = shard.keyspaces.clone();
@@ -179,7 +179,7 @@ pub async fn get_checkpoint(
 
 pub async fn get_block(node: &Node, request: v1::GetBlockRequest) -> Result<v1::Block, Status> {
     let tenant_id = tenant_argument(&request.tenant_id)?;
-    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let keyspaces = node.router.shard_for(&tenant_id)?.keyspaces.clone();
     blocking(move || {
         let state = proofs::stream_of(&keyspaces, &tenant_id, request.stream_index)?;
         let block =
@@ -206,7 +206,7 @@ pub async fn list_blocks(
     request: v1::ListBlocksRequest,
 ) -> Result<BlockStream, Status> {
     let tenant_id = tenant_argument(&request.tenant_id)?;
-    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let keyspaces = node.router.shard_for(&tenant_id)?.keyspaces.clone();
     let state = {
         let keyspaces = keyspaces.clone();
         let tenant_id = tenant_id.clone();
@@ -261,7 +261,7 @@ pub async fn get_proof(
     if request.event_id.is_empty() {
         return Err(Status::invalid_argument("event_id: is required"));
     }
-    let shard = node.router.shard_for(&tenant_id);
+    let shard = node.router.shard_for(&tenant_id)?;
     let attempt = || {
         let keyspaces = shard.keyspaces.clone();
         let tenant_id = tenant_id.clone();
@@ -276,7 +276,7 @@ pub async fn get_proof(
     let proof = match first {
         // Not sealed or not checkpointed yet: seal and sign now, then prove.
         Err(ProofError::NotCovered { .. }) if request.tree_size == 0 => {
-            seal_now(shard, &tenant_id).await?;
+            seal_now(&shard, &tenant_id).await?;
             attempt()
                 .await
                 .map_err(|_| Status::internal("read task failed"))?
@@ -301,7 +301,7 @@ pub async fn get_consistency_proof(
     request: v1::GetConsistencyProofRequest,
 ) -> Result<v1::GetConsistencyProofResponse, Status> {
     let tenant_id = tenant_argument(&request.tenant_id)?;
-    let keyspaces = node.router.shard_for(&tenant_id).keyspaces.clone();
+    let keyspaces = node.router.shard_for(&tenant_id)?.keyspaces.clone();
     let (proof, to) = blocking(move || {
         proofs::consistency(
             &keyspaces,

@@ -14,7 +14,7 @@ use tonic::Status;
 use trail_proto::v1;
 
 use crate::ledger::{validate_tenant_id, ActorKind, FieldError, Outcome};
-use crate::node::Node;
+use crate::node::{Node, RouteError};
 use crate::shard::cursor::{tenant_digest, Cursor};
 use crate::shard::query::{
     self, action_filter, actor_id_filter, request_id_filter, resource_id_filter,
@@ -69,6 +69,20 @@ pub enum QueryError {
     Unavailable(&'static str),
     /// The shard's linearizable read barrier did not pass (not the leader, timeout).
     Barrier(ReadBarrierError),
+    /// The tenant's shard has no replica here, or the cluster has no shards yet.
+    Route(RouteError),
+}
+
+impl From<QueryError> for Status {
+    fn from(error: QueryError) -> Status {
+        match error {
+            QueryError::Invalid(error) => grpc_invalid(&error),
+            QueryError::Read(error) => read_status(error),
+            QueryError::Unavailable(reason) => Status::unavailable(reason),
+            QueryError::Barrier(error) => super::grpc::barrier_status(error),
+            QueryError::Route(error) => error.into(),
+        }
+    }
 }
 
 impl From<FieldError> for QueryError {
@@ -132,7 +146,10 @@ pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOut
     let mut query = Query::new(&tenant_id, filters, limit, order);
     query.after = after;
 
-    let shard = node.router.shard_for(&tenant_id);
+    let shard = node
+        .router
+        .shard_for(&tenant_id)
+        .map_err(QueryError::Route)?;
     shard.read_barrier().await.map_err(QueryError::Barrier)?;
     let keyspaces = shard.keyspaces.clone();
     let index = node.index.clone();
@@ -203,12 +220,7 @@ pub async fn query(
     by: &ReadBy,
 ) -> Result<v1::QueryResponse, Status> {
     let input = grpc_input(request).map_err(|error| grpc_invalid(&error))?;
-    let output = run(node, input, by).await.map_err(|error| match error {
-        QueryError::Invalid(error) => grpc_invalid(&error),
-        QueryError::Read(error) => read_status(error),
-        QueryError::Unavailable(reason) => Status::unavailable(reason),
-        QueryError::Barrier(error) => super::grpc::barrier_status(error),
-    })?;
+    let output = run(node, input, by).await?;
     let page = output.page;
     let scanned_to = page
         .scanned_to
@@ -238,7 +250,10 @@ pub async fn count_events(
     filters.check()?;
     let audited = audit::describe(&filters);
     let audited_tenant = tenant_id.clone();
-    let shard = node.router.shard_for(&tenant_id);
+    let shard = node
+        .router
+        .shard_for(&tenant_id)
+        .map_err(QueryError::Route)?;
     shard.read_barrier().await.map_err(QueryError::Barrier)?;
     let keyspaces = shard.keyspaces.clone();
     let index = node.index.clone();
@@ -329,14 +344,7 @@ pub async fn count(
         ..v1::QueryRequest::default()
     })
     .map_err(|error| grpc_invalid(&error))?;
-    let count = count_events(node, input.tenant_id, input.filters, by)
-        .await
-        .map_err(|error| match error {
-            QueryError::Invalid(error) => grpc_invalid(&error),
-            QueryError::Read(error) => read_status(error),
-            QueryError::Unavailable(reason) => Status::unavailable(reason),
-            QueryError::Barrier(error) => super::grpc::barrier_status(error),
-        })?;
+    let count = count_events(node, input.tenant_id, input.filters, by).await?;
     Ok(v1::CountResponse { count })
 }
 

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use trail_node::api::{grpc::TrailService, http};
 use trail_node::clock::SystemClock;
 use trail_node::config::{Flags, NodeConfig};
+use trail_node::consensus::network::RaftService;
 use trail_node::node;
 use trail_proto::v1::trail_server::TrailServer;
 
@@ -85,7 +86,7 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
         .map_err(|error| anyhow::anyhow!("http_addr {}: {error}", config.http_addr))?;
 
     let node = node::start(config.clone(), Arc::new(SystemClock), &arbiter).await?;
-    let shard_count = node.router.shards().count();
+    let shard_count = node.router.shards().len();
 
     // HTTP runs on the actix thread.
     let (http_sender, http_receiver) = tokio::sync::oneshot::channel();
@@ -123,6 +124,18 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(service)
+            .add_service(
+                RaftService {
+                    cluster_id: config
+                        .cluster
+                        .as_ref()
+                        .map(|cluster| cluster.cluster_id.clone())
+                        .unwrap_or_default(),
+                    node: config.node_id,
+                    groups: node.groups.clone(),
+                }
+                .into_server(),
+            )
             .serve_with_incoming_shutdown(incoming_nodelay(grpc_listener), async {
                 let _ = grpc_stopped.await;
             }),

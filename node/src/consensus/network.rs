@@ -1,78 +1,358 @@
-//! The Raft peer network.
+//! The Raft peer network: one tonic service per node for the Raft traffic of every
+//! group it hosts, and one HTTP/2 channel per peer node shared by every group that
+//! talks to it (the shape of openraft 0.10's `openraft-multi`, DESIGN.md "Cluster").
 //!
-//! A single node runs single-replica groups, which never send RPCs. The cluster work
-//! replaces this with one tonic service per node carrying `(group_id, target_node)`;
-//! until then every peer is reported `Unreachable` (never `NetworkError`, which makes
-//! openraft retry and log in a loop).
+//! Every message carries `(cluster_id, group_id, target_node)`. The receiver refuses a
+//! message for another cluster, a node it is not or a group it does not host (openraft:
+//! connecting to a wrong node can lead to data inconsistency); the sender reports the
+//! refusal, like a refused connection, as `Unreachable` (never `NetworkError`, which
+//! makes openraft retry at once and log in a loop).
+//!
+//! A single node runs single-replica groups with no peers: they never send.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::RPCOption;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use trail_proto::raft::raft_transport_client::RaftTransportClient;
+use trail_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
+use trail_proto::raft::{RaftReply, RaftRequest};
 
-use super::{NodeId, TypeConfig};
+use super::{NodeId, Raft, TypeConfig};
+use crate::ledger::routing::ShardId;
 
-#[derive(Debug, Clone, Default)]
-pub struct LocalOnlyNetwork;
+/// Largest Raft message accepted: `max_payload_entries` entries of a group-committed
+/// batch each (a batch is bounded by `--batch-bytes-max`), or one snapshot chunk.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 
-#[derive(Debug, Clone)]
-pub struct NoPeer {
+/// How long a peer that refused or failed is left alone before the next attempt.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The groups this node hosts, as its transport service finds them.
+#[derive(Clone, Default)]
+pub struct Groups {
+    groups: Arc<RwLock<BTreeMap<ShardId, Raft>>>,
+}
+
+impl Groups {
+    pub fn insert(&self, group: ShardId, raft: Raft) {
+        self.groups
+            .write()
+            .expect("groups lock")
+            .insert(group, raft);
+    }
+
+    pub fn remove(&self, group: ShardId) {
+        self.groups.write().expect("groups lock").remove(&group);
+    }
+
+    fn get(&self, group: ShardId) -> Option<Raft> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .get(&group)
+            .cloned()
+    }
+}
+
+/// This node's channels to its peers, shared by all its groups. Cheap to clone.
+#[derive(Clone)]
+pub struct Peers {
+    inner: Arc<PeersInner>,
+}
+
+struct PeersInner {
+    cluster_id: String,
+    from: NodeId,
+    channels: BTreeMap<NodeId, Channel>,
+}
+
+impl Peers {
+    /// No peers: single-replica groups on one node.
+    pub fn none(from: NodeId) -> Peers {
+        Peers {
+            inner: Arc::new(PeersInner {
+                cluster_id: String::new(),
+                from,
+                channels: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// Lazy channels to every other node (`addrs`: node id -> gRPC `host:port`);
+    /// nothing connects until a group sends.
+    pub fn connect_lazy(
+        cluster_id: &str,
+        from: NodeId,
+        addrs: &BTreeMap<NodeId, String>,
+    ) -> anyhow::Result<Peers> {
+        let mut channels = BTreeMap::new();
+        for (&node, addr) in addrs {
+            if node == from {
+                continue;
+            }
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|error| anyhow::anyhow!("peers: node {node} address {addr:?}: {error}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                // A dead peer is noticed within interval + timeout, not at the next
+                // deadline of every group's RPC.
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true);
+            channels.insert(node, endpoint.connect_lazy());
+        }
+        Ok(Peers {
+            inner: Arc::new(PeersInner {
+                cluster_id: cluster_id.to_string(),
+                from,
+                channels,
+            }),
+        })
+    }
+
+    /// The network of one group on this node.
+    pub fn group(&self, group: ShardId) -> GroupNetwork {
+        GroupNetwork {
+            group,
+            peers: self.clone(),
+        }
+    }
+}
+
+/// The sending side of one group on one node.
+#[derive(Clone)]
+pub struct GroupNetwork {
+    group: ShardId,
+    peers: Peers,
+}
+
+/// One group's connection to one peer (a view of the shared channel).
+pub struct Connection {
+    group: ShardId,
     target: NodeId,
+    peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Connection {
+        Connection {
+            group: self.group,
+            target,
+            peers: self.peers.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("node {target} is not reachable: this node runs single-replica groups only")]
-struct NoPeerError {
-    target: NodeId,
+#[error("{0}")]
+struct TransportError(String);
+
+fn unreachable<E: std::error::Error>(reason: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&TransportError(reason)))
 }
 
-impl NoPeer {
-    fn unreachable<E>(&self) -> RPCError<NodeId, BasicNode, E>
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("openraft messages serialize")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(bytes)
+        .map_err(|error| Status::invalid_argument(format!("payload does not decode: {error}")))
+}
+
+impl Connection {
+    /// Sends one request; the reply is the receiver's openraft result.
+    async fn call<Req, Resp, E, F, Fut>(
+        &self,
+        rpc: &Req,
+        option: &RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        E: std::error::Error,
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, Request<RaftRequest>) -> Fut,
+        Fut: Future<Output = Result<Response<RaftReply>, Status>>,
     {
-        RPCError::Unreachable(Unreachable::new(&NoPeerError {
-            target: self.target,
-        }))
+        let Some(channel) = self.peers.inner.channels.get(&self.target).cloned() else {
+            return Err(unreachable(format!(
+                "node {} is not a peer of node {}",
+                self.target, self.peers.inner.from
+            )));
+        };
+        let mut request = Request::new(RaftRequest {
+            cluster_id: self.peers.inner.cluster_id.clone(),
+            group_id: self.group,
+            target_node: self.target,
+            from_node: self.peers.inner.from,
+            payload: encode(rpc),
+        });
+        request.set_timeout(option.hard_ttl());
+        let client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        let reply = match tokio::time::timeout(option.hard_ttl(), send(client, request)).await {
+            Err(_elapsed) => {
+                return Err(RPCError::Network(NetworkError::new(&TransportError(
+                    format!("node {}: deadline exceeded", self.target),
+                ))))
+            }
+            // Refused, reset, not connected, or refused by the receiver (not its
+            // group or node): unreachable for now, and openraft backs off.
+            Ok(Err(status)) => {
+                return Err(unreachable(format!(
+                    "node {}: {}: {}",
+                    self.target,
+                    status.code(),
+                    status.message()
+                )))
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.payload)
+            .map_err(|error| {
+                RPCError::Network(NetworkError::new(&TransportError(format!(
+                    "node {}: reply does not decode: {error}",
+                    self.target
+                ))))
+            })?;
+        result.map_err(|error| {
+            RPCError::RemoteError(openraft::error::RemoteError::new(self.target, error))
+        })
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for LocalOnlyNetwork {
-    type Network = NoPeer;
-
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> NoPeer {
-        NoPeer { target }
-    }
-}
-
-impl RaftNetwork<TypeConfig> for NoPeer {
+impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        self.call(&rpc, &option, |mut client, request| async move {
+            client.append_entries(request).await
+        })
+        .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        self.call(&rpc, &option, |mut client, request| async move {
+            client.install_snapshot(request).await
+        })
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        self.call(&rpc, &option, |mut client, request| async move {
+            client.vote(request).await
+        })
+        .await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+/// The receiving side: one per node.
+pub struct RaftService {
+    pub cluster_id: String,
+    pub node: NodeId,
+    pub groups: Groups,
+}
+
+impl RaftService {
+    pub fn into_server(self) -> RaftTransportServer<RaftService> {
+        RaftTransportServer::new(self)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    }
+
+    /// The group the message is for, if it is for this cluster and node, and this
+    /// node hosts the group.
+    fn group(&self, request: &RaftRequest) -> Result<Raft, Status> {
+        if request.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "message for cluster {:?} reached node {} of cluster {:?}",
+                request.cluster_id, self.node, self.cluster_id
+            )));
+        }
+        if request.target_node != self.node {
+            return Err(Status::failed_precondition(format!(
+                "message for node {} reached node {}",
+                request.target_node, self.node
+            )));
+        }
+        self.groups.get(request.group_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "node {} hosts no replica of shard {}",
+                self.node, request.group_id
+            ))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(&request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
+        let result = raft.append_entries(rpc).await;
+        Ok(Response::new(RaftReply {
+            payload: encode(&result),
+        }))
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(&request)?;
+        let rpc: VoteRequest<NodeId> = decode(&request.payload)?;
+        let result = raft.vote(rpc).await;
+        Ok(Response::new(RaftReply {
+            payload: encode(&result),
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let raft = self.group(&request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload)?;
+        let result = raft.install_snapshot(rpc).await;
+        Ok(Response::new(RaftReply {
+            payload: encode(&result),
+        }))
     }
 }

@@ -8,6 +8,7 @@ use actix::prelude::*;
 
 use crate::ledger::routing::ShardId;
 use crate::shard::actor::{GetShardStatus, ShardActor, ShardStatus, StopShard};
+use crate::shard::{ShardHandle, ShardTasks};
 
 pub struct NodeActor {
     shards: BTreeMap<ShardId, Addr<ShardActor>>,
@@ -55,6 +56,24 @@ impl Handler<GetNodeStatus> for NodeActor {
                 shards: statuses,
             }
         })
+    }
+}
+
+/// Starts actors for shards opened after the node started (a cluster's data shards).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddShards(pub Vec<(ShardHandle, ShardTasks)>);
+
+impl Handler<AddShards> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, AddShards(opened): AddShards, _: &mut Context<Self>) {
+        for (handle, tasks) in opened {
+            let shard = handle.shard;
+            self.shards
+                .entry(shard)
+                .or_insert_with(|| ShardActor::new(handle, tasks).start());
+        }
     }
 }
 

@@ -67,6 +67,14 @@ pub struct ShardStatus {
     pub events: u64,
     pub streams: u64,
     pub queue_bytes: u64,
+    /// On a leader: every replica's matched log index (itself included).
+    pub replicas: Vec<ReplicaProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    pub node_id: u64,
+    pub matched_index: u64,
 }
 
 #[derive(Message)]
@@ -98,6 +106,15 @@ impl Handler<GetShardStatus> for ShardActor {
                 .load(std::sync::atomic::Ordering::Relaxed),
             streams: counters.tenants.load(std::sync::atomic::Ordering::Relaxed),
             queue_bytes: self.handle.queue.depth_bytes() as u64,
+            replicas: metrics
+                .replication
+                .iter()
+                .flat_map(|replication| replication.iter())
+                .map(|(node_id, matched)| ReplicaProgress {
+                    node_id: *node_id,
+                    matched_index: matched.map_or(0, |log_id| log_id.index),
+                })
+                .collect(),
         })
     }
 }

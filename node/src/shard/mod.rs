@@ -19,7 +19,7 @@ use openraft::BasicNode;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::consensus::{self, network::LocalOnlyNetwork, NodeId, Raft};
+use crate::consensus::{self, network::Peers, NodeId, Raft};
 use crate::ledger::routing::ShardId;
 use crate::ledger::EventRecord;
 use crate::ledger::NoteSigner;
@@ -33,13 +33,14 @@ pub use sealer::{Sealer, SealerSettings};
 #[derive(Clone)]
 pub struct ShardSettings {
     pub node_id: NodeId,
-    pub advertise_addr: String,
     pub cluster_name: String,
     pub snapshot_logs_since_last: u64,
     pub limits: BatchLimits,
     pub sealer: SealerSettings,
     pub signer: Arc<NoteSigner>,
     pub publisher: Option<Publisher>,
+    /// The channels to the other nodes (none on a single node).
+    pub peers: Peers,
 }
 
 /// Everything the data path needs to reach a shard. Cheap to clone.
@@ -179,13 +180,17 @@ pub struct ShardTasks {
     pub stop_sealer: oneshot::Sender<()>,
 }
 
-/// Opens a shard's storage, starts its Raft group (a single-replica group on first
-/// start) and its batcher. Must run on the multi-thread runtime: openraft spawns its
-/// tasks where it is created.
+/// Opens a shard's storage, starts its Raft group and its batcher. Must run on the
+/// multi-thread runtime: openraft spawns its tasks where it is created.
+///
+/// On first start the group is initialized with `members` (node id -> gRPC address):
+/// every replica does it with the same membership, which openraft allows (one leader
+/// is elected; its log wins).
 pub async fn open(
     store: &NodeStore,
     shard: ShardId,
     settings: &ShardSettings,
+    members: &BTreeMap<NodeId, String>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(ShardHandle, ShardTasks)> {
     let keyspaces = store.shard(shard)?;
@@ -211,19 +216,16 @@ pub async fn open(
     let raft = Raft::new(
         settings.node_id,
         config,
-        LocalOnlyNetwork,
+        settings.peers.group(shard),
         log_store,
         state_machine,
     )
     .await?;
     if !raft.is_initialized().await? {
-        let mut members = BTreeMap::new();
-        members.insert(
-            settings.node_id,
-            BasicNode {
-                addr: settings.advertise_addr.clone(),
-            },
-        );
+        let members: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(&node, addr)| (node, BasicNode { addr: addr.clone() }))
+            .collect();
         raft.initialize(members).await?;
     }
     let (queue, receiver) = batcher::queue(shard, settings.limits);

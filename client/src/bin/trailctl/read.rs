@@ -128,6 +128,11 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
                 "indexed_index": shard.indexed_index,
                 "index_lag_ms": shard.index_lag_ms,
                 "index_rebuild_remaining": shard.index_rebuild_remaining,
+                "replicas": shard.replicas.iter().map(|replica| json!({
+                    "node_id": replica.node_id,
+                    "matched_index": replica.matched_index,
+                    "lag_entries": replica.lag_entries,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -143,6 +148,19 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
         "rss_bytes": status.rss_bytes,
         "peak_rss_bytes": status.peak_rss_bytes,
         "shards": shards,
+        "cluster": status.cluster.as_ref().map(|map| json!({
+            "cluster_id": map.cluster_id,
+            "shards": map.shards,
+            "replicas": map.replicas,
+            "nodes": map.nodes.iter().map(|node| json!({
+                "node_id": node.node_id,
+                "grpc_addr": node.grpc_addr,
+            })).collect::<Vec<_>>(),
+            "placement": map.placement.iter().map(|shard| json!({
+                "shard_id": shard.shard_id,
+                "replicas": shard.replicas,
+            })).collect::<Vec<_>>(),
+        })),
     })
 }
 
@@ -172,6 +190,20 @@ fn status_table(status: &StatusResponse) -> String {
         mebibytes(status.rss_bytes),
         mebibytes(status.peak_rss_bytes)
     ));
+    if let Some(map) = &status.cluster {
+        let nodes: Vec<String> = map
+            .nodes
+            .iter()
+            .map(|node| format!("{}={}", node.node_id, node.grpc_addr))
+            .collect();
+        lines.push(format!(
+            "cluster     {}: {} data shards x {} replicas on nodes {}",
+            map.cluster_id,
+            map.shards,
+            map.replicas,
+            nodes.join(",")
+        ));
+    }
     lines.push(String::new());
 
     let header = [
@@ -185,6 +217,7 @@ fn status_table(status: &StatusResponse) -> String {
         "streams",
         "queued",
         "index lag",
+        "replicas (node:lag)",
     ];
     let mut rows: Vec<Vec<String>> = Vec::with_capacity(status.shards.len());
     for shard in &status.shards {
@@ -199,6 +232,12 @@ fn status_table(status: &StatusResponse) -> String {
             group_thousands(u64::from(shard.streams)),
             human_bytes(shard.queue_bytes),
             index_lag(shard),
+            shard
+                .replicas
+                .iter()
+                .map(|replica| format!("{}:{}", replica.node_id, replica.lag_entries))
+                .collect::<Vec<_>>()
+                .join(" "),
         ]);
     }
     let mut widths: Vec<usize> = header.iter().map(|title| title.len()).collect();
@@ -214,7 +253,7 @@ fn status_table(status: &StatusResponse) -> String {
             if column > 0 {
                 line.push_str("  ");
             }
-            if column == 1 {
+            if column == 1 || column == cells.len() - 1 {
                 line.push_str(&format!("{cell:<width$}", width = widths[column]));
             } else {
                 line.push_str(&format!("{cell:>width$}", width = widths[column]));
@@ -300,7 +339,7 @@ fn index_lag(shard: &trail_proto::v1::ShardStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trail_proto::v1::ShardStatus;
+    use trail_proto::v1::{ClusterMap, ClusterNode, ReplicaStatus, ShardStatus};
 
     #[test]
     fn status_table_aligns_columns() {
@@ -321,6 +360,18 @@ mod tests {
                 indexed_index: 12_340,
                 index_lag_ms: 420,
                 index_rebuild_remaining: 0,
+                replicas: vec![
+                    ReplicaStatus {
+                        node_id: 1,
+                        matched_index: 12_345,
+                        lag_entries: 0,
+                    },
+                    ReplicaStatus {
+                        node_id: 2,
+                        matched_index: 12_300,
+                        lag_entries: 45,
+                    },
+                ],
             }],
             events: 1_000_000,
             uptime_ms: 3_725_000,
@@ -329,6 +380,23 @@ mod tests {
             grpc_addr: "127.0.0.1:7400".to_string(),
             http_addr: "127.0.0.1:7401".to_string(),
             verifier_key: "trail.local+1a2b3c4d+AQ".to_string(),
+            cluster: Some(ClusterMap {
+                cluster_id: "trail".to_string(),
+                nodes: vec![
+                    ClusterNode {
+                        node_id: 1,
+                        grpc_addr: "10.0.0.7:7400".to_string(),
+                    },
+                    ClusterNode {
+                        node_id: 2,
+                        grpc_addr: "10.0.0.8:7400".to_string(),
+                    },
+                ],
+                shards: 16,
+                replicas: 1,
+                placement: Vec::new(),
+                verifier_key: "trail.local+1a2b3c4d+AQ".to_string(),
+            }),
         };
         let table = status_table(&status);
         assert!(table.contains("uptime      1h 02m 05s"), "{table}");
@@ -338,13 +406,13 @@ mod tests {
         );
         assert!(
             table.contains(
-                "shard  role    leader  term  last log  applied     events  streams   queued  index lag"
+                "shard  role    leader  term  last log  applied     events  streams   queued  index lag  replicas (node:lag)"
             ),
             "{table}"
         );
         assert!(
             table.contains(
-                "    0  leader       1     3    12,345   12,345  1,000,000    1,000  1.5 KiB     420 ms"
+                "    0  leader       1     3    12,345   12,345  1,000,000    1,000  1.5 KiB     420 ms  1:0 2:45"
             ),
             "{table}"
         );
@@ -352,7 +420,18 @@ mod tests {
             table.contains("verifier    trail.local+1a2b3c4d+AQ"),
             "{table}"
         );
+        assert!(
+            table.contains(
+                "cluster     trail: 16 data shards x 1 replicas on nodes 1=10.0.0.7:7400,2=10.0.0.8:7400"
+            ),
+            "{table}"
+        );
         assert_eq!(status_json(&status)["shards"][0]["role"], "leader");
+        assert_eq!(
+            status_json(&status)["shards"][0]["replicas"][1]["lag_entries"],
+            45
+        );
+        assert_eq!(status_json(&status)["cluster"]["shards"], 16);
         assert_eq!(
             status_json(&status)["verifier_key"],
             "trail.local+1a2b3c4d+AQ"

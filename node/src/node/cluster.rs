@@ -1,0 +1,293 @@
+//! A node as one of a cluster (`--peers`): the cluster map, where it is kept, how data
+//! shards are placed on nodes, and the clients a node forwards requests with.
+//!
+//! The map lives in the metadata group (shard 0, a replica on every node) as the
+//! latest event of the reserved tenant [`CLUSTER_TENANT`]: the cluster's own layout is
+//! kept in a hash-chained, checkpointed log like everything else, and a node reads it
+//! from its local replica. A tenant id cannot start with `_`, so no producer can write
+//! there, and tenants are never routed to shard 0.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use trail_proto::v1::{self, trail_client::TrailClient};
+
+use crate::consensus::NodeId;
+use crate::ledger::routing::ShardId;
+use crate::ledger::{ActorKind, EventRecord, Outcome};
+use crate::shard::reader;
+use crate::storage::ShardKeyspaces;
+
+/// The reserved tenant whose stream in shard 0 holds the cluster map.
+pub const CLUSTER_TENANT: &str = "_cluster";
+/// The metadata group.
+pub const META_SHARD: ShardId = 0;
+/// The event id of the first map: a second `cluster init` is deduplicated onto it.
+const INIT_EVENT_ID: &str = "cluster-map-1";
+
+pub const CLUSTER_SHARDS_MAX: u32 = 1_024;
+
+/// Request metadata naming the node that forwarded a request; a forwarded request is
+/// never forwarded again (no loops while leadership moves).
+pub const FORWARDED_HEADER: &str = "trail-forwarded";
+/// Response metadata: the gRPC endpoint of the tenant's shard leader, so the SDK can
+/// go there directly next time.
+pub const LEADER_HEADER: &str = "trail-leader";
+
+/// The cluster's layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    pub cluster_id: String,
+    /// Node id -> gRPC `host:port`.
+    pub nodes: BTreeMap<NodeId, String>,
+    pub shards: u32,
+    pub replicas: u32,
+    /// Replicas of data shard `s` at index `s - 1`; the first is the preferred leader.
+    pub placement: Vec<Vec<NodeId>>,
+    /// The checkpoint key every node signs with (C2SP verifier key).
+    pub verifier_key: String,
+}
+
+impl ClusterMap {
+    /// Places `shards` data shards of `replicas` replicas each on `nodes`: shard `s`
+    /// on the `replicas` nodes after position `s - 1` of the sorted node ids, so the
+    /// replicas and the preferred leaders (the first of each) are spread evenly.
+    pub fn place(
+        cluster_id: &str,
+        nodes: &BTreeMap<NodeId, String>,
+        shards: u32,
+        replicas: u32,
+        verifier_key: &str,
+    ) -> Result<ClusterMap, String> {
+        if !(1..=CLUSTER_SHARDS_MAX).contains(&shards) {
+            return Err(format!(
+                "shards: {shards} is out of range; use 1 to {CLUSTER_SHARDS_MAX}"
+            ));
+        }
+        if replicas == 0 || replicas.is_multiple_of(2) {
+            return Err(format!(
+                "replicas: {replicas} is not an odd number (1, 3 or 5): a Raft group of \
+                 an even size tolerates no more failures than one replica fewer"
+            ));
+        }
+        if replicas as usize > nodes.len() {
+            return Err(format!(
+                "replicas: {replicas} is more than the cluster's {} nodes",
+                nodes.len()
+            ));
+        }
+        let ids: Vec<NodeId> = nodes.keys().copied().collect();
+        let placement = (0..shards as usize)
+            .map(|index| {
+                (0..replicas as usize)
+                    .map(|k| ids[(index + k) % ids.len()])
+                    .collect()
+            })
+            .collect();
+        Ok(ClusterMap {
+            cluster_id: cluster_id.to_string(),
+            nodes: nodes.clone(),
+            shards,
+            replicas,
+            placement,
+            verifier_key: verifier_key.to_string(),
+        })
+    }
+
+    pub fn replicas_of(&self, shard: ShardId) -> &[NodeId] {
+        shard
+            .checked_sub(1)
+            .and_then(|index| self.placement.get(index as usize))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The data shards with a replica on `node`.
+    pub fn shards_on(&self, node: NodeId) -> Vec<ShardId> {
+        (1..=self.shards)
+            .filter(|&shard| self.replicas_of(shard).contains(&node))
+            .collect()
+    }
+
+    pub fn to_proto(&self) -> v1::ClusterMap {
+        v1::ClusterMap {
+            cluster_id: self.cluster_id.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(&node_id, addr)| v1::ClusterNode {
+                    node_id,
+                    grpc_addr: addr.clone(),
+                })
+                .collect(),
+            shards: self.shards,
+            replicas: self.replicas,
+            placement: self
+                .placement
+                .iter()
+                .enumerate()
+                .map(|(index, replicas)| v1::ShardPlacement {
+                    shard_id: index as u32 + 1,
+                    replicas: replicas.clone(),
+                })
+                .collect(),
+            verifier_key: self.verifier_key.clone(),
+        }
+    }
+
+    /// The event that records this map in shard 0.
+    pub fn to_record(&self, occurred_at_ns: i64, requested_by: &str) -> EventRecord {
+        EventRecord {
+            event_id: INIT_EVENT_ID.to_string(),
+            tenant_id: CLUSTER_TENANT.to_string(),
+            actor_kind: ActorKind::Service,
+            actor_id: requested_by.to_string(),
+            actor_email: String::new(),
+            actor_name: String::new(),
+            action: "cluster.init".to_string(),
+            resource_type: "cluster".to_string(),
+            resource_id: self.cluster_id.clone(),
+            outcome: Outcome::Success,
+            occurred_at_ns,
+            request_id: String::new(),
+            session_id: String::new(),
+            ip_address: String::new(),
+            user_agent: String::new(),
+            metadata_json: serde_json::to_string(self).expect("a cluster map serializes"),
+            subject_id: String::new(),
+        }
+    }
+}
+
+/// The latest cluster map in a replica of shard 0, if the cluster was initialized.
+pub fn read_map(meta: &ShardKeyspaces) -> anyhow::Result<Option<ClusterMap>> {
+    let Some(state) = reader::tenant_state(meta, CLUSTER_TENANT)? else {
+        return Ok(None);
+    };
+    let last_seq = state.next_seq.saturating_sub(1);
+    if last_seq == 0 {
+        return Ok(None);
+    }
+    let (events, _) = reader::tail(meta, CLUSTER_TENANT, last_seq - 1, 1)?;
+    let Some(event) = events.into_iter().next() else {
+        return Ok(None);
+    };
+    let map = serde_json::from_str(&event.stored.event.metadata_json).map_err(|error| {
+        anyhow::anyhow!("the cluster map (shard 0, seq {last_seq}) does not decode: {error}")
+    })?;
+    Ok(Some(map))
+}
+
+/// gRPC clients of the other nodes, for forwarding requests to shard leaders. One
+/// lazily connected channel per peer, shared by all requests.
+#[derive(Clone)]
+pub struct Forwarder {
+    node: NodeId,
+    addrs: Arc<BTreeMap<NodeId, String>>,
+    clients: Arc<Mutex<BTreeMap<NodeId, TrailClient<Channel>>>>,
+}
+
+/// Responses a forwarded request may carry (a full `Tail` or batch response).
+const FORWARD_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+impl Forwarder {
+    pub fn new(node: NodeId, addrs: &BTreeMap<NodeId, String>) -> Forwarder {
+        Forwarder {
+            node,
+            addrs: Arc::new(addrs.clone()),
+            clients: Arc::default(),
+        }
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Whether `ip` is the address of a node of the cluster (only they may tell the
+    /// address of a client whose request they forwarded).
+    pub fn is_peer_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.addrs.values().any(|addr| {
+            addr.parse::<std::net::SocketAddr>()
+                .is_ok_and(|peer| peer.ip() == ip)
+        })
+    }
+
+    /// The gRPC endpoint URI of `node`.
+    pub fn endpoint(&self, node: NodeId) -> Option<String> {
+        self.addrs.get(&node).map(|addr| format!("http://{addr}"))
+    }
+
+    pub fn client(&self, node: NodeId) -> Option<TrailClient<Channel>> {
+        let mut clients = self.clients.lock().expect("forwarder lock");
+        if let Some(client) = clients.get(&node) {
+            return Some(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(self.endpoint(node)?)
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let client = TrailClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(FORWARD_BYTES_MAX)
+            .max_encoding_message_size(FORWARD_BYTES_MAX);
+        clients.insert(node, client.clone());
+        Some(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(count: u64) -> BTreeMap<NodeId, String> {
+        (1..=count)
+            .map(|id| (id, format!("127.0.0.1:{}", 7400 + id)))
+            .collect()
+    }
+
+    #[test]
+    fn placement_spreads_replicas_and_leaders_evenly() {
+        let map = ClusterMap::place("trail", &nodes(3), 16, 3, "key").expect("valid");
+        assert_eq!(map.placement.len(), 16);
+        let mut preferred = BTreeMap::new();
+        for replicas in &map.placement {
+            let mut sorted = replicas.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 3, "three distinct replicas: {replicas:?}");
+            *preferred.entry(replicas[0]).or_insert(0) += 1;
+        }
+        assert_eq!(preferred.values().copied().collect::<Vec<_>>(), [6, 5, 5]);
+        assert_eq!(map.shards_on(2).len(), 16);
+
+        let map = ClusterMap::place("trail", &nodes(5), 10, 3, "key").expect("valid");
+        for node in 1..=5 {
+            assert_eq!(map.shards_on(node).len(), 6, "node {node}");
+        }
+        assert_eq!(map.replicas_of(1), [1, 2, 3]);
+        assert_eq!(map.replicas_of(5), [5, 1, 2]);
+        assert!(map.replicas_of(0).is_empty() && map.replicas_of(11).is_empty());
+    }
+
+    #[test]
+    fn placement_refuses_bad_sizes_naming_the_field() {
+        let error = ClusterMap::place("trail", &nodes(3), 0, 3, "k").expect_err("no shards");
+        assert!(error.starts_with("shards:"), "{error}");
+        let error = ClusterMap::place("trail", &nodes(3), 4, 2, "k").expect_err("even");
+        assert!(error.starts_with("replicas:"), "{error}");
+        let error = ClusterMap::place("trail", &nodes(3), 4, 5, "k").expect_err("too many");
+        assert!(error.contains("3 nodes"), "{error}");
+    }
+
+    #[test]
+    fn the_map_round_trips_through_its_record() {
+        let map = ClusterMap::place("trail", &nodes(3), 4, 3, "key").expect("valid");
+        let record = map.to_record(1, "trailctl");
+        assert_eq!(record.tenant_id, CLUSTER_TENANT);
+        let back: ClusterMap = serde_json::from_str(&record.metadata_json).expect("decodes");
+        assert_eq!(back, map);
+    }
+}
