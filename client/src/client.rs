@@ -1,4 +1,4 @@
-//! The connection to a Trail node and its RPCs.
+//! The connection to a Trail node or cluster and its RPCs.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +11,7 @@ use futures::Stream;
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{
@@ -22,14 +22,15 @@ use trail_proto::v1::{
     StoredEvent, TailRequest, TailResponse,
 };
 
-use crate::encoded_batch::{assign_missing_event_ids, encode_events, EncodedBatch};
-use crate::error::{root_cause, Error, Result};
+use crate::encoded_batch::{assign_missing_event_ids, encode_events, single_tenant, EncodedBatch};
+use crate::endpoint_set::{EndpointSet, Route};
+use crate::error::{Error, Result};
 use crate::retry::{is_retryable_status, BatchProgress, RetryPolicy};
 
 /// Largest response the client accepts. A full `Tail` page is 1,000 events of ~1 KiB
 /// and a 10,000-event batch response ~1 MiB of receipts; 64 MiB leaves room for growth
 /// while still refusing a runaway response.
-const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub(crate) const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 const RECORD_BATCH_PATH: &str = "/trail.v1.Trail/RecordBatch";
 
@@ -73,53 +74,61 @@ struct RetryCounters {
     event_retries: AtomicU64,
 }
 
-/// A connection to one Trail node. Cheap to clone; clones share the HTTP/2 connection,
-/// which multiplexes concurrent calls.
+/// A connection to a Trail node, or to the nodes of a cluster. Cheap to clone; clones
+/// share the connections (one HTTP/2 connection per node, which multiplexes concurrent
+/// calls), the current endpoint, the leaders learned and the retry counters.
+///
+/// # Several endpoints
+///
+/// [`Client::connect`] takes a comma-separated list of endpoints, e.g.
+/// `http://10.0.0.7:7400,http://10.0.0.8:7400,10.0.0.9:7400`. Connecting succeeds
+/// when any of them answers; the first that does, in list order, becomes the current
+/// endpoint. Every call goes to the current endpoint; when an attempt fails with a
+/// transport error (connection refused or reset), a timeout or a retryable status
+/// (UNAVAILABLE, RESOURCE_EXHAUSTED), the next endpoint in the list, round robin,
+/// becomes current and the retry goes there, within the [`RetryPolicy`]'s attempts and
+/// backoff. This holds for the reads, for [`Client::record`] and
+/// [`Client::record_batch`] (a resent batch carries the same event ids, so a node that
+/// got it before deduplicates it) and for reopening a [`Client::list_blocks`] stream.
+/// Events a node refused one by one (a batch answered, some events UNAVAILABLE) are
+/// resent without failing over: the node answered, so it is up.
+///
+/// # Leaders
+///
+/// Any node of a cluster serves any request, forwarding it to the leader of the
+/// tenant's shard; it then names that leader in the response metadata `trail-leader`.
+/// For requests about one tenant (the reads, and batches whose events all have the
+/// same tenant), the client remembers that leader and sends the tenant's later
+/// requests straight to it, connecting to it if it is not in the list. An error that
+/// names another leader is retried there. A remembered leader that fails transiently
+/// is forgotten, and the retry goes to the list. At most 10,000 tenants are remembered
+/// (an arbitrary one is forgotten to make room) and at most 16 unlisted leaders are
+/// connected to. Batches of several tenants go to the current endpoint.
 #[derive(Clone, Debug)]
 pub struct Client {
-    channel: Channel,
-    trail: TrailClient<Channel>,
+    endpoints: Arc<EndpointSet>,
     options: ClientOptions,
     counters: Arc<RetryCounters>,
 }
 
 impl Client {
     /// Connects with [`ClientOptions::default`]. `endpoint` is a URI such as
-    /// `http://127.0.0.1:7400`; a bare `host:port` is taken as `http://host:port`.
+    /// `http://127.0.0.1:7400`, or several separated by commas (see [`Client`]); a bare
+    /// `host:port` is taken as `http://host:port`.
     pub async fn connect(endpoint: &str) -> Result<Client> {
         Client::connect_with(endpoint, ClientOptions::default()).await
     }
 
+    /// Connects to one endpoint or to the first reachable of a comma-separated list.
+    ///
+    /// Fails with [`Error::InvalidEndpoint`] naming an entry that is not a URI, with
+    /// [`Error::Connect`] when the only endpoint cannot be reached, and with
+    /// [`Error::ConnectAll`] naming every endpoint and its reason when none of several
+    /// can.
     pub async fn connect_with(endpoint: &str, options: ClientOptions) -> Result<Client> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let configured = Endpoint::from_shared(uri.clone())
-            .map_err(|transport| Error::InvalidEndpoint {
-                endpoint: endpoint.to_string(),
-                reason: root_cause(&transport),
-            })?
-            .connect_timeout(options.connect_timeout)
-            // Pings keep idle connections through NATs and load balancers and detect a
-            // dead peer within interval + timeout instead of at the next RPC deadline.
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        let channel = configured
-            .connect()
-            .await
-            .map_err(|transport| Error::Connect {
-                endpoint: uri,
-                reason: root_cause(&transport),
-                transport,
-            })?;
-        let trail = TrailClient::new(channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX);
+        let endpoints = EndpointSet::connect(endpoint, options).await?;
         Ok(Client {
-            channel,
-            trail,
+            endpoints: Arc::new(endpoints),
             options,
             counters: Arc::new(RetryCounters::default()),
         })
@@ -150,22 +159,25 @@ impl Client {
     pub async fn record_batch(&self, mut events: Vec<Event>) -> Result<RecordBatchResponse> {
         assign_missing_event_ids(&mut events);
         let body = encode_events(events.iter());
-        self.drive_record_batch(body, events.len(), Some(events))
+        let tenant_id = single_tenant(&events);
+        self.drive_record_batch(body, events.len(), tenant_id.as_deref(), Some(events))
             .await
     }
 
     /// [`Client::record_batch`] for a batch encoded ahead of time.
     pub async fn record_batch_encoded(&self, batch: &EncodedBatch) -> Result<RecordBatchResponse> {
-        self.drive_record_batch(batch.body(), batch.len(), None)
+        self.drive_record_batch(batch.body(), batch.len(), batch.tenant_id(), None)
             .await
     }
 
     /// The retry loop. `events` may be `None` until a resend of a subset needs them;
-    /// they are then decoded from `first_body`.
+    /// they are then decoded from `first_body`. `tenant_id` is the tenant of every
+    /// event, if they share one.
     async fn drive_record_batch(
         &self,
         first_body: Bytes,
         events_count: usize,
+        tenant_id: Option<&str>,
         events_given: Option<Vec<Event>>,
     ) -> Result<RecordBatchResponse> {
         if events_count == 0 {
@@ -173,6 +185,7 @@ impl Client {
         }
         let mut events = events_given;
         let mut progress = BatchProgress::new(events_count);
+        let mut failed: Vec<Arc<str>> = Vec::new();
         let mut attempt: u32 = 0;
         loop {
             let body = if attempt == 0 || progress.pending().len() == events_count {
@@ -181,16 +194,21 @@ impl Client {
                 let decoded = events_or_decode(&mut events, &first_body)?;
                 encode_events(progress.pending().iter().map(|&index| &decoded[index]))
             };
-            let sent = self.send_record_batch(body).await;
+            let route = self.endpoints.route(tenant_id);
+            let sent = self.send_record_batch(&route, body).await;
             attempt += 1;
             let request_failure = match sent {
                 Ok(response) => {
-                    progress.merge(response)?;
+                    self.endpoints
+                        .learn_leader(tenant_id, &route, response.metadata(), &failed);
+                    progress.merge(response.into_inner())?;
                     None
                 }
-                Err(status) if is_retryable_status(&status) => Some(status),
                 Err(status) => {
-                    return self.abandon_batch(progress, status, &mut events, &first_body)
+                    if !self.after_failure(tenant_id, &route, &status, &mut failed) {
+                        return self.abandon_batch(progress, status, &mut events, &first_body);
+                    }
+                    Some(status)
                 }
             };
             if progress.is_done() {
@@ -239,22 +257,24 @@ impl Client {
     }
 
     /// One `RecordBatch` attempt with a pre-encoded body.
-    async fn send_record_batch(&self, body: Bytes) -> Result<RecordBatchResponse, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+    async fn send_record_batch(
+        &self,
+        route: &Route,
+        body: Bytes,
+    ) -> Result<tonic::Response<RecordBatchResponse>, Status> {
+        let mut grpc = tonic::client::Grpc::new(route.node.channel.clone())
             .max_decoding_message_size(RESPONSE_BYTES_MAX);
         grpc.ready()
             .await
             .map_err(|error| Status::unavailable(format!("channel not ready: {error}")))?;
         let mut request = Request::new(body);
         request.set_timeout(self.options.rpc_timeout);
-        let response = grpc
-            .unary(
-                request,
-                PathAndQuery::from_static(RECORD_BATCH_PATH),
-                RawBatchCodec,
-            )
-            .await?;
-        Ok(response.into_inner())
+        grpc.unary(
+            request,
+            PathAndQuery::from_static(RECORD_BATCH_PATH),
+            RawBatchCodec,
+        )
+        .await
     }
 
     /// Records one event, retrying transient failures. The server's refusal of the
@@ -263,8 +283,9 @@ impl Client {
         if event.event_id.is_empty() {
             event.event_id = uuid::Uuid::new_v4().to_string();
         }
+        let tenant_id = event.tenant_id.clone();
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(&tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(RecordRequest {
                     event: Some(event.clone()),
                 });
@@ -280,7 +301,7 @@ impl Client {
     /// Reads one event. NOT_FOUND becomes [`Error::NotFound`].
     pub async fn get_event(&self, tenant_id: &str, event_id: &str) -> Result<StoredEvent> {
         let found = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(GetEventRequest {
                     tenant_id: tenant_id.to_string(),
                     event_id: event_id.to_string(),
@@ -316,7 +337,7 @@ impl Client {
     /// [`Client::tail`] with every field of the request, e.g. a named stream.
     pub async fn tail_request(&self, tail: TailRequest) -> Result<TailResponse> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(&tail.tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(tail.clone());
                 request.set_timeout(timeout);
                 async move { trail.tail(request).await }
@@ -333,7 +354,7 @@ impl Client {
     /// a refused filter or cursor is INVALID_ARGUMENT naming the field.
     pub async fn query(&self, query: QueryRequest) -> Result<QueryResponse> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(&query.tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(query.clone());
                 request.set_timeout(timeout);
                 async move { trail.query(request).await }
@@ -345,7 +366,7 @@ impl Client {
     /// How many of a tenant's events match a filter (from the node's indexes).
     pub async fn count(&self, count: CountRequest) -> Result<u64> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(&count.tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(count.clone());
                 request.set_timeout(timeout);
                 async move { trail.count(request).await }
@@ -369,7 +390,7 @@ impl Client {
             format: format.to_string(),
         };
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(export.clone());
                 request.set_timeout(timeout);
                 async move { trail.record_export(request).await }
@@ -382,7 +403,7 @@ impl Client {
     /// events to index. Progress is in [`Client::status`].
     pub async fn reindex(&self) -> Result<u64> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(None, |mut trail, timeout| {
                 let mut request = Request::new(trail_proto::v1::ReindexRequest {});
                 request.set_timeout(timeout);
                 async move { trail.reindex(request).await }
@@ -394,7 +415,7 @@ impl Client {
     /// The node's identity, memory and per-shard consensus state.
     pub async fn status(&self) -> Result<StatusResponse> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(None, |mut trail, timeout| {
                 let mut request = Request::new(StatusRequest {});
                 request.set_timeout(timeout);
                 async move { trail.status(request).await }
@@ -415,7 +436,7 @@ impl Client {
         limit: u32,
     ) -> Result<ListStreamsResponse> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(None, |mut trail, timeout| {
                 let mut request = Request::new(ListStreamsRequest {
                     after_tenant_id: after_tenant_id.to_string(),
                     limit,
@@ -435,7 +456,7 @@ impl Client {
         seal_now: bool,
     ) -> Result<GetCheckpointResponse> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(GetCheckpointRequest {
                     tenant_id: tenant_id.to_string(),
                     stream_index,
@@ -463,7 +484,7 @@ impl Client {
         with_events: bool,
     ) -> Result<Block> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(GetBlockRequest {
                     tenant_id: tenant_id.to_string(),
                     stream_index,
@@ -503,11 +524,12 @@ impl Client {
             to_block,
             with_events,
         };
-        let first = self.open_list_blocks(&request).await?;
+        let (first, route) = self.open_list_blocks(&request).await?;
         let state = ListBlocksState {
             client: self.clone(),
             request,
             streaming: Some(first),
+            route,
             blocks_received: 0,
             resumes: 0,
             done: false,
@@ -515,9 +537,14 @@ impl Client {
         Ok(Box::pin(futures::stream::unfold(state, next_listed_block)))
     }
 
-    async fn open_list_blocks(&self, list: &ListBlocksRequest) -> Result<Streaming<Block>> {
-        let streaming = self
-            .call_with_retries(|mut trail, timeout| {
+    /// Opens a `ListBlocks` stream; also returns where it goes, to fail over from
+    /// there if the stream breaks.
+    async fn open_list_blocks(
+        &self,
+        list: &ListBlocksRequest,
+    ) -> Result<(Streaming<Block>, Route)> {
+        let opened = self
+            .call_routed(Some(&list.tenant_id), |mut trail, timeout| {
                 // No grpc-timeout: it would bound the whole stream. Only the wait for the
                 // response headers is bounded here, and each block's in the stream.
                 let request = Request::new(list.clone());
@@ -532,7 +559,7 @@ impl Client {
                 }
             })
             .await?;
-        Ok(streaming)
+        Ok(opened)
     }
 
     /// The inclusion proof of one event, against the checkpoint of `tree_size` blocks or,
@@ -546,7 +573,7 @@ impl Client {
         tree_size: u64,
     ) -> Result<GetProofResponse> {
         let found = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(GetProofRequest {
                     tenant_id: tenant_id.to_string(),
                     event_id: event_id.to_string(),
@@ -588,7 +615,7 @@ impl Client {
         to_size: u64,
     ) -> Result<GetConsistencyProofResponse> {
         let response = self
-            .call_with_retries(|mut trail, timeout| {
+            .call_with_retries(Some(tenant_id), |mut trail, timeout| {
                 let mut request = Request::new(GetConsistencyProofRequest {
                     tenant_id: tenant_id.to_string(),
                     stream_index,
@@ -607,35 +634,87 @@ impl Client {
         Ok(response)
     }
 
-    /// Runs a unary call, retrying transient failures with backoff. Safe for the reads
-    /// and for `Record`, whose event carries its idempotency key.
-    async fn call_with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    /// Runs a unary call, retrying transient failures with backoff, each attempt on
+    /// the route [`EndpointSet::route`] picks for `tenant_id` (`None` for calls about no
+    /// one tenant). Safe for the reads and for `Record`, whose event carries its
+    /// idempotency key.
+    async fn call_with_retries<T, F, Fut>(
+        &self,
+        tenant_id: Option<&str>,
+        call: F,
+    ) -> Result<T, Status>
     where
         F: FnMut(TrailClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let (response, _route) = self.call_routed(tenant_id, call).await?;
+        Ok(response)
+    }
+
+    /// [`Client::call_with_retries`], also returning the route that answered.
+    async fn call_routed<T, F, Fut>(
+        &self,
+        tenant_id_given: Option<&str>,
+        mut call: F,
+    ) -> Result<(T, Route), Status>
+    where
+        F: FnMut(TrailClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let tenant_id = tenant_id_given.filter(|tenant_id| !tenant_id.is_empty());
+        let mut failed: Vec<Arc<str>> = Vec::new();
         let mut attempt: u32 = 0;
         loop {
-            let outcome = call(self.trail.clone(), self.options.rpc_timeout).await;
+            let route = self.endpoints.route(tenant_id);
+            let outcome = call(route.node.trail.clone(), self.options.rpc_timeout).await;
             attempt += 1;
-            match outcome {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status)
-                    if is_retryable_status(&status)
-                        && attempt < self.options.retry.attempts_max =>
-                {
-                    self.counters
-                        .request_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    let delay =
-                        self.options
-                            .retry
-                            .backoff_delay(attempt - 1, 0, rand::random::<f64>());
-                    tokio::time::sleep(delay).await;
+            let status = match outcome {
+                Ok(response) => {
+                    self.endpoints
+                        .learn_leader(tenant_id, &route, response.metadata(), &failed);
+                    return Ok((response.into_inner(), route));
                 }
-                Err(status) => return Err(status),
+                Err(status) => status,
+            };
+            let retry = self.after_failure(tenant_id, &route, &status, &mut failed);
+            if !retry || attempt >= self.options.retry.attempts_max {
+                return Err(status);
+            }
+            self.counters
+                .request_retries
+                .fetch_add(1, Ordering::Relaxed);
+            let delay = self
+                .options
+                .retry
+                .backoff_delay(attempt - 1, 0, rand::random::<f64>());
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// After an attempt on `route` failed with `status`: fails over from a node that
+    /// failed transiently, follows a leader the status names, and says whether the
+    /// call is worth another attempt. `failed` collects the nodes that failed during
+    /// this call (at most one entry per node).
+    fn after_failure(
+        &self,
+        tenant_id: Option<&str>,
+        route: &Route,
+        status: &Status,
+        failed: &mut Vec<Arc<str>>,
+    ) -> bool {
+        let retryable = is_retryable_status(status);
+        if retryable {
+            self.endpoints.report_failure(tenant_id, route);
+            if !failed.contains(&route.node.uri) {
+                failed.push(route.node.uri.clone());
             }
         }
+        // A node that will not serve the tenant and names its leader: the request was
+        // not acted on, so sending it there is safe whatever the status code.
+        let redirected = self
+            .endpoints
+            .learn_leader(tenant_id, route, status.metadata(), failed);
+        retryable || redirected
     }
 }
 
@@ -645,6 +724,8 @@ struct ListBlocksState {
     /// The original request; a reopened stream starts `blocks_received` later.
     request: ListBlocksRequest,
     streaming: Option<Streaming<Block>>,
+    /// Where the open stream goes.
+    route: Route,
     blocks_received: u64,
     /// Reopens so far, bounded by the retry policy's attempts.
     resumes: u32,
@@ -667,7 +748,10 @@ async fn next_listed_block(mut state: ListBlocksState) -> Option<(Result<Block>,
                 ..state.request.clone()
             };
             match state.client.open_list_blocks(&resumed).await {
-                Ok(streaming) => state.streaming = Some(streaming),
+                Ok((streaming, route)) => {
+                    state.streaming = Some(streaming);
+                    state.route = route;
+                }
                 Err(error) => {
                     state.done = true;
                     return Some((Err(error), state));
@@ -697,6 +781,12 @@ async fn next_listed_block(mut state: ListBlocksState) -> Option<(Result<Block>,
                     && state.resumes + 1 < state.client.options.retry.attempts_max =>
             {
                 state.streaming = None;
+                // The reopened stream goes to the next endpoint (or, from a leader
+                // that failed, to the list).
+                state
+                    .client
+                    .endpoints
+                    .report_failure(Some(&state.request.tenant_id), &state.route);
                 state
                     .client
                     .counters

@@ -20,6 +20,9 @@ const EVENTS_FIELD_TAG: u8 = (1 << 3) | 2;
 pub struct EncodedBatch {
     body: Bytes,
     events_count: usize,
+    /// The tenant of every event, when they share one: the batch can then go straight
+    /// to that tenant's leader.
+    tenant_id: Option<String>,
 }
 
 impl EncodedBatch {
@@ -30,6 +33,7 @@ impl EncodedBatch {
         EncodedBatch {
             body,
             events_count: events.len(),
+            tenant_id: single_tenant(&events),
         }
     }
 
@@ -50,6 +54,10 @@ impl EncodedBatch {
         self.body.clone()
     }
 
+    pub(crate) fn tenant_id(&self) -> Option<&str> {
+        self.tenant_id.as_deref()
+    }
+
     /// The events back, for resending a subset after a partial failure.
     pub fn decode(&self) -> Result<Vec<Event>, Error> {
         let request = RecordBatchRequest::decode(self.body.clone())
@@ -61,6 +69,20 @@ impl EncodedBatch {
         );
         Ok(request.events)
     }
+}
+
+/// The tenant of every event, if they all have the same non-empty one.
+pub(crate) fn single_tenant(events: &[Event]) -> Option<String> {
+    let first = &events.first()?.tenant_id;
+    if first.is_empty() {
+        return None;
+    }
+    for event in events {
+        if event.tenant_id != *first {
+            return None;
+        }
+    }
+    Some(first.clone())
 }
 
 /// Gives every event without an idempotency key a fresh UUID v4, so that a retry of the

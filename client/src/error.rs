@@ -5,8 +5,12 @@ use tonic::Code;
 /// Everything a [`crate::Client`] call or a [`crate::json`] conversion can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The endpoint string is not a URI tonic can dial.
-    #[error("invalid endpoint {endpoint:?}: {reason} (expected e.g. http://127.0.0.1:7400)")]
+    /// An endpoint of the list is not a URI tonic can dial, or the list is malformed
+    /// (an empty entry, too many endpoints). `endpoint` is the offending entry.
+    #[error(
+        "invalid endpoint {endpoint:?}: {reason} (expected e.g. http://127.0.0.1:7400, \
+         or several separated by commas)"
+    )]
     InvalidEndpoint { endpoint: String, reason: String },
     /// The first connection to the node failed or timed out. The message shows the
     /// root cause only: tonic's chain repeats itself ("transport error: tcp connect
@@ -17,6 +21,10 @@ pub enum Error {
         reason: String,
         transport: tonic::transport::Error,
     },
+    /// None of several endpoints could be connected to: one failure per endpoint, in
+    /// the order given. (A single endpoint fails with [`Error::Connect`].)
+    #[error("cannot connect to any endpoint: {}", describe_failures(.failures))]
+    ConnectAll { failures: Vec<ConnectFailure> },
     /// The call failed with a gRPC status (after any retries the SDK made). Not marked
     /// as the error's source: `Status`'s own Display is a debug dump, and this message
     /// already says everything it holds.
@@ -32,6 +40,28 @@ pub enum Error {
     /// A workload JSON line could not be converted.
     #[error(transparent)]
     Json(#[from] crate::json::ParseError),
+}
+
+/// Why one endpoint of a list could not be connected to.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    /// The endpoint's URI, as dialled.
+    pub endpoint: String,
+    /// The root cause, e.g. "Connection refused (os error 111)".
+    pub reason: String,
+    pub transport: tonic::transport::Error,
+}
+
+/// `A: reason; B: reason`, in list order.
+fn describe_failures(failures: &[ConnectFailure]) -> String {
+    let mut text = String::new();
+    for failure in failures {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(&format!("{}: {}", failure.endpoint, failure.reason));
+    }
+    text
 }
 
 impl From<tonic::Status> for Error {
@@ -58,7 +88,7 @@ impl Error {
     /// ran out on UNAVAILABLE or a timeout. Tools map this to a distinct exit code.
     pub fn is_connection_failure(&self) -> bool {
         match self {
-            Error::Connect { .. } => true,
+            Error::Connect { .. } | Error::ConnectAll { .. } => true,
             Error::Rpc(status) => {
                 matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
                     || crate::retry::is_client_timeout(status)

@@ -1,6 +1,7 @@
 //! Trail's Rust client SDK.
 //!
-//! [`Client`] talks to a Trail node over gRPC. Its batch ingest
+//! [`Client`] talks to a Trail node, or to the nodes of a cluster with failover, over
+//! gRPC. Its batch ingest
 //! ([`Client::record_batch`]) is safe to retry: every event gets a client-side
 //! idempotency key (`event_id`) before the first send, so a resend after a timeout or a
 //! load refusal is deduplicated by the server rather than recorded twice.
@@ -34,10 +35,12 @@ pub mod bundle;
 pub mod checkpoint;
 mod client;
 mod encoded_batch;
+mod endpoint_set;
 mod error;
 pub mod event;
 pub mod export;
 pub mod json;
+mod leader_cache;
 pub mod note;
 mod retry;
 pub mod verify;
@@ -45,7 +48,7 @@ pub mod workload;
 
 pub use client::{BlockStream, Client, ClientOptions, RetryStats};
 pub use encoded_batch::EncodedBatch;
-pub use error::{code_name, Error, Result};
+pub use error::{code_name, ConnectFailure, Error, Result};
 pub use retry::RetryPolicy;
 pub use trail_proto::v1::{
     Block, Event, EventError, GetCheckpointResponse, GetConsistencyProofResponse, GetProofResponse,

@@ -29,6 +29,8 @@ fn help_lists_commands_examples_and_exit_codes() {
         "verify-export",
         "Examples",
         "Exit codes",
+        // --endpoint takes a cluster's nodes.
+        "--endpoint http://10.0.0.7:7400,http://10.0.0.8:7400",
     ] {
         assert!(
             help.contains(word),

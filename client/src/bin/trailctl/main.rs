@@ -8,6 +8,7 @@ mod bench;
 mod bench_query;
 mod bench_verify;
 mod checkpoint;
+mod cluster;
 mod export;
 mod ingest;
 mod key;
@@ -45,6 +46,9 @@ Examples:
   trailctl status
   trailctl --endpoint http://10.0.0.7:7400 status --json
 
+  # A cluster: list its nodes; calls fail over to the next when one is down
+  trailctl --endpoint http://10.0.0.7:7400,http://10.0.0.8:7400 status
+
   # Throughput and ack latency with 1 M generated events, 64 batches in flight
   trailctl bench ingest --count 1000000 --concurrency 64
 
@@ -75,12 +79,17 @@ checkpoint or audit that does not verify; 2 the node could not be reached.";
 #[derive(Debug, Parser)]
 #[command(name = "trailctl", version, after_help = EXAMPLES)]
 struct Cli {
-    /// The node's gRPC address.
+    /// The node's gRPC address, or a cluster's nodes separated by commas (e.g.
+    /// http://10.0.0.7:7400,http://10.0.0.8:7400; host:port means http://host:port).
+    /// With several, the first reachable is used and calls fail over to the next when
+    /// a node is down; a tenant's requests go straight to its shard's leader once a
+    /// node has named it.
     #[arg(
         long,
         global = true,
         env = "TRAIL_ENDPOINT",
-        default_value = "http://127.0.0.1:7400"
+        default_value = "http://127.0.0.1:7400",
+        value_name = "URI[,URI...]"
     )]
     endpoint: String,
 
@@ -114,7 +123,22 @@ enum Command {
     Tail(read::TailArgs),
 
     /// Show the node's identity, verifier key, memory and per-shard consensus state.
+    ///
+    /// In a cluster also the cluster map, and on each shard's leader every replica's
+    /// lag in log entries (node:lag).
     Status(read::StatusArgs),
+
+    /// Cluster administration: create the data shards of a cluster started with --peers.
+    Cluster {
+        #[command(subcommand)]
+        cluster: cluster::ClusterCommand,
+    },
+
+    /// A local cluster for trying things out: start or stop N nodes on loopback ports.
+    DevCluster {
+        #[command(subcommand)]
+        dev: cluster::DevClusterCommand,
+    },
 
     /// Search a tenant's events by actor, action, resource, result, request and time.
     ///
@@ -378,6 +402,18 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
     let command = match command {
         Command::Proof(args) if args.is_offline() => return proof::verify_offline(args),
         Command::VerifyExport(args) => return export::verify_offline(args),
+        Command::DevCluster {
+            dev: cluster::DevClusterCommand::Up(args),
+        } => return cluster::up(&args).await,
+        Command::DevCluster {
+            dev: cluster::DevClusterCommand::Down(args),
+        } => return cluster::down(&args),
+        Command::Cluster {
+            cluster: cluster::ClusterCommand::Init(args),
+        } => {
+            let timeout = options.rpc_timeout.max(Duration::from_secs(180));
+            return cluster::init(endpoint, &args, timeout).await;
+        }
         online => online,
     };
     if let Command::Verify(args) = &command {
@@ -400,6 +436,9 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::Verify(args) => verify::run(&client, args).await,
         Command::Export(args) => export::run(&client, args).await,
         Command::VerifyExport(_) => unreachable!("verify-export runs offline, above"),
+        Command::Cluster { .. } | Command::DevCluster { .. } => {
+            unreachable!("cluster commands connect on their own, above")
+        }
         Command::Bench {
             bench: BenchCommand::Ingest(args),
         } => bench::run(&client, args).await,
