@@ -141,8 +141,19 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
             }),
     );
 
+    let shards = match (&config.cluster, node.router.map()) {
+        (None, _) => format!("{shard_count} shards"),
+        (Some(_), Some(map)) => format!(
+            "cluster node, {} of {} data shards here",
+            shard_count.saturating_sub(1),
+            map.shards
+        ),
+        (Some(_), None) => {
+            "cluster node, waiting for `trailctl cluster init` (metadata shard only)".to_string()
+        }
+    };
     println!(
-        "traild {} node {}: {shard_count} shards, data in {}",
+        "traild {} node {}: {shards}, data in {}",
         env!("CARGO_PKG_VERSION"),
         config.node_id,
         config.data_dir.display()

@@ -109,8 +109,8 @@ impl Peers {
                 .tcp_nodelay(true)
                 // A dead peer is noticed within interval + timeout, not at the next
                 // deadline of every group's RPC.
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(2))
+                .keep_alive_timeout(Duration::from_secs(3))
                 .keep_alive_while_idle(true);
             channels.insert(node, endpoint.connect_lazy());
         }

@@ -228,8 +228,12 @@ impl Forwarder {
             .ok()?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            // A leader cut off by a partition keeps its TCP connection open: pings
+            // notice it within ~5 s, so a forwarded call fails (and is retried at the
+            // new leader) instead of hanging until the caller's deadline.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
         let client = TrailClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(FORWARD_BYTES_MAX)
             .max_encoding_message_size(FORWARD_BYTES_MAX);

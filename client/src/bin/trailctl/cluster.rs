@@ -249,9 +249,19 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .stderr(log);
         // Its own process group: a Ctrl-C at this terminal does not stop the cluster.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", traild.display()))?;
+        // A node that cannot start (port in use, bad data dir) exits at once.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(exit) = child.try_wait()? {
+            let log = std::fs::read_to_string(data_dir.join("traild.log")).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("").to_string();
+            anyhow::bail!(
+                "node {node} exited at start ({exit}): {last}\n(log: {})",
+                data_dir.join("traild.log").display()
+            );
+        }
         std::fs::write(pid_file(&args.dir, node), child.id().to_string())?;
         println!(
             "node {node}: pid {}, grpc 127.0.0.1:{}, http 127.0.0.1:{}, data {}",

@@ -1,0 +1,1307 @@
+//! Cluster acceptance: three `traild` processes, 16 data shards x 3 replicas, `kill -9`
+//! of a node and of a shard leader under load, and writes that need a majority.
+//!
+//! `cluster_survives_kill9_of_a_node_and_of_a_leader`, in steps:
+//! 1. start three nodes sharing node 1's checkpoint key, `ClusterInit{16, 3}`;
+//! 2. six producers send batches of 100 workload events (300 tenants, `ten_0001` with
+//!    ~30% of them and `ten_0002` with ~5%) through all three nodes in turn; what is not
+//!    acknowledged is sent again with the same event ids (a batch gives up and fails
+//!    the test after 60 s); every receipt is remembered;
+//! 3. mid-stream: `kill -9` node 3, keep ingesting, restart it; then `kill -9` the node
+//!    (1 or 2) leading the heavy tenant's shard (or another shard), keep ingesting,
+//!    restart it. The producers are held back at each step, so both kills land while
+//!    events are in flight;
+//! 4. wait until every shard's replicas applied their leader's whole log;
+//! 5. compare the replicas, each read on its own node (`trail-replica-read`, no
+//!    forwarding), a shard at a time while the shard's applied index is the same on all
+//!    three before and after the reads: every acknowledged event is there once, at its
+//!    receipt's seq with its leaf hash; each tenant's seqs are 1..=n with the same
+//!    events on all three; the sealed blocks (headers, hashes) are the same; resending
+//!    acknowledged events through each node answers the original receipts;
+//! 6. `trailctl verify` of four tenants (the heavy one included) against each node, with
+//!    the cluster's key pinned.
+//!
+//! N = 20,000 events by default; `TRAIL_CLUSTER_EVENTS` and `TRAIL_CLUSTER_SEED` change
+//! it. The 500,000-event variant is ignored by default:
+//!
+//!     cargo build --release -p trail-node --bin traild -p trail-client --bin trailctl
+//!     TRAIL_CLUSTER_EVENTS=500000 cargo test --release -p trail-tests --test t100_cluster -- --ignored --nocapture
+//!
+//! `writes_need_a_majority`, in steps:
+//! 1. start and initialize the cluster; record events of 16 tenants (one per shard);
+//! 2. `kill -9` node 3: writes through nodes 1 and 2 are acknowledged and every
+//!    acknowledged event reads back through both;
+//! 3. `kill -9` node 2: a batch, a single `Record` and a `Tail` through node 1 answer
+//!    UNAVAILABLE within 40 s (the times are printed) and nothing is acknowledged;
+//! 4. restart node 2: the same events (same ids) are acknowledged, once each; restart
+//!    node 3; every replica holds every acknowledged event at its seq (as in step 5
+//!    above).
+//!
+//! The tests run one at a time (a lock), since each takes the machine's cores. Node logs
+//! are `<dir>/node<i>/traild.log`; the directory is kept when a test fails.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use trail_client::workload::Workload;
+use trail_node::ledger::routing::shard_for_tenant;
+use trail_proto::v1;
+use trail_proto::v1::trail_client::TrailClient;
+use trail_tests::{binary, event, replica_read, Cluster};
+
+const NODES: usize = 3;
+const SHARDS: u32 = 16;
+const REPLICAS: u32 = 3;
+const EVENTS_DEFAULT: u64 = 20_000;
+const EVENTS_LARGE_DEFAULT: u64 = 500_000;
+const SEED_DEFAULT: u64 = 100;
+/// The workload's 1,000 tenants are folded onto this many.
+const TENANTS: u64 = 300;
+const HEAVY_TENANT: &str = "ten_0001";
+const PRODUCERS: usize = 6;
+const BATCH_EVENTS: usize = 100;
+/// A batch not acknowledged in full within this fails the test.
+const BATCH_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one RPC from a producer (nodes give up forwarding after 30 s).
+const RPC_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for the acknowledged count to reach the next step (more for large
+/// runs: see [`step_timeout`]).
+const STEP_TIMEOUT_MIN: Duration = Duration::from_secs(120);
+/// A killed node stays down at least this long, while events are acknowledged.
+const DOWN_MIN: Duration = Duration::from_secs(3);
+/// How long every shard may take to have a leader all nodes agree on.
+const LEADERS_TIMEOUT: Duration = Duration::from_secs(30);
+/// With two of three nodes down, a write must fail within this.
+const NO_MAJORITY_ANSWER_MAX: Duration = Duration::from_secs(40);
+/// Attempts to read a shard's replicas while the shard is still.
+const STILL_READ_ATTEMPTS: usize = 20;
+const TAIL_PAGE_EVENTS: u32 = 1_000;
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Problems listed in a failure message at most.
+const PROBLEMS_MAX: usize = 30;
+
+/// One cluster at a time on this machine.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What a receipt said about an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Acked {
+    tenant: String,
+    stream: String,
+    seq: u64,
+    leaf_hash: Vec<u8>,
+}
+
+type AckedMap = HashMap<String, Acked>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_survives_kill9_of_a_node_and_of_a_leader() {
+    survive_kills(env_u64("TRAIL_CLUSTER_EVENTS", EVENTS_DEFAULT)).await;
+}
+
+/// The same with 500,000 events (see the file's doc comment for the command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "large: 500,000 events; run in release with -- --ignored"]
+async fn cluster_survives_kill9_of_a_node_and_of_a_leader_large() {
+    survive_kills(env_u64("TRAIL_CLUSTER_EVENTS", EVENTS_LARGE_DEFAULT)).await;
+}
+
+async fn survive_kills(total: u64) {
+    let _one_at_a_time = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let seed = env_u64("TRAIL_CLUSTER_SEED", SEED_DEFAULT);
+    let started = Instant::now();
+    let log = |what: &str| eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
+    log(&format!(
+        "{total} events, seed {seed} (TRAIL_CLUSTER_EVENTS, TRAIL_CLUSTER_SEED)"
+    ));
+
+    let mut cluster = Cluster::start(NODES).await;
+    log(&format!("3 nodes started in {}", cluster.dir().display()));
+    let map = cluster.init(SHARDS, REPLICAS).await;
+    assert_eq!((map.shards, map.replicas), (SHARDS, REPLICAS));
+    assert_eq!(map.nodes.len(), NODES);
+    for (node_id, status) in cluster.statuses().await {
+        assert_eq!(
+            status.verifier_key, map.verifier_key,
+            "node {node_id} signs with another key than the cluster map's"
+        );
+    }
+    log("cluster initialized");
+    cluster.wait_leaders(SHARDS, LEADERS_TIMEOUT).await;
+    log("every shard has a leader all nodes know");
+
+    let feed = Arc::new(Feed::new(seed, total));
+    let run = Arc::new(Run::default());
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.endpoint()).collect();
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
+        let clients = lazy_clients(&endpoints, RPC_TIMEOUT);
+        let feed = feed.clone();
+        let run = run.clone();
+        producers.push(tokio::spawn(async move {
+            let result = produce(producer, clients, &feed, &run).await;
+            if let Err(error) = &result {
+                run.fail(format!("producer {producer}: {error}"));
+            }
+            result
+        }));
+    }
+
+    // Kill node 3 mid-stream; restart it after events were acknowledged without it.
+    feed.open_to(total * 30 / 100);
+    run.wait_acked(total * 15 / 100, step_timeout(total)).await;
+    let killed_at = Instant::now();
+    let acked_at_kill = run.acked_count();
+    cluster.node_mut(3).kill9();
+    log(&format!("kill -9 node 3 at {acked_at_kill} acknowledged"));
+    feed.open_to(total * 50 / 100);
+    run.wait_acked(total * 35 / 100, step_timeout(total)).await;
+    tokio::time::sleep(DOWN_MIN.saturating_sub(killed_at.elapsed())).await;
+    let restarting = Instant::now();
+    cluster.node_mut(3).spawn().await;
+    log(&format!(
+        "node 3 restarted ({} acknowledged while it was down; restart took {:.1} s)",
+        run.acked_count() - acked_at_kill,
+        restarting.elapsed().as_secs_f64()
+    ));
+
+    // Kill the leader of a shard (node 1 or 2) mid-stream, and restart it.
+    feed.open_to(total * 75 / 100);
+    run.wait_acked(total * 55 / 100, step_timeout(total)).await;
+    let (leader, shard) = leader_to_kill(&cluster).await;
+    let killed_at = Instant::now();
+    let acked_at_kill = run.acked_count();
+    cluster.node_mut(leader).kill9();
+    log(&format!(
+        "kill -9 node {leader}, leader of shard {shard} (heavy tenant's: {}), at \
+         {acked_at_kill} acknowledged",
+        shard_for_tenant(HEAVY_TENANT, SHARDS)
+    ));
+    feed.open_to(total * 90 / 100);
+    run.wait_acked(total * 75 / 100, step_timeout(total)).await;
+    tokio::time::sleep(DOWN_MIN.saturating_sub(killed_at.elapsed())).await;
+    let restarting = Instant::now();
+    cluster.node_mut(leader).spawn().await;
+    log(&format!(
+        "node {leader} restarted ({} acknowledged while it was down; restart took {:.1} s)",
+        run.acked_count() - acked_at_kill,
+        restarting.elapsed().as_secs_f64()
+    ));
+    feed.open_to(total);
+
+    for producer in producers {
+        let result = producer.await.expect("producer task");
+        if let Err(error) = result {
+            panic!("{error}");
+        }
+    }
+    let acked = std::mem::take(&mut *run.acked.lock().expect("acked lock"));
+    log(&format!(
+        "ingest done: {} events acknowledged; retried (count, first message) by reason: {:#?}",
+        acked.len(),
+        run.retries.lock().expect("retries lock")
+    ));
+    assert_eq!(
+        acked.len() as u64,
+        total,
+        "every event is acknowledged once"
+    );
+
+    let converging = Instant::now();
+    wait_converged(&cluster, converge_timeout(total)).await;
+    log(&format!(
+        "replicas converged in {:.1} s",
+        converging.elapsed().as_secs_f64()
+    ));
+
+    let checking = Instant::now();
+    let per_tenant = check_replicas(&cluster, &acked).await;
+    log(&format!(
+        "replicas compared in {:.1} s: {} tenants, {} events on each of 3 nodes; heaviest: {:?}",
+        checking.elapsed().as_secs_f64(),
+        per_tenant.len(),
+        per_tenant.values().sum::<u64>(),
+        heaviest(&per_tenant, 3)
+    ));
+
+    check_dedup(&cluster, &acked).await;
+    log("resent events answered their original receipts through every node");
+
+    let verifying = Instant::now();
+    let mut tenants: Vec<String> = heaviest(&per_tenant, 2)
+        .into_iter()
+        .map(|(tenant, _)| tenant)
+        .collect();
+    let lightest = per_tenant
+        .iter()
+        .min_by_key(|(_, count)| **count)
+        .map(|(tenant, _)| tenant.clone())
+        .expect("tenants");
+    tenants.push(lightest);
+    let in_killed_shard = per_tenant
+        .keys()
+        .find(|tenant| shard_for_tenant(tenant, SHARDS) == shard && !tenants.contains(tenant))
+        .cloned();
+    tenants.extend(in_killed_shard);
+    for node_id in 1..=NODES as u64 {
+        let endpoint = cluster.node(node_id).endpoint();
+        let printed = trailctl_verify(&endpoint, &map.verifier_key, &tenants).await;
+        log(&format!(
+            "trailctl verify against node {node_id}:\n{}",
+            printed.trim_end()
+        ));
+    }
+    log(&format!(
+        "trailctl verify {tenants:?} passed against every node in {:.1} s",
+        verifying.elapsed().as_secs_f64()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_need_a_majority() {
+    let _one_at_a_time = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let log = |what: &str| eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
+    let mut cluster = Cluster::start(NODES).await;
+    cluster.init(SHARDS, REPLICAS).await;
+    cluster.wait_leaders(SHARDS, LEADERS_TIMEOUT).await;
+    log(&format!(
+        "cluster of 3 initialized in {}",
+        cluster.dir().display()
+    ));
+
+    let tenants = one_tenant_per_shard("maj");
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.endpoint()).collect();
+    let clients = lazy_clients(&endpoints, RPC_TIMEOUT);
+    let run = Run::default();
+    let mut acked = AckedMap::new();
+    let batch = |round: &str, per_tenant: usize| -> Vec<v1::Event> {
+        let mut events = Vec::new();
+        for tenant in &tenants {
+            for index in 0..per_tenant {
+                events.push(event(tenant, &format!("{round}-{tenant}-{index}")));
+            }
+        }
+        events
+    };
+
+    // All three up.
+    let events = batch("a", 5);
+    let receipts = record_until_acked(&clients, &mut 0, &events, &run)
+        .await
+        .unwrap_or_else(|error| panic!("with 3 nodes up: {error}"));
+    remember(&mut acked, &events, &receipts).expect("first receipts");
+
+    // One node down: writes and reads still succeed through the two others.
+    cluster.node_mut(3).kill9();
+    let killed_at = Instant::now();
+    let two = &clients[..2];
+    let events = batch("b", 5);
+    let receipts = record_until_acked(two, &mut 0, &events, &run)
+        .await
+        .unwrap_or_else(|error| panic!("with node 3 down: {error}"));
+    remember(&mut acked, &events, &receipts).expect("receipts with node 3 down");
+    log(&format!(
+        "node 3 down: {} events acknowledged through nodes 1 and 2, {:.1} s after the kill",
+        events.len(),
+        killed_at.elapsed().as_secs_f64()
+    ));
+    for (index, client) in two.iter().enumerate() {
+        let problems = read_back(client.clone(), &tenants, &acked).await;
+        assert!(
+            problems.is_empty(),
+            "node 3 down: reading through node {}: {problems:#?}",
+            index + 1
+        );
+    }
+    log("node 3 down: every acknowledged event reads back through nodes 1 and 2");
+
+    // Two nodes down: node 1 answers UNAVAILABLE within a bound, and acknowledges none.
+    cluster.node_mut(2).kill9();
+    let patient = lazy_clients(&endpoints[..1], Duration::from_secs(90))
+        .pop()
+        .expect("one client");
+    let lonely_events = batch("c", 1);
+    let single = event(&tenants[0], "c-single");
+    let (batch_result, record_result, tail_result) = tokio::join!(
+        timed({
+            let mut client = patient.clone();
+            let events = lonely_events.clone();
+            async move { client.record_batch(v1::RecordBatchRequest { events }).await }
+        }),
+        timed({
+            let mut client = patient.clone();
+            let event = single.clone();
+            async move {
+                client
+                    .record(v1::RecordRequest { event: Some(event) })
+                    .await
+            }
+        }),
+        timed({
+            let mut client = patient.clone();
+            let tenant = tenants[1].clone();
+            async move {
+                client
+                    .tail(v1::TailRequest {
+                        tenant_id: tenant,
+                        after_seq: 0,
+                        limit: 10,
+                        stream: String::new(),
+                    })
+                    .await
+            }
+        }),
+    );
+    let (batch_elapsed, batch_response) = batch_result;
+    let (record_elapsed, record_response) = record_result;
+    let (tail_elapsed, tail_response) = tail_result;
+    log(&format!(
+        "nodes 2 and 3 down: node 1 answered RecordBatch in {:.1} s, Record in {:.1} s, \
+         Tail in {:.1} s",
+        batch_elapsed.as_secs_f64(),
+        record_elapsed.as_secs_f64(),
+        tail_elapsed.as_secs_f64()
+    ));
+    let response = batch_response
+        .unwrap_or_else(|status| panic!("two nodes down: RecordBatch failed as a whole: {status}"))
+        .into_inner();
+    assert!(
+        batch_elapsed < NO_MAJORITY_ANSWER_MAX,
+        "two nodes down: RecordBatch took {batch_elapsed:?}"
+    );
+    assert_eq!(response.outcomes.len(), lonely_events.len());
+    for (event, outcome) in lonely_events.iter().zip(&response.outcomes) {
+        match &outcome.outcome {
+            Some(v1::record_outcome::Outcome::Error(error)) => assert_eq!(
+                error.code,
+                "UNAVAILABLE",
+                "two nodes down: {} of tenant {} (shard {}): {error:?}",
+                event.event_id,
+                event.tenant_id,
+                shard_for_tenant(&event.tenant_id, SHARDS)
+            ),
+            other => panic!(
+                "two nodes down: {} of tenant {} (shard {}) was not refused: {other:?}",
+                event.event_id,
+                event.tenant_id,
+                shard_for_tenant(&event.tenant_id, SHARDS)
+            ),
+        }
+    }
+    match record_response {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "Record: {status}"),
+        Ok(response) => panic!("two nodes down: Record was acknowledged: {response:?}"),
+    }
+    assert!(
+        record_elapsed < NO_MAJORITY_ANSWER_MAX,
+        "Record took {record_elapsed:?}"
+    );
+    match tail_response {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "Tail: {status}"),
+        Ok(response) => panic!(
+            "two nodes down: a Tail through node 1 passed the read barrier without a \
+             majority: {response:?}"
+        ),
+    }
+    assert!(
+        tail_elapsed < NO_MAJORITY_ANSWER_MAX,
+        "Tail took {tail_elapsed:?}"
+    );
+
+    // Node 2 back: the same events are acknowledged, once each.
+    let restarting = Instant::now();
+    cluster.node_mut(2).spawn().await;
+    let mut retried = lonely_events.clone();
+    retried.push(single);
+    let receipts = record_until_acked(two, &mut 0, &retried, &run)
+        .await
+        .unwrap_or_else(|error| panic!("after node 2 restarted: {error}"));
+    remember(&mut acked, &retried, &receipts).expect("receipts after node 2 restarted");
+    let deduplicated = receipts
+        .iter()
+        .filter(|receipt| receipt.deduplicated)
+        .count();
+    log(&format!(
+        "node 2 restarted: the {} refused events acknowledged {:.1} s later ({deduplicated} \
+         had been committed meanwhile and came back as duplicates)",
+        retried.len(),
+        restarting.elapsed().as_secs_f64()
+    ));
+    for (index, client) in two.iter().enumerate() {
+        let problems = read_back(client.clone(), &tenants, &acked).await;
+        assert!(
+            problems.is_empty(),
+            "after node 2 restarted: reading through node {}: {problems:#?}",
+            index + 1
+        );
+    }
+
+    // Node 3 back: every replica holds everything acknowledged.
+    cluster.node_mut(3).spawn().await;
+    wait_converged(&cluster, Duration::from_secs(60)).await;
+    let per_tenant = check_replicas(&cluster, &acked).await;
+    assert_eq!(per_tenant.values().sum::<u64>(), acked.len() as u64);
+    log(&format!(
+        "node 3 restarted: {} events on every replica; retried (count, first message) by \
+         reason: {:#?}",
+        acked.len(),
+        run.retries.lock().expect("retries lock")
+    ));
+}
+
+// --- Producing ---
+
+/// The events to send: a seeded workload, handed out a batch at a time up to a gate
+/// the test opens step by step.
+struct Feed {
+    source: Mutex<(Workload, u64)>,
+    total: u64,
+    gate: AtomicU64,
+}
+
+enum Take {
+    Batch(Vec<v1::Event>),
+    Wait,
+    Done,
+}
+
+impl Feed {
+    fn new(seed: u64, total: u64) -> Feed {
+        Feed {
+            source: Mutex::new((Workload::new(seed, total), 0)),
+            total,
+            gate: AtomicU64::new(0),
+        }
+    }
+
+    fn open_to(&self, gate: u64) {
+        self.gate.store(gate.min(self.total), Ordering::SeqCst);
+    }
+
+    fn take(&self) -> Take {
+        let mut source = self.source.lock().expect("feed lock");
+        let (workload, handed_out) = &mut *source;
+        if *handed_out >= self.total {
+            return Take::Done;
+        }
+        let gate = self.gate.load(Ordering::SeqCst);
+        let count = (BATCH_EVENTS as u64)
+            .min(self.total - *handed_out)
+            .min(gate.saturating_sub(*handed_out));
+        if count == 0 {
+            return Take::Wait;
+        }
+        *handed_out += count;
+        let mut events = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let mut event = workload.next_event();
+            event.tenant_id = fold_tenant(&event.tenant_id);
+            events.push(event);
+        }
+        Take::Batch(events)
+    }
+}
+
+/// `ten_NNNN` of the workload's 1,000 tenants onto [`TENANTS`]; `ten_0001`, the
+/// workload's whale, stays the heaviest.
+fn fold_tenant(tenant: &str) -> String {
+    let number: u64 = tenant
+        .strip_prefix("ten_")
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("workload tenant {tenant:?} is not ten_NNNN"));
+    format!("ten_{:04}", (number - 1) % TENANTS + 1)
+}
+
+/// What the producers share with the test.
+#[derive(Default)]
+struct Run {
+    acked: Mutex<AckedMap>,
+    acked_count: AtomicU64,
+    /// Outcomes that were retried, by code: how many, and the first message.
+    retries: Mutex<BTreeMap<String, (u64, String)>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl Run {
+    fn acked_count(&self) -> u64 {
+        self.acked_count.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, error: String) {
+        self.failure
+            .lock()
+            .expect("failure lock")
+            .get_or_insert(error);
+    }
+
+    fn retried(&self, code: &str, count: u64, message: &str) {
+        let mut retries = self.retries.lock().expect("retries lock");
+        let entry = retries
+            .entry(code.to_string())
+            .or_insert_with(|| (0, message.to_string()));
+        entry.0 += count;
+    }
+
+    /// Waits until `count` events are acknowledged; fails when a producer failed or
+    /// the count is not reached within `timeout`.
+    async fn wait_acked(&self, count: u64, timeout: Duration) {
+        let started = Instant::now();
+        while self.acked_count() < count {
+            if let Some(error) = self.failure.lock().expect("failure lock").clone() {
+                panic!("{error}");
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "only {} of the {count} events wanted were acknowledged after {timeout:?}",
+                self.acked_count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn produce(
+    producer: usize,
+    clients: Vec<TrailClient<Channel>>,
+    feed: &Feed,
+    run: &Run,
+) -> Result<(), String> {
+    let mut next_node = producer;
+    loop {
+        let events = match feed.take() {
+            Take::Done => return Ok(()),
+            Take::Wait => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Take::Batch(events) => events,
+        };
+        let receipts = record_until_acked(&clients, &mut next_node, &events, run).await?;
+        let mut acked = run.acked.lock().expect("acked lock");
+        remember(&mut acked, &events, &receipts)?;
+        run.acked_count.store(acked.len() as u64, Ordering::SeqCst);
+    }
+}
+
+/// Sends `events` until each is acknowledged, the events not acknowledged again with
+/// the same ids, to the next node each time; returns the receipts in `events` order.
+/// Fails on an outcome that is not retryable, or after [`BATCH_RETRY_TIMEOUT`].
+async fn record_until_acked(
+    clients: &[TrailClient<Channel>],
+    next_node: &mut usize,
+    events: &[v1::Event],
+    run: &Run,
+) -> Result<Vec<v1::Receipt>, String> {
+    let started = Instant::now();
+    let mut receipts: Vec<Option<v1::Receipt>> = vec![None; events.len()];
+    let mut pending: Vec<usize> = (0..events.len()).collect();
+    let mut last_problem = String::new();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let node_index = *next_node % clients.len();
+        *next_node += 1;
+        let mut client = clients[node_index].clone();
+        let request = v1::RecordBatchRequest {
+            events: pending.iter().map(|&index| events[index].clone()).collect(),
+        };
+        let mut wait = Duration::from_millis(100);
+        match client.record_batch(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                if response.outcomes.len() != pending.len() {
+                    return Err(format!(
+                        "node {} answered {} outcomes for {} events",
+                        node_index + 1,
+                        response.outcomes.len(),
+                        pending.len()
+                    ));
+                }
+                let mut still_pending = Vec::new();
+                for (index, outcome) in pending.iter().copied().zip(response.outcomes) {
+                    let sent = &events[index];
+                    match outcome.outcome {
+                        Some(v1::record_outcome::Outcome::Receipt(receipt)) => {
+                            if receipt.event_id != sent.event_id
+                                || receipt.tenant_id != sent.tenant_id
+                                || receipt.seq == 0
+                            {
+                                return Err(format!(
+                                    "node {}: receipt {receipt:?} for event {} of {}",
+                                    node_index + 1,
+                                    sent.event_id,
+                                    sent.tenant_id
+                                ));
+                            }
+                            receipts[index] = Some(receipt);
+                        }
+                        Some(v1::record_outcome::Outcome::Error(error))
+                            if error.code == "UNAVAILABLE"
+                                || error.code == "RESOURCE_EXHAUSTED" =>
+                        {
+                            last_problem = format!(
+                                "node {}: {} {}: {}",
+                                node_index + 1,
+                                sent.event_id,
+                                error.code,
+                                error.message
+                            );
+                            run.retried(&error.code, 1, &last_problem);
+                            still_pending.push(index);
+                        }
+                        other => {
+                            return Err(format!(
+                                "node {}: event {} of {} was refused: {other:?}",
+                                node_index + 1,
+                                sent.event_id,
+                                sent.tenant_id
+                            ))
+                        }
+                    }
+                }
+                pending = still_pending;
+                wait = wait.max(Duration::from_millis(u64::from(
+                    response.retry_after_ms.min(1_000),
+                )));
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                return Err(format!("node {}: batch refused: {status}", node_index + 1));
+            }
+            Err(status) => {
+                last_problem = format!(
+                    "node {}: RecordBatch {:?}: {}",
+                    node_index + 1,
+                    status.code(),
+                    status.message()
+                );
+                run.retried(
+                    &format!("rpc {:?}", status.code()),
+                    pending.len() as u64,
+                    &last_problem,
+                );
+            }
+        }
+        if pending.is_empty() {
+            return Ok(receipts
+                .into_iter()
+                .map(|receipt| receipt.expect("every event has its receipt"))
+                .collect());
+        }
+        if started.elapsed() > BATCH_RETRY_TIMEOUT {
+            return Err(format!(
+                "{} of {} events (first: {} of {}) not acknowledged after {attempts} attempts \
+                 in {BATCH_RETRY_TIMEOUT:?}; last problem: {last_problem}",
+                pending.len(),
+                events.len(),
+                events[pending[0]].event_id,
+                events[pending[0]].tenant_id
+            ));
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Adds receipts to `acked`; an event acknowledged before must get the same receipt.
+fn remember(
+    acked: &mut AckedMap,
+    events: &[v1::Event],
+    receipts: &[v1::Receipt],
+) -> Result<(), String> {
+    for (event, receipt) in events.iter().zip(receipts) {
+        let now = Acked {
+            tenant: event.tenant_id.clone(),
+            stream: receipt.stream.clone(),
+            seq: receipt.seq,
+            leaf_hash: receipt.leaf_hash.clone(),
+        };
+        if let Some(before) = acked.get(&event.event_id) {
+            if *before != now {
+                return Err(format!(
+                    "{} acknowledged twice with different receipts: {before:?} then {now:?}",
+                    event.event_id
+                ));
+            }
+            continue;
+        }
+        acked.insert(event.event_id.clone(), now);
+    }
+    Ok(())
+}
+
+// --- Cluster state ---
+
+/// gRPC clients of `endpoints` that connect on first use (and again after a restart).
+fn lazy_clients(endpoints: &[String], timeout: Duration) -> Vec<TrailClient<Channel>> {
+    endpoints
+        .iter()
+        .map(|endpoint| {
+            let channel = Channel::from_shared(endpoint.clone())
+                .expect("valid endpoint")
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(timeout)
+                .connect_lazy();
+            TrailClient::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20)
+        })
+        .collect()
+}
+
+/// A node (1 or 2) that leads a data shard, preferring the heavy tenant's shard.
+async fn leader_to_kill(cluster: &Cluster) -> (u64, u32) {
+    let heavy_shard = shard_for_tenant(HEAVY_TENANT, SHARDS);
+    let mut led = Vec::new();
+    for (node_id, status) in cluster.statuses().await {
+        if node_id == 3 {
+            continue;
+        }
+        for shard in status.shards {
+            if shard.shard_id != 0 && shard.role == "leader" {
+                led.push((node_id, shard.shard_id));
+            }
+        }
+    }
+    led.iter()
+        .find(|(_, shard)| *shard == heavy_shard)
+        .or_else(|| led.first())
+        .copied()
+        .expect("nodes 1 and 2 lead no data shard")
+}
+
+/// Waits until, for every shard, the leader reports no replica behind and every node's
+/// replica applied the leader's last log index.
+async fn wait_converged(cluster: &Cluster, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let statuses = cluster.statuses().await;
+        let lagging = lagging_shards(&statuses);
+        if lagging.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "replicas did not converge within {timeout:?}: {lagging:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn lagging_shards(statuses: &[(u64, v1::StatusResponse)]) -> Vec<String> {
+    let mut lagging = Vec::new();
+    for shard in 0..=SHARDS {
+        let views: Vec<(u64, &v1::ShardStatus)> = statuses
+            .iter()
+            .filter_map(|(node_id, status)| {
+                status
+                    .shards
+                    .iter()
+                    .find(|s| s.shard_id == shard)
+                    .map(|s| (*node_id, s))
+            })
+            .collect();
+        let leaders: Vec<&(u64, &v1::ShardStatus)> =
+            views.iter().filter(|(_, s)| s.role == "leader").collect();
+        let describe = || {
+            views
+                .iter()
+                .map(|(node_id, s)| {
+                    format!(
+                        "node {node_id}: {} leader={} term={} log={} applied={} replicas={:?}",
+                        s.role,
+                        s.leader_node_id,
+                        s.term,
+                        s.last_log_index,
+                        s.last_applied_index,
+                        s.replicas
+                            .iter()
+                            .map(|r| (r.node_id, r.matched_index))
+                            .collect::<Vec<_>>()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if views.len() != statuses.len() || leaders.len() != 1 {
+            lagging.push(format!("shard {shard}: {}", describe()));
+            continue;
+        }
+        let leader = leaders[0].1;
+        let behind = views.iter().any(|(_, s)| {
+            s.last_applied_index != leader.last_log_index
+                || s.last_log_index != leader.last_log_index
+        }) || leader.replicas.iter().any(|r| r.lag_entries != 0);
+        if behind {
+            lagging.push(format!("shard {shard}: {}", describe()));
+        }
+    }
+    lagging
+}
+
+/// The (last applied, last log) index of `shard` on each running node.
+async fn shard_indexes(cluster: &Cluster, shard: u32) -> Vec<(u64, u64, u64)> {
+    let mut indexes = Vec::new();
+    for (node_id, status) in cluster.statuses().await {
+        let found = status.shards.iter().find(|s| s.shard_id == shard);
+        let (applied, last) = found.map_or((0, 0), |s| (s.last_applied_index, s.last_log_index));
+        indexes.push((node_id, applied, last));
+    }
+    indexes
+}
+
+// --- Comparing replicas ---
+
+/// One stored event, as compared between replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    seq: u64,
+    event_id: String,
+    stream: String,
+    leaf_hash: Vec<u8>,
+    /// A hash of the whole stored event (payload, ingested_at, ...).
+    content: u64,
+}
+
+/// A tenant's stream on one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReplicaStream {
+    rows: Vec<Row>,
+    last_seq: u64,
+    blocks: Vec<v1::Block>,
+}
+
+/// Reads every tenant of `acked` on every node's own replica, a shard at a time while
+/// the shard is still (same applied index on all nodes before and after the reads),
+/// and checks the replicas against each other and against the receipts. Returns the
+/// event count of each tenant.
+async fn check_replicas(cluster: &Cluster, acked: &AckedMap) -> BTreeMap<String, u64> {
+    let mut by_shard: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    for expected in acked.values() {
+        by_shard
+            .entry(shard_for_tenant(&expected.tenant, SHARDS))
+            .or_default()
+            .insert(expected.tenant.clone());
+    }
+    let node_ids: Vec<u64> = (1..=NODES as u64).collect();
+    let endpoints: Vec<String> = node_ids
+        .iter()
+        .map(|&node_id| cluster.node(node_id).endpoint())
+        .collect();
+    let clients = lazy_clients(&endpoints, Duration::from_secs(60));
+    let mut problems = Vec::new();
+    let mut found: HashMap<&str, u64> = HashMap::with_capacity(acked.len());
+    let mut per_tenant = BTreeMap::new();
+    for (&shard, tenants) in &by_shard {
+        let streams = read_shard_still(cluster, &clients, shard, tenants).await;
+        for (tenant, replicas) in tenants.iter().zip(streams) {
+            compare_tenant(
+                tenant,
+                &node_ids,
+                &replicas,
+                acked,
+                &mut found,
+                &mut problems,
+            );
+            per_tenant.insert(tenant.clone(), replicas[0].rows.len() as u64);
+        }
+    }
+    for (event_id, expected) in acked {
+        if !found.contains_key(event_id.as_str()) {
+            problems.push(format!(
+                "acknowledged event {event_id} of {} (seq {}) is on no replica",
+                expected.tenant, expected.seq
+            ));
+        }
+    }
+    let shown: Vec<&String> = problems.iter().take(PROBLEMS_MAX).collect();
+    assert!(
+        problems.is_empty(),
+        "{} problems comparing replicas (first {}): {shown:#?}",
+        problems.len(),
+        shown.len()
+    );
+    per_tenant
+}
+
+/// Each tenant's stream on each node, read while `shard` does not move.
+async fn read_shard_still(
+    cluster: &Cluster,
+    clients: &[TrailClient<Channel>],
+    shard: u32,
+    tenants: &BTreeSet<String>,
+) -> Vec<Vec<ReplicaStream>> {
+    let mut last_indexes = Vec::new();
+    for _ in 0..STILL_READ_ATTEMPTS {
+        let before = shard_indexes(cluster, shard).await;
+        let same = before
+            .iter()
+            .all(|(_, applied, last)| (*applied, *last) == (before[0].1, before[0].2));
+        if same {
+            let mut streams = Vec::with_capacity(tenants.len());
+            for tenant in tenants {
+                let mut replicas = Vec::with_capacity(clients.len());
+                for client in clients {
+                    replicas.push(read_replica_stream(client.clone(), tenant).await);
+                }
+                streams.push(replicas);
+            }
+            let after = shard_indexes(cluster, shard).await;
+            if after == before {
+                return streams;
+            }
+            eprintln!("shard {shard} moved during the read: {before:?} -> {after:?}; again");
+            last_indexes = after;
+        } else {
+            last_indexes = before;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "shard {shard} did not hold still on all replicas for a read in \
+         {STILL_READ_ATTEMPTS} attempts: (node, applied, last log) {last_indexes:?}"
+    );
+}
+
+/// A tenant's events and sealed blocks on the asked node's own replica.
+async fn read_replica_stream(mut client: TrailClient<Channel>, tenant: &str) -> ReplicaStream {
+    let mut rows = Vec::new();
+    let mut last_seq;
+    loop {
+        let after_seq = rows.len() as u64;
+        let page = client
+            .tail(replica_read(v1::TailRequest {
+                tenant_id: tenant.to_string(),
+                after_seq,
+                limit: TAIL_PAGE_EVENTS,
+                stream: String::new(),
+            }))
+            .await
+            .unwrap_or_else(|status| panic!("replica Tail of {tenant}: {status}"))
+            .into_inner();
+        last_seq = page.last_seq;
+        if page.events.is_empty() {
+            break;
+        }
+        for stored in page.events {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            // Every field of the stored event (prost messages print them all).
+            format!("{stored:?}").hash(&mut hasher);
+            rows.push(Row {
+                seq: stored.seq,
+                event_id: stored
+                    .event
+                    .as_ref()
+                    .map(|event| event.event_id.clone())
+                    .unwrap_or_default(),
+                stream: stored.stream,
+                leaf_hash: stored.leaf_hash,
+                content: hasher.finish(),
+            });
+        }
+        // A replica that answers the same seqs again would loop forever.
+        assert!(
+            rows.last().is_some_and(|row| row.seq > after_seq),
+            "replica Tail of {tenant} after seq {after_seq} did not move forward"
+        );
+    }
+    let blocks = client
+        .list_blocks(replica_read(v1::ListBlocksRequest {
+            tenant_id: tenant.to_string(),
+            stream_index: 0,
+            from_block: 0,
+            to_block: 0,
+            with_events: false,
+        }))
+        .await
+        .unwrap_or_else(|status| panic!("replica ListBlocks of {tenant}: {status}"))
+        .into_inner()
+        .collect::<Result<Vec<v1::Block>, tonic::Status>>()
+        .await
+        .unwrap_or_else(|status| panic!("replica ListBlocks of {tenant}: {status}"));
+    ReplicaStream {
+        rows,
+        last_seq,
+        blocks,
+    }
+}
+
+fn compare_tenant<'a>(
+    tenant: &str,
+    node_ids: &[u64],
+    replicas: &[ReplicaStream],
+    acked: &'a AckedMap,
+    found: &mut HashMap<&'a str, u64>,
+    problems: &mut Vec<String>,
+) {
+    let first = &replicas[0];
+    for (node_id, replica) in node_ids.iter().zip(replicas).skip(1) {
+        if replica.rows != first.rows {
+            let difference = first
+                .rows
+                .iter()
+                .zip(&replica.rows)
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("node 1 has {a:?}, node {node_id} has {b:?}"))
+                .unwrap_or_default();
+            problems.push(format!(
+                "{tenant}: node {node_id} holds {} events, node 1 {}; first difference: \
+                 {difference}",
+                replica.rows.len(),
+                first.rows.len()
+            ));
+        }
+        if replica.blocks != first.blocks {
+            problems.push(format!(
+                "{tenant}: node {node_id} has {} sealed blocks, node 1 {}; first different \
+                 block index: {:?}",
+                replica.blocks.len(),
+                first.blocks.len(),
+                first
+                    .blocks
+                    .iter()
+                    .zip(&replica.blocks)
+                    .position(|(a, b)| a != b)
+            ));
+        }
+    }
+    for (node_id, replica) in node_ids.iter().zip(replicas) {
+        if replica.last_seq != replica.rows.len() as u64 {
+            problems.push(format!(
+                "{tenant} on node {node_id}: last_seq {} but {} events read",
+                replica.last_seq,
+                replica.rows.len()
+            ));
+        }
+        let mut next_first_seq = 1;
+        for block in &replica.blocks {
+            if block.first_seq != next_first_seq || block.count == 0 {
+                problems.push(format!(
+                    "{tenant} on node {node_id}: block {} starts at seq {} with {} events, \
+                     expected to start at {next_first_seq}",
+                    block.block_index, block.first_seq, block.count
+                ));
+                break;
+            }
+            next_first_seq += u64::from(block.count);
+        }
+        if next_first_seq - 1 > replica.rows.len() as u64 {
+            problems.push(format!(
+                "{tenant} on node {node_id}: blocks cover seq {} but the stream ends at {}",
+                next_first_seq - 1,
+                replica.rows.len()
+            ));
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for (position, row) in first.rows.iter().enumerate() {
+        if row.seq != position as u64 + 1 {
+            problems.push(format!(
+                "{tenant}: seq {} at position {} (gap or disorder)",
+                row.seq,
+                position + 1
+            ));
+        }
+        if !ids.insert(row.event_id.as_str()) {
+            problems.push(format!("{tenant}: {} stored twice", row.event_id));
+        }
+        match acked.get_key_value(&row.event_id) {
+            None => problems.push(format!(
+                "{tenant}: {} at seq {} was never acknowledged",
+                row.event_id, row.seq
+            )),
+            Some((event_id, expected)) => {
+                if expected.tenant != tenant
+                    || expected.seq != row.seq
+                    || expected.leaf_hash != row.leaf_hash
+                    || expected.stream != row.stream
+                {
+                    problems.push(format!(
+                        "{tenant}: {} stored at seq {} ({}), acknowledged as {expected:?}",
+                        row.event_id, row.seq, row.stream
+                    ));
+                }
+                *found.entry(event_id.as_str()).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// Resends acknowledged events through each node: each answers its original receipt.
+async fn check_dedup(cluster: &Cluster, acked: &AckedMap) {
+    let mut sample: Vec<(&String, &Acked)> = acked.iter().collect();
+    sample.sort_by(|a, b| a.0.cmp(b.0));
+    sample.truncate(300);
+    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.endpoint()).collect();
+    let clients = lazy_clients(&endpoints, RPC_TIMEOUT);
+    let run = Run::default();
+    for (node_index, chunk) in sample.chunks(100).enumerate() {
+        let events: Vec<v1::Event> = chunk
+            .iter()
+            .map(|(event_id, expected)| event(&expected.tenant, event_id))
+            .collect();
+        let mut next_node = node_index;
+        let receipts = record_until_acked(&clients, &mut next_node, &events, &run)
+            .await
+            .unwrap_or_else(|error| panic!("resending acknowledged events: {error}"));
+        for ((event_id, expected), receipt) in chunk.iter().zip(receipts) {
+            assert!(
+                receipt.deduplicated,
+                "resent {event_id} was recorded again: {receipt:?}"
+            );
+            assert_eq!(
+                (receipt.seq, &receipt.leaf_hash),
+                (expected.seq, &expected.leaf_hash),
+                "resent {event_id}"
+            );
+        }
+    }
+}
+
+/// Reads every tenant through `client` (forwarded to the leader, behind its read
+/// barrier), retrying UNAVAILABLE for a while; returns the problems found.
+async fn read_back(
+    mut client: TrailClient<Channel>,
+    tenants: &[String],
+    acked: &AckedMap,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for tenant in tenants {
+        let started = Instant::now();
+        let page = loop {
+            let request = v1::TailRequest {
+                tenant_id: tenant.clone(),
+                after_seq: 0,
+                limit: TAIL_PAGE_EVENTS,
+                stream: String::new(),
+            };
+            match client.tail(request).await {
+                Ok(page) => break page.into_inner(),
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && started.elapsed() < BATCH_RETRY_TIMEOUT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => panic!("Tail of {tenant}: {status}"),
+            }
+        };
+        let mut stored = HashMap::new();
+        for (position, event) in page.events.iter().enumerate() {
+            let event_id = event
+                .event
+                .as_ref()
+                .map(|event| event.event_id.clone())
+                .unwrap_or_default();
+            if event.seq != position as u64 + 1 {
+                problems.push(format!("{tenant}: seq {} at {}", event.seq, position + 1));
+            }
+            if stored.insert(event_id.clone(), event.seq).is_some() {
+                problems.push(format!("{tenant}: {event_id} stored twice"));
+            }
+        }
+        for (event_id, expected) in acked.iter().filter(|(_, a)| a.tenant == *tenant) {
+            match stored.get(event_id) {
+                Some(&seq) if seq == expected.seq => {}
+                other => problems.push(format!(
+                    "{tenant}: acknowledged {event_id} at seq {}, read {other:?}",
+                    expected.seq
+                )),
+            }
+        }
+    }
+    problems
+}
+
+// --- Helpers ---
+
+/// Runs `trailctl --endpoint E verify --tenant T... --key K`, asserts it passes, and
+/// returns what it printed.
+async fn trailctl_verify(endpoint: &str, key: &str, tenants: &[String]) -> String {
+    let mut command = tokio::process::Command::new(binary("trailctl"));
+    command
+        .arg("--endpoint")
+        .arg(endpoint)
+        .arg("verify")
+        .arg("--quiet")
+        .arg("--key")
+        .arg(key);
+    for tenant in tenants {
+        command.arg("--tenant").arg(tenant);
+    }
+    command.kill_on_drop(true);
+    let output = tokio::time::timeout(VERIFY_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("trailctl verify against {endpoint} ran over {VERIFY_TIMEOUT:?}")
+        })
+        .expect("run trailctl");
+    assert!(
+        output.status.success(),
+        "trailctl verify {tenants:?} against {endpoint}: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `call` and measures how long it took to answer.
+async fn timed<F, T>(call: F) -> (Duration, T)
+where
+    F: std::future::Future<Output = T>,
+{
+    let started = Instant::now();
+    let result = call.await;
+    (started.elapsed(), result)
+}
+
+/// `prefix_N` tenants, the first found for each data shard, in shard order.
+fn one_tenant_per_shard(prefix: &str) -> Vec<String> {
+    let mut by_shard = BTreeMap::new();
+    let mut number = 0;
+    while by_shard.len() < SHARDS as usize {
+        let tenant = format!("{prefix}_{number}");
+        by_shard
+            .entry(shard_for_tenant(&tenant, SHARDS))
+            .or_insert(tenant);
+        number += 1;
+    }
+    by_shard.into_values().collect()
+}
+
+/// The `count` tenants with the most events.
+fn heaviest(per_tenant: &BTreeMap<String, u64>, count: usize) -> Vec<(String, u64)> {
+    let mut sorted: Vec<(String, u64)> = per_tenant
+        .iter()
+        .map(|(tenant, events)| (tenant.clone(), *events))
+        .collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sorted.truncate(count);
+    sorted
+}
+
+/// How long a step of the ingest may take: 20% of the events at 500 events/s at
+/// least (a debug build on 2 cores does about that).
+fn step_timeout(total: u64) -> Duration {
+    STEP_TIMEOUT_MIN.max(Duration::from_secs(total / 5 / 500))
+}
+
+/// How long replicas may take to catch up: a minute, more for large runs (a restarted
+/// node may have to catch up on a few hundred thousand events).
+fn converge_timeout(total: u64) -> Duration {
+    Duration::from_secs(60.max(total / 5_000))
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
+    }
+}
