@@ -144,6 +144,13 @@ impl Trail for TrailApi {
         Err(Status::unimplemented("not simulated"))
     }
 
+    async fn cluster_init(
+        &self,
+        _request: Request<v1::ClusterInitRequest>,
+    ) -> Result<Response<v1::ClusterInitResponse>, Status> {
+        Err(Status::unimplemented("the simulation's groups are fixed"))
+    }
+
     /// A linearizable read of the tenant's last seq (no events: the simulation checks
     /// what a read sees, not how the node pages). The replica confirms its leadership
     /// with a quorum, then waits until it has applied its whole log as it was then
