@@ -282,7 +282,10 @@ pub async fn start(
     let index = NodeIndex::open(
         &store.db,
         &shard_keyspaces,
-        IndexConfig::new(&config.data_dir),
+        IndexConfig {
+            commit_interval: Duration::from_millis(config.index_commit_ms),
+            ..IndexConfig::new(&config.data_dir)
+        },
     )?;
 
     let (sender, receiver) = tokio::sync::oneshot::channel();

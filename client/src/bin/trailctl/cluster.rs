@@ -144,6 +144,7 @@ pub enum DevClusterCommand {
     ///
     /// Examples:
     ///   trailctl dev-cluster up --nodes 3
+    ///   trailctl dev-cluster up --nodes 3 -- --index-commit-ms 2000
     ///   trailctl --endpoint http://127.0.0.1:7410,http://127.0.0.1:7412 status
     ///   trailctl dev-cluster down
     #[command(verbatim_doc_comment)]
@@ -164,6 +165,9 @@ pub struct UpArgs {
     pub shards: u32,
     #[arg(long, default_value_t = 3)]
     pub replicas: u32,
+    /// More traild flags for every node, after `--`, e.g. `-- --index-commit-ms 2000`.
+    #[arg(last = true)]
+    pub traild_args: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -244,6 +248,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .arg(format!("127.0.0.1:{}", grpc_port(node)))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", grpc_port(node) + 1))
+            .args(&args.traild_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
