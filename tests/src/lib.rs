@@ -1,7 +1,12 @@
 //! Helpers for tests that run real `traild` processes: free loopback ports, a private
 //! data directory, startup and readiness, `kill -9`, and cleanup on drop; and
-//! [`Cluster`], several nodes started the way `trailctl dev-cluster up` does, each
-//! logging to `<data dir>/traild.log`.
+//! [`Cluster`] (in [`cluster`]), several nodes started the way `trailctl dev-cluster
+//! up` does, each logging to `<data dir>/traild.log`, with what the cluster tests
+//! share (recording until acknowledged, comparing replicas).
+
+pub mod cluster;
+
+pub use cluster::{Cluster, NodeClient};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,12 +61,39 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Where and how a node listens and runs.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// The address the node listens on and is reached at.
+    pub host: String,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    /// A command `traild` is run through (`["ip", "netns", "exec", NS]`); it must exec
+    /// `traild`, so that the child's pid is the node's. Empty: `traild` itself.
+    pub command_prefix: Vec<String>,
+}
+
+impl NodeSpec {
+    /// 127.0.0.1 on fresh ports, run directly.
+    pub fn loopback() -> NodeSpec {
+        NodeSpec {
+            host: "127.0.0.1".to_string(),
+            grpc_port: free_port(),
+            http_port: free_port(),
+            command_prefix: Vec::new(),
+        }
+    }
+}
+
 /// One `traild` process with its own data directory and ports.
 pub struct Traild {
     child: Option<Child>,
     pub data_dir: PathBuf,
     pub grpc_port: u16,
     pub http_port: u16,
+    /// The address it listens on and is reached at.
+    pub host: String,
+    command_prefix: Vec<String>,
     extra_args: Vec<String>,
     /// Where stdout and stderr go, appended across restarts; `None`: inherited.
     log_file: Option<PathBuf>,
@@ -72,11 +104,14 @@ pub struct Traild {
 impl Traild {
     /// Starts a node on fresh ports in `data_dir` and waits until it serves.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> Traild {
+        let spec = NodeSpec::loopback();
         let mut node = Traild {
             child: None,
             data_dir: data_dir.to_path_buf(),
-            grpc_port: free_port(),
-            http_port: free_port(),
+            grpc_port: spec.grpc_port,
+            http_port: spec.http_port,
+            host: spec.host,
+            command_prefix: spec.command_prefix,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             log_file: None,
             log_filter: "warn".to_string(),
@@ -85,19 +120,16 @@ impl Traild {
         node
     }
 
-    /// A node on the given ports whose output is appended to `<data_dir>/traild.log`
+    /// A node as `spec` says whose output is appended to `<data_dir>/traild.log`
     /// (kept across restarts: the evidence when a test fails). Not started yet.
-    pub fn logged(
-        data_dir: &Path,
-        grpc_port: u16,
-        http_port: u16,
-        extra_args: &[String],
-    ) -> Traild {
+    pub fn logged(data_dir: &Path, spec: &NodeSpec, extra_args: &[String]) -> Traild {
         Traild {
             child: None,
             data_dir: data_dir.to_path_buf(),
-            grpc_port,
-            http_port,
+            grpc_port: spec.grpc_port,
+            http_port: spec.http_port,
+            host: spec.host.clone(),
+            command_prefix: spec.command_prefix.clone(),
             extra_args: extra_args.to_vec(),
             log_file: Some(data_dir.join("traild.log")),
             log_filter: std::env::var("TRAIL_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
@@ -106,15 +138,22 @@ impl Traild {
 
     /// Starts the process (not running) and waits until it serves.
     pub async fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process (not running) without waiting for it: see
+    /// [`Traild::wait_ready`].
+    pub fn launch(&mut self) {
         assert!(self.child.is_none(), "traild is running already");
-        let mut command = Command::new(binary("traild"));
+        let mut command = self.command(&binary("traild"));
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--grpc-addr")
-            .arg(format!("127.0.0.1:{}", self.grpc_port))
+            .arg(format!("{}:{}", self.host, self.grpc_port))
             .arg("--http-addr")
-            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg(format!("{}:{}", self.host, self.http_port))
             .args(&self.extra_args)
             .env("TRAIL_LOG", &self.log_filter)
             .stdin(Stdio::null());
@@ -135,7 +174,26 @@ impl Traild {
         }
         let child = command.spawn().expect("start traild");
         self.child = Some(child);
-        self.wait_ready().await;
+    }
+
+    /// `program` run where this node runs: through its command prefix (say, in its
+    /// network namespace), or directly.
+    pub fn command(&self, program: &Path) -> Command {
+        match self.command_prefix.split_first() {
+            None => Command::new(program),
+            Some((prefix_program, prefix_args)) => {
+                let mut command = Command::new(prefix_program);
+                command.args(prefix_args).arg(program);
+                command
+            }
+        }
+    }
+
+    /// `trailctl --endpoint <this node> ARGS`, run where this node runs.
+    pub fn trailctl<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        let mut command = self.command(&binary("trailctl"));
+        command.arg("--endpoint").arg(self.endpoint()).args(args);
+        command
     }
 
     /// Whether the process was started and not killed since.
@@ -148,7 +206,9 @@ impl Traild {
         self.child.as_ref().map(Child::id)
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until the launched process serves; fails when it exits first or after
+    /// a minute.
+    pub async fn wait_ready(&mut self) {
         let started = Instant::now();
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -168,14 +228,15 @@ impl Traild {
             }
             assert!(
                 started.elapsed() < STARTUP_TIMEOUT,
-                "traild did not become ready"
+                "traild at {} did not become ready within {STARTUP_TIMEOUT:?}",
+                self.endpoint()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("http://{}:{}", self.host, self.grpc_port)
     }
 
     pub async fn client(&self) -> Result<TrailClient<Channel>, tonic::transport::Error> {
@@ -198,6 +259,19 @@ impl Traild {
             .await
             .expect("status")
             .into_inner()
+    }
+
+    /// The node's `Status`, or why it did not answer.
+    pub async fn try_status(&self) -> Result<v1::StatusResponse, String> {
+        let mut client = self
+            .client()
+            .await
+            .map_err(|error| format!("connect: {error}"))?;
+        client
+            .status(v1::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
     }
 
     /// SIGKILL: no flush, no goodbye.
@@ -240,6 +314,33 @@ impl Drop for Traild {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs `command` (stdin closed) with deadline `timeout`; asserts it exits 0 and
+/// returns its stdout.
+pub async fn run_checked(command: Command, timeout: Duration) -> String {
+    let what = format!("{command:?}");
+    let mut command = tokio::process::Command::from(command);
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} ran over {timeout:?}"))
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    assert!(
+        output.status.success(),
+        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `count` events of `tenant` with ids `{prefix}-{tenant}-{index}`.
+pub fn events_of(tenant: &str, prefix: &str, count: usize) -> Vec<v1::Event> {
+    (0..count)
+        .map(|index| event(tenant, &format!("{prefix}-{tenant}-{index}")))
+        .collect()
 }
 
 /// A valid event for `tenant` with a unique id.
@@ -285,189 +386,4 @@ pub fn replica_read<T>(message: T) -> tonic::Request<T> {
         tonic::metadata::MetadataValue::from_static("1"),
     );
     request
-}
-
-/// How long `ClusterInit` is retried while the metadata group elects its leader.
-const CLUSTER_INIT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `traild` processes forming one cluster on loopback: node `i` (1-based) is
-/// `nodes[i - 1]`, with its data directory and `traild.log` under one temporary
-/// directory. The nodes share node 1's checkpoint key, as `trailctl dev-cluster up`
-/// arranges. When a test panics the directory is kept (and named on stderr) so the
-/// logs can be read; `TRAIL_TEST_KEEP=1` keeps it always.
-pub struct Cluster {
-    /// Dropped (killed) before `dir` is removed.
-    pub nodes: Vec<Traild>,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Cluster {
-    /// Starts `count` nodes with the same `--peers`: node 1 first, then the others
-    /// with a copy of its `node.key`. Does not initialize the cluster.
-    pub async fn start(count: usize) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("trail-cluster-")
-            .tempdir()
-            .expect("temporary directory");
-        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
-        let peers: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(index, (grpc_port, _))| format!("{}=127.0.0.1:{grpc_port}", index + 1))
-            .collect();
-        let peers = peers.join(",");
-        let mut nodes = Vec::with_capacity(count);
-        for (index, (grpc_port, http_port)) in ports.into_iter().enumerate() {
-            let node_id = index + 1;
-            let data_dir = dir.path().join(format!("node{node_id}"));
-            std::fs::create_dir_all(&data_dir).expect("create a node's data directory");
-            let args = vec![
-                "--node-id".to_string(),
-                node_id.to_string(),
-                "--peers".to_string(),
-                peers.clone(),
-            ];
-            nodes.push(Traild::logged(&data_dir, grpc_port, http_port, &args));
-        }
-        let mut cluster = Cluster {
-            nodes,
-            dir: Some(dir),
-        };
-        // Node 1 creates the checkpoint key at its first start; every node of a
-        // cluster signs with it, so it is copied before the others first start.
-        cluster.nodes[0].spawn().await;
-        let key = cluster.nodes[0].data_dir.join("node.key");
-        assert!(key.exists(), "node 1 serves but has no {}", key.display());
-        for node in &cluster.nodes[1..] {
-            std::fs::copy(&key, node.data_dir.join("node.key")).expect("copy node.key");
-        }
-        for node in &mut cluster.nodes[1..] {
-            node.spawn().await;
-        }
-        cluster
-    }
-
-    /// Where the nodes' data directories (and logs) are.
-    pub fn dir(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .expect("the directory lives as long as the cluster")
-            .path()
-    }
-
-    /// Node `node_id` (1-based).
-    pub fn node(&self, node_id: u64) -> &Traild {
-        &self.nodes[node_id as usize - 1]
-    }
-
-    pub fn node_mut(&mut self, node_id: u64) -> &mut Traild {
-        &mut self.nodes[node_id as usize - 1]
-    }
-
-    /// The ids of the nodes whose process runs.
-    pub fn running(&self) -> Vec<u64> {
-        (1..=self.nodes.len() as u64)
-            .filter(|&node_id| self.node(node_id).is_running())
-            .collect()
-    }
-
-    /// `ClusterInit` through node 1, retried while the metadata group elects (it
-    /// answers UNAVAILABLE meanwhile, or DEADLINE_EXCEEDED while data shards elect).
-    pub async fn init(&self, shards: u32, replicas: u32) -> v1::ClusterMap {
-        let started = Instant::now();
-        let mut last_error = String::new();
-        while started.elapsed() < CLUSTER_INIT_TIMEOUT {
-            if let Ok(mut client) = self.node(1).client().await {
-                let request = v1::ClusterInitRequest { shards, replicas };
-                match client.cluster_init(request).await {
-                    Ok(response) => {
-                        return response
-                            .into_inner()
-                            .map
-                            .expect("ClusterInit answers the map")
-                    }
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                        ) =>
-                    {
-                        last_error = format!("{:?}: {}", status.code(), status.message());
-                    }
-                    Err(status) => panic!("cluster init: {status}"),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        panic!("cluster init did not succeed within {CLUSTER_INIT_TIMEOUT:?}: {last_error}");
-    }
-
-    /// Every running node's `Status`, by node id.
-    pub async fn statuses(&self) -> Vec<(u64, v1::StatusResponse)> {
-        let mut statuses = Vec::new();
-        for node_id in self.running() {
-            statuses.push((node_id, self.node(node_id).status().await));
-        }
-        statuses
-    }
-
-    /// Waits until every running node has a replica of every data shard of the map
-    /// and knows the shard's leader, which is a running node that says it leads.
-    pub async fn wait_leaders(&self, shards: u32, timeout: Duration) {
-        let started = Instant::now();
-        loop {
-            let statuses = self.statuses().await;
-            let running = self.running();
-            let mut missing = Vec::new();
-            for shard in 1..=shards {
-                let leaders: Vec<u64> = statuses
-                    .iter()
-                    .filter(|(_, status)| {
-                        status
-                            .shards
-                            .iter()
-                            .any(|s| s.shard_id == shard && s.role == "leader")
-                    })
-                    .map(|(node_id, _)| *node_id)
-                    .collect();
-                let agreed = leaders.len() == 1
-                    && statuses.iter().all(|(_, status)| {
-                        status
-                            .shards
-                            .iter()
-                            .any(|s| s.shard_id == shard && s.leader_node_id == leaders[0])
-                    });
-                if !agreed || !running.contains(&leaders[0]) {
-                    missing.push(shard);
-                }
-            }
-            if missing.is_empty() {
-                return;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "shards {missing:?} have no leader all running nodes agree on after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.kill9();
-        }
-        let keep = std::thread::panicking()
-            || std::env::var("TRAIL_TEST_KEEP").is_ok_and(|value| value == "1");
-        if keep {
-            if let Some(dir) = self.dir.take() {
-                let path = dir.keep();
-                eprintln!(
-                    "cluster data and logs kept in {} (node<i>/traild.log)",
-                    path.display()
-                );
-            }
-        }
-    }
 }

@@ -40,19 +40,21 @@
 //! The tests run one at a time (a lock), since each takes the machine's cores. Node logs
 //! are `<dir>/node<i>/traild.log`; the directory is kept when a test fails.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use trail_client::workload::Workload;
 use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
 use trail_proto::v1::trail_client::TrailClient;
-use trail_tests::{binary, event, replica_read, Cluster};
+use trail_tests::cluster::{
+    record_until_acked, remember, Acked, AckedMap, NodeClient, Retries, BATCH_RETRY_TIMEOUT,
+    TAIL_PAGE_EVENTS,
+};
+use trail_tests::{event, events_of, run_checked, Cluster, Traild};
 
 const NODES: usize = 3;
 const SHARDS: u32 = 16;
@@ -65,8 +67,6 @@ const TENANTS: u64 = 300;
 const HEAVY_TENANT: &str = "ten_0001";
 const PRODUCERS: usize = 6;
 const BATCH_EVENTS: usize = 100;
-/// A batch not acknowledged in full within this fails the test.
-const BATCH_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of one RPC from a producer (nodes give up forwarding after 30 s).
 const RPC_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for the acknowledged count to reach the next step (more for large
@@ -80,24 +80,10 @@ const LEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 const NO_MAJORITY_ANSWER_MAX: Duration = Duration::from_secs(40);
 /// Attempts to read a shard's replicas while the shard is still.
 const STILL_READ_ATTEMPTS: usize = 20;
-const TAIL_PAGE_EVENTS: u32 = 1_000;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
-/// Problems listed in a failure message at most.
-const PROBLEMS_MAX: usize = 30;
 
 /// One cluster at a time on this machine.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// What a receipt said about an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Acked {
-    tenant: String,
-    stream: String,
-    seq: u64,
-    leaf_hash: Vec<u8>,
-}
-
-type AckedMap = HashMap<String, Acked>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_survives_kill9_of_a_node_and_of_a_leader() {
@@ -137,10 +123,9 @@ async fn survive_kills(total: u64) {
 
     let feed = Arc::new(Feed::new(seed, total));
     let run = Arc::new(Run::default());
-    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.endpoint()).collect();
     let mut producers = Vec::new();
     for producer in 0..PRODUCERS {
-        let clients = lazy_clients(&endpoints, RPC_TIMEOUT);
+        let clients = cluster.clients(&cluster.node_ids(), RPC_TIMEOUT);
         let feed = feed.clone();
         let run = run.clone();
         producers.push(tokio::spawn(async move {
@@ -204,7 +189,7 @@ async fn survive_kills(total: u64) {
     log(&format!(
         "ingest done: {} events acknowledged; retried (count, first message) by reason: {:#?}",
         acked.len(),
-        run.retries.lock().expect("retries lock")
+        run.retries.by_reason()
     ));
     assert_eq!(
         acked.len() as u64,
@@ -213,7 +198,9 @@ async fn survive_kills(total: u64) {
     );
 
     let converging = Instant::now();
-    wait_converged(&cluster, converge_timeout(total)).await;
+    cluster
+        .wait_converged(SHARDS, converge_timeout(total))
+        .await;
     log(&format!(
         "replicas converged in {:.1} s",
         converging.elapsed().as_secs_f64()
@@ -249,8 +236,7 @@ async fn survive_kills(total: u64) {
         .cloned();
     tenants.extend(in_killed_shard);
     for node_id in 1..=NODES as u64 {
-        let endpoint = cluster.node(node_id).endpoint();
-        let printed = trailctl_verify(&endpoint, &map.verifier_key, &tenants).await;
+        let printed = trailctl_verify(cluster.node(node_id), &map.verifier_key, &tenants).await;
         log(&format!(
             "trailctl verify against node {node_id}:\n{}",
             printed.trim_end()
@@ -276,23 +262,19 @@ async fn writes_need_a_majority() {
     ));
 
     let tenants = one_tenant_per_shard("maj");
-    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.endpoint()).collect();
-    let clients = lazy_clients(&endpoints, RPC_TIMEOUT);
-    let run = Run::default();
+    let clients = cluster.clients(&cluster.node_ids(), RPC_TIMEOUT);
+    let retries = Retries::default();
     let mut acked = AckedMap::new();
     let batch = |round: &str, per_tenant: usize| -> Vec<v1::Event> {
-        let mut events = Vec::new();
-        for tenant in &tenants {
-            for index in 0..per_tenant {
-                events.push(event(tenant, &format!("{round}-{tenant}-{index}")));
-            }
-        }
-        events
+        tenants
+            .iter()
+            .flat_map(|tenant| events_of(tenant, round, per_tenant))
+            .collect()
     };
 
     // All three up.
     let events = batch("a", 5);
-    let receipts = record_until_acked(&clients, &mut 0, &events, &run)
+    let receipts = record_until_acked(&clients, &mut 0, &events, &retries, |_, _, _| {})
         .await
         .unwrap_or_else(|error| panic!("with 3 nodes up: {error}"));
     remember(&mut acked, &events, &receipts).expect("first receipts");
@@ -302,7 +284,7 @@ async fn writes_need_a_majority() {
     let killed_at = Instant::now();
     let two = &clients[..2];
     let events = batch("b", 5);
-    let receipts = record_until_acked(two, &mut 0, &events, &run)
+    let receipts = record_until_acked(two, &mut 0, &events, &retries, |_, _, _| {})
         .await
         .unwrap_or_else(|error| panic!("with node 3 down: {error}"));
     remember(&mut acked, &events, &receipts).expect("receipts with node 3 down");
@@ -312,7 +294,7 @@ async fn writes_need_a_majority() {
         killed_at.elapsed().as_secs_f64()
     ));
     for (index, client) in two.iter().enumerate() {
-        let problems = read_back(client.clone(), &tenants, &acked).await;
+        let problems = read_back(client.client.clone(), &tenants, &acked).await;
         assert!(
             problems.is_empty(),
             "node 3 down: reading through node {}: {problems:#?}",
@@ -323,9 +305,11 @@ async fn writes_need_a_majority() {
 
     // Two nodes down: node 1 answers UNAVAILABLE within a bound, and acknowledges none.
     cluster.node_mut(2).kill9();
-    let patient = lazy_clients(&endpoints[..1], Duration::from_secs(90))
+    let patient = cluster
+        .clients(&[1], Duration::from_secs(90))
         .pop()
-        .expect("one client");
+        .expect("one client")
+        .client;
     let lonely_events = batch("c", 1);
     let single = event(&tenants[0], "c-single");
     let (batch_result, record_result, tail_result) = tokio::join!(
@@ -419,7 +403,7 @@ async fn writes_need_a_majority() {
     cluster.node_mut(2).spawn().await;
     let mut retried = lonely_events.clone();
     retried.push(single);
-    let receipts = record_until_acked(two, &mut 0, &retried, &run)
+    let receipts = record_until_acked(two, &mut 0, &retried, &retries, |_, _, _| {})
         .await
         .unwrap_or_else(|error| panic!("after node 2 restarted: {error}"));
     remember(&mut acked, &retried, &receipts).expect("receipts after node 2 restarted");
@@ -434,7 +418,7 @@ async fn writes_need_a_majority() {
         restarting.elapsed().as_secs_f64()
     ));
     for (index, client) in two.iter().enumerate() {
-        let problems = read_back(client.clone(), &tenants, &acked).await;
+        let problems = read_back(client.client.clone(), &tenants, &acked).await;
         assert!(
             problems.is_empty(),
             "after node 2 restarted: reading through node {}: {problems:#?}",
@@ -444,14 +428,16 @@ async fn writes_need_a_majority() {
 
     // Node 3 back: every replica holds everything acknowledged.
     cluster.node_mut(3).spawn().await;
-    wait_converged(&cluster, Duration::from_secs(60)).await;
+    cluster
+        .wait_converged(SHARDS, Duration::from_secs(60))
+        .await;
     let per_tenant = check_replicas(&cluster, &acked).await;
     assert_eq!(per_tenant.values().sum::<u64>(), acked.len() as u64);
     log(&format!(
         "node 3 restarted: {} events on every replica; retried (count, first message) by \
          reason: {:#?}",
         acked.len(),
-        run.retries.lock().expect("retries lock")
+        retries.by_reason()
     ));
 }
 
@@ -523,8 +509,8 @@ fn fold_tenant(tenant: &str) -> String {
 struct Run {
     acked: Mutex<AckedMap>,
     acked_count: AtomicU64,
-    /// Outcomes that were retried, by code: how many, and the first message.
-    retries: Mutex<BTreeMap<String, (u64, String)>>,
+    /// Outcomes that were retried.
+    retries: Retries,
     failure: Mutex<Option<String>>,
 }
 
@@ -538,14 +524,6 @@ impl Run {
             .lock()
             .expect("failure lock")
             .get_or_insert(error);
-    }
-
-    fn retried(&self, code: &str, count: u64, message: &str) {
-        let mut retries = self.retries.lock().expect("retries lock");
-        let entry = retries
-            .entry(code.to_string())
-            .or_insert_with(|| (0, message.to_string()));
-        entry.0 += count;
     }
 
     /// Waits until `count` events are acknowledged; fails when a producer failed or
@@ -568,7 +546,7 @@ impl Run {
 
 async fn produce(
     producer: usize,
-    clients: Vec<TrailClient<Channel>>,
+    clients: Vec<NodeClient>,
     feed: &Feed,
     run: &Run,
 ) -> Result<(), String> {
@@ -582,189 +560,46 @@ async fn produce(
             }
             Take::Batch(events) => events,
         };
-        let receipts = record_until_acked(&clients, &mut next_node, &events, run).await?;
+        let receipts = record_until_acked(
+            &clients,
+            &mut next_node,
+            &events,
+            &run.retries,
+            |_, _, _| {},
+        )
+        .await?;
         let mut acked = run.acked.lock().expect("acked lock");
         remember(&mut acked, &events, &receipts)?;
         run.acked_count.store(acked.len() as u64, Ordering::SeqCst);
     }
 }
 
-/// Sends `events` until each is acknowledged, the events not acknowledged again with
-/// the same ids, to the next node each time; returns the receipts in `events` order.
-/// Fails on an outcome that is not retryable, or after [`BATCH_RETRY_TIMEOUT`].
-async fn record_until_acked(
-    clients: &[TrailClient<Channel>],
-    next_node: &mut usize,
-    events: &[v1::Event],
-    run: &Run,
-) -> Result<Vec<v1::Receipt>, String> {
-    let started = Instant::now();
-    let mut receipts: Vec<Option<v1::Receipt>> = vec![None; events.len()];
-    let mut pending: Vec<usize> = (0..events.len()).collect();
-    let mut last_problem = String::new();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let node_index = *next_node % clients.len();
-        *next_node += 1;
-        let mut client = clients[node_index].clone();
-        let request = v1::RecordBatchRequest {
-            events: pending.iter().map(|&index| events[index].clone()).collect(),
-        };
-        let mut wait = Duration::from_millis(100);
-        match client.record_batch(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                if response.outcomes.len() != pending.len() {
-                    return Err(format!(
-                        "node {} answered {} outcomes for {} events",
-                        node_index + 1,
-                        response.outcomes.len(),
-                        pending.len()
-                    ));
-                }
-                let mut still_pending = Vec::new();
-                for (index, outcome) in pending.iter().copied().zip(response.outcomes) {
-                    let sent = &events[index];
-                    match outcome.outcome {
-                        Some(v1::record_outcome::Outcome::Receipt(receipt)) => {
-                            if receipt.event_id != sent.event_id
-                                || receipt.tenant_id != sent.tenant_id
-                                || receipt.seq == 0
-                            {
-                                return Err(format!(
-                                    "node {}: receipt {receipt:?} for event {} of {}",
-                                    node_index + 1,
-                                    sent.event_id,
-                                    sent.tenant_id
-                                ));
-                            }
-                            receipts[index] = Some(receipt);
-                        }
-                        Some(v1::record_outcome::Outcome::Error(error))
-                            if error.code == "UNAVAILABLE"
-                                || error.code == "RESOURCE_EXHAUSTED" =>
-                        {
-                            last_problem = format!(
-                                "node {}: {} {}: {}",
-                                node_index + 1,
-                                sent.event_id,
-                                error.code,
-                                error.message
-                            );
-                            run.retried(&error.code, 1, &last_problem);
-                            still_pending.push(index);
-                        }
-                        other => {
-                            return Err(format!(
-                                "node {}: event {} of {} was refused: {other:?}",
-                                node_index + 1,
-                                sent.event_id,
-                                sent.tenant_id
-                            ))
-                        }
-                    }
-                }
-                pending = still_pending;
-                wait = wait.max(Duration::from_millis(u64::from(
-                    response.retry_after_ms.min(1_000),
-                )));
-            }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                return Err(format!("node {}: batch refused: {status}", node_index + 1));
-            }
-            Err(status) => {
-                last_problem = format!(
-                    "node {}: RecordBatch {:?}: {}",
-                    node_index + 1,
-                    status.code(),
-                    status.message()
-                );
-                run.retried(
-                    &format!("rpc {:?}", status.code()),
-                    pending.len() as u64,
-                    &last_problem,
-                );
-            }
-        }
-        if pending.is_empty() {
-            return Ok(receipts
-                .into_iter()
-                .map(|receipt| receipt.expect("every event has its receipt"))
-                .collect());
-        }
-        if started.elapsed() > BATCH_RETRY_TIMEOUT {
-            return Err(format!(
-                "{} of {} events (first: {} of {}) not acknowledged after {attempts} attempts \
-                 in {BATCH_RETRY_TIMEOUT:?}; last problem: {last_problem}",
-                pending.len(),
-                events.len(),
-                events[pending[0]].event_id,
-                events[pending[0]].tenant_id
-            ));
-        }
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// Adds receipts to `acked`; an event acknowledged before must get the same receipt.
-fn remember(
-    acked: &mut AckedMap,
-    events: &[v1::Event],
-    receipts: &[v1::Receipt],
-) -> Result<(), String> {
-    for (event, receipt) in events.iter().zip(receipts) {
-        let now = Acked {
-            tenant: event.tenant_id.clone(),
-            stream: receipt.stream.clone(),
-            seq: receipt.seq,
-            leaf_hash: receipt.leaf_hash.clone(),
-        };
-        if let Some(before) = acked.get(&event.event_id) {
-            if *before != now {
-                return Err(format!(
-                    "{} acknowledged twice with different receipts: {before:?} then {now:?}",
-                    event.event_id
-                ));
-            }
-            continue;
-        }
-        acked.insert(event.event_id.clone(), now);
-    }
-    Ok(())
-}
-
 // --- Cluster state ---
 
-/// gRPC clients of `endpoints` that connect on first use (and again after a restart).
-fn lazy_clients(endpoints: &[String], timeout: Duration) -> Vec<TrailClient<Channel>> {
-    endpoints
-        .iter()
-        .map(|endpoint| {
-            let channel = Channel::from_shared(endpoint.clone())
-                .expect("valid endpoint")
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(timeout)
-                .connect_lazy();
-            TrailClient::new(channel)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20)
-        })
-        .collect()
+/// Reads every tenant of `acked` on every node's own replica, a shard at a time while
+/// the shard is still, and checks the replicas against each other and against the
+/// receipts (see [`Cluster::check_replicas`]). Returns the event count of each tenant.
+async fn check_replicas(cluster: &Cluster, acked: &AckedMap) -> BTreeMap<String, u64> {
+    let tenants: BTreeSet<String> = acked.values().map(|a| a.tenant.clone()).collect();
+    cluster
+        .check_replicas(
+            SHARDS,
+            &tenants,
+            acked,
+            &HashSet::new(),
+            STILL_READ_ATTEMPTS,
+        )
+        .await
+        .per_tenant
 }
 
 /// A node (1 or 2) that leads a data shard, preferring the heavy tenant's shard.
 async fn leader_to_kill(cluster: &Cluster) -> (u64, u32) {
     let heavy_shard = shard_for_tenant(HEAVY_TENANT, SHARDS);
     let mut led = Vec::new();
-    for (node_id, status) in cluster.statuses().await {
-        if node_id == 3 {
-            continue;
-        }
-        for shard in status.shards {
-            if shard.shard_id != 0 && shard.role == "leader" {
-                led.push((node_id, shard.shard_id));
-            }
+    for node_id in [1, 2] {
+        for shard in cluster.led_by(node_id).await {
+            led.push((node_id, shard));
         }
     }
     led.iter()
@@ -774,380 +609,23 @@ async fn leader_to_kill(cluster: &Cluster) -> (u64, u32) {
         .expect("nodes 1 and 2 lead no data shard")
 }
 
-/// Waits until, for every shard, the leader reports no replica behind and every node's
-/// replica applied the leader's last log index.
-async fn wait_converged(cluster: &Cluster, timeout: Duration) {
-    let started = Instant::now();
-    loop {
-        let statuses = cluster.statuses().await;
-        let lagging = lagging_shards(&statuses);
-        if lagging.is_empty() {
-            return;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "replicas did not converge within {timeout:?}: {lagging:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn lagging_shards(statuses: &[(u64, v1::StatusResponse)]) -> Vec<String> {
-    let mut lagging = Vec::new();
-    for shard in 0..=SHARDS {
-        let views: Vec<(u64, &v1::ShardStatus)> = statuses
-            .iter()
-            .filter_map(|(node_id, status)| {
-                status
-                    .shards
-                    .iter()
-                    .find(|s| s.shard_id == shard)
-                    .map(|s| (*node_id, s))
-            })
-            .collect();
-        let leaders: Vec<&(u64, &v1::ShardStatus)> =
-            views.iter().filter(|(_, s)| s.role == "leader").collect();
-        let describe = || {
-            views
-                .iter()
-                .map(|(node_id, s)| {
-                    format!(
-                        "node {node_id}: {} leader={} term={} log={} applied={} replicas={:?}",
-                        s.role,
-                        s.leader_node_id,
-                        s.term,
-                        s.last_log_index,
-                        s.last_applied_index,
-                        s.replicas
-                            .iter()
-                            .map(|r| (r.node_id, r.matched_index))
-                            .collect::<Vec<_>>()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        if views.len() != statuses.len() || leaders.len() != 1 {
-            lagging.push(format!("shard {shard}: {}", describe()));
-            continue;
-        }
-        let leader = leaders[0].1;
-        let behind = views.iter().any(|(_, s)| {
-            s.last_applied_index != leader.last_log_index
-                || s.last_log_index != leader.last_log_index
-        }) || leader.replicas.iter().any(|r| r.lag_entries != 0);
-        if behind {
-            lagging.push(format!("shard {shard}: {}", describe()));
-        }
-    }
-    lagging
-}
-
-/// The (last applied, last log) index of `shard` on each running node.
-async fn shard_indexes(cluster: &Cluster, shard: u32) -> Vec<(u64, u64, u64)> {
-    let mut indexes = Vec::new();
-    for (node_id, status) in cluster.statuses().await {
-        let found = status.shards.iter().find(|s| s.shard_id == shard);
-        let (applied, last) = found.map_or((0, 0), |s| (s.last_applied_index, s.last_log_index));
-        indexes.push((node_id, applied, last));
-    }
-    indexes
-}
-
-// --- Comparing replicas ---
-
-/// One stored event, as compared between replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Row {
-    seq: u64,
-    event_id: String,
-    stream: String,
-    leaf_hash: Vec<u8>,
-    /// A hash of the whole stored event (payload, ingested_at, ...).
-    content: u64,
-}
-
-/// A tenant's stream on one replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ReplicaStream {
-    rows: Vec<Row>,
-    last_seq: u64,
-    blocks: Vec<v1::Block>,
-}
-
-/// Reads every tenant of `acked` on every node's own replica, a shard at a time while
-/// the shard is still (same applied index on all nodes before and after the reads),
-/// and checks the replicas against each other and against the receipts. Returns the
-/// event count of each tenant.
-async fn check_replicas(cluster: &Cluster, acked: &AckedMap) -> BTreeMap<String, u64> {
-    let mut by_shard: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
-    for expected in acked.values() {
-        by_shard
-            .entry(shard_for_tenant(&expected.tenant, SHARDS))
-            .or_default()
-            .insert(expected.tenant.clone());
-    }
-    let node_ids: Vec<u64> = (1..=NODES as u64).collect();
-    let endpoints: Vec<String> = node_ids
-        .iter()
-        .map(|&node_id| cluster.node(node_id).endpoint())
-        .collect();
-    let clients = lazy_clients(&endpoints, Duration::from_secs(60));
-    let mut problems = Vec::new();
-    let mut found: HashMap<&str, u64> = HashMap::with_capacity(acked.len());
-    let mut per_tenant = BTreeMap::new();
-    for (&shard, tenants) in &by_shard {
-        let streams = read_shard_still(cluster, &clients, shard, tenants).await;
-        for (tenant, replicas) in tenants.iter().zip(streams) {
-            compare_tenant(
-                tenant,
-                &node_ids,
-                &replicas,
-                acked,
-                &mut found,
-                &mut problems,
-            );
-            per_tenant.insert(tenant.clone(), replicas[0].rows.len() as u64);
-        }
-    }
-    for (event_id, expected) in acked {
-        if !found.contains_key(event_id.as_str()) {
-            problems.push(format!(
-                "acknowledged event {event_id} of {} (seq {}) is on no replica",
-                expected.tenant, expected.seq
-            ));
-        }
-    }
-    let shown: Vec<&String> = problems.iter().take(PROBLEMS_MAX).collect();
-    assert!(
-        problems.is_empty(),
-        "{} problems comparing replicas (first {}): {shown:#?}",
-        problems.len(),
-        shown.len()
-    );
-    per_tenant
-}
-
-/// Each tenant's stream on each node, read while `shard` does not move.
-async fn read_shard_still(
-    cluster: &Cluster,
-    clients: &[TrailClient<Channel>],
-    shard: u32,
-    tenants: &BTreeSet<String>,
-) -> Vec<Vec<ReplicaStream>> {
-    let mut last_indexes = Vec::new();
-    for _ in 0..STILL_READ_ATTEMPTS {
-        let before = shard_indexes(cluster, shard).await;
-        let same = before
-            .iter()
-            .all(|(_, applied, last)| (*applied, *last) == (before[0].1, before[0].2));
-        if same {
-            let mut streams = Vec::with_capacity(tenants.len());
-            for tenant in tenants {
-                let mut replicas = Vec::with_capacity(clients.len());
-                for client in clients {
-                    replicas.push(read_replica_stream(client.clone(), tenant).await);
-                }
-                streams.push(replicas);
-            }
-            let after = shard_indexes(cluster, shard).await;
-            if after == before {
-                return streams;
-            }
-            eprintln!("shard {shard} moved during the read: {before:?} -> {after:?}; again");
-            last_indexes = after;
-        } else {
-            last_indexes = before;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!(
-        "shard {shard} did not hold still on all replicas for a read in \
-         {STILL_READ_ATTEMPTS} attempts: (node, applied, last log) {last_indexes:?}"
-    );
-}
-
-/// A tenant's events and sealed blocks on the asked node's own replica.
-async fn read_replica_stream(mut client: TrailClient<Channel>, tenant: &str) -> ReplicaStream {
-    let mut rows = Vec::new();
-    let mut last_seq;
-    loop {
-        let after_seq = rows.len() as u64;
-        let page = client
-            .tail(replica_read(v1::TailRequest {
-                tenant_id: tenant.to_string(),
-                after_seq,
-                limit: TAIL_PAGE_EVENTS,
-                stream: String::new(),
-            }))
-            .await
-            .unwrap_or_else(|status| panic!("replica Tail of {tenant}: {status}"))
-            .into_inner();
-        last_seq = page.last_seq;
-        if page.events.is_empty() {
-            break;
-        }
-        for stored in page.events {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            // Every field of the stored event (prost messages print them all).
-            format!("{stored:?}").hash(&mut hasher);
-            rows.push(Row {
-                seq: stored.seq,
-                event_id: stored
-                    .event
-                    .as_ref()
-                    .map(|event| event.event_id.clone())
-                    .unwrap_or_default(),
-                stream: stored.stream,
-                leaf_hash: stored.leaf_hash,
-                content: hasher.finish(),
-            });
-        }
-        // A replica that answers the same seqs again would loop forever.
-        assert!(
-            rows.last().is_some_and(|row| row.seq > after_seq),
-            "replica Tail of {tenant} after seq {after_seq} did not move forward"
-        );
-    }
-    let blocks = client
-        .list_blocks(replica_read(v1::ListBlocksRequest {
-            tenant_id: tenant.to_string(),
-            stream_index: 0,
-            from_block: 0,
-            to_block: 0,
-            with_events: false,
-        }))
-        .await
-        .unwrap_or_else(|status| panic!("replica ListBlocks of {tenant}: {status}"))
-        .into_inner()
-        .collect::<Result<Vec<v1::Block>, tonic::Status>>()
-        .await
-        .unwrap_or_else(|status| panic!("replica ListBlocks of {tenant}: {status}"));
-    ReplicaStream {
-        rows,
-        last_seq,
-        blocks,
-    }
-}
-
-fn compare_tenant<'a>(
-    tenant: &str,
-    node_ids: &[u64],
-    replicas: &[ReplicaStream],
-    acked: &'a AckedMap,
-    found: &mut HashMap<&'a str, u64>,
-    problems: &mut Vec<String>,
-) {
-    let first = &replicas[0];
-    for (node_id, replica) in node_ids.iter().zip(replicas).skip(1) {
-        if replica.rows != first.rows {
-            let difference = first
-                .rows
-                .iter()
-                .zip(&replica.rows)
-                .find(|(a, b)| a != b)
-                .map(|(a, b)| format!("node 1 has {a:?}, node {node_id} has {b:?}"))
-                .unwrap_or_default();
-            problems.push(format!(
-                "{tenant}: node {node_id} holds {} events, node 1 {}; first difference: \
-                 {difference}",
-                replica.rows.len(),
-                first.rows.len()
-            ));
-        }
-        if replica.blocks != first.blocks {
-            problems.push(format!(
-                "{tenant}: node {node_id} has {} sealed blocks, node 1 {}; first different \
-                 block index: {:?}",
-                replica.blocks.len(),
-                first.blocks.len(),
-                first
-                    .blocks
-                    .iter()
-                    .zip(&replica.blocks)
-                    .position(|(a, b)| a != b)
-            ));
-        }
-    }
-    for (node_id, replica) in node_ids.iter().zip(replicas) {
-        if replica.last_seq != replica.rows.len() as u64 {
-            problems.push(format!(
-                "{tenant} on node {node_id}: last_seq {} but {} events read",
-                replica.last_seq,
-                replica.rows.len()
-            ));
-        }
-        let mut next_first_seq = 1;
-        for block in &replica.blocks {
-            if block.first_seq != next_first_seq || block.count == 0 {
-                problems.push(format!(
-                    "{tenant} on node {node_id}: block {} starts at seq {} with {} events, \
-                     expected to start at {next_first_seq}",
-                    block.block_index, block.first_seq, block.count
-                ));
-                break;
-            }
-            next_first_seq += u64::from(block.count);
-        }
-        if next_first_seq - 1 > replica.rows.len() as u64 {
-            problems.push(format!(
-                "{tenant} on node {node_id}: blocks cover seq {} but the stream ends at {}",
-                next_first_seq - 1,
-                replica.rows.len()
-            ));
-        }
-    }
-    let mut ids = BTreeSet::new();
-    for (position, row) in first.rows.iter().enumerate() {
-        if row.seq != position as u64 + 1 {
-            problems.push(format!(
-                "{tenant}: seq {} at position {} (gap or disorder)",
-                row.seq,
-                position + 1
-            ));
-        }
-        if !ids.insert(row.event_id.as_str()) {
-            problems.push(format!("{tenant}: {} stored twice", row.event_id));
-        }
-        match acked.get_key_value(&row.event_id) {
-            None => problems.push(format!(
-                "{tenant}: {} at seq {} was never acknowledged",
-                row.event_id, row.seq
-            )),
-            Some((event_id, expected)) => {
-                if expected.tenant != tenant
-                    || expected.seq != row.seq
-                    || expected.leaf_hash != row.leaf_hash
-                    || expected.stream != row.stream
-                {
-                    problems.push(format!(
-                        "{tenant}: {} stored at seq {} ({}), acknowledged as {expected:?}",
-                        row.event_id, row.seq, row.stream
-                    ));
-                }
-                *found.entry(event_id.as_str()).or_default() += 1;
-            }
-        }
-    }
-}
-
 /// Resends acknowledged events through each node: each answers its original receipt.
 async fn check_dedup(cluster: &Cluster, acked: &AckedMap) {
     let mut sample: Vec<(&String, &Acked)> = acked.iter().collect();
     sample.sort_by(|a, b| a.0.cmp(b.0));
     sample.truncate(300);
-    let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.endpoint()).collect();
-    let clients = lazy_clients(&endpoints, RPC_TIMEOUT);
-    let run = Run::default();
+    let clients = cluster.clients(&cluster.node_ids(), RPC_TIMEOUT);
+    let retries = Retries::default();
     for (node_index, chunk) in sample.chunks(100).enumerate() {
         let events: Vec<v1::Event> = chunk
             .iter()
             .map(|(event_id, expected)| event(&expected.tenant, event_id))
             .collect();
         let mut next_node = node_index;
-        let receipts = record_until_acked(&clients, &mut next_node, &events, &run)
-            .await
-            .unwrap_or_else(|error| panic!("resending acknowledged events: {error}"));
+        let receipts =
+            record_until_acked(&clients, &mut next_node, &events, &retries, |_, _, _| {})
+                .await
+                .unwrap_or_else(|error| panic!("resending acknowledged events: {error}"));
         for ((event_id, expected), receipt) in chunk.iter().zip(receipts) {
             assert!(
                 receipt.deduplicated,
@@ -1219,35 +697,14 @@ async fn read_back(
 
 // --- Helpers ---
 
-/// Runs `trailctl --endpoint E verify --tenant T... --key K`, asserts it passes, and
-/// returns what it printed.
-async fn trailctl_verify(endpoint: &str, key: &str, tenants: &[String]) -> String {
-    let mut command = tokio::process::Command::new(binary("trailctl"));
-    command
-        .arg("--endpoint")
-        .arg(endpoint)
-        .arg("verify")
-        .arg("--quiet")
-        .arg("--key")
-        .arg(key);
+/// Runs `trailctl --endpoint <node> verify --tenant T... --key K`, asserts it passes,
+/// and returns what it printed.
+async fn trailctl_verify(node: &Traild, key: &str, tenants: &[String]) -> String {
+    let mut args = vec!["verify", "--quiet", "--key", key];
     for tenant in tenants {
-        command.arg("--tenant").arg(tenant);
+        args.extend(["--tenant", tenant.as_str()]);
     }
-    command.kill_on_drop(true);
-    let output = tokio::time::timeout(VERIFY_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| {
-            panic!("trailctl verify against {endpoint} ran over {VERIFY_TIMEOUT:?}")
-        })
-        .expect("run trailctl");
-    assert!(
-        output.status.success(),
-        "trailctl verify {tenants:?} against {endpoint}: {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    run_checked(node.trailctl(&args), VERIFY_TIMEOUT).await
 }
 
 /// Runs `call` and measures how long it took to answer.

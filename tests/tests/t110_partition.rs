@@ -30,20 +30,21 @@
 //! It takes about 50 s in debug on 2 cores. Node logs are `<dir>/node<i>/traild.log`;
 //! the directory is kept when the test fails (or with `TRAIL_TEST_KEEP=1`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
 use trail_proto::v1::trail_client::TrailClient;
-use trail_tests::{binary, event, replica_read};
+use trail_tests::cluster::{
+    record_until_acked, remember, AckedMap, NodeClient, Retries, BATCH_RETRY_TIMEOUT,
+};
+use trail_tests::{binary, event, events_of, run_checked, Cluster, NodeSpec};
 
 const NODES: u64 = 3;
 const SHARDS: u32 = 8;
@@ -62,10 +63,6 @@ const WRITER_EVENTS_PER_TENANT: usize = 2;
 const MINORITY_EVENTS_PER_SHARD: usize = 5;
 /// Deadline of one RPC from this process.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-/// A batch not acknowledged in full within this fails the test.
-const BATCH_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-const CLUSTER_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 const LEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for node 3 to lead a data shard (its preferred ones come back
 /// within a 10 s rebalancing round), so the partition cuts off a leader.
@@ -90,22 +87,8 @@ const MIXED_BATCH_ANSWER_MAX: Duration = Duration::from_secs(40);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts to read a shard's replicas while the shard is still.
 const STILL_READ_ATTEMPTS: usize = 40;
-const TAIL_PAGE_EVENTS: u32 = 1_000;
-/// Problems listed in a failure message at most.
-const PROBLEMS_MAX: usize = 30;
 /// Tries at finding a `/24` the root namespace does not use.
 const SUBNET_TRIES_MAX: usize = 20;
-
-/// What a receipt said about an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Acked {
-    tenant: String,
-    stream: String,
-    seq: u64,
-    leaf_hash: Vec<u8>,
-}
-
-type AckedMap = HashMap<String, Acked>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
@@ -113,37 +96,39 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
         println!("SKIPPED: t110_partition needs root (network namespaces, veth, bridge)");
         return;
     }
-    let traild = binary("traild");
-    let trailctl = binary("trailctl");
+    binary("traild");
+    binary("trailctl");
     let started = Instant::now();
     let log = |what: &str| eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
 
-    let mut lab = match Lab::create() {
-        Ok(lab) => lab,
+    // Dropped after `cluster` (declared later): the nodes are killed first.
+    let net = match Net::create() {
+        Ok(net) => net,
         Err(error) => {
             println!("SKIPPED: cannot build the test network: {error}");
             return;
         }
     };
     log(&format!(
-        "network {}.0/24 (bridge {}, namespaces {:?}); data and logs in {}",
-        lab.net.subnet,
-        lab.net.bridge,
-        lab.net.namespaces,
-        lab.dir().display()
+        "network {}.0/24 (bridge {}, namespaces {:?})",
+        net.subnet, net.bridge, net.namespaces
     ));
 
     // Step 3: start, initialize, ingest.
-    lab.start_nodes(&traild).await;
-    log("3 nodes serve");
-    let map = lab.init().await;
+    let specs = (1..=NODES).map(|node_id| net.node_spec(node_id)).collect();
+    let cluster = Cluster::start_on("trail-partition-", specs).await;
+    log(&format!(
+        "3 nodes serve; data and logs in {}",
+        cluster.dir().display()
+    ));
+    let map = cluster.init(SHARDS, REPLICAS).await;
     assert_eq!((map.shards, map.replicas), (SHARDS, REPLICAS));
-    lab.wait_leaders(&[1, 2, 3], LEADERS_TIMEOUT).await;
+    cluster.wait_leaders(SHARDS, LEADERS_TIMEOUT).await;
     log("cluster initialized; every shard has a leader all nodes know");
 
     let tenants = tenants_by_shard();
     let retries = Retries::default();
-    let all_clients = lazy_clients(&lab.endpoints(&[1, 2, 3]), RPC_TIMEOUT);
+    let all_clients = cluster.clients(&[1, 2, 3], RPC_TIMEOUT);
     let ingesting = Instant::now();
     let mut acked = ingest(&all_clients, &tenants, &retries).await;
     assert_eq!(
@@ -158,10 +143,10 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
     ));
 
     let waiting = Instant::now();
-    let mut minority_led = led_by(&lab, MINORITY_NODE).await;
+    let mut minority_led = cluster.led_by(MINORITY_NODE).await;
     while minority_led.is_empty() && waiting.elapsed() < MINORITY_LEADS_WAIT {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        minority_led = led_by(&lab, MINORITY_NODE).await;
+        minority_led = cluster.led_by(MINORITY_NODE).await;
     }
     log(&format!(
         "node 3 leads data shards {minority_led:?} at the cut (waited {:.1} s for one)",
@@ -172,14 +157,14 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
     let probes: Vec<String> = (1..=SHARDS)
         .map(|shard| tenants[&shard][0].clone())
         .collect();
-    let majority_clients = lazy_clients(&lab.endpoints(&[1, 2]), RPC_TIMEOUT);
+    let majority_clients = cluster.clients(&[1, 2], RPC_TIMEOUT);
     let during = Arc::new(Writer::default());
     let writers_started = Instant::now();
     let during_tasks = spawn_writers(&majority_clients, &probes, "during", &during);
     during
         .wait_every_shard_after(writers_started, BATCH_RETRY_TIMEOUT)
         .await;
-    lab.net.set_link(MINORITY_NODE, false);
+    net.set_link(MINORITY_NODE, false);
     let cut_at = Instant::now();
     log("partition: node 3's link is down");
 
@@ -190,25 +175,35 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
         .map(|tenant| event(tenant, &format!("mixed-{tenant}")))
         .collect();
     let mixed_batch = tokio::spawn(timed_record_batch(
-        lazy_clients(&lab.endpoints(&[1]), MIXED_BATCH_ANSWER_MAX)
+        cluster
+            .clients(&[1], MIXED_BATCH_ANSWER_MAX)
             .pop()
-            .expect("one client"),
+            .expect("one client")
+            .client,
         mixed_events.clone(),
     ));
 
     let minority_events = minority_events(&tenants);
-    let minority_file = lab.dir().join("minority.jsonl");
+    let minority_file = cluster.dir().join("minority.jsonl");
     write_jsonl(&minority_file, &minority_events);
     let minority_client = tokio::spawn(run_minority_client(
-        trailctl.clone(),
-        lab.net.namespace(MINORITY_NODE).to_string(),
-        lab.node(MINORITY_NODE).endpoint(),
-        minority_file,
-        lab.dir().to_path_buf(),
+        cluster.node(MINORITY_NODE).trailctl(&[
+            "--rpc-timeout-s",
+            &MINORITY_CLIENT_RPC_TIMEOUT_S.to_string(),
+            "ingest",
+            "--batch-size",
+            "10",
+            "--concurrency",
+            "4",
+            "--json",
+            "-q",
+            &minority_file.display().to_string(),
+        ]),
+        cluster.dir().to_path_buf(),
     ));
 
     tokio::time::sleep(MINORITY_SETTLE).await;
-    let frozen_before = minority_status(&lab, &trailctl).await;
+    let frozen_before = minority_status(&cluster).await;
     let first_acks = during
         .wait_every_shard_after(cut_at, MAJORITY_ACK_AFTER_PARTITION_MAX)
         .await;
@@ -290,7 +285,7 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
         "node 1 did not answer a batch within {MIXED_BATCH_ANSWER_MAX:?} of the cut"
     );
     tokio::time::sleep(PARTITION_MIN.saturating_sub(cut_at.elapsed())).await;
-    let frozen_after = minority_status(&lab, &trailctl).await;
+    let frozen_after = minority_status(&cluster).await;
     check_minority_client(&minority, minority_events.len());
     check_frozen(&frozen_before, &frozen_after);
     log(&format!(
@@ -299,7 +294,7 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
     ));
 
     // Step 5: heal, write through all three nodes, converge.
-    lab.net.set_link(MINORITY_NODE, true);
+    net.set_link(MINORITY_NODE, true);
     let healed_at = Instant::now();
     during.stop.store(true, Ordering::SeqCst);
     let during_rounds = join_writers(during_tasks, "during the partition").await;
@@ -319,7 +314,7 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
         "after the heal: {healed_rounds} rounds through all nodes; first ack through node 3 \
          {}; longest wait for an ack per shard: {}",
         healed
-            .first_ack_through(2)
+            .first_ack_through(MINORITY_NODE)
             .map_or("none".to_string(), |at| format!(
                 "{:.1} s after the heal",
                 at.duration_since(healed_at).as_secs_f64()
@@ -328,7 +323,7 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
     ));
 
     // Node 3 serves again, and what the mixed batch left unacknowledged is recorded once.
-    let node_3_alone = lazy_clients(&lab.endpoints(&[MINORITY_NODE]), RPC_TIMEOUT);
+    let node_3_alone = cluster.clients(&[MINORITY_NODE], RPC_TIMEOUT);
     let resending = Instant::now();
     let mut resent_events = mixed_pending.clone();
     for tenant in &probes {
@@ -377,11 +372,11 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
         "{} events acknowledged in all; writers retried (count, first message) by reason: \
          during {:#?}, after the heal {:#?}",
         acked.len(),
-        during.retries.by_reason.lock().expect("retries lock"),
-        healed.retries.by_reason.lock().expect("retries lock")
+        during.retries.by_reason(),
+        healed.retries.by_reason()
     ));
 
-    lab.wait_converged(CONVERGE_TIMEOUT).await;
+    cluster.wait_converged(SHARDS, CONVERGE_TIMEOUT).await;
     log(&format!(
         "replicas converged {:.1} s after the heal",
         healed_at.elapsed().as_secs_f64()
@@ -393,14 +388,17 @@ async fn partition_minority_stops_acking_majority_goes_on_then_converges() {
         .iter()
         .map(|event| event.event_id.clone())
         .collect();
-    let found = check_replicas(&lab, &tenants, &acked, &tried).await;
+    let all_tenants: BTreeSet<String> = tenants.values().flatten().cloned().collect();
+    let found = cluster
+        .check_replicas(SHARDS, &all_tenants, &acked, &tried, STILL_READ_ATTEMPTS)
+        .await;
     log(&format!(
         "replicas compared in {:.1} s: {} acknowledged events once on each of 3 nodes; of \
          the {} minority events, {} are on every replica and the rest on none",
         checking.elapsed().as_secs_f64(),
-        found.acked,
+        found.acked_found,
         tried.len(),
-        found.tried
+        found.tried_found
     ));
     log(&format!("total {:.1} s", started.elapsed().as_secs_f64()));
 }
@@ -489,6 +487,20 @@ impl Net {
         &self.namespaces[node_id as usize - 1]
     }
 
+    /// Node `node_id` run as `ip netns exec NS traild ...` on its address (`ip` execs
+    /// `traild`, so the child's pid is the node's); every node has its own namespace,
+    /// so all use the same ports.
+    fn node_spec(&self, node_id: u64) -> NodeSpec {
+        NodeSpec {
+            host: self.address(node_id),
+            grpc_port: GRPC_PORT,
+            http_port: HTTP_PORT,
+            command_prefix: ["ip", "netns", "exec", self.namespace(node_id)]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
     /// Node `node_id`'s port on the bridge up or down: down, it reaches nobody and
     /// nobody reaches it (packets are dropped, as on a cut cable).
     fn set_link(&self, node_id: u64, up: bool) {
@@ -570,359 +582,6 @@ fn is_root() -> bool {
         .is_some_and(|effective| effective == "0")
 }
 
-// --- The nodes ---
-
-/// One `traild` run as `ip netns exec NS traild ...`; `ip` execs `traild`, so the child's
-/// pid is the node's.
-struct NsNode {
-    node_id: u64,
-    namespace: String,
-    address: String,
-    data_dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl NsNode {
-    fn endpoint(&self) -> String {
-        format!("http://{}:{GRPC_PORT}", self.address)
-    }
-
-    fn spawn(&mut self, traild: &Path, peers: &str) {
-        assert!(self.child.is_none(), "node {} runs already", self.node_id);
-        std::fs::create_dir_all(&self.data_dir).expect("create the data directory");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.join("traild.log"))
-            .expect("open traild.log");
-        let stderr = log.try_clone().expect("clone the log file handle");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.namespace])
-            .arg(traild)
-            .arg("--node-id")
-            .arg(self.node_id.to_string())
-            .arg("--peers")
-            .arg(peers)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--grpc-addr")
-            .arg(format!("{}:{GRPC_PORT}", self.address))
-            .arg("--http-addr")
-            .arg(format!("{}:{HTTP_PORT}", self.address))
-            .env(
-                "TRAIL_LOG",
-                std::env::var("TRAIL_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr)
-            .spawn()
-            .expect("start ip netns exec traild");
-        self.child = Some(child);
-    }
-
-    async fn wait_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "node {} exited during startup: {status} (log: {})",
-                        self.node_id,
-                        self.data_dir.join("traild.log").display()
-                    );
-                }
-            }
-            if status_of(&self.endpoint()).await.is_ok() {
-                return;
-            }
-            assert!(
-                started.elapsed() < STARTUP_TIMEOUT,
-                "node {} did not serve within {STARTUP_TIMEOUT:?}",
-                self.node_id
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The network, the nodes in it and their data directory. Drop kills the nodes first,
-/// then deletes the network; the directory is kept when the test panics.
-struct Lab {
-    nodes: Vec<NsNode>,
-    net: Net,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Lab {
-    fn create() -> Result<Lab, String> {
-        let net = Net::create()?;
-        let dir = tempfile::Builder::new()
-            .prefix("trail-partition-")
-            .tempdir()
-            .map_err(|error| format!("temporary directory: {error}"))?;
-        let nodes = (1..=NODES)
-            .map(|node_id| NsNode {
-                node_id,
-                namespace: net.namespace(node_id).to_string(),
-                address: net.address(node_id),
-                data_dir: dir.path().join(format!("node{node_id}")),
-                child: None,
-            })
-            .collect();
-        Ok(Lab {
-            nodes,
-            net,
-            dir: Some(dir),
-        })
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .expect("the directory lives as long as the lab")
-            .path()
-    }
-
-    fn node(&self, node_id: u64) -> &NsNode {
-        &self.nodes[node_id as usize - 1]
-    }
-
-    fn endpoints(&self, node_ids: &[u64]) -> Vec<String> {
-        node_ids
-            .iter()
-            .map(|&node_id| self.node(node_id).endpoint())
-            .collect()
-    }
-
-    /// Node 1 first; the others with a copy of its checkpoint key.
-    async fn start_nodes(&mut self, traild: &Path) {
-        let peers: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|node| format!("{}={}:{GRPC_PORT}", node.node_id, node.address))
-            .collect();
-        let peers = peers.join(",");
-        self.nodes[0].spawn(traild, &peers);
-        self.nodes[0].wait_ready().await;
-        let key = self.nodes[0].data_dir.join("node.key");
-        assert!(key.exists(), "node 1 serves but has no {}", key.display());
-        for node in &mut self.nodes[1..] {
-            std::fs::create_dir_all(&node.data_dir).expect("create the data directory");
-            std::fs::copy(&key, node.data_dir.join("node.key")).expect("copy node.key");
-            node.spawn(traild, &peers);
-        }
-        for node in &mut self.nodes[1..] {
-            node.wait_ready().await;
-        }
-    }
-
-    /// `ClusterInit` through node 1, retried while the groups elect.
-    async fn init(&self) -> v1::ClusterMap {
-        let started = Instant::now();
-        let mut client = lazy_clients(&self.endpoints(&[1]), CLUSTER_INIT_TIMEOUT)
-            .pop()
-            .expect("one client");
-        let mut last_error = String::new();
-        while started.elapsed() < CLUSTER_INIT_TIMEOUT {
-            let request = v1::ClusterInitRequest {
-                shards: SHARDS,
-                replicas: REPLICAS,
-            };
-            match client.cluster_init(request).await {
-                Ok(response) => {
-                    return response
-                        .into_inner()
-                        .map
-                        .expect("ClusterInit answers the map")
-                }
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) =>
-                {
-                    last_error = format!("{:?}: {}", status.code(), status.message());
-                }
-                Err(status) => panic!("cluster init: {status}"),
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        panic!("cluster init did not succeed within {CLUSTER_INIT_TIMEOUT:?}: {last_error}");
-    }
-
-    /// The `Status` of each of `node_ids` that answers.
-    async fn statuses(&self, node_ids: &[u64]) -> Vec<(u64, Result<v1::StatusResponse, String>)> {
-        let mut statuses = Vec::with_capacity(node_ids.len());
-        for &node_id in node_ids {
-            statuses.push((node_id, status_of(&self.node(node_id).endpoint()).await));
-        }
-        statuses
-    }
-
-    /// Every node's `Status`, or a description of who did not answer.
-    async fn all_statuses(&self) -> Result<Vec<(u64, v1::StatusResponse)>, String> {
-        let mut answered = Vec::new();
-        for (node_id, status) in self.statuses(&[1, 2, 3]).await {
-            match status {
-                Ok(status) => answered.push((node_id, status)),
-                Err(error) => return Err(format!("node {node_id}: {error}")),
-            }
-        }
-        Ok(answered)
-    }
-
-    /// Waits until each data shard has one leader among `node_ids` that all of them
-    /// name.
-    async fn wait_leaders(&self, node_ids: &[u64], timeout: Duration) {
-        let started = Instant::now();
-        loop {
-            let mut missing = Vec::new();
-            let statuses: Vec<(u64, v1::StatusResponse)> = self
-                .statuses(node_ids)
-                .await
-                .into_iter()
-                .filter_map(|(node_id, status)| status.ok().map(|status| (node_id, status)))
-                .collect();
-            for shard in 1..=SHARDS {
-                let leaders: Vec<u64> = statuses
-                    .iter()
-                    .filter(|(_, status)| {
-                        status
-                            .shards
-                            .iter()
-                            .any(|s| s.shard_id == shard && s.role == "leader")
-                    })
-                    .map(|(node_id, _)| *node_id)
-                    .collect();
-                let agreed = statuses.len() == node_ids.len()
-                    && leaders.len() == 1
-                    && statuses.iter().all(|(_, status)| {
-                        status
-                            .shards
-                            .iter()
-                            .any(|s| s.shard_id == shard && s.leader_node_id == leaders[0])
-                    });
-                if !agreed {
-                    missing.push(shard);
-                }
-            }
-            if missing.is_empty() {
-                return;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "shards {missing:?} have no leader nodes {node_ids:?} agree on after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Waits until, for every shard, the leader reports no replica behind and every
-    /// node's replica applied the leader's last log index.
-    async fn wait_converged(&self, timeout: Duration) {
-        let started = Instant::now();
-        loop {
-            let lagging = match self.all_statuses().await {
-                Ok(statuses) => lagging_shards(&statuses),
-                Err(error) => vec![error],
-            };
-            if lagging.is_empty() {
-                return;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "replicas did not converge within {timeout:?} of the heal: {lagging:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// The (node, last applied, last log) index of `shard` on each node.
-    async fn shard_indexes(&self, shard: u32) -> Vec<(u64, u64, u64)> {
-        let statuses = self
-            .all_statuses()
-            .await
-            .unwrap_or_else(|error| panic!("status while comparing replicas: {error}"));
-        let mut indexes = Vec::new();
-        for (node_id, status) in statuses {
-            let found = status.shards.iter().find(|s| s.shard_id == shard);
-            let (applied, last) =
-                found.map_or((0, 0), |s| (s.last_applied_index, s.last_log_index));
-            indexes.push((node_id, applied, last));
-        }
-        indexes
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.kill();
-        }
-        let keep = std::thread::panicking()
-            || std::env::var("TRAIL_TEST_KEEP").is_ok_and(|value| value == "1");
-        if keep {
-            if let Some(dir) = self.dir.take() {
-                let path = dir.keep();
-                eprintln!(
-                    "partition test data and logs kept in {} (node<i>/traild.log)",
-                    path.display()
-                );
-            }
-        }
-        // Then `net` is dropped: the namespaces, veths and bridge are deleted.
-    }
-}
-
-async fn status_of(endpoint: &str) -> Result<v1::StatusResponse, String> {
-    let mut client = lazy_clients(&[endpoint.to_string()], RPC_TIMEOUT)
-        .pop()
-        .expect("one client");
-    client
-        .status(v1::StatusRequest {})
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
-}
-
-/// The data shards `node_id` says it leads.
-async fn led_by(lab: &Lab, node_id: u64) -> Vec<u32> {
-    match status_of(&lab.node(node_id).endpoint()).await {
-        Ok(status) => status
-            .shards
-            .iter()
-            .filter(|shard| shard.shard_id != 0 && shard.role == "leader")
-            .map(|shard| shard.shard_id)
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// gRPC clients of `endpoints` that connect on first use.
-fn lazy_clients(endpoints: &[String], timeout: Duration) -> Vec<TrailClient<Channel>> {
-    endpoints
-        .iter()
-        .map(|endpoint| {
-            let channel = Channel::from_shared(endpoint.clone())
-                .expect("valid endpoint")
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(timeout)
-                .connect_lazy();
-            TrailClient::new(channel)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20)
-        })
-        .collect()
-}
-
 // --- Producing ---
 
 /// `TENANTS_PER_SHARD` tenants on each data shard.
@@ -946,26 +605,10 @@ fn tenants_by_shard() -> BTreeMap<u32, Vec<String>> {
     by_shard
 }
 
-/// Outcomes retried, by reason: how many, and the first message.
-#[derive(Default)]
-struct Retries {
-    by_reason: Mutex<BTreeMap<String, (u64, String)>>,
-}
-
-impl Retries {
-    fn add(&self, reason: &str, count: u64, message: &str) {
-        let mut by_reason = self.by_reason.lock().expect("retries lock");
-        let entry = by_reason
-            .entry(reason.to_string())
-            .or_insert_with(|| (0, message.to_string()));
-        entry.0 += count;
-    }
-}
-
 /// Records `INGEST_EVENTS` events round-robin over all tenants, `INGEST_PRODUCERS`
 /// batches in flight, each producer starting on another node.
 async fn ingest(
-    clients: &[TrailClient<Channel>],
+    clients: &[NodeClient],
     tenants: &BTreeMap<u32, Vec<String>>,
     retries: &Retries,
 ) -> AckedMap {
@@ -1023,155 +666,12 @@ where
         .map(|output| output.expect("every future finished"))
         .collect()
 }
-
-/// Sends `events` until each is acknowledged, the events not acknowledged again with
-/// the same ids, to the next node each time; `on_receipt(event index, client index,
-/// receipt)` hears of each receipt as it arrives. Returns the receipts in `events`
-/// order. Fails on an outcome that is not retryable, or after [`BATCH_RETRY_TIMEOUT`].
-async fn record_until_acked<F>(
-    clients: &[TrailClient<Channel>],
-    next_node: &mut usize,
-    events: &[v1::Event],
-    retries: &Retries,
-    mut on_receipt: F,
-) -> Result<Vec<v1::Receipt>, String>
-where
-    F: FnMut(usize, usize, &v1::Receipt),
-{
-    let started = Instant::now();
-    let mut receipts: Vec<Option<v1::Receipt>> = vec![None; events.len()];
-    let mut pending: Vec<usize> = (0..events.len()).collect();
-    let mut last_problem = String::new();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let node_index = *next_node % clients.len();
-        *next_node += 1;
-        let mut client = clients[node_index].clone();
-        let request = v1::RecordBatchRequest {
-            events: pending.iter().map(|&index| events[index].clone()).collect(),
-        };
-        let mut wait = Duration::from_millis(100);
-        match client.record_batch(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                if response.outcomes.len() != pending.len() {
-                    return Err(format!(
-                        "client {node_index} answered {} outcomes for {} events",
-                        response.outcomes.len(),
-                        pending.len()
-                    ));
-                }
-                let mut still_pending = Vec::new();
-                for (index, outcome) in pending.iter().copied().zip(response.outcomes) {
-                    let sent = &events[index];
-                    match outcome.outcome {
-                        Some(v1::record_outcome::Outcome::Receipt(receipt)) => {
-                            if receipt.event_id != sent.event_id
-                                || receipt.tenant_id != sent.tenant_id
-                                || receipt.seq == 0
-                            {
-                                return Err(format!(
-                                    "client {node_index}: receipt {receipt:?} for event {} of {}",
-                                    sent.event_id, sent.tenant_id
-                                ));
-                            }
-                            on_receipt(index, node_index, &receipt);
-                            receipts[index] = Some(receipt);
-                        }
-                        Some(v1::record_outcome::Outcome::Error(error))
-                            if error.code == "UNAVAILABLE"
-                                || error.code == "RESOURCE_EXHAUSTED" =>
-                        {
-                            last_problem = format!(
-                                "client {node_index}: {} {}: {}",
-                                sent.event_id, error.code, error.message
-                            );
-                            retries.add(&error.code, 1, &last_problem);
-                            still_pending.push(index);
-                        }
-                        other => {
-                            return Err(format!(
-                                "client {node_index}: event {} of {} was refused: {other:?}",
-                                sent.event_id, sent.tenant_id
-                            ))
-                        }
-                    }
-                }
-                pending = still_pending;
-                wait = wait.max(Duration::from_millis(u64::from(
-                    response.retry_after_ms.min(1_000),
-                )));
-            }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                return Err(format!("client {node_index}: batch refused: {status}"));
-            }
-            Err(status) => {
-                last_problem = format!(
-                    "client {node_index}: RecordBatch {:?}: {}",
-                    status.code(),
-                    status.message()
-                );
-                retries.add(
-                    &format!("rpc {:?}", status.code()),
-                    pending.len() as u64,
-                    &last_problem,
-                );
-            }
-        }
-        if pending.is_empty() {
-            return Ok(receipts
-                .into_iter()
-                .map(|receipt| receipt.expect("every event has its receipt"))
-                .collect());
-        }
-        if started.elapsed() > BATCH_RETRY_TIMEOUT {
-            return Err(format!(
-                "{} of {} events (first: {} of {}) not acknowledged after {attempts} attempts \
-                 in {BATCH_RETRY_TIMEOUT:?}; last problem: {last_problem}",
-                pending.len(),
-                events.len(),
-                events[pending[0]].event_id,
-                events[pending[0]].tenant_id
-            ));
-        }
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// Adds receipts to `acked`; an event acknowledged before must get the same receipt.
-fn remember(
-    acked: &mut AckedMap,
-    events: &[v1::Event],
-    receipts: &[v1::Receipt],
-) -> Result<(), String> {
-    for (event, receipt) in events.iter().zip(receipts) {
-        let now = Acked {
-            tenant: event.tenant_id.clone(),
-            stream: receipt.stream.clone(),
-            seq: receipt.seq,
-            leaf_hash: receipt.leaf_hash.clone(),
-        };
-        if let Some(before) = acked.get(&event.event_id) {
-            if *before != now {
-                return Err(format!(
-                    "{} acknowledged twice with different receipts: {before:?} then {now:?}",
-                    event.event_id
-                ));
-            }
-            continue;
-        }
-        acked.insert(event.event_id.clone(), now);
-    }
-    Ok(())
-}
-
 /// The writers' acknowledgements, and their stop switch.
 #[derive(Default)]
 struct Writer {
     acked: Mutex<AckedMap>,
-    /// (shard, client index, when) of each receipt.
-    ack_times: Mutex<Vec<(u32, usize, Instant)>>,
+    /// (shard, node id, when) of each receipt.
+    ack_times: Mutex<Vec<(u32, u64, Instant)>>,
     stop: AtomicBool,
     retries: Retries,
 }
@@ -1202,19 +702,19 @@ impl Writer {
                 since.elapsed() < timeout,
                 "the writers acknowledged nothing of shards {silent:?} within {timeout:?}; \
                  retried (count, first message) by reason: {:#?}",
-                self.retries.by_reason.lock().expect("retries lock")
+                self.retries.by_reason()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// When a receipt first came through client `client_index`.
-    fn first_ack_through(&self, client_index: usize) -> Option<Instant> {
+    /// When a receipt first came through node `node_id`.
+    fn first_ack_through(&self, node_id: u64) -> Option<Instant> {
         self.ack_times
             .lock()
             .expect("ack times lock")
             .iter()
-            .filter(|(_, index, _)| *index == client_index)
+            .filter(|(_, through, _)| *through == node_id)
             .map(|(_, _, at)| *at)
             .min()
     }
@@ -1252,7 +752,7 @@ impl Writer {
 
 /// One writer task per probe tenant (one per shard), each starting on another node.
 fn spawn_writers(
-    clients: &[TrailClient<Channel>],
+    clients: &[NodeClient],
     probes: &[String],
     prefix: &str,
     writer: &Arc<Writer>,
@@ -1287,7 +787,7 @@ async fn join_writers(tasks: Vec<tokio::task::JoinHandle<Result<u64, String>>>, 
 /// Rounds of `WRITER_EVENTS_PER_TENANT` events of `tenant` until stopped, each round
 /// acknowledged in full before the next; returns the rounds done.
 async fn write_rounds(
-    clients: Vec<TrailClient<Channel>>,
+    clients: Vec<NodeClient>,
     first_node: usize,
     tenant: String,
     prefix: String,
@@ -1297,18 +797,20 @@ async fn write_rounds(
     let mut round: u64 = 0;
     let shard = shard_for_tenant(&tenant, SHARDS);
     while !writer.stop.load(Ordering::SeqCst) {
-        let events: Vec<v1::Event> = (0..WRITER_EVENTS_PER_TENANT)
-            .map(|index| event(&tenant, &format!("{prefix}-{round}-{tenant}-{index}")))
-            .collect();
+        let events = events_of(
+            &tenant,
+            &format!("{prefix}-{round}"),
+            WRITER_EVENTS_PER_TENANT,
+        );
         let receipts = record_until_acked(
             &clients,
             &mut next_node,
             &events,
             &writer.retries,
-            |_, client_index, _| {
+            |_, node_id, _| {
                 writer.ack_times.lock().expect("ack times lock").push((
                     shard,
-                    client_index,
+                    node_id,
                     Instant::now(),
                 ));
             },
@@ -1341,14 +843,12 @@ async fn timed_record_batch(
 
 /// `MINORITY_EVENTS_PER_SHARD` events of the first tenant of each shard.
 fn minority_events(tenants: &BTreeMap<u32, Vec<String>>) -> Vec<v1::Event> {
-    let mut events = Vec::new();
-    for shard_tenants in tenants.values() {
-        let tenant = &shard_tenants[0];
-        for index in 0..MINORITY_EVENTS_PER_SHARD {
-            events.push(event(tenant, &format!("minority-{tenant}-{index}")));
-        }
-    }
-    events
+    tenants
+        .values()
+        .flat_map(|shard_tenants| {
+            events_of(&shard_tenants[0], "minority", MINORITY_EVENTS_PER_SHARD)
+        })
+        .collect()
 }
 
 fn write_jsonl(path: &Path, events: &[v1::Event]) {
@@ -1370,33 +870,11 @@ struct MinorityRun {
     stderr: String,
 }
 
-/// `trailctl ingest` of `file` to node 3, inside node 3's namespace; stopped (by its
-/// pid) after `MINORITY_CLIENT_MAX`.
-async fn run_minority_client(
-    trailctl: PathBuf,
-    namespace: String,
-    endpoint: String,
-    file: PathBuf,
-    dir: PathBuf,
-) -> MinorityRun {
+/// Runs `command` (`trailctl ingest` to node 3, inside node 3's namespace) with its
+/// output in `dir`; stopped (by its pid) after `MINORITY_CLIENT_MAX`.
+async fn run_minority_client(command: Command, dir: PathBuf) -> MinorityRun {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &namespace])
-        .arg(&trailctl)
-        .arg("--endpoint")
-        .arg(&endpoint)
-        .arg("--rpc-timeout-s")
-        .arg(MINORITY_CLIENT_RPC_TIMEOUT_S.to_string())
-        .args([
-            "ingest",
-            "--batch-size",
-            "10",
-            "--concurrency",
-            "4",
-            "--json",
-            "-q",
-        ])
-        .arg(&file)
+    let mut child = tokio::process::Command::from(command)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("minority.stdout")).expect("stdout file"))
         .stderr(std::fs::File::create(dir.join("minority.stderr")).expect("stderr file"))
@@ -1444,30 +922,13 @@ fn check_minority_client(run: &MinorityRun, events: usize) {
 
 /// (shard, role, last log index, last applied index) of node 3's shards, read with
 /// `trailctl status` inside its namespace.
-async fn minority_status(lab: &Lab, trailctl: &Path) -> Vec<(u64, String, u64, u64)> {
-    let output = tokio::process::Command::new("ip")
-        .args(["netns", "exec", lab.net.namespace(MINORITY_NODE)])
-        .arg(trailctl)
-        .arg("--endpoint")
-        .arg(lab.node(MINORITY_NODE).endpoint())
-        .args(["--rpc-timeout-s", "5", "status", "--json"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(TRAILCTL_STATUS_TIMEOUT, output)
-        .await
-        .unwrap_or_else(|_| {
-            panic!("trailctl status of node 3 took over {TRAILCTL_STATUS_TIMEOUT:?}")
-        })
-        .expect("run trailctl status in node 3's namespace");
-    assert!(
-        output.status.success(),
-        "trailctl status of node 3 while cut off: {} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let status: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("trailctl status --json");
+async fn minority_status(cluster: &Cluster) -> Vec<(u64, String, u64, u64)> {
+    let command =
+        cluster
+            .node(MINORITY_NODE)
+            .trailctl(&["--rpc-timeout-s", "5", "status", "--json"]);
+    let stdout = run_checked(command, TRAILCTL_STATUS_TIMEOUT).await;
+    let status: serde_json::Value = serde_json::from_str(&stdout).expect("trailctl status --json");
     let mut shards = Vec::new();
     for shard in status["shards"].as_array().expect("shards in status") {
         shards.push((
@@ -1496,347 +957,4 @@ fn check_frozen(before: &[(u64, String, u64, u64)], after: &[(u64, String, u64, 
         applied(after),
         "node 3 applied entries while cut off (shard, applied): before {before:?}, after {after:?}"
     );
-}
-
-// --- Comparing replicas ---
-
-fn lagging_shards(statuses: &[(u64, v1::StatusResponse)]) -> Vec<String> {
-    let mut lagging = Vec::new();
-    for shard in 0..=SHARDS {
-        let views: Vec<(u64, &v1::ShardStatus)> = statuses
-            .iter()
-            .filter_map(|(node_id, status)| {
-                status
-                    .shards
-                    .iter()
-                    .find(|s| s.shard_id == shard)
-                    .map(|s| (*node_id, s))
-            })
-            .collect();
-        let leaders: Vec<&(u64, &v1::ShardStatus)> =
-            views.iter().filter(|(_, s)| s.role == "leader").collect();
-        let describe = || {
-            views
-                .iter()
-                .map(|(node_id, s)| {
-                    format!(
-                        "node {node_id}: {} leader={} term={} log={} applied={} replicas={:?}",
-                        s.role,
-                        s.leader_node_id,
-                        s.term,
-                        s.last_log_index,
-                        s.last_applied_index,
-                        s.replicas
-                            .iter()
-                            .map(|r| (r.node_id, r.matched_index))
-                            .collect::<Vec<_>>()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        if views.len() != statuses.len() || leaders.len() != 1 {
-            lagging.push(format!("shard {shard}: {}", describe()));
-            continue;
-        }
-        let leader = leaders[0].1;
-        let behind = views.iter().any(|(_, s)| {
-            s.last_applied_index != leader.last_log_index
-                || s.last_log_index != leader.last_log_index
-        }) || leader.replicas.iter().any(|r| r.lag_entries != 0);
-        if behind {
-            lagging.push(format!("shard {shard}: {}", describe()));
-        }
-    }
-    lagging
-}
-
-/// One stored event, as compared between replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Row {
-    seq: u64,
-    event_id: String,
-    stream: String,
-    leaf_hash: Vec<u8>,
-    /// A hash of the whole stored event (payload, ingested_at, ...).
-    content: u64,
-}
-
-/// A tenant's stream on one replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ReplicaStream {
-    rows: Vec<Row>,
-    last_seq: u64,
-    blocks: Vec<v1::Block>,
-}
-
-/// How many events of each kind were found (once on every replica).
-struct Found {
-    acked: usize,
-    tried: usize,
-}
-
-/// Reads every tenant on every node's own replica, a shard at a time while the shard
-/// is still, and checks the replicas against each other and against the receipts:
-/// an event on a replica is either acknowledged (at its receipt's seq) or one the
-/// minority client tried.
-async fn check_replicas(
-    lab: &Lab,
-    tenants: &BTreeMap<u32, Vec<String>>,
-    acked: &AckedMap,
-    tried: &HashSet<String>,
-) -> Found {
-    let clients = lazy_clients(&lab.endpoints(&[1, 2, 3]), Duration::from_secs(60));
-    let node_ids: Vec<u64> = (1..=NODES).collect();
-    let mut problems = Vec::new();
-    let mut found: HashMap<String, u64> = HashMap::new();
-    let mut tried_found = 0;
-    for (&shard, shard_tenants) in tenants {
-        let tenant_set: BTreeSet<String> = shard_tenants.iter().cloned().collect();
-        let streams = read_shard_still(lab, &clients, shard, &tenant_set).await;
-        for (tenant, replicas) in tenant_set.iter().zip(streams) {
-            tried_found += compare_tenant(
-                tenant,
-                &node_ids,
-                &replicas,
-                acked,
-                tried,
-                &mut found,
-                &mut problems,
-            );
-        }
-    }
-    for (event_id, expected) in acked {
-        match found.get(event_id) {
-            Some(1) => {}
-            Some(count) => problems.push(format!(
-                "acknowledged event {event_id} of {} found {count} times",
-                expected.tenant
-            )),
-            None => problems.push(format!(
-                "acknowledged event {event_id} of {} (seq {}) is on no replica",
-                expected.tenant, expected.seq
-            )),
-        }
-    }
-    let shown: Vec<&String> = problems.iter().take(PROBLEMS_MAX).collect();
-    assert!(
-        problems.is_empty(),
-        "{} problems comparing replicas (first {}): {shown:#?}",
-        problems.len(),
-        shown.len()
-    );
-    Found {
-        acked: found.len(),
-        tried: tried_found,
-    }
-}
-
-/// Each tenant's stream on each node, read while `shard` does not move.
-async fn read_shard_still(
-    lab: &Lab,
-    clients: &[TrailClient<Channel>],
-    shard: u32,
-    tenants: &BTreeSet<String>,
-) -> Vec<Vec<ReplicaStream>> {
-    let mut last_indexes = Vec::new();
-    for _ in 0..STILL_READ_ATTEMPTS {
-        let before = lab.shard_indexes(shard).await;
-        let same = before
-            .iter()
-            .all(|(_, applied, last)| (*applied, *last) == (before[0].1, before[0].2));
-        if same {
-            let mut streams = Vec::with_capacity(tenants.len());
-            for tenant in tenants {
-                let mut replicas = Vec::with_capacity(clients.len());
-                for client in clients {
-                    replicas.push(read_replica_stream(client.clone(), tenant).await);
-                }
-                streams.push(replicas);
-            }
-            let after = lab.shard_indexes(shard).await;
-            if after == before {
-                return streams;
-            }
-            eprintln!("shard {shard} moved during the read: {before:?} -> {after:?}; again");
-            last_indexes = after;
-        } else {
-            last_indexes = before;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!(
-        "shard {shard} did not hold still on all replicas for a read in \
-         {STILL_READ_ATTEMPTS} attempts: (node, applied, last log) {last_indexes:?}"
-    );
-}
-
-/// A tenant's events and sealed blocks on the asked node's own replica.
-async fn read_replica_stream(mut client: TrailClient<Channel>, tenant: &str) -> ReplicaStream {
-    let mut rows = Vec::new();
-    let mut last_seq;
-    loop {
-        let after_seq = rows.len() as u64;
-        let page = client
-            .tail(replica_read(v1::TailRequest {
-                tenant_id: tenant.to_string(),
-                after_seq,
-                limit: TAIL_PAGE_EVENTS,
-                stream: String::new(),
-            }))
-            .await
-            .unwrap_or_else(|status| panic!("replica Tail of {tenant}: {status}"))
-            .into_inner();
-        last_seq = page.last_seq;
-        if page.events.is_empty() {
-            break;
-        }
-        for stored in page.events {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            // Every field of the stored event (prost messages print them all).
-            format!("{stored:?}").hash(&mut hasher);
-            rows.push(Row {
-                seq: stored.seq,
-                event_id: stored
-                    .event
-                    .as_ref()
-                    .map(|event| event.event_id.clone())
-                    .unwrap_or_default(),
-                stream: stored.stream,
-                leaf_hash: stored.leaf_hash,
-                content: hasher.finish(),
-            });
-        }
-        // A replica that answers the same seqs again would loop forever.
-        assert!(
-            rows.last().is_some_and(|row| row.seq > after_seq),
-            "replica Tail of {tenant} after seq {after_seq} did not move forward"
-        );
-    }
-    let blocks = client
-        .list_blocks(replica_read(v1::ListBlocksRequest {
-            tenant_id: tenant.to_string(),
-            stream_index: 0,
-            from_block: 0,
-            to_block: 0,
-            with_events: false,
-        }))
-        .await
-        .unwrap_or_else(|status| panic!("replica ListBlocks of {tenant}: {status}"))
-        .into_inner()
-        .collect::<Result<Vec<v1::Block>, tonic::Status>>()
-        .await
-        .unwrap_or_else(|status| panic!("replica ListBlocks of {tenant}: {status}"));
-    ReplicaStream {
-        rows,
-        last_seq,
-        blocks,
-    }
-}
-
-/// Compares one tenant's replicas; returns how many minority events it holds.
-fn compare_tenant(
-    tenant: &str,
-    node_ids: &[u64],
-    replicas: &[ReplicaStream],
-    acked: &AckedMap,
-    tried: &HashSet<String>,
-    found: &mut HashMap<String, u64>,
-    problems: &mut Vec<String>,
-) -> usize {
-    let first = &replicas[0];
-    for (node_id, replica) in node_ids.iter().zip(replicas).skip(1) {
-        if replica.rows != first.rows {
-            let difference = first
-                .rows
-                .iter()
-                .zip(&replica.rows)
-                .find(|(a, b)| a != b)
-                .map(|(a, b)| format!("node 1 has {a:?}, node {node_id} has {b:?}"))
-                .unwrap_or_default();
-            problems.push(format!(
-                "{tenant}: node {node_id} holds {} events, node 1 {}; first difference: \
-                 {difference}",
-                replica.rows.len(),
-                first.rows.len()
-            ));
-        }
-        if replica.blocks != first.blocks {
-            problems.push(format!(
-                "{tenant}: node {node_id} has {} sealed blocks, node 1 {}; first different \
-                 block index: {:?}",
-                replica.blocks.len(),
-                first.blocks.len(),
-                first
-                    .blocks
-                    .iter()
-                    .zip(&replica.blocks)
-                    .position(|(a, b)| a != b)
-            ));
-        }
-    }
-    for (node_id, replica) in node_ids.iter().zip(replicas) {
-        if replica.last_seq != replica.rows.len() as u64 {
-            problems.push(format!(
-                "{tenant} on node {node_id}: last_seq {} but {} events read",
-                replica.last_seq,
-                replica.rows.len()
-            ));
-        }
-        let mut next_first_seq = 1;
-        for block in &replica.blocks {
-            if block.first_seq != next_first_seq || block.count == 0 {
-                problems.push(format!(
-                    "{tenant} on node {node_id}: block {} starts at seq {} with {} events, \
-                     expected to start at {next_first_seq}",
-                    block.block_index, block.first_seq, block.count
-                ));
-                break;
-            }
-            next_first_seq += u64::from(block.count);
-        }
-        if next_first_seq - 1 > replica.rows.len() as u64 {
-            problems.push(format!(
-                "{tenant} on node {node_id}: blocks cover seq {} but the stream ends at {}",
-                next_first_seq - 1,
-                replica.rows.len()
-            ));
-        }
-    }
-    let mut ids = BTreeSet::new();
-    let mut tried_here = 0;
-    for (position, row) in first.rows.iter().enumerate() {
-        if row.seq != position as u64 + 1 {
-            problems.push(format!(
-                "{tenant}: seq {} at position {} (gap or disorder)",
-                row.seq,
-                position + 1
-            ));
-        }
-        if !ids.insert(row.event_id.as_str()) {
-            problems.push(format!("{tenant}: {} stored twice", row.event_id));
-        }
-        match acked.get(&row.event_id) {
-            None if tried.contains(&row.event_id) => tried_here += 1,
-            None => problems.push(format!(
-                "{tenant}: {} at seq {} was never sent by this test's acknowledged writers \
-                 nor by the minority client",
-                row.event_id, row.seq
-            )),
-            Some(expected) => {
-                if expected.tenant != tenant
-                    || expected.seq != row.seq
-                    || expected.leaf_hash != row.leaf_hash
-                    || expected.stream != row.stream
-                {
-                    problems.push(format!(
-                        "{tenant}: {} stored at seq {} ({}), acknowledged as {expected:?}",
-                        row.event_id, row.seq, row.stream
-                    ));
-                }
-                *found.entry(row.event_id.clone()).or_default() += 1;
-            }
-        }
-    }
-    tried_here
 }
