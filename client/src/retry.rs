@@ -24,12 +24,14 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 10 tries with waits of 20 ms, 40 ms, ... capped at 2 s: about 6 s of waiting in
-    /// all, long enough to ride out a leader election, short enough that a dead node
-    /// is reported while the operator still watches.
+    /// 16 tries with waits of 20 ms, 40 ms, ... capped at 2 s (each jittered to half to
+    /// all of it): 9-18 s of waiting in all, long enough to ride out a shard's leader
+    /// election in a cluster (openraft 0.9: a 3 s leader lease plus a 1.5-3 s election
+    /// timeout, ~5-6 s measured, plus reconnecting), short enough that a dead node is
+    /// reported while the operator still watches.
     fn default() -> Self {
         RetryPolicy {
-            attempts_max: 10,
+            attempts_max: 16,
             backoff_base_ms: 20,
             backoff_cap_ms: 2_000,
         }

@@ -7,6 +7,7 @@
 //! re-applies from the persisted applied id. Apply runs on the blocking pool: a batch of
 //! 1,000 events is a few milliseconds of CPU, too long for an async worker.
 
+use crate::ledger::routing::ShardId;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -338,6 +339,7 @@ impl Inner {
         use std::io::Seek;
         file.seek(std::io::SeekFrom::Start(0))
             .map_err(read_snapshot)?;
+        check_snapshot_shard(self.keyspaces.shard, meta)?;
         check_snapshot_file(&mut file, meta)?;
         let path = self.snapshot_path(meta);
         keep_snapshot_file(&mut file, &path)?;
@@ -611,12 +613,13 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let shard = self.keyspaces.shard;
         let snapshot_id = match self.last_applied {
             Some(log_id) => format!(
-                "{}-{}-{}",
+                "s{shard}-{}-{}-{}",
                 log_id.leader_id.term, log_id.index, self.sequence
             ),
-            None => format!("0-0-{}", self.sequence),
+            None => format!("s{shard}-0-0-{}", self.sequence),
         };
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
@@ -731,6 +734,20 @@ fn verify_snapshot_file(file: &mut std::fs::File) -> Result<SnapshotMeta, Storag
 }
 
 /// Verifies a snapshot file and that it is the one `meta` describes.
+/// A snapshot names the shard it was built from (`s<shard>-<term>-<index>-<n>`); one
+/// of another shard is refused before anything is replaced (the transport already
+/// refuses a message for another group; this guards the state itself).
+fn check_snapshot_shard(shard: ShardId, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    if meta.snapshot_id.starts_with(&format!("s{shard}-")) {
+        Ok(())
+    } else {
+        Err(format_error(format!(
+            "snapshot {:?} was not built from shard {shard}; refusing to install it",
+            meta.snapshot_id
+        )))
+    }
+}
+
 fn check_snapshot_file(file: &mut std::fs::File, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let bytes_meta = verify_snapshot_file(file)?;
     if bytes_meta.last_log_id != meta.last_log_id {
@@ -865,13 +882,13 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct SnapshotFormatError(&'static str);
+struct SnapshotFormatError(String);
 
-fn format_error(message: &'static str) -> StorageError {
+fn format_error(message: impl Into<String>) -> StorageError {
     storage_io_error(
         ErrorSubject::Snapshot(None),
         ErrorVerb::Read,
-        &SnapshotFormatError(message),
+        &SnapshotFormatError(message.into()),
     )
 }
 
@@ -1033,5 +1050,48 @@ mod tests {
             contents(&keyspaces.events),
             contents(&source_keyspaces.events)
         );
+    }
+
+    /// A snapshot names its shard; another shard's is refused before anything changes.
+    #[tokio::test]
+    async fn a_snapshot_of_another_shard_is_refused() {
+        let source_dir = TempDir::new().unwrap();
+        let source_store = NodeStore::open(source_dir.path()).expect("node store");
+        let source_keyspaces = source_store.shard(2).expect("keyspaces");
+        let mut source =
+            StateMachine::open(source_store.db.clone(), &source_keyspaces, None).unwrap();
+        source.apply([append(1, "ten_a", 0..5)]).await.unwrap();
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(
+            snapshot.meta.snapshot_id.starts_with("s2-"),
+            "{}",
+            snapshot.meta.snapshot_id
+        );
+
+        let dir = TempDir::new().unwrap();
+        let (_store, keyspaces, mut target) = open(&dir);
+        target.apply([append(1, "ten_c", 100..103)]).await.unwrap();
+        let before = contents(&keyspaces.events);
+        let mut receiving = target.begin_receiving_snapshot().await.unwrap();
+        let mut data = snapshot.snapshot;
+        tokio::io::copy(&mut data, &mut *receiving).await.unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut *receiving)
+            .await
+            .unwrap();
+        let error = target
+            .install_snapshot(&snapshot.meta, receiving)
+            .await
+            .expect_err("another shard's snapshot");
+        assert!(
+            error.to_string().contains("not built from shard 1"),
+            "{error}"
+        );
+        assert_eq!(contents(&keyspaces.events), before);
+        assert!(!keyspaces.sm_meta.contains_key(KEY_INSTALLING).unwrap());
     }
 }
