@@ -318,41 +318,58 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// Decodes the openraft request of a message for a group here, runs it, and
+    /// answers its result.
+    async fn serve<Req, Out, F, Fut>(
+        &self,
+        request: Request<RaftRequest>,
+        call: F,
+    ) -> Result<Response<RaftReply>, Status>
+    where
+        Req: DeserializeOwned,
+        Out: Serialize,
+        F: FnOnce(Raft, Req) -> Fut,
+        Fut: Future<Output = Out>,
+    {
+        let request = request.into_inner();
+        let raft = self.group(&request)?;
+        let rpc: Req = decode(&request.payload)?;
+        Ok(Response::new(RaftReply {
+            payload: encode(&call(raft, rpc).await),
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append_entries(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        let raft = self.group(&request)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
-        let result = raft.append_entries(rpc).await;
-        Ok(Response::new(RaftReply {
-            payload: encode(&result),
-        }))
+        self.serve(request, |raft, rpc: AppendEntriesRequest<TypeConfig>| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        let raft = self.group(&request)?;
-        let rpc: VoteRequest<NodeId> = decode(&request.payload)?;
-        let result = raft.vote(rpc).await;
-        Ok(Response::new(RaftReply {
-            payload: encode(&result),
-        }))
+        self.serve(request, |raft, rpc: VoteRequest<NodeId>| async move {
+            raft.vote(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        let raft = self.group(&request)?;
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.payload)?;
-        let result = raft.install_snapshot(rpc).await;
-        Ok(Response::new(RaftReply {
-            payload: encode(&result),
-        }))
+        self.serve(
+            request,
+            |raft, rpc: InstallSnapshotRequest<TypeConfig>| async move {
+                raft.install_snapshot(rpc).await
+            },
+        )
+        .await
     }
 }

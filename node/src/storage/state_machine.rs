@@ -960,6 +960,19 @@ mod tests {
         (store, keyspaces, sm)
     }
 
+    /// A built snapshot's data as the receiving side gets it over the network.
+    async fn receive(
+        target: &mut StateMachine,
+        mut data: Box<tokio::fs::File>,
+    ) -> Box<tokio::fs::File> {
+        let mut receiving = target.begin_receiving_snapshot().await.unwrap();
+        tokio::io::copy(&mut data, &mut *receiving).await.unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut *receiving)
+            .await
+            .unwrap();
+        receiving
+    }
+
     fn contents(keyspace: &Keyspace) -> Vec<(Vec<u8>, Vec<u8>)> {
         keyspace
             .iter()
@@ -1035,12 +1048,7 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
-        let mut receiving = reopened.begin_receiving_snapshot().await.unwrap();
-        let mut data = again.snapshot;
-        tokio::io::copy(&mut data, &mut *receiving).await.unwrap();
-        tokio::io::AsyncWriteExt::flush(&mut *receiving)
-            .await
-            .unwrap();
+        let receiving = receive(&mut reopened, again.snapshot).await;
         reopened
             .install_snapshot(&again.meta, receiving)
             .await
@@ -1077,12 +1085,7 @@ mod tests {
         let (_store, keyspaces, mut target) = open(&dir);
         target.apply([append(1, "ten_c", 100..103)]).await.unwrap();
         let before = contents(&keyspaces.events);
-        let mut receiving = target.begin_receiving_snapshot().await.unwrap();
-        let mut data = snapshot.snapshot;
-        tokio::io::copy(&mut data, &mut *receiving).await.unwrap();
-        tokio::io::AsyncWriteExt::flush(&mut *receiving)
-            .await
-            .unwrap();
+        let receiving = receive(&mut target, snapshot.snapshot).await;
         let error = target
             .install_snapshot(&snapshot.meta, receiving)
             .await
