@@ -62,7 +62,7 @@ async fn open_shard(dir: &TempDir) -> (ShardHandle, ShardTasks) {
         peers: trail_node::consensus::network::Peers::none(1),
     };
     let alone = std::collections::BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
-    let (handle, tasks) = shard::open(&store, 1, &settings, &alone, Arc::new(SystemClock))
+    let (handle, tasks) = shard::open(&store, 1, &settings, &alone, 0, Arc::new(SystemClock))
         .await
         .expect("open shard");
     handle

@@ -40,7 +40,17 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `count` nodes on loopback: see [`Cluster::start_on`].
     pub async fn start(count: usize) -> Cluster {
-        let specs = (0..count).map(|_| NodeSpec::loopback()).collect();
+        Cluster::start_with_args(count, &[]).await
+    }
+
+    /// Starts `count` nodes on loopback, each with the `traild` flags `args` too.
+    pub async fn start_with_args(count: usize, args: &[&str]) -> Cluster {
+        let specs = (0..count)
+            .map(|_| NodeSpec {
+                args: args.iter().map(|arg| arg.to_string()).collect(),
+                ..NodeSpec::loopback()
+            })
+            .collect();
         Cluster::start_on("trail-cluster-", specs).await
     }
 
@@ -63,12 +73,13 @@ impl Cluster {
             let node_id = index + 1;
             let data_dir = dir.path().join(format!("node{node_id}"));
             std::fs::create_dir_all(&data_dir).expect("create a node's data directory");
-            let args = vec![
+            let mut args = vec![
                 "--node-id".to_string(),
                 node_id.to_string(),
                 "--peers".to_string(),
                 peers.clone(),
             ];
+            args.extend(spec.args.iter().cloned());
             nodes.push(Traild::logged(&data_dir, spec, &args));
         }
         let mut cluster = Cluster {

@@ -71,6 +71,8 @@ pub struct NodeSpec {
     /// A command `traild` is run through (`["ip", "netns", "exec", NS]`); it must exec
     /// `traild`, so that the child's pid is the node's. Empty: `traild` itself.
     pub command_prefix: Vec<String>,
+    /// More `traild` flags (after the ones the harness sets).
+    pub args: Vec<String>,
 }
 
 impl NodeSpec {
@@ -81,6 +83,7 @@ impl NodeSpec {
             grpc_port: free_port(),
             http_port: free_port(),
             command_prefix: Vec::new(),
+            args: Vec::new(),
         }
     }
 }

@@ -11,7 +11,9 @@
 //!    (1 or 2) leading the heavy tenant's shard (or another shard), keep ingesting,
 //!    restart it. The producers are held back at each step, so both kills land while
 //!    events are in flight;
-//! 4. wait until every shard's replicas applied their leader's whole log;
+//! 4. wait until every shard's replicas applied their leader's whole log (the default
+//!    run snapshots every 32 entries and leaders purge their logs, so node 3 catches up
+//!    by installing snapshots: checked from its log);
 //! 5. compare the replicas, each read on its own node (`trail-replica-read`, no
 //!    forwarding), a shard at a time while the shard's applied index is the same on all
 //!    three before and after the reads: every acknowledged event is there once, at its
@@ -82,6 +84,11 @@ const NO_MAJORITY_ANSWER_MAX: Duration = Duration::from_secs(40);
 const STILL_READ_ATTEMPTS: usize = 20;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Raft entries between snapshots (`--snapshot-logs-since-last`): small runs snapshot
+/// often, so restarted nodes also catch up by installing one.
+const SNAPSHOT_INTERVAL_SMALL_RUN: u64 = 32;
+const SNAPSHOT_INTERVAL_LARGE_RUN: u64 = 2_000;
+
 /// One cluster at a time on this machine.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -106,7 +113,15 @@ async fn survive_kills(total: u64) {
         "{total} events, seed {seed} (TRAIL_CLUSTER_EVENTS, TRAIL_CLUSTER_SEED)"
     ));
 
-    let mut cluster = Cluster::start(NODES).await;
+    // Small runs build snapshots often, so the restarted nodes catch up from a
+    // snapshot (the leaders purge their logs after each one) as well as from the log.
+    let snapshot_interval = if total <= EVENTS_DEFAULT {
+        SNAPSHOT_INTERVAL_SMALL_RUN.to_string()
+    } else {
+        SNAPSHOT_INTERVAL_LARGE_RUN.to_string()
+    };
+    let mut cluster =
+        Cluster::start_with_args(NODES, &["--snapshot-logs-since-last", &snapshot_interval]).await;
     log(&format!("3 nodes started in {}", cluster.dir().display()));
     let map = cluster.init(SHARDS, REPLICAS).await;
     assert_eq!((map.shards, map.replicas), (SHARDS, REPLICAS));
@@ -205,6 +220,17 @@ async fn survive_kills(total: u64) {
         "replicas converged in {:.1} s",
         converging.elapsed().as_secs_f64()
     ));
+    let installs: Vec<(u64, usize)> = (1..=NODES as u64)
+        .map(|node_id| (node_id, snapshot_installs(cluster.node(node_id))))
+        .collect();
+    log(&format!("snapshots installed (node, count): {installs:?}"));
+    if total <= EVENTS_DEFAULT {
+        assert!(
+            installs[NODES - 1].1 > 0,
+            "node 3 was down for thousands of events with snapshots every \
+             {SNAPSHOT_INTERVAL_SMALL_RUN} entries, yet caught up without installing one"
+        );
+    }
 
     let checking = Instant::now();
     let per_tenant = check_replicas(&cluster, &acked).await;
@@ -761,4 +787,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
     }
+}
+
+/// How many snapshots `node` installed, from its log.
+fn snapshot_installs(node: &Traild) -> usize {
+    let log = node.data_dir.join("traild.log");
+    std::fs::read_to_string(&log)
+        .unwrap_or_else(|error| panic!("{}: {error}", log.display()))
+        .matches("installed a snapshot")
+        .count()
 }

@@ -498,6 +498,7 @@ impl Net {
             command_prefix: ["ip", "netns", "exec", self.namespace(node_id)]
                 .map(String::from)
                 .to_vec(),
+            args: Vec::new(),
         }
     }
 

@@ -49,6 +49,18 @@ pub struct ClusterMap {
     pub placement: Vec<Vec<NodeId>>,
     /// The checkpoint key every node signs with (C2SP verifier key).
     pub verifier_key: String,
+    /// The map's incarnation: 1 when the cluster is initialized, one more with every
+    /// change of placement. A data shard's replicas stamp their snapshots with it, and
+    /// refuse a snapshot of an earlier epoch (`storage::snapshot_name`).
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
+}
+
+/// The epoch of the map `cluster init` records.
+pub const FIRST_EPOCH: u64 = 1;
+
+fn first_epoch() -> u64 {
+    FIRST_EPOCH
 }
 
 impl ClusterMap {
@@ -94,6 +106,7 @@ impl ClusterMap {
             replicas,
             placement,
             verifier_key: verifier_key.to_string(),
+            epoch: FIRST_EPOCH,
         })
     }
 
@@ -134,6 +147,7 @@ impl ClusterMap {
                 })
                 .collect(),
             verifier_key: self.verifier_key.clone(),
+            epoch: self.epoch,
         }
     }
 

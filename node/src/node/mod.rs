@@ -243,7 +243,9 @@ pub async fn start(
         None => {
             let alone = BTreeMap::from([(config.node_id, config.grpc_addr.to_string())]);
             for shard_id in 1..=shard_count {
-                opened.push(shard::open(&store, shard_id, &settings, &alone, clock.clone()).await?);
+                opened.push(
+                    shard::open(&store, shard_id, &settings, &alone, 0, clock.clone()).await?,
+                );
             }
             for (handle, _) in &opened {
                 handle
@@ -258,8 +260,15 @@ pub async fn start(
             table.shard_count = shard_count;
         }
         Some(cluster) => {
-            let meta =
-                shard::open(&store, META_SHARD, &settings, &cluster.peers, clock.clone()).await?;
+            let meta = shard::open(
+                &store,
+                META_SHARD,
+                &settings,
+                &cluster.peers,
+                0,
+                clock.clone(),
+            )
+            .await?;
             let map = cluster::read_map(&meta.0.keyspaces)?;
             opened.push(meta);
             if let Some(map) = map {
@@ -383,7 +392,17 @@ async fn open_data_shards(
             .iter()
             .map(|node| (*node, map.nodes[node].clone()))
             .collect();
-        opened.push(shard::open(store, shard_id, settings, &members, clock.clone()).await?);
+        opened.push(
+            shard::open(
+                store,
+                shard_id,
+                settings,
+                &members,
+                map.epoch,
+                clock.clone(),
+            )
+            .await?,
+        );
     }
     Ok(opened)
 }

@@ -24,6 +24,7 @@ use crate::ledger::routing::ShardId;
 use crate::ledger::EventRecord;
 use crate::ledger::NoteSigner;
 use crate::storage::publish::Publisher;
+use crate::storage::snapshot_name::SnapshotStamp;
 use crate::storage::state_machine::ShardCounters;
 use crate::storage::{AppliedProgress, LogStore, NodeStore, ShardKeyspaces, StateMachine};
 pub use batcher::{BatchLimits, IngestError, IngestQueue, IngestReply};
@@ -185,17 +186,29 @@ pub struct ShardTasks {
 ///
 /// On first start the group is initialized with `members` (node id -> gRPC address):
 /// every replica does it with the same membership, which openraft allows (one leader
-/// is elected; its log wins).
+/// is elected; its log wins). `epoch` is the group's incarnation its snapshots carry
+/// (`storage::snapshot_name`): 0 on a single node and for shard 0, the cluster map's
+/// epoch for a data shard.
 pub async fn open(
     store: &NodeStore,
     shard: ShardId,
     settings: &ShardSettings,
     members: &BTreeMap<NodeId, String>,
+    epoch: u64,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(ShardHandle, ShardTasks)> {
     let keyspaces = store.shard(shard)?;
-    let state_machine =
-        StateMachine::open(store.db.clone(), &keyspaces, settings.publisher.clone())?;
+    let stamp = SnapshotStamp {
+        cluster: settings.cluster_name.clone(),
+        shard,
+        epoch,
+    };
+    let state_machine = StateMachine::open_stamped(
+        store.db.clone(),
+        &keyspaces,
+        settings.publisher.clone(),
+        stamp,
+    )?;
     let mut log_store = LogStore::open(
         store.db.clone(),
         &keyspaces,

@@ -30,6 +30,7 @@
 pub mod applied;
 pub mod log_store;
 pub mod publish;
+pub mod snapshot_name;
 pub mod state_machine;
 pub mod syncer;
 

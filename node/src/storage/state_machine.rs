@@ -7,7 +7,6 @@
 //! re-applies from the persisted applied id. Apply runs on the blocking pool: a batch of
 //! 1,000 events is a few milliseconds of CPU, too long for an async worker.
 
-use crate::ledger::routing::ShardId;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::applied::AppliedProgress;
 use super::log_store::storage_io_error;
 use super::publish::Publisher;
+use super::snapshot_name::{check_install, SnapshotName, SnapshotStamp};
 use super::{
     chain_key, decode_position, dedup_key, event_key, position_value, FeedRuns, ShardKeyspaces,
     CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
@@ -81,14 +81,34 @@ struct Inner {
     snapshots_built: u64,
     /// Publishes recorded checkpoints outside the store.
     publisher: Option<Publisher>,
+    /// The cluster, group and epoch this replica's snapshots carry and installs check.
+    stamp: SnapshotStamp,
 }
 
 impl StateMachine {
+    /// Opens a single node's replica (cluster `trail`, epoch 0).
     pub fn open(
         db: Database,
         keyspaces: &ShardKeyspaces,
         publisher: Option<Publisher>,
     ) -> Result<StateMachine, StorageError> {
+        let stamp = SnapshotStamp {
+            cluster: "trail".to_string(),
+            shard: keyspaces.shard,
+            epoch: 0,
+        };
+        Self::open_stamped(db, keyspaces, publisher, stamp)
+    }
+
+    /// Opens a replica whose snapshots carry `stamp` (and which refuses to install one
+    /// of another cluster or group, or an earlier epoch: `storage::snapshot_name`).
+    pub fn open_stamped(
+        db: Database,
+        keyspaces: &ShardKeyspaces,
+        publisher: Option<Publisher>,
+        stamp: SnapshotStamp,
+    ) -> Result<StateMachine, StorageError> {
+        assert_eq!(stamp.shard, keyspaces.shard, "a stamp names its own shard");
         std::fs::create_dir_all(keyspaces.snapshot_dir.as_ref()).map_err(write_snapshot)?;
         let last_applied: Option<LogId> = read_meta(&keyspaces.sm_meta, KEY_APPLIED)?.flatten();
         let last_membership: StoredMembership =
@@ -108,6 +128,7 @@ impl StateMachine {
             applied: applied.clone(),
             snapshots_built: 0,
             publisher,
+            stamp,
         };
         inner.finish_interrupted_install()?;
         inner.remove_stale_snapshot_files()?;
@@ -339,7 +360,13 @@ impl Inner {
         use std::io::Seek;
         file.seek(std::io::SeekFrom::Start(0))
             .map_err(read_snapshot)?;
-        check_snapshot_shard(self.keyspaces.shard, meta)?;
+        check_install(
+            &self.stamp,
+            self.last_applied,
+            &meta.snapshot_id,
+            meta.last_log_id,
+        )
+        .map_err(|problem| format_error(format!("refusing to install: {problem}")))?;
         check_snapshot_file(&mut file, meta)?;
         let path = self.snapshot_path(meta);
         keep_snapshot_file(&mut file, &path)?;
@@ -441,6 +468,11 @@ impl Inner {
 
         self.ledger = load_ledger(&keyspaces.tenants)?;
         self.publish_counters();
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            records,
+            "installed a snapshot"
+        );
         Ok(())
     }
 
@@ -550,6 +582,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: inner.last_applied,
             last_membership: inner.last_membership.clone(),
             sequence: inner.snapshots_built,
+            stamp: inner.stamp.clone(),
             state_machine: self.clone(),
         }
     }
@@ -608,19 +641,14 @@ pub struct SnapshotBuilder {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     sequence: u64,
+    stamp: SnapshotStamp,
     state_machine: StateMachine,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let shard = self.keyspaces.shard;
-        let snapshot_id = match self.last_applied {
-            Some(log_id) => format!(
-                "s{shard}-{}-{}-{}",
-                log_id.leader_id.term, log_id.index, self.sequence
-            ),
-            None => format!("s{shard}-0-0-{}", self.sequence),
-        };
+        let snapshot_id =
+            SnapshotName::new(&self.stamp, self.last_applied, self.sequence).to_string();
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.last_membership.clone(),
@@ -734,23 +762,9 @@ fn verify_snapshot_file(file: &mut std::fs::File) -> Result<SnapshotMeta, Storag
 }
 
 /// Verifies a snapshot file and that it is the one `meta` describes.
-/// A snapshot names the shard it was built from (`s<shard>-<term>-<index>-<n>`); one
-/// of another shard is refused before anything is replaced (the transport already
-/// refuses a message for another group; this guards the state itself).
-fn check_snapshot_shard(shard: ShardId, meta: &SnapshotMeta) -> Result<(), StorageError> {
-    if meta.snapshot_id.starts_with(&format!("s{shard}-")) {
-        Ok(())
-    } else {
-        Err(format_error(format!(
-            "snapshot {:?} was not built from shard {shard}; refusing to install it",
-            meta.snapshot_id
-        )))
-    }
-}
-
 fn check_snapshot_file(file: &mut std::fs::File, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let bytes_meta = verify_snapshot_file(file)?;
-    if bytes_meta.last_log_id != meta.last_log_id {
+    if bytes_meta.last_log_id != meta.last_log_id || bytes_meta.snapshot_id != meta.snapshot_id {
         return Err(format_error("snapshot file does not match its metadata"));
     }
     Ok(())
@@ -1060,41 +1074,61 @@ mod tests {
         );
     }
 
-    /// A snapshot names its shard; another shard's is refused before anything changes.
+    /// A snapshot names its cluster, shard and epoch; one of another cluster or shard,
+    /// or of an earlier epoch, is refused before anything changes.
     #[tokio::test]
-    async fn a_snapshot_of_another_shard_is_refused() {
-        let source_dir = TempDir::new().unwrap();
-        let source_store = NodeStore::open(source_dir.path()).expect("node store");
-        let source_keyspaces = source_store.shard(2).expect("keyspaces");
-        let mut source =
-            StateMachine::open(source_store.db.clone(), &source_keyspaces, None).unwrap();
-        source.apply([append(1, "ten_a", 0..5)]).await.unwrap();
-        let snapshot = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
+    async fn snapshots_of_another_group_or_an_earlier_epoch_are_refused() {
+        let stamp = |cluster: &str, shard, epoch| SnapshotStamp {
+            cluster: cluster.to_string(),
+            shard,
+            epoch,
+        };
+        let cases = [
+            (stamp("trail", 2, 3), "not built from shard 1"),
+            (stamp("other", 1, 3), "built in cluster \"other\""),
+            (stamp("trail", 1, 2), "stale: built in epoch 2"),
+        ];
+        for (source_stamp, reason) in cases {
+            let source_dir = TempDir::new().unwrap();
+            let source_store = NodeStore::open(source_dir.path()).expect("node store");
+            let source_keyspaces = source_store.shard(source_stamp.shard).expect("keyspaces");
+            let mut source = StateMachine::open_stamped(
+                source_store.db.clone(),
+                &source_keyspaces,
+                None,
+                source_stamp.clone(),
+            )
             .unwrap();
-        assert!(
-            snapshot.meta.snapshot_id.starts_with("s2-"),
-            "{}",
-            snapshot.meta.snapshot_id
-        );
+            source.apply([append(1, "ten_a", 0..5)]).await.unwrap();
+            let snapshot = source
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let name: SnapshotName = snapshot.meta.snapshot_id.parse().unwrap();
+            assert_eq!(name.stamp, source_stamp);
 
-        let dir = TempDir::new().unwrap();
-        let (_store, keyspaces, mut target) = open(&dir);
-        target.apply([append(1, "ten_c", 100..103)]).await.unwrap();
-        let before = contents(&keyspaces.events);
-        let receiving = receive(&mut target, snapshot.snapshot).await;
-        let error = target
-            .install_snapshot(&snapshot.meta, receiving)
-            .await
-            .expect_err("another shard's snapshot");
-        assert!(
-            error.to_string().contains("not built from shard 1"),
-            "{error}"
-        );
-        assert_eq!(contents(&keyspaces.events), before);
-        assert!(!keyspaces.sm_meta.contains_key(KEY_INSTALLING).unwrap());
+            let dir = TempDir::new().unwrap();
+            let store = NodeStore::open(dir.path()).expect("node store");
+            let keyspaces = store.shard(1).expect("keyspaces");
+            let mut target = StateMachine::open_stamped(
+                store.db.clone(),
+                &keyspaces,
+                None,
+                stamp("trail", 1, 3),
+            )
+            .unwrap();
+            target.apply([append(1, "ten_c", 100..103)]).await.unwrap();
+            let before = contents(&keyspaces.events);
+            let receiving = receive(&mut target, snapshot.snapshot).await;
+            let error = target
+                .install_snapshot(&snapshot.meta, receiving)
+                .await
+                .expect_err("refused");
+            assert!(error.to_string().contains(reason), "{reason}: {error}");
+            assert_eq!(contents(&keyspaces.events), before);
+            assert!(!keyspaces.sm_meta.contains_key(KEY_INSTALLING).unwrap());
+        }
     }
 }

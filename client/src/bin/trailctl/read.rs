@@ -150,6 +150,7 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
         "shards": shards,
         "cluster": status.cluster.as_ref().map(|map| json!({
             "cluster_id": map.cluster_id,
+            "epoch": map.epoch,
             "shards": map.shards,
             "replicas": map.replicas,
             "nodes": map.nodes.iter().map(|node| json!({
@@ -197,8 +198,9 @@ fn status_table(status: &StatusResponse) -> String {
             .map(|node| format!("{}={}", node.node_id, node.grpc_addr))
             .collect();
         lines.push(format!(
-            "cluster     {}: {} data shards x {} replicas on nodes {}",
+            "cluster     {} (map epoch {}): {} data shards x {} replicas on nodes {}",
             map.cluster_id,
+            map.epoch,
             map.shards,
             map.replicas,
             nodes.join(",")
@@ -396,6 +398,7 @@ mod tests {
                 replicas: 1,
                 placement: Vec::new(),
                 verifier_key: "trail.local+1a2b3c4d+AQ".to_string(),
+                epoch: 1,
             }),
         };
         let table = status_table(&status);
@@ -422,7 +425,7 @@ mod tests {
         );
         assert!(
             table.contains(
-                "cluster     trail: 16 data shards x 1 replicas on nodes 1=10.0.0.7:7400,2=10.0.0.8:7400"
+                "cluster     trail (map epoch 1): 16 data shards x 1 replicas on nodes 1=10.0.0.7:7400,2=10.0.0.8:7400"
             ),
             "{table}"
         );
