@@ -30,6 +30,8 @@
 //!     TRAIL_CLUSTER_EVENTS=500000 cargo test --release -p trail-tests --test t100_cluster -- --ignored --nocapture
 //!
 //! `writes_need_a_majority`, in steps:
+//! 0. REST reads of 16 tenants (one per shard) through every node: the nodes that do
+//!    not lead a tenant's shard forward to the one that does;
 //! 1. start and initialize the cluster; record events of 16 tenants (one per shard);
 //! 2. `kill -9` node 3: writes through nodes 1 and 2 are acknowledged and every
 //!    acknowledged event reads back through both;
@@ -297,6 +299,9 @@ async fn writes_need_a_majority() {
             .flat_map(|tenant| events_of(tenant, round, per_tenant))
             .collect()
     };
+
+    check_rest_through_every_node(&cluster, &clients, &retries).await;
+    log("REST: every node answered every tenant's queries (forwarded to the leaders)");
 
     // All three up.
     let events = batch("a", 5);
@@ -744,6 +749,100 @@ where
 }
 
 /// `prefix_N` tenants, the first found for each data shard, in shard order.
+/// Any node answers REST reads of any tenant: records 3 events for one tenant per
+/// shard, then reads each tenant's list, count and one event through every node. The
+/// nodes that do not lead the shard forward the request (`trail-leader` in the answer
+/// names the leader's REST base). The tenants here are not the test's others: their
+/// reads are audited (`audit_log.read` events of their own).
+async fn check_rest_through_every_node(
+    cluster: &Cluster,
+    clients: &[NodeClient],
+    retries: &Retries,
+) {
+    let tenants = one_tenant_per_shard("rest");
+    let events: Vec<v1::Event> = tenants
+        .iter()
+        .flat_map(|tenant| events_of(tenant, "r", 3))
+        .collect();
+    let receipts = record_until_acked(clients, &mut 0, &events, retries, |_, _, _| {})
+        .await
+        .unwrap_or_else(|error| panic!("REST check events: {error}"));
+    let mut acked = AckedMap::new();
+    remember(&mut acked, &events, &receipts).expect("REST check receipts");
+    let bases: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("http://{}:{}", node.host, node.http_port))
+        .collect();
+    let mut forwarded = 0;
+    for node in &cluster.nodes {
+        for tenant in &tenants {
+            let expected: BTreeSet<&str> = acked
+                .iter()
+                .filter(|(_, ack)| &ack.tenant == tenant)
+                .map(|(event_id, _)| event_id.as_str())
+                .collect();
+            let (host, port) = (node.host.clone(), node.http_port);
+            let paths = [
+                format!("/api/v1/tenants/{tenant}/audit-logs?limit=1000"),
+                format!("/api/v1/tenants/{tenant}/audit-logs/count"),
+                format!(
+                    "/api/v1/tenants/{tenant}/audit-logs/{}",
+                    expected.first().expect("events")
+                ),
+            ];
+            let responses = tokio::task::spawn_blocking(move || {
+                paths
+                    .iter()
+                    .map(|path| (path.clone(), trail_tests::http_get(&host, port, path)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .expect("HTTP task");
+            for (path, response) in &responses {
+                assert_eq!(
+                    response.status, 200,
+                    "GET {path} through {}:{port}: {}",
+                    node.host, response.body
+                );
+                if let Some(leader) = response.header("trail-leader") {
+                    assert!(
+                        bases.iter().any(|base| base == leader),
+                        "GET {path}: trail-leader {leader:?} is no node's REST base {bases:?}"
+                    );
+                    forwarded += 1;
+                }
+            }
+            let page: serde_json::Value =
+                serde_json::from_str(&responses[0].1.body).expect("JSON page");
+            let mut listed = BTreeSet::new();
+            for event in page["events"].as_array().expect("events") {
+                let event_id = event["event_id"].as_str().expect("event_id");
+                if event["action"] != "audit_log.read" {
+                    listed.insert(event_id.to_string());
+                }
+            }
+            let expected: BTreeSet<String> = expected.iter().map(|id| id.to_string()).collect();
+            assert_eq!(listed, expected, "{tenant} listed through node port {port}");
+            let count: serde_json::Value =
+                serde_json::from_str(&responses[1].1.body).expect("JSON count");
+            assert!(
+                count["count"].as_u64().expect("count") >= 3,
+                "{tenant}: count through port {port}: {count}"
+            );
+            let event: serde_json::Value =
+                serde_json::from_str(&responses[2].1.body).expect("JSON event");
+            assert_eq!(event["tenant_id"], tenant.as_str());
+        }
+    }
+    // Each tenant has one leader; the two other nodes forward its three reads.
+    assert!(
+        forwarded >= tenants.len() * 3,
+        "only {forwarded} of {} REST reads were forwarded",
+        tenants.len() * 3 * cluster.nodes.len()
+    );
+}
+
 fn one_tenant_per_shard(prefix: &str) -> Vec<String> {
     let mut by_shard = BTreeMap::new();
     let mut number = 0;

@@ -136,12 +136,21 @@ fn insert_leader(metadata: &mut tonic::metadata::MetadataMap, endpoint: &str) {
 /// The caller's address for the audit record of a read: the one a peer node forwarded
 /// on its behalf, else the connection's.
 pub fn client_addr<T>(node: &Node, request: &Request<T>) -> Option<SocketAddr> {
-    let remote = request.remote_addr();
     let forwarded_for = request
         .metadata()
         .get(FORWARDED_FOR_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<SocketAddr>().ok());
+        .and_then(|value| value.to_str().ok());
+    trusted_client_addr(node, forwarded_for, request.remote_addr())
+}
+
+/// `forwarded_for` (a `trail-forwarded-for` value) when the connection comes from a
+/// node of the cluster, else the connection's address `remote`.
+pub fn trusted_client_addr(
+    node: &Node,
+    forwarded_for: Option<&str>,
+    remote: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    let forwarded_for = forwarded_for.and_then(|text| text.parse::<SocketAddr>().ok());
     match (forwarded_for, &node.forwarder, remote) {
         (Some(original), Some(forwarder), Some(remote)) if forwarder.is_peer_ip(remote.ip()) => {
             Some(original)

@@ -13,6 +13,10 @@
 //! `seq`, `ingested_at` and `leaf_hash` (hex). Errors are
 //! `{"error": {"code", "message", "parameter"}}` with 400 (bad input), 404 (no such
 //! event or route), 500 (a stored record failed its checks) or 503 (storage failed).
+//!
+//! In a cluster any node answers: a request for a tenant whose shard another node
+//! leads is forwarded once to that node's REST API (`trail-leader` in the response
+//! names it), as gRPC calls are.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -24,11 +28,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::ledger::{ActorKind, Outcome};
+use crate::node::cluster::{FORWARDED_HEADER, LEADER_HEADER};
 use crate::node::{Node, RouteError};
 use crate::shard::reader::{self, ReadError, ReadEvent};
 use crate::shard::ShardHandle;
 
 use super::audit::{ReadBy, ACTOR_HEADER};
+use super::forward::FORWARDED_FOR_HEADER;
 use super::query::{self, rest_parameters, ParamError, QueryError};
 
 /// Longest event id accepted in a path (ingest's own bound).
@@ -109,7 +115,10 @@ async fn count_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    let by = read_by(&request);
+    if let Some(response) = forward_to_leader(&node, &request, &input.tenant_id).await {
+        return response;
+    }
+    let by = read_by(&node, &request);
     match query::count_events(&node, input.tenant_id, input.filters, &by).await {
         Ok(count) => HttpResponse::Ok().json(serde_json::json!({ "count": count })),
         Err(QueryError::Invalid(error)) => bad_request(error.into()),
@@ -127,8 +136,57 @@ async fn count_audit_logs(
     }
 }
 
-/// A tenant whose shard is not served here (REST is not forwarded yet: ask the leader,
-/// which the message names, or use gRPC, which any node forwards).
+/// In a cluster, a request for a tenant whose shard another node leads is sent on to
+/// that node's REST API once (marked `trail-forwarded`, with the caller's actor,
+/// user agent and address), and its answer is passed back as it is, with
+/// `trail-leader` naming the leader's REST base. `None`: serve it here.
+async fn forward_to_leader(
+    node: &Node,
+    request: &HttpRequest,
+    tenant_id: &str,
+) -> Option<HttpResponse> {
+    let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+    let target = super::forward::target(node, tenant_id, forwarded)?;
+    let forwarder = node.forwarder.as_ref()?;
+    let mut headers = vec![(FORWARDED_HEADER, node.config.node_id.to_string())];
+    for name in [ACTOR_HEADER, "user-agent"] {
+        if let Some(value) = request.headers().get(name).and_then(|v| v.to_str().ok()) {
+            headers.push((name, value.to_string()));
+        }
+    }
+    if let Some(peer) = request.peer_addr() {
+        headers.push((FORWARDED_FOR_HEADER, peer.to_string()));
+    }
+    let path_and_query = match request.uri().path_and_query() {
+        Some(path_and_query) => path_and_query.as_str(),
+        None => request.path(),
+    };
+    let answer = forwarder
+        .http_get(target.node, path_and_query, &headers)
+        .await;
+    Some(match answer {
+        Ok(answer) => {
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut response = HttpResponse::build(status);
+            if let Some(content_type) = answer.content_type {
+                response.content_type(content_type);
+            }
+            response.insert_header((LEADER_HEADER, answer.base));
+            response.body(answer.body)
+        }
+        Err(problem) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &format!(
+                "the shard's leader is node {}: {problem}; retry",
+                target.node
+            ),
+            None,
+        ),
+    })
+}
+
+/// A tenant whose shard is not served here: not yet placed, or no leader known.
 fn route_failed(error: RouteError) -> HttpResponse {
     let status = match error {
         RouteError::NotInitialized => StatusCode::CONFLICT,
@@ -147,7 +205,10 @@ async fn list_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    let by = read_by(&request);
+    if let Some(response) = forward_to_leader(&node, &request, &input.tenant_id).await {
+        return response;
+    }
+    let by = read_by(&node, &request);
     let output = match query::run(&node, input, &by).await {
         Ok(output) => output,
         Err(QueryError::Invalid(error)) => return bad_request(error.into()),
@@ -223,6 +284,9 @@ async fn get_audit_log(
             ),
         });
     }
+    if let Some(response) = forward_to_leader(&node, &request, &tenant_id).await {
+        return response;
+    }
     let shard = match node.router.shard_for(&tenant_id) {
         Ok(shard) => shard,
         Err(error) => return route_failed(error),
@@ -283,19 +347,21 @@ fn bad_request(error: ParamError) -> HttpResponse {
     )
 }
 
-/// Who sent a read, for its audit record.
-fn read_by(request: &HttpRequest) -> ReadBy {
+/// Who sent a read, for its audit record: the address a peer node forwarded the
+/// request for (trusted from peers only), else the connection's.
+fn read_by(node: &Node, request: &HttpRequest) -> ReadBy {
     let header = |name: &str| {
         request
             .headers()
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
-    ReadBy::new(
-        header(ACTOR_HEADER),
+    let client = super::forward::trusted_client_addr(
+        node,
+        header(FORWARDED_FOR_HEADER),
         request.peer_addr(),
-        header("user-agent"),
-    )
+    );
+    ReadBy::new(header(ACTOR_HEADER), client, header("user-agent"))
 }
 
 fn read_failed(error: ReadError) -> HttpResponse {

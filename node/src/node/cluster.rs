@@ -194,24 +194,58 @@ pub fn read_map(meta: &ShardKeyspaces) -> anyhow::Result<Option<ClusterMap>> {
     Ok(Some(map))
 }
 
-/// gRPC clients of the other nodes, for forwarding requests to shard leaders. One
-/// lazily connected channel per peer, shared by all requests.
+/// Clients of the other nodes, for forwarding requests to shard leaders: gRPC (one
+/// lazily connected channel per peer, shared by all requests) and REST (an HTTP/1.1
+/// connection pool; a peer's HTTP address is asked from its `Status` once).
 #[derive(Clone)]
 pub struct Forwarder {
     node: NodeId,
     addrs: Arc<BTreeMap<NodeId, String>>,
     clients: Arc<Mutex<BTreeMap<NodeId, TrailClient<Channel>>>>,
+    /// Peer -> `http://host:port` of its REST API.
+    http_bases: Arc<Mutex<BTreeMap<NodeId, String>>>,
+    http: HttpClient,
 }
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// A REST response from a peer, as it is passed back to the caller.
+pub struct PeerResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: bytes::Bytes,
+    /// The peer's REST base URI (`http://host:port`).
+    pub base: String,
+}
+
+/// Longest REST response taken from a peer (a page of 1,000 events is ~1 MB of JSON).
+const FORWARD_HTTP_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long a forwarded REST request may take.
+const FORWARD_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long asking a peer for its HTTP address may take.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Responses a forwarded request may carry (a full `Tail` or batch response).
 const FORWARD_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 impl Forwarder {
     pub fn new(node: NodeId, addrs: &BTreeMap<NodeId, String>) -> Forwarder {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
         Forwarder {
             node,
             addrs: Arc::new(addrs.clone()),
             clients: Arc::default(),
+            http_bases: Arc::default(),
+            http,
         }
     }
 
@@ -253,6 +287,104 @@ impl Forwarder {
             .max_encoding_message_size(FORWARD_BYTES_MAX);
         clients.insert(node, client.clone());
         Some(client)
+    }
+
+    /// The REST base URI of `node`, asked from its `Status` the first time: its HTTP
+    /// listener's address, with the host it is reached at when it listens on all
+    /// interfaces.
+    async fn http_base(&self, node: NodeId) -> Result<String, String> {
+        if let Some(base) = self.http_bases.lock().expect("forwarder lock").get(&node) {
+            return Ok(base.clone());
+        }
+        let mut client = self
+            .client(node)
+            .ok_or_else(|| format!("node {node} is not a peer"))?;
+        let mut request = tonic::Request::new(v1::StatusRequest {});
+        request.set_timeout(PEER_STATUS_TIMEOUT);
+        let status = client
+            .status(request)
+            .await
+            .map_err(|status| {
+                format!(
+                    "asking node {node} for its HTTP address: {}",
+                    status.message()
+                )
+            })?
+            .into_inner();
+        let http: std::net::SocketAddr = status.http_addr.parse().map_err(|_| {
+            format!(
+                "node {node} reports the HTTP address {:?}",
+                status.http_addr
+            )
+        })?;
+        let host = if http.ip().is_unspecified() {
+            let grpc: std::net::SocketAddr = self.addrs[&node]
+                .parse()
+                .map_err(|_| format!("node {node}'s address {:?}", self.addrs[&node]))?;
+            grpc.ip()
+        } else {
+            http.ip()
+        };
+        let base = format!("http://{}", std::net::SocketAddr::new(host, http.port()));
+        self.http_bases
+            .lock()
+            .expect("forwarder lock")
+            .insert(node, base.clone());
+        Ok(base)
+    }
+
+    /// `GET path_and_query` on `node`'s REST API with `headers`. A failure forgets the
+    /// node's HTTP address (it may have restarted elsewhere) and says what failed.
+    pub async fn http_get(
+        &self,
+        node: NodeId,
+        path_and_query: &str,
+        headers: &[(&str, String)],
+    ) -> Result<PeerResponse, String> {
+        use http_body_util::BodyExt;
+        let base = self.http_base(node).await?;
+        let mut request = tonic::codegen::http::Request::get(format!("{base}{path_and_query}"));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(http_body_util::Empty::new())
+            .map_err(|error| format!("forwarding to {base}: {error}"))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|error| error.to_string())?;
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            let body = http_body_util::Limited::new(response.into_body(), FORWARD_HTTP_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|error| error.to_string())?
+                .to_bytes();
+            Ok::<_, String>(PeerResponse {
+                status,
+                content_type,
+                body,
+                base: base.clone(),
+            })
+        };
+        let result = match tokio::time::timeout(FORWARD_HTTP_TIMEOUT, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer in {} s", FORWARD_HTTP_TIMEOUT.as_secs())),
+        };
+        result.map_err(|error| {
+            self.http_bases
+                .lock()
+                .expect("forwarder lock")
+                .remove(&node);
+            format!("forwarding to node {node} at {base}: {error}")
+        })
     }
 }
 
