@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 use futures::Stream;
@@ -13,6 +13,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+use trail_proto::v1::record_outcome::Outcome;
 use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{
     Block, CountRequest, Event, GetBlockRequest, GetCheckpointRequest, GetCheckpointResponse,
@@ -22,10 +23,15 @@ use trail_proto::v1::{
     StoredEvent, TailRequest, TailResponse,
 };
 
-use crate::encoded_batch::{assign_missing_event_ids, encode_events, single_tenant, EncodedBatch};
-use crate::endpoint_set::{EndpointSet, Route};
+use crate::batch_split::{BatchSplit, PartAnswer};
+use crate::encoded_batch::{
+    assign_missing_event_ids, encode_events, event_ids_of, single_tenant, EncodedBatch,
+};
+use crate::endpoint_set::{names_another_leader, EndpointSet, Route};
 use crate::error::{Error, Result};
 use crate::retry::{is_retryable_status, BatchProgress, RetryPolicy};
+use crate::shard_map::{tenant_key, ShardMap};
+use crate::shard_map_cache::{Known, ShardMapCache, FIRST_MAP_WAIT_MAX};
 
 /// Largest response the client accepts. A full `Tail` page is 1,000 events of ~1 KiB
 /// and a 10,000-event batch response ~1 MiB of receipts; 64 MiB leaves room for growth
@@ -103,12 +109,66 @@ struct RetryCounters {
 /// names another leader is retried there. A remembered leader that fails transiently
 /// is forgotten, and the retry goes to the list. At most 10,000 tenants are remembered
 /// (an arbitrary one is forgotten to make room) and at most 16 unlisted leaders are
-/// connected to. Batches of several tenants go to the current endpoint.
+/// connected to.
+///
+/// A batch of several tenants is split by shard leader. The client learns the
+/// cluster's shard map from the nodes' `Status` (the shard count, each node's address,
+/// and the leader each node reports for the shards it hosts), fetching it when the
+/// first such batch is sent (that batch waits for it, at most 1 s) and again when it
+/// is 30 s old, when a part's node names another leader in `trail-leader`, when a
+/// part fails transiently or has events refused as UNAVAILABLE, or when some events'
+/// shard has no known leader: at most once a second, one fetch at a time. Each event
+/// goes to the leader of its tenant's shard (computed as the server does); the parts
+/// are sent at once, each straight to its leader (connecting to it if it is not in
+/// the list, within the same 16) and retried on its own as a whole batch is: same
+/// event ids, events refused one by one resent alone, and a leader that fails
+/// transiently or names another is left for the list, where the node forwards the
+/// part. Events whose shard has no known leader go together to the current endpoint,
+/// which forwards them. The response merges the parts' outcomes in the order given;
+/// when a part gets no answer at all, its events carry the error (the call fails
+/// only when no part got one). A single node (whose `Status` has no cluster map) gets
+/// whole batches, as before.
 #[derive(Clone, Debug)]
 pub struct Client {
     endpoints: Arc<EndpointSet>,
     options: ClientOptions,
     counters: Arc<RetryCounters>,
+    /// The shard map batches of several tenants are split by.
+    shard_maps: Arc<ShardMapCache>,
+}
+
+/// A shard map and the routes to its leaders, for splitting batches.
+struct ShardLeaders {
+    map: Arc<ShardMap>,
+    /// To the leaders the client can send to (listed, or within the bound on unlisted
+    /// connections): at most `shard_map::NODES_MAX`.
+    routes: Vec<Route>,
+}
+
+impl ShardLeaders {
+    /// Groups a batch's events, given by their tenant keys, by shard leader.
+    fn plan<I>(&self, tenant_keys: I) -> BatchSplit
+    where
+        I: Iterator<Item = u64>,
+    {
+        BatchSplit::plan(&self.map, tenant_keys, |endpoint| {
+            self.routes.iter().any(|route| *route.node.uri == *endpoint)
+        })
+    }
+
+    fn route(&self, uri: &str) -> Option<Route> {
+        self.routes
+            .iter()
+            .find(|route| *route.node.uri == *uri)
+            .cloned()
+    }
+}
+
+/// What the retry loop needs to know about a part of a split batch.
+struct SplitPart {
+    /// Where the part goes first: its shards' leader, by the map (`None` for the
+    /// events with no known leader, which go where an unsplit batch would).
+    leader: Option<Route>,
 }
 
 impl Client {
@@ -131,6 +191,7 @@ impl Client {
             endpoints: Arc::new(endpoints),
             options,
             counters: Arc::new(RetryCounters::default()),
+            shard_maps: Arc::new(ShardMapCache::new()),
         })
     }
 
@@ -154,35 +215,222 @@ impl Client {
     /// outcome per event, in the order given, and counts over the final outcomes.
     /// Events whose retries ran out carry their last error.
     ///
+    /// In a cluster, a batch of several tenants is split by shard leader and the parts
+    /// are sent at once, each retried on its own (see [`Client`], "Leaders").
+    ///
     /// Fails only when no attempt got an answer at all, or on a request-level error
     /// that is not transient (e.g. INVALID_ARGUMENT for the whole batch).
     pub async fn record_batch(&self, mut events: Vec<Event>) -> Result<RecordBatchResponse> {
         assign_missing_event_ids(&mut events);
-        let body = encode_events(events.iter());
         let tenant_id = single_tenant(&events);
-        self.drive_record_batch(body, events.len(), tenant_id.as_deref(), Some(events))
+        if tenant_id.is_none() && events.len() > 1 {
+            let keys = events.iter().map(|event| tenant_key(&event.tenant_id));
+            if let Some((split, leaders)) = self.split_by_leader(keys).await {
+                return self.record_split_events(events, &split, &leaders).await;
+            }
+        }
+        let body = encode_events(events.iter());
+        self.drive_record_batch(body, events.len(), tenant_id.as_deref(), None, Some(events))
             .await
     }
 
-    /// [`Client::record_batch`] for a batch encoded ahead of time.
+    /// [`Client::record_batch`] for a batch encoded ahead of time. A batch of several
+    /// tenants is split as [`Client::record_batch`] splits it, by concatenating its
+    /// events' encoded bytes: nothing is decoded.
     pub async fn record_batch_encoded(&self, batch: &EncodedBatch) -> Result<RecordBatchResponse> {
-        self.drive_record_batch(batch.body(), batch.len(), batch.tenant_id(), None)
+        if let Some(keys) = batch.tenant_keys() {
+            if let Some((split, leaders)) = self.split_by_leader(keys).await {
+                return self.record_split_encoded(batch, &split, &leaders).await;
+            }
+        }
+        self.drive_record_batch(batch.body(), batch.len(), batch.tenant_id(), None, None)
             .await
+    }
+
+    /// How to split a batch of several tenants, given each event's tenant key in batch
+    /// order, and the routes to the leaders; `None` when the batch goes whole to the
+    /// current endpoint (a single node, no map yet, or no leader known for any of its
+    /// events).
+    async fn split_by_leader<I>(&self, tenant_keys: I) -> Option<(BatchSplit, ShardLeaders)>
+    where
+        I: Iterator<Item = u64>,
+    {
+        let leaders = self.shard_leaders().await?;
+        let split = leaders.plan(tenant_keys);
+        if split.has_unrouted_events() {
+            self.refresh_shard_map();
+        }
+        if !split.reaches_a_leader() {
+            return None;
+        }
+        Some((split, leaders))
+    }
+
+    /// The shard map and routes to its leaders, to split a batch of several tenants
+    /// by; `None` when batches are not split (a single node, or no map yet).
+    ///
+    /// Starts a fetch of the map when it is missing or old. The first batch waits for
+    /// the first fetch, at most [`FIRST_MAP_WAIT_MAX`] and the RPC timeout; later
+    /// batches use the map they find.
+    async fn shard_leaders(&self) -> Option<ShardLeaders> {
+        let mut changed = self.shard_maps.subscribe();
+        let view = self.shard_maps.view(Instant::now());
+        if view.stale {
+            self.refresh_shard_map();
+        }
+        let map = match view.known {
+            Known::Cluster(map) => map,
+            Known::Unsplit => return None,
+            Known::Unknown if !view.first_fetch_pending => return None,
+            Known::Unknown => {
+                let wait = self.options.rpc_timeout.min(FIRST_MAP_WAIT_MAX);
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    match tokio::time::timeout_at(deadline, changed.changed()).await {
+                        Ok(Ok(())) => {}
+                        // Waited long enough, or the cache is gone.
+                        Ok(Err(_)) | Err(_) => return None,
+                    }
+                    let view = self.shard_maps.view(Instant::now());
+                    match view.known {
+                        Known::Cluster(map) => break map,
+                        Known::Unsplit => return None,
+                        Known::Unknown if !view.first_fetch_pending => return None,
+                        Known::Unknown => continue,
+                    }
+                }
+            }
+        };
+        let mut routes = Vec::new();
+        for endpoint in map.leader_endpoints() {
+            if let Some(route) = self.endpoints.route_to(endpoint) {
+                routes.push(route);
+            }
+        }
+        Some(ShardLeaders { map, routes })
+    }
+
+    /// Starts a fetch of the shard map in the background, unless one is under way or
+    /// one started less than [`crate::shard_map_cache::REFRESH_INTERVAL_MIN`] ago.
+    fn refresh_shard_map(&self) {
+        if !self.shard_maps.begin_fetch(Instant::now()) {
+            return;
+        }
+        let endpoints = self.endpoints.clone();
+        let shard_maps = self.shard_maps.clone();
+        let rpc_timeout = self.options.rpc_timeout;
+        tokio::spawn(async move {
+            crate::shard_map_cache::fetch(&endpoints, &shard_maps, rpc_timeout).await;
+        });
+    }
+
+    /// Sends the parts of a split batch at once and merges their answers.
+    async fn record_split_events(
+        &self,
+        events: Vec<Event>,
+        split: &BatchSplit,
+        leaders: &ShardLeaders,
+    ) -> Result<RecordBatchResponse> {
+        let mut parts_events: Vec<Vec<Event>> = split
+            .parts()
+            .iter()
+            .map(|part| Vec::with_capacity(part.positions.len()))
+            .collect();
+        let part_of_events = split.part_of_events();
+        for (event, part_index) in events.into_iter().zip(part_of_events) {
+            parts_events[part_index].push(event);
+        }
+        let mut sends = Vec::with_capacity(parts_events.len());
+        for (part, part_events) in split.parts().iter().zip(parts_events) {
+            let body = encode_events(part_events.iter());
+            let tenant_id = single_tenant(&part_events);
+            let leader = part.leader.as_deref().and_then(|uri| leaders.route(uri));
+            sends.push(self.drive_part(
+                body,
+                part_events.len(),
+                tenant_id,
+                leader,
+                Some(part_events),
+            ));
+        }
+        let mut answers = Vec::with_capacity(sends.len());
+        for answer in futures::future::join_all(sends).await {
+            answers.push(answer?);
+        }
+        split.merge(answers)
+    }
+
+    /// [`Client::record_split_events`] for a pre-encoded batch.
+    async fn record_split_encoded(
+        &self,
+        batch: &EncodedBatch,
+        split: &BatchSplit,
+        leaders: &ShardLeaders,
+    ) -> Result<RecordBatchResponse> {
+        let mut sends = Vec::with_capacity(split.parts().len());
+        for part in split.parts() {
+            let body = batch.part_body(&part.positions);
+            let leader = part.leader.as_deref().and_then(|uri| leaders.route(uri));
+            sends.push(self.drive_part(body, part.positions.len(), None, leader, None));
+        }
+        let mut answers = Vec::with_capacity(sends.len());
+        for answer in futures::future::join_all(sends).await {
+            answers.push(answer?);
+        }
+        split.merge(answers)
+    }
+
+    /// One part of a split batch, through the retry loop. A part that got no answer
+    /// (or a request-level error that is not transient) becomes
+    /// [`PartAnswer::Failed`], naming its events, so the other parts' outcomes reach
+    /// the caller.
+    async fn drive_part(
+        &self,
+        body: Bytes,
+        events_count: usize,
+        tenant_id: Option<String>,
+        leader: Option<Route>,
+        events: Option<Vec<Event>>,
+    ) -> Result<PartAnswer> {
+        let sent = self
+            .drive_record_batch(
+                body.clone(),
+                events_count,
+                tenant_id.as_deref(),
+                Some(SplitPart { leader }),
+                events,
+            )
+            .await;
+        match sent {
+            Ok(response) => Ok(PartAnswer::Answered(response)),
+            Err(Error::Rpc(status)) => Ok(PartAnswer::Failed {
+                status,
+                event_ids: event_ids_of(&body)?,
+            }),
+            Err(other) => Err(other),
+        }
     }
 
     /// The retry loop. `events` may be `None` until a resend of a subset needs them;
     /// they are then decoded from `first_body`. `tenant_id` is the tenant of every
-    /// event, if they share one.
+    /// event, if they share one. `split_part` is set for a part of a split batch: it
+    /// goes to its shards' leader first, and signs of a stale shard map start a
+    /// refresh.
     async fn drive_record_batch(
         &self,
         first_body: Bytes,
         events_count: usize,
         tenant_id: Option<&str>,
+        split_part: Option<SplitPart>,
         events_given: Option<Vec<Event>>,
     ) -> Result<RecordBatchResponse> {
         if events_count == 0 {
             return Ok(RecordBatchResponse::default());
         }
+        let in_split = split_part.is_some();
+        // Dropped after the leader fails: the part's retries then go where an unsplit
+        // batch's would, and the node there forwards them.
+        let mut leader = split_part.and_then(|part| part.leader);
         let mut events = events_given;
         let mut progress = BatchProgress::new(events_count);
         let mut failed: Vec<Arc<str>> = Vec::new();
@@ -194,18 +442,40 @@ impl Client {
                 let decoded = events_or_decode(&mut events, &first_body)?;
                 encode_events(progress.pending().iter().map(|&index| &decoded[index]))
             };
-            let route = self.endpoints.route(tenant_id);
+            let route = match &leader {
+                Some(leader) => leader.clone(),
+                None => self.endpoints.route(tenant_id),
+            };
             let sent = self.send_record_batch(&route, body).await;
             attempt += 1;
             let request_failure = match sent {
                 Ok(response) => {
                     self.endpoints
                         .learn_leader(tenant_id, &route, response.metadata(), &failed);
-                    progress.merge(response.into_inner())?;
+                    let moved = names_another_leader(response.metadata(), &route);
+                    let answer = response.into_inner();
+                    // A node that is not the leader the map named, or events refused
+                    // as UNAVAILABLE (an election): the map may be stale.
+                    if in_split && (moved || has_unavailable_event(&answer)) {
+                        self.refresh_shard_map();
+                    }
+                    progress.merge(answer)?;
                     None
                 }
                 Err(status) => {
-                    if !self.after_failure(tenant_id, &route, &status, &mut failed) {
+                    let mut retry = self.after_failure(tenant_id, &route, &status, &mut failed);
+                    let moved = names_another_leader(status.metadata(), &route);
+                    if in_split && (is_retryable_status(&status) || moved) {
+                        self.refresh_shard_map();
+                    }
+                    if leader.is_some() && (retry || moved) {
+                        // The map's leader failed or is not the leader: the request was
+                        // not acted on there (or is deduplicated by its event ids), so
+                        // resending it through the list is safe.
+                        leader = None;
+                        retry = true;
+                    }
+                    if !retry {
                         return self.abandon_batch(progress, status, &mut events, &first_body);
                     }
                     Some(status)
@@ -806,6 +1076,14 @@ async fn next_listed_block(mut state: ListBlocksState) -> Option<(Result<Block>,
             }
         }
     }
+}
+
+/// Whether a batch answer refused some event as UNAVAILABLE: its shard had no leader
+/// where it was served (an election), so the leader may have moved.
+fn has_unavailable_event(answer: &RecordBatchResponse) -> bool {
+    answer.outcomes.iter().any(|outcome| {
+        matches!(&outcome.outcome, Some(Outcome::Error(error)) if error.code == "UNAVAILABLE")
+    })
 }
 
 /// The batch's events, decoding them from the first request body on first use.

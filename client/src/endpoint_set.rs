@@ -1,5 +1,6 @@
 //! The nodes a [`crate::Client`] talks to: the endpoints it was given, in order, with
-//! the one calls currently go to, and the shard leaders the nodes named, per tenant.
+//! the one calls currently go to, the shard leaders the nodes named, per tenant, and
+//! connections to the nodes of the cluster's shard map.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +16,7 @@ use trail_proto::v1::trail_client::TrailClient;
 use crate::client::{ClientOptions, RESPONSE_BYTES_MAX};
 use crate::error::{root_cause, ConnectFailure, Error, Result};
 use crate::leader_cache::{LeaderCache, TENANTS_MAX};
+use crate::shard_map::NODES_MAX;
 
 /// Response metadata naming the gRPC endpoint of the node that leads the request's
 /// tenant's shard: set by a node that forwarded the request there, or that refuses to
@@ -76,6 +78,9 @@ struct Routes {
     leaders: LeaderCache,
     /// Connections to named leaders that are not listed, by URI.
     learned: HashMap<Arc<str>, Arc<Node>>,
+    /// The nodes of the latest shard map (at most `shard_map::NODES_MAX`): their
+    /// connections are kept like those of the leaders some tenant is routed to.
+    map_endpoints: Vec<Arc<str>>,
 }
 
 /// One entry of the list, ready to dial.
@@ -169,6 +174,7 @@ impl EndpointSet {
             routes: Mutex::new(Routes {
                 leaders: LeaderCache::new(TENANTS_MAX),
                 learned: HashMap::new(),
+                map_endpoints: Vec::new(),
             }),
         }
     }
@@ -201,6 +207,36 @@ impl EndpointSet {
             listed_index: Some(index),
             via_leader: false,
         }
+    }
+
+    /// A route straight to the node at `uri`, a shard's leader by the shard map: its
+    /// listed connection, or one opened for it within the bound on unlisted nodes.
+    /// `None` when that bound is reached or tonic cannot dial `uri`.
+    pub(crate) fn route_to(&self, uri: &str) -> Option<Route> {
+        if let Some(index) = self.listed_index(uri) {
+            return Some(Route {
+                node: self.listed[index].clone(),
+                listed_index: Some(index),
+                via_leader: true,
+            });
+        }
+        let mut routes = self.lock_routes();
+        let node = self.learned_node(&mut routes, uri)?;
+        Some(Route {
+            node,
+            listed_index: None,
+            via_leader: true,
+        })
+    }
+
+    /// Keeps the connections to `endpoints`, the nodes of the latest shard map, when
+    /// unlisted connections are pruned.
+    pub(crate) fn keep_connected(&self, endpoints: Vec<Arc<str>>) {
+        assert!(
+            endpoints.len() <= NODES_MAX,
+            "a shard map names at most NODES_MAX nodes"
+        );
+        self.lock_routes().map_endpoints = endpoints;
     }
 
     /// After a transient failure on `route`: a leader that failed is forgotten (the
@@ -288,7 +324,10 @@ impl EndpointSet {
             // Rare (nodes replaced many times over the client's life): one pass over
             // at most TENANTS_MAX entries, ~0.1 ms.
             let named = routes.leaders.endpoints_named();
-            routes.learned.retain(|known, _| named.contains(known));
+            let map_endpoints = &routes.map_endpoints;
+            routes
+                .learned
+                .retain(|known, _| named.contains(known) || map_endpoints.contains(known));
             if routes.learned.len() >= LEARNED_ENDPOINTS_MAX {
                 tracing::debug!(
                     endpoint = uri,
@@ -372,6 +411,18 @@ fn entry_uri(entry: &str) -> String {
         format!("http://{entry}")
     };
     uri.trim_end_matches('/').to_string()
+}
+
+/// Whether `metadata` names a leader (`trail-leader`) other than `route`'s node: the
+/// node that answered is not the leader the request was sent to as.
+pub(crate) fn names_another_leader(metadata: &MetadataMap, route: &Route) -> bool {
+    let Some(value) = metadata.get(LEADER_HEADER) else {
+        return false;
+    };
+    match value.to_str().ok().and_then(hint_uri) {
+        Some(uri) => *uri != *route.node.uri,
+        None => false,
+    }
 }
 
 /// The URI of a leader hint, which must be an http(s) URI.

@@ -30,6 +30,7 @@
 //! range).
 
 pub mod audit;
+mod batch_split;
 pub mod block;
 pub mod bundle;
 pub mod checkpoint;
@@ -43,6 +44,8 @@ pub mod json;
 mod leader_cache;
 pub mod note;
 mod retry;
+mod shard_map;
+mod shard_map_cache;
 pub mod verify;
 pub mod workload;
 

@@ -16,6 +16,7 @@ use crate::ledger::{
     stream_name, validate_event, validate_tenant_id, ApplyReceipt, EventRecord, FieldError,
     BATCH_EVENTS_MAX,
 };
+use crate::node::cluster::LEADER_HEADER;
 use crate::node::{actor::GetNodeStatus, Node};
 use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
 use crate::shard::{IngestError, ReadBarrierError};
@@ -39,11 +40,14 @@ impl TrailService {
     /// Records a batch; never fails as a whole except for a malformed batch. In a
     /// cluster, the events of shards led elsewhere go to their leaders (one call per
     /// leader node, unless the batch was forwarded here already).
+    /// Validates, routes and records `events`; forwards those of shards led elsewhere.
+    /// Also returns the endpoint of the one leader every event was forwarded to, if
+    /// so (named in `trail-leader`, so the SDK goes there next time).
     async fn record_events(
         &self,
         events: Vec<v1::Event>,
         forwarded: bool,
-    ) -> Result<v1::RecordBatchResponse, Status> {
+    ) -> Result<(v1::RecordBatchResponse, Option<String>), Status> {
         if events.is_empty() {
             return Err(Status::invalid_argument(
                 "events: the batch is empty; send 1 to 10000 events",
@@ -92,6 +96,14 @@ impl TrailService {
             }
         }
 
+        let sole_leader = match by_leader.values().next() {
+            Some((target, positions, _))
+                if by_leader.len() == 1 && positions.len() == outcomes.len() =>
+            {
+                Some(target.endpoint.clone())
+            }
+            _ => None,
+        };
         let remote = by_leader
             .into_values()
             .map(|(target, positions, events)| {
@@ -209,7 +221,7 @@ impl TrailService {
                 outcome: Some(outcome),
             });
         }
-        Ok(response)
+        Ok((response, sole_leader))
     }
 }
 
@@ -380,7 +392,7 @@ impl Trail for TrailService {
             .into_inner()
             .event
             .ok_or_else(|| Status::invalid_argument("event: is required"))?;
-        let response = self.record_events(vec![event], forwarded).await?;
+        let (response, _) = self.record_events(vec![event], forwarded).await?;
         let outcome = response
             .outcomes
             .into_iter()
@@ -410,10 +422,14 @@ impl Trail for TrailService {
         request: Request<v1::RecordBatchRequest>,
     ) -> Result<Response<v1::RecordBatchResponse>, Status> {
         let forwarded = forward::was_forwarded(&request);
-        let response = self
+        let (response, sole_leader) = self
             .record_events(request.into_inner().events, forwarded)
             .await?;
-        Ok(Response::new(response))
+        let mut response = Response::new(response);
+        if let Some(value) = sole_leader.and_then(|leader| leader.parse().ok()) {
+            response.metadata_mut().insert(LEADER_HEADER, value);
+        }
+        Ok(response)
     }
 
     type RecordStreamStream = RecordStreamOut;
@@ -433,7 +449,10 @@ impl Trail for TrailService {
         tokio::spawn(async move {
             while let Some(batch) = incoming.next().await {
                 let response = match batch {
-                    Ok(batch) => service.record_events(batch.events, forwarded).await,
+                    Ok(batch) => service
+                        .record_events(batch.events, forwarded)
+                        .await
+                        .map(|(response, _)| response),
                     Err(status) => Err(status),
                 };
                 let stop = response.is_err();
