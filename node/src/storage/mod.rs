@@ -54,6 +54,9 @@ const MEMTABLE_BYTES_MAX_BULK: u64 = 8 << 20;
 const MEMTABLE_BYTES_MAX_DEDUP: u64 = 8 << 20;
 const MEMTABLE_BYTES_MAX_SMALL: u64 = 1 << 20;
 
+/// Bound on all of fjall's journal files (fjall's minimum is 64 MiB).
+const JOURNALS_BYTES_MAX: u64 = 128 << 20;
+
 /// The node's storage: the fjall database and the fsync coalescer in front of it.
 #[derive(Clone)]
 pub struct NodeStore {
@@ -70,6 +73,12 @@ impl NodeStore {
             // Group commit is ours: the syncer persists the journal once for every
             // Raft append that arrived while the previous fsync ran.
             .manual_journal_persist(true)
+            // A journal file is kept until every keyspace with writes in it has flushed
+            // them; fjall's default bound on all journals is 512 MiB, which single
+            // nodes reached after ~1 M events (470 MB of journals after ingest, the
+            // largest part of the data directory). Past this bound fjall flushes the
+            // keyspaces that hold the oldest journal back.
+            .max_journaling_size(JOURNALS_BYTES_MAX)
             .open()?;
         let syncer = Syncer::start(db.clone());
         Ok(NodeStore {

@@ -51,6 +51,9 @@ const TAG_EVENTS: u8 = 1;
 const TAG_DEDUP: u8 = 2;
 const TAG_TENANTS: u8 = 3;
 const TAG_CHAIN: u8 = 4;
+/// The snapshot of a single-replica group: its metadata only, no records (see
+/// [`write_snapshot_file`]). Never installed.
+const TAG_NO_RECORDS: u8 = 0xFE;
 const TAG_END: u8 = 0xFF;
 
 /// Counters readers can see without taking the state machine's lock.
@@ -662,8 +665,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let keyspaces = self.keyspaces.clone();
         let meta_for_file = meta.clone();
         let path_for_file = path.clone();
+        let membership = self.last_membership.membership();
+        let records =
+            if membership.voter_ids().count() == 1 && membership.learner_ids().count() == 0 {
+                Records::None
+            } else {
+                Records::All
+            };
         tokio::task::spawn_blocking(move || {
-            write_snapshot_file(&path_for_file, &meta_for_file, &view, &keyspaces)
+            write_snapshot_file(&path_for_file, &meta_for_file, &view, &keyspaces, records)
         })
         .await
         .expect("snapshot writer does not panic")?;
@@ -684,14 +694,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Snapshot file, version 1: magic, version, bincode meta, then tagged records
-/// (`tag u8, key len u32 BE, key, value len u32 BE, value`), an end tag, and the SHA-256
-/// of everything before it, so a torn or damaged snapshot is never installed.
+/// What a snapshot file holds besides its metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Records {
+    /// The whole state: what a replica that installs it needs.
+    All,
+    /// Nothing: the group has one replica, so no other replica will ever install it,
+    /// and a snapshot is only what lets the Raft log be purged. The state it stands
+    /// for is the store itself (applied up to at least its last log id). Writing the
+    /// whole state instead costs a full copy of the shard per snapshot, which is why
+    /// single nodes used to keep their whole Raft log (191 bytes/event at 10 M).
+    None,
+}
+
+/// Snapshot file, version 2: magic, version, bincode meta, then tagged records
+/// (`tag u8, key len u32 BE, key, value len u32 BE, value`) or the no-records tag, an
+/// end tag, and the SHA-256 of everything before it, so a torn or damaged snapshot is
+/// never installed.
 fn write_snapshot_file(
     path: &std::path::Path,
     meta: &SnapshotMeta,
     view: &fjall::Snapshot,
     keyspaces: &ShardKeyspaces,
+    records: Records,
 ) -> Result<(), StorageError> {
     let temporary = path.with_extension("snap.tmp");
     let file = std::fs::File::create(&temporary).map_err(write_snapshot)?;
@@ -705,12 +730,21 @@ fn write_snapshot_file(
         .map_err(write_snapshot)?;
     let meta_bytes = bincode::serialize(meta).expect("meta serializes");
     write_chunk(&mut writer, &meta_bytes)?;
-    for (tag, keyspace) in [
-        (TAG_EVENTS, &keyspaces.events),
-        (TAG_DEDUP, &keyspaces.dedup),
-        (TAG_TENANTS, &keyspaces.tenants),
-        (TAG_CHAIN, &keyspaces.chain),
-    ] {
+    let keyspaces_written = match records {
+        Records::All => vec![
+            (TAG_EVENTS, &keyspaces.events),
+            (TAG_DEDUP, &keyspaces.dedup),
+            (TAG_TENANTS, &keyspaces.tenants),
+            (TAG_CHAIN, &keyspaces.chain),
+        ],
+        Records::None => {
+            writer
+                .write_all(&[TAG_NO_RECORDS])
+                .map_err(write_snapshot)?;
+            Vec::new()
+        }
+    };
+    for (tag, keyspace) in keyspaces_written {
         for guard in view.iter(keyspace) {
             let (key, value) = guard.into_inner().map_err(write_snapshot_fjall)?;
             writer.write_all(&[tag]).map_err(write_snapshot)?;
@@ -731,18 +765,21 @@ fn write_snapshot_file(
     sync_parent_dir(path)
 }
 
-/// Checks magic, version, record framing and the trailing checksum; returns the meta.
-fn verify_snapshot_file(file: &mut std::fs::File) -> Result<SnapshotMeta, StorageError> {
+/// Checks magic, version, record framing and the trailing checksum; returns the meta
+/// and whether the file holds records.
+fn verify_snapshot_file(file: &mut std::fs::File) -> Result<(SnapshotMeta, Records), StorageError> {
     let mut reader = HashingReader {
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: Sha256::new(),
     };
     let meta = read_header(&mut reader)?;
+    let mut records = Records::All;
     loop {
         let tag = read_u8(&mut reader)?;
         match tag {
             TAG_END => break,
-            TAG_EVENTS | TAG_DEDUP | TAG_TENANTS | TAG_CHAIN => {
+            TAG_NO_RECORDS => records = Records::None,
+            TAG_EVENTS | TAG_DEDUP | TAG_TENANTS | TAG_CHAIN if records == Records::All => {
                 read_chunk(&mut reader)?;
                 read_chunk(&mut reader)?;
             }
@@ -758,14 +795,21 @@ fn verify_snapshot_file(file: &mut std::fs::File) -> Result<SnapshotMeta, Storag
     if computed.as_slice() != stored {
         return Err(format_error("snapshot checksum mismatch"));
     }
-    Ok(meta)
+    Ok((meta, records))
 }
 
 /// Verifies a snapshot file and that it is the one `meta` describes.
 fn check_snapshot_file(file: &mut std::fs::File, meta: &SnapshotMeta) -> Result<(), StorageError> {
-    let bytes_meta = verify_snapshot_file(file)?;
+    let (bytes_meta, records) = verify_snapshot_file(file)?;
     if bytes_meta.last_log_id != meta.last_log_id || bytes_meta.snapshot_id != meta.snapshot_id {
         return Err(format_error("snapshot file does not match its metadata"));
+    }
+    if records == Records::None {
+        return Err(format_error(format!(
+            "snapshot {} was built by a single-replica group and holds no records; \
+             refusing to install it",
+            meta.snapshot_id
+        )));
     }
     Ok(())
 }
@@ -1072,6 +1116,69 @@ mod tests {
             contents(&keyspaces.events),
             contents(&source_keyspaces.events)
         );
+    }
+
+    /// A single-replica group's snapshot holds no records (nobody will install it; it
+    /// lets the log be purged) and an install of one is refused; once the group has a
+    /// second member, snapshots hold the whole state again.
+    #[tokio::test]
+    async fn a_single_replica_snapshot_holds_no_records_and_is_never_installed() {
+        let dir = TempDir::new().unwrap();
+        let (_store, keyspaces, mut source) = open(&dir);
+        let members = |ids: &[u64]| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Membership(openraft::Membership::new(
+                vec![ids.iter().copied().collect()],
+                None,
+            )),
+        };
+        source.apply([members(&[1])]).await.unwrap();
+        let mut events = append(2, "ten_a", 0..500);
+        source.apply([events.clone()]).await.unwrap();
+        let single = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let single_bytes = std::fs::metadata(
+            keyspaces
+                .snapshot_dir
+                .join(format!("{}.snap", single.meta.snapshot_id)),
+        )
+        .expect("the snapshot file")
+        .len();
+        assert!(
+            single_bytes < 1_000,
+            "a record-less snapshot of {single_bytes} bytes"
+        );
+
+        let target_dir = TempDir::new().unwrap();
+        let (_target_store, target_keyspaces, mut target) = open(&target_dir);
+        let receiving = receive(&mut target, single.snapshot).await;
+        let error = target
+            .install_snapshot(&single.meta, receiving)
+            .await
+            .expect_err("a record-less snapshot is never installed");
+        assert!(error.to_string().contains("holds no records"), "{error}");
+        assert!(contents(&target_keyspaces.events).is_empty());
+
+        let mut three = members(&[1, 2, 3]);
+        three.log_id.index = 3;
+        events.log_id.index = 4;
+        source.apply([three]).await.unwrap();
+        let full = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let receiving = receive(&mut target, full.snapshot).await;
+        target
+            .install_snapshot(&full.meta, receiving)
+            .await
+            .unwrap();
+        assert_eq!(contents(&target_keyspaces.events).len(), 500);
     }
 
     /// A snapshot names its cluster, shard and epoch; one of another cluster or shard,
