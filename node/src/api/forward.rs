@@ -104,6 +104,12 @@ where
     F: FnOnce(TrailClient<Channel>, Request<T>) -> Fut,
     Fut: Future<Output = Result<Response<R>, Status>>,
 {
+    if let Some(forwarder) = &node.forwarder {
+        forwarder
+            .counters
+            .grpc_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let onward = onward(node, request);
     let mut response = call(target.client, onward).await.map_err(|status| {
         let mut status = unreachable_leader(target.node, status);

@@ -104,6 +104,16 @@ impl TrailService {
             }
             _ => None,
         };
+        if let Some(forwarder) = &self.node.forwarder {
+            let forwarded_events: usize = by_leader
+                .values()
+                .map(|(_, positions, _)| positions.len())
+                .sum();
+            forwarder.counters.batch_events.fetch_add(
+                forwarded_events as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let remote = by_leader
             .into_values()
             .map(|(target, positions, events)| {

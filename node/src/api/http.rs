@@ -99,6 +99,25 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
         let _ = writeln!(body, "# TYPE {name} gauge");
         let _ = writeln!(body, "{name} {value}");
     }
+    // In a cluster: what this node sent on to other nodes' leaders. Clients that go
+    // to the leaders directly (the SDK splits batches by leader) keep these low.
+    if let Some(forwarder) = &node.forwarder {
+        let counters = &forwarder.counters;
+        for (name, counter) in [
+            (
+                "trail_forwarded_grpc_requests_total",
+                &counters.grpc_requests,
+            ),
+            ("trail_forwarded_batch_events_total", &counters.batch_events),
+            (
+                "trail_forwarded_rest_requests_total",
+                &counters.rest_requests,
+            ),
+        ] {
+            let _ = writeln!(body, "# TYPE {name} counter");
+            let _ = writeln!(body, "{name} {}", counter.load(Ordering::Relaxed));
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)

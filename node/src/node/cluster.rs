@@ -205,6 +205,18 @@ pub struct Forwarder {
     /// Peer -> `http://host:port` of its REST API.
     http_bases: Arc<Mutex<BTreeMap<NodeId, String>>>,
     http: HttpClient,
+    /// What was forwarded (exported in `/metrics`).
+    pub counters: Arc<ForwardCounters>,
+}
+
+/// Requests and events this node sent on to other nodes' leaders.
+#[derive(Debug, Default)]
+pub struct ForwardCounters {
+    /// gRPC calls forwarded whole (reads, single records).
+    pub grpc_requests: std::sync::atomic::AtomicU64,
+    /// Events of batches forwarded (a batch is split per leader node).
+    pub batch_events: std::sync::atomic::AtomicU64,
+    pub rest_requests: std::sync::atomic::AtomicU64,
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
@@ -246,6 +258,7 @@ impl Forwarder {
             clients: Arc::default(),
             http_bases: Arc::default(),
             http,
+            counters: Arc::default(),
         }
     }
 
@@ -343,6 +356,9 @@ impl Forwarder {
     ) -> Result<PeerResponse, String> {
         use http_body_util::BodyExt;
         let base = self.http_base(node).await?;
+        self.counters
+            .rest_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut request = tonic::codegen::http::Request::get(format!("{base}{path_and_query}"));
         for (name, value) in headers {
             request = request.header(*name, value);
