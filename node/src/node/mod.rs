@@ -502,9 +502,7 @@ const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// single node's shards are single-replica groups placed by its own shard count.
 /// Returns the single node's shard count (0 in a cluster).
 fn check_layout(store: &NodeStore, config: &NodeConfig) -> anyhow::Result<u32> {
-    let meta = store
-        .db
-        .keyspace("node", fjall::KeyspaceCreateOptions::default)?;
+    let meta = store.node_meta()?;
     let stored_cluster = meta
         .get(KEY_CLUSTER_ID)?
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
@@ -551,9 +549,7 @@ fn check_layout(store: &NodeStore, config: &NodeConfig) -> anyhow::Result<u32> {
 /// Tenants are placed by `hash % shard count`, so the count is fixed at first start.
 fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Result<u32> {
     const SHARDS_DEFAULT: u32 = 4;
-    let meta = store
-        .db
-        .keyspace("node", fjall::KeyspaceCreateOptions::default)?;
+    let meta = store.node_meta()?;
     let format = match meta.get(KEY_FORMAT)? {
         Some(bytes) => Some(u32::from_be_bytes(bytes.as_ref().try_into()?)),
         None => None,

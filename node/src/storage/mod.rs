@@ -33,6 +33,7 @@ pub mod publish;
 pub mod snapshot_name;
 pub mod state_machine;
 pub mod syncer;
+pub mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub use applied::AppliedProgress;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use syncer::Syncer;
+use watchdog::Watchdog;
 
 /// Memtable sizes per keyspace. fjall's default is 64 MiB for every keyspace, which
 /// for 6 keyspaces and 4 shards could hold 1.5 GiB; these bound a shard's memtables to
@@ -54,8 +56,18 @@ const MEMTABLE_BYTES_MAX_BULK: u64 = 8 << 20;
 const MEMTABLE_BYTES_MAX_DEDUP: u64 = 8 << 20;
 const MEMTABLE_BYTES_MAX_SMALL: u64 = 1 << 20;
 
-/// Bound on all of fjall's journal files (fjall's minimum is 64 MiB).
-const JOURNALS_BYTES_MAX: u64 = 128 << 20;
+/// fjall's own memtable bound, set out of reach: the watchdog rotates memtables at the
+/// bounds above (`watchdog.rs`), because fjall's rotation requests can deadlock its
+/// workers. (fjall keeps a keyspace's options from its creation: data directories
+/// created before this keep fjall's rotation at the old bounds, and the watchdog's
+/// rotations only race it.)
+const FJALL_MEMTABLE_BYTES_OUT_OF_REACH: u64 = 1 << 30;
+
+/// Bound on all of fjall's journal files (of 64 MiB each), kept by the watchdog: a
+/// journal file is kept until every keyspace with writes in it has flushed them, and
+/// fjall's default bound (512 MiB) was the largest part of a single node's data
+/// directory after 1 M events.
+const JOURNALS_BYTES_MAX: u64 = 256 << 20;
 
 /// The node's storage: the fjall database and the fsync coalescer in front of it.
 #[derive(Clone)]
@@ -63,6 +75,7 @@ pub struct NodeStore {
     pub db: Database,
     pub syncer: Syncer,
     pub data_dir: PathBuf,
+    watchdog: Watchdog,
 }
 
 impl NodeStore {
@@ -73,26 +86,41 @@ impl NodeStore {
             // Group commit is ours: the syncer persists the journal once for every
             // Raft append that arrived while the previous fsync ran.
             .manual_journal_persist(true)
-            // A journal file is kept until every keyspace with writes in it has flushed
-            // them; fjall's default bound on all journals is 512 MiB, which single
-            // nodes reached after ~1 M events (470 MB of journals after ingest, the
-            // largest part of the data directory). Past this bound fjall flushes the
-            // keyspaces that hold the oldest journal back.
-            .max_journaling_size(JOURNALS_BYTES_MAX)
+            // The journals are bounded by the watchdog (`watchdog.rs`): fjall's own
+            // enforcement asks its workers for rotations, which can deadlock them.
+            .max_journaling_size(u64::MAX / 2)
             .open()?;
         let syncer = Syncer::start(db.clone());
+        let watchdog = Watchdog::start(
+            &db,
+            watchdog::Bounds {
+                journal_bytes: JOURNALS_BYTES_MAX,
+            },
+        );
         Ok(NodeStore {
             db,
             syncer,
             data_dir: data_dir.to_path_buf(),
+            watchdog,
         })
+    }
+
+    /// The node's own small keyspace (`node`: layout, format), watched like the
+    /// shards' (so it never holds an old journal back).
+    pub fn node_meta(&self) -> anyhow::Result<Keyspace> {
+        let keyspace = self.db.keyspace("node", || {
+            KeyspaceCreateOptions::default().max_memtable_size(FJALL_MEMTABLE_BYTES_OUT_OF_REACH)
+        })?;
+        self.watchdog
+            .watch(keyspace.clone(), MEMTABLE_BYTES_MAX_SMALL);
+        Ok(keyspace)
     }
 
     pub fn shard(&self, shard: ShardId) -> anyhow::Result<ShardKeyspaces> {
         let open = |name: &str, memtable_bytes_max: u64| -> anyhow::Result<Keyspace> {
             let options = || {
-                let options =
-                    KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes_max);
+                let options = KeyspaceCreateOptions::default()
+                    .max_memtable_size(FJALL_MEMTABLE_BYTES_OUT_OF_REACH);
                 if name == "raft_log" {
                     // Entries are whole batches (up to MiBs) that are read rarely and
                     // purged wholesale: keep them out of the LSM's compactions.
@@ -101,9 +129,11 @@ impl NodeStore {
                     options
                 }
             };
-            Ok(self.db.keyspace(&format!("s{shard}.{name}"), options)?)
+            let keyspace = self.db.keyspace(&format!("s{shard}.{name}"), options)?;
+            self.watchdog.watch(keyspace.clone(), memtable_bytes_max);
+            Ok(keyspace)
         };
-        Ok(ShardKeyspaces {
+        let keyspaces = ShardKeyspaces {
             shard,
             raft_log: open("raft_log", MEMTABLE_BYTES_MAX_BULK)?,
             raft_meta: open("raft_meta", MEMTABLE_BYTES_MAX_SMALL)?,
@@ -119,7 +149,8 @@ impl NodeStore {
                     .join("snapshots")
                     .join(format!("shard-{shard}")),
             ),
-        })
+        };
+        Ok(keyspaces)
     }
 }
 
