@@ -150,6 +150,18 @@ impl NoteSigner {
         )
     }
 
+    /// A 32-byte secret for another purpose, derived from the signing key under `label`
+    /// (HMAC-SHA-256 keyed by the key's seed): the nodes of a cluster share the signing
+    /// key, so they derive the same secret without another file to copy. The secret
+    /// reveals nothing about the signing key.
+    pub fn derive_secret(&self, label: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key.to_bytes()).expect("any key length");
+        mac.update(b"trail.derived-secret.v1/");
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
     /// The signed note: text, blank line, one signature line.
     pub fn sign(&self, body: &CheckpointBody) -> String {
         let text = body.text();
@@ -176,6 +188,16 @@ mod tests {
             last_seq: 43_008,
             time_ns: 1_735_689_603_123_456_789,
         }
+    }
+
+    #[test]
+    fn derived_secrets_follow_the_key_and_the_label() {
+        let signer = |seed| NoteSigner::new("trail.local", SigningKey::from_bytes(&[seed; 32]));
+        let (one, same, other) = (signer(3).unwrap(), signer(3).unwrap(), signer(4).unwrap());
+        assert_eq!(one.derive_secret(b"a"), same.derive_secret(b"a"));
+        assert_ne!(one.derive_secret(b"a"), one.derive_secret(b"b"));
+        assert_ne!(one.derive_secret(b"a"), other.derive_secret(b"a"));
+        assert_ne!(one.derive_secret(b"a"), [3; 32]);
     }
 
     #[test]

@@ -158,7 +158,8 @@ pub struct Node {
     pub clock: Arc<dyn Clock>,
     pub signer: Arc<NoteSigner>,
     pub publisher: Publisher,
-    /// Authenticates query cursors (`<data dir>/cursor.key`).
+    /// Authenticates query cursors: `<data dir>/cursor.key` on a single node, derived
+    /// from the shared checkpoint key in a cluster.
     pub cursor_key: Arc<CursorKey>,
     /// Query scans running at once; more wait their turn (`api/query.rs`).
     pub query_permits: Arc<tokio::sync::Semaphore>,
@@ -181,6 +182,9 @@ impl Node {
         Ok(())
     }
 }
+
+/// What a cluster's cursor key is derived under (`NoteSigner::derive_secret`).
+const CLUSTER_CURSOR_KEY_LABEL: &[u8] = b"query-cursor";
 
 const KEY_SHARD_COUNT: &[u8] = b"shard_count";
 const KEY_FORMAT: &[u8] = b"format";
@@ -207,7 +211,14 @@ pub async fn start(
         &config.data_dir,
         &tamper.checkpoint_origin,
     )?);
-    let cursor_key = Arc::new(cursor_key::load_or_create(&config.data_dir)?);
+    // In a cluster every node must open the cursors any node sealed (the next page may
+    // go to a new leader, or to a replica for an eventual read): the key is derived
+    // from the checkpoint key they share. A single node keeps its own file.
+    let cursor_key = Arc::new(if config.cluster.is_some() {
+        CursorKey::from_bytes(signer.derive_secret(CLUSTER_CURSOR_KEY_LABEL))
+    } else {
+        cursor_key::load_or_create(&config.data_dir)?
+    });
     let publisher = Publisher::start(&tamper.checkpoint_dir).map_err(|error| {
         anyhow::anyhow!(
             "checkpoint_dir {}: {error}",
