@@ -575,6 +575,7 @@ impl Client {
                 let mut request = Request::new(GetEventRequest {
                     tenant_id: tenant_id.to_string(),
                     event_id: event_id.to_string(),
+                    ..GetEventRequest::default()
                 });
                 request.set_timeout(timeout);
                 async move { trail.get_event(request).await }
@@ -600,6 +601,7 @@ impl Client {
             after_seq,
             limit,
             stream: String::new(),
+            ..TailRequest::default()
         })
         .await
     }

@@ -719,6 +719,7 @@ async fn read_replica_stream(mut client: TrailClient<Channel>, tenant: &str) -> 
                 after_seq,
                 limit: TAIL_PAGE_EVENTS,
                 stream: String::new(),
+                ..v1::TailRequest::default()
             }))
             .await
             .unwrap_or_else(|status| panic!("replica Tail of {tenant}: {status}"))

@@ -368,6 +368,7 @@ async fn writes_need_a_majority() {
                         after_seq: 0,
                         limit: 10,
                         stream: String::new(),
+                        ..v1::TailRequest::default()
                     })
                     .await
             }
@@ -428,6 +429,33 @@ async fn writes_need_a_majority() {
         tail_elapsed < NO_MAJORITY_ANSWER_MAX,
         "Tail took {tail_elapsed:?}"
     );
+    // An eventual read needs no majority: node 1's replica answers what it applied.
+    let page = patient
+        .clone()
+        .tail(v1::TailRequest {
+            tenant_id: tenants[1].clone(),
+            limit: 10,
+            consistency: v1::ReadConsistency::Eventual as i32,
+            ..v1::TailRequest::default()
+        })
+        .await
+        .unwrap_or_else(|status| panic!("two nodes down: an eventual Tail failed: {status}"))
+        .into_inner();
+    assert!(
+        !page.events.is_empty(),
+        "two nodes down: eventual Tail empty"
+    );
+    for stored in &page.events {
+        let event_id = &stored.event.as_ref().expect("event").event_id;
+        let ack = acked
+            .get(event_id)
+            .unwrap_or_else(|| panic!("eventual Tail: {event_id} was never acknowledged"));
+        assert_eq!((ack.seq, &ack.leaf_hash), (stored.seq, &stored.leaf_hash));
+    }
+    log(&format!(
+        "nodes 2 and 3 down: an eventual Tail through node 1 answered {} events from its replica",
+        page.events.len()
+    ));
 
     // Node 2 back: the same events are acknowledged, once each.
     let restarting = Instant::now();
@@ -470,6 +498,103 @@ async fn writes_need_a_majority() {
         acked.len(),
         retries.by_reason()
     ));
+
+    // Last, since reads append audit records to the tenants' logs.
+    let clients = cluster.clients(&cluster.node_ids(), RPC_TIMEOUT);
+    check_eventual_reads(&clients, &tenants, &acked).await;
+    log("eventual reads: every node answered from its own replica, cursors crossed nodes");
+}
+
+/// Eventual reads through every node, each answered by the node's own replica (no
+/// `trail-leader` in the answer: nothing forwarded): a tenant's `auth.login` events,
+/// paged two at a time with each page from the next node and the cursor the previous
+/// node sealed, are exactly the acknowledged ones; every node counts them alike.
+/// Called once every replica applied everything acknowledged.
+async fn check_eventual_reads(clients: &[NodeClient], tenants: &[String], acked: &AckedMap) {
+    let eventual = v1::ReadConsistency::Eventual as i32;
+    let filter = v1::QueryFilter {
+        action: "auth.login".into(),
+        ..v1::QueryFilter::default()
+    };
+    let not_forwarded = |node: u64, what: &str, metadata: &tonic::metadata::MetadataMap| {
+        assert!(
+            metadata.get("trail-leader").is_none(),
+            "{what} through node {node} was forwarded to {:?}",
+            metadata.get("trail-leader")
+        );
+    };
+    for tenant in tenants {
+        let expected: BTreeSet<&str> = acked
+            .iter()
+            .filter(|(_, ack)| &ack.tenant == tenant)
+            .map(|(event_id, _)| event_id.as_str())
+            .collect();
+        let mut listed = Vec::new();
+        let mut cursor = String::new();
+        for page_number in 0.. {
+            let node = &clients[page_number % clients.len()];
+            let what = format!("eventual query of {tenant}, page {page_number}");
+            let response = node
+                .client
+                .clone()
+                .query(v1::QueryRequest {
+                    tenant_id: tenant.clone(),
+                    filter: Some(filter.clone()),
+                    limit: 2,
+                    cursor: cursor.clone(),
+                    consistency: eventual,
+                    ..v1::QueryRequest::default()
+                })
+                .await
+                .unwrap_or_else(|status| panic!("{what} through node {}: {status}", node.node_id));
+            not_forwarded(node.node_id, &what, response.metadata());
+            let page = response.into_inner();
+            listed.extend(
+                page.events
+                    .iter()
+                    .filter_map(|stored| stored.event.as_ref())
+                    .map(|event| event.event_id.clone()),
+            );
+            if page.next_cursor.is_empty() {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        let unique: BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+        assert_eq!(
+            unique.len(),
+            listed.len(),
+            "{tenant}: paging repeated an event"
+        );
+        assert_eq!(
+            unique, expected,
+            "{tenant}: eventual pages across the nodes"
+        );
+        for node in clients {
+            let response = node
+                .client
+                .clone()
+                .count(v1::CountRequest {
+                    tenant_id: tenant.clone(),
+                    filter: Some(filter.clone()),
+                    consistency: eventual,
+                })
+                .await
+                .unwrap_or_else(|status| {
+                    panic!(
+                        "eventual count of {tenant} through node {}: {status}",
+                        node.node_id
+                    )
+                });
+            not_forwarded(node.node_id, "eventual count", response.metadata());
+            assert_eq!(
+                response.into_inner().count,
+                expected.len() as u64,
+                "{tenant}: eventual count through node {}",
+                node.node_id
+            );
+        }
+    }
 }
 
 // --- Producing ---
@@ -687,6 +812,7 @@ async fn read_back(
                 after_seq: 0,
                 limit: TAIL_PAGE_EVENTS,
                 stream: String::new(),
+                ..v1::TailRequest::default()
             };
             match client.tail(request).await {
                 Ok(page) => break page.into_inner(),

@@ -112,6 +112,7 @@ async fn check(node: &Traild, acked: &BTreeMap<String, Acked>) {
                     after_seq,
                     limit: 1_000,
                     stream: String::new(),
+                    ..v1::TailRequest::default()
                 })
                 .await
                 .expect("tail")

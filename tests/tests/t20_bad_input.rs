@@ -161,6 +161,7 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
             after_seq: 0,
             limit: 5_000,
             stream: String::new(),
+            ..v1::TailRequest::default()
         })
         .await
         .unwrap_err();
@@ -177,15 +178,34 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
             after_seq: 0,
             limit: 10,
             stream: "ten_b/0".into(),
+            ..v1::TailRequest::default()
         })
         .await
         .unwrap_err();
     assert_eq!(other_stream.code(), tonic::Code::InvalidArgument);
 
+    let unknown_consistency = client
+        .tail(v1::TailRequest {
+            tenant_id: "ten_a".into(),
+            consistency: 9,
+            ..v1::TailRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_consistency.code(), tonic::Code::InvalidArgument);
+    assert!(
+        unknown_consistency
+            .message()
+            .starts_with("consistency: unknown value 9"),
+        "{}",
+        unknown_consistency.message()
+    );
+
     let missing = client
         .get_event(v1::GetEventRequest {
             tenant_id: "ten_a".into(),
             event_id: "good-2".into(),
+            ..v1::GetEventRequest::default()
         })
         .await
         .unwrap_err();
@@ -200,6 +220,7 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
         .get_event(v1::GetEventRequest {
             tenant_id: "ten_b".into(),
             event_id: "good-2".into(),
+            ..v1::GetEventRequest::default()
         })
         .await
         .expect("good event stored")

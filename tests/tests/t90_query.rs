@@ -77,6 +77,7 @@ fn filter_request(
         limit,
         cursor: String::new(),
         order: order as i32,
+        ..QueryRequest::default()
     }
 }
 
@@ -359,6 +360,20 @@ async fn query_through_grpc_rest_and_trailctl() {
     );
     assert_eq!(status, 200, "{single}");
     assert_eq!(single, *newest);
+    // A single node is its shards' only replica: eventual reads answer the same.
+    let (status, eventual) = http_get(
+        port,
+        &format!("/api/v1/tenants/ten_a/audit-logs/{event_id}?consistency=eventual"),
+    );
+    assert_eq!((status, &eventual), (200, newest), "{eventual}");
+    assert_eq!(
+        rest_all(
+            port,
+            "ten_a",
+            "action=auth.*&result=failure&limit=3&consistency=Eventual"
+        ),
+        cases[1].1
+    );
     let (status, missing) = http_get(port, "/api/v1/tenants/ten_a/audit-logs/no-such-event");
     assert_eq!(status, 404);
     assert_eq!(missing["error"]["parameter"], "event_id");
@@ -390,6 +405,7 @@ async fn query_through_grpc_rest_and_trailctl() {
         ("actor_type=robot", "actor_type"),
         ("action=auth*", "action"),
         ("limit=5&limit=6", "limit"),
+        ("consistency=sometimes", "consistency"),
     ] {
         assert_bad_request(port, &format!("{base}?{query}"), parameter);
     }
@@ -399,6 +415,12 @@ async fn query_through_grpc_rest_and_trailctl() {
         &format!("/api/v1/tenants/ten_a/audit-logs/{event_id}?verbose=1"),
         "verbose",
     );
+    assert_bad_request(
+        port,
+        &format!("/api/v1/tenants/ten_a/audit-logs/{event_id}?consistency=weak"),
+        "consistency",
+    );
+    assert_bad_request(port, &format!("{base}/count?consistency=1"), "consistency");
     let (status, body) = http_get(port, "/api/v1/nowhere");
     assert_eq!(status, 404, "{body}");
     // Operators see index lag and the storage engine's memory and journal.
@@ -521,6 +543,7 @@ async fn reads_are_audited_and_counts_agree() {
         .count(v1::CountRequest {
             tenant_id: "ten_a".into(),
             filter: Some(failed_auth.clone()),
+            ..v1::CountRequest::default()
         })
         .await
         .expect("count")
@@ -598,6 +621,7 @@ async fn reads_are_audited_and_counts_agree() {
                 action: "audit_log.*".into(),
                 ..Default::default()
             }),
+            ..v1::CountRequest::default()
         })
         .await
         .expect("count")

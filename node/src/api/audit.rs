@@ -158,6 +158,14 @@ pub async fn record_read(
         metadata_json: metadata.to_string(),
         ..v1::Event::default()
     };
+    if let Some(target) = super::forward::target(node, tenant_id, false) {
+        // A replica here answered an eventual read; its record is appended by the leader.
+        let event_id = ulid::Ulid::new().to_string();
+        event.event_id.clone_from(&event_id);
+        return record_on_leader(node, target, event)
+            .await
+            .map(|receipt| Some((event_id, receipt)));
+    }
     let record =
         validate_event(&mut event, now_ns, || ulid::Ulid::new().to_string()).map_err(|error| {
             tracing::error!(
@@ -183,4 +191,32 @@ pub async fn record_read(
         }
         _ => Err("the read could not be recorded in the audit log; retry"),
     }
+}
+
+/// Appends a read's record through the shard's leader (a `Record` call marked as
+/// forwarded), for a read that a follower answered.
+async fn record_on_leader(
+    node: &Node,
+    target: super::forward::Target,
+    event: v1::Event,
+) -> Result<ApplyReceipt, &'static str> {
+    let request = tonic::Request::new(v1::RecordRequest { event: Some(event) });
+    let response = super::forward::call(node, target, request, |mut client, request| async move {
+        client.record(request).await
+    })
+    .await
+    .map_err(|_| "the leader could not record this read in the audit log; retry")?;
+    let receipt = response
+        .into_inner()
+        .receipt
+        .ok_or("the leader answered the read's record without a receipt; retry")?;
+    Ok(ApplyReceipt {
+        stream: receipt.stream,
+        seq: receipt.seq,
+        leaf_hash: receipt
+            .leaf_hash
+            .try_into()
+            .map_err(|_| "the leader's receipt for the read's record is malformed")?,
+        deduplicated: receipt.deduplicated,
+    })
 }

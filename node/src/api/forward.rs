@@ -13,8 +13,12 @@ use tonic::{Request, Response, Status};
 use trail_proto::v1::trail_client::TrailClient;
 
 use crate::consensus::NodeId;
+use crate::ledger::validate::FieldError;
 use crate::node::cluster::{FORWARDED_HEADER, LEADER_HEADER};
 use crate::node::Node;
+use trail_proto::v1;
+
+use super::query::ParamError;
 
 /// The client address a forwarding node saw (trusted from peer nodes only).
 pub const FORWARDED_FOR_HEADER: &str = "trail-forwarded-for";
@@ -42,6 +46,62 @@ pub fn was_forwarded<T>(request: &Request<T>) -> bool {
 
 pub fn is_replica_read<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(REPLICA_READ_HEADER)
+}
+
+/// How fresh a read must be: `ReadConsistency` in gRPC, `consistency=` in REST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// On the shard's leader after a read-index check: every write acknowledged before
+    /// the read began is seen.
+    #[default]
+    Strong,
+    /// On the replica of the node asked, as far as it has applied; forwarded to the
+    /// leader only by a node without a replica of the shard.
+    Eventual,
+}
+
+impl Consistency {
+    pub fn from_wire(value: i32) -> Result<Consistency, FieldError> {
+        match v1::ReadConsistency::try_from(value) {
+            Ok(v1::ReadConsistency::Unspecified | v1::ReadConsistency::Strong) => {
+                Ok(Consistency::Strong)
+            }
+            Ok(v1::ReadConsistency::Eventual) => Ok(Consistency::Eventual),
+            Err(_) => Err(FieldError::new(
+                "consistency",
+                format!("unknown value {value}: expected STRONG (the default) or EVENTUAL"),
+            )),
+        }
+    }
+
+    /// The REST parameter: absent, `strong` or `eventual`, any case.
+    pub fn from_rest(text: &str) -> Result<Consistency, ParamError> {
+        if text.is_empty() || text.eq_ignore_ascii_case("strong") {
+            Ok(Consistency::Strong)
+        } else if text.eq_ignore_ascii_case("eventual") {
+            Ok(Consistency::Eventual)
+        } else {
+            Err(ParamError {
+                parameter: "consistency".into(),
+                message: format!(
+                    "{:?} is not accepted; use strong (the default: the leader answers, \
+                     read-your-writes) or eventual (any replica answers, may lag)",
+                    text.chars().take(64).collect::<String>()
+                ),
+            })
+        }
+    }
+
+    /// Whether the read waits for the shard's read barrier (it then runs on the leader).
+    pub fn needs_barrier(self) -> bool {
+        self == Consistency::Strong
+    }
+}
+
+/// Whether a read is answered by this node's own replica, not forwarded: an eventual
+/// read of a tenant whose shard has a replica here.
+pub fn replica_here(node: &Node, tenant_id: &str, consistency: Consistency) -> bool {
+    consistency == Consistency::Eventual && node.router.shard_for(tenant_id).is_ok()
 }
 
 /// Where a request for `tenant_id` must go, if not here: `None` on a single node, for
@@ -182,3 +242,14 @@ macro_rules! forward_to_leader {
     };
 }
 pub(crate) use forward_to_leader;
+
+/// [`forward_to_leader!`] for a read asked with `consistency`: an eventual read of a
+/// shard with a replica here is served here.
+macro_rules! forward_read {
+    ($service:expr, $request:ident, $tenant:expr, $consistency:expr, $method:ident) => {
+        if !$crate::api::forward::replica_here(&$service.node, $tenant, $consistency) {
+            $crate::api::forward::forward_to_leader!($service, $request, $tenant, $method);
+        }
+    };
+}
+pub(crate) use forward_read;

@@ -21,7 +21,7 @@ use crate::node::{actor::GetNodeStatus, Node};
 use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
 use crate::shard::{IngestError, ReadBarrierError};
 
-use super::forward::{self, forward_to_leader};
+use super::forward::{self, forward_read, forward_to_leader, Consistency};
 use super::{proofs, query};
 
 /// Batches a `RecordStream` may have in processing at once (per stream).
@@ -379,6 +379,10 @@ pub(super) fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
     validate_tenant_id(tenant_id).map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
+fn consistency_argument(value: i32) -> Result<Consistency, Status> {
+    Consistency::from_wire(value).map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
 type RecordStreamOut =
     Pin<Box<dyn Stream<Item = Result<v1::RecordBatchResponse, Status>> + Send + 'static>>;
 
@@ -481,8 +485,9 @@ impl Trail for TrailService {
         request: Request<v1::GetEventRequest>,
     ) -> Result<Response<v1::GetEventResponse>, Status> {
         let tenant_id = tenant_argument(&request.get_ref().tenant_id)?;
-        forward_to_leader!(self, request, &tenant_id, get_event);
-        let replica_read = forward::is_replica_read(&request);
+        let consistency = consistency_argument(request.get_ref().consistency)?;
+        forward_read!(self, request, &tenant_id, consistency, get_event);
+        let replica_read = forward::is_replica_read(&request) || !consistency.needs_barrier();
         let request = request.into_inner();
         if request.event_id.is_empty() {
             return Err(Status::invalid_argument("event_id: is required"));
@@ -516,8 +521,9 @@ impl Trail for TrailService {
         request: Request<v1::TailRequest>,
     ) -> Result<Response<v1::TailResponse>, Status> {
         let tenant_id = tenant_argument(&request.get_ref().tenant_id)?;
-        forward_to_leader!(self, request, &tenant_id, tail);
-        let replica_read = forward::is_replica_read(&request);
+        let consistency = consistency_argument(request.get_ref().consistency)?;
+        forward_read!(self, request, &tenant_id, consistency, tail);
+        let replica_read = forward::is_replica_read(&request) || !consistency.needs_barrier();
         let request = request.into_inner();
         let first_stream = stream_name(&tenant_id, 0);
         if !request.stream.is_empty() && request.stream != first_stream {
@@ -622,7 +628,8 @@ impl Trail for TrailService {
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<v1::QueryResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
-        forward_to_leader!(self, request, &tenant, query);
+        let consistency = consistency_argument(request.get_ref().consistency)?;
+        forward_read!(self, request, &tenant, consistency, query);
         let by = read_by(&self.node, &request);
         query::query(&self.node, request.into_inner(), &by)
             .await
@@ -634,7 +641,8 @@ impl Trail for TrailService {
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
-        forward_to_leader!(self, request, &tenant, count);
+        let consistency = consistency_argument(request.get_ref().consistency)?;
+        forward_read!(self, request, &tenant, consistency, count);
         let by = read_by(&self.node, &request);
         query::count(&self.node, request.into_inner(), &by)
             .await

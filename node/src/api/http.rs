@@ -2,7 +2,8 @@
 //! (docs/QUERY.md):
 //!
 //! - `GET /api/v1/tenants/{tenant}/audit-logs?actor_id=&actor_type=&action=&resource_type=
-//!   &resource_id=&result=&request_id=&start_time=&end_time=&limit=&cursor=&order=`
+//!   &resource_id=&result=&request_id=&start_time=&end_time=&limit=&cursor=&order=
+//!   &consistency=`
 //!   answers `{"events": [...], "count": n, "next_cursor": "..." | null, "partial": bool,
 //!   "scanned_to": {"stream", "seq"} | null, "events_examined": n}`;
 //! - `GET /api/v1/tenants/{tenant}/audit-logs/{event_id}` answers the event.
@@ -16,7 +17,8 @@
 //!
 //! In a cluster any node answers: a request for a tenant whose shard another node
 //! leads is forwarded once to that node's REST API (`trail-leader` in the response
-//! names it), as gRPC calls are.
+//! names it), as gRPC calls are. `consistency=eventual` (list, count, one event) lets
+//! the node's own replica answer, as far as it has applied.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -34,7 +36,7 @@ use crate::shard::reader::{self, ReadError, ReadEvent};
 use crate::shard::ShardHandle;
 
 use super::audit::{ReadBy, ACTOR_HEADER};
-use super::forward::FORWARDED_FOR_HEADER;
+use super::forward::{replica_here, Consistency, FORWARDED_FOR_HEADER};
 use super::query::{self, rest_parameters, ParamError, QueryError};
 
 /// Longest event id accepted in a path (ingest's own bound).
@@ -134,11 +136,21 @@ async fn count_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    if let Some(response) = forward_to_leader(&node, &request, &input.tenant_id).await {
+    if let Some(response) =
+        forward_to_leader(&node, &request, &input.tenant_id, input.consistency).await
+    {
         return response;
     }
     let by = read_by(&node, &request);
-    match query::count_events(&node, input.tenant_id, input.filters, &by).await {
+    let counted = query::count_events(
+        &node,
+        input.tenant_id,
+        input.filters,
+        input.consistency,
+        &by,
+    )
+    .await;
+    match counted {
         Ok(count) => HttpResponse::Ok().json(serde_json::json!({ "count": count })),
         Err(QueryError::Invalid(error)) => bad_request(error.into()),
         Err(QueryError::Read(error)) => read_failed(error),
@@ -158,12 +170,17 @@ async fn count_audit_logs(
 /// In a cluster, a request for a tenant whose shard another node leads is sent on to
 /// that node's REST API once (marked `trail-forwarded`, with the caller's actor,
 /// user agent and address), and its answer is passed back as it is, with
-/// `trail-leader` naming the leader's REST base. `None`: serve it here.
+/// `trail-leader` naming the leader's REST base. `None`: serve it here (also an
+/// eventual read of a shard with a replica here).
 async fn forward_to_leader(
     node: &Node,
     request: &HttpRequest,
     tenant_id: &str,
+    consistency: Consistency,
 ) -> Option<HttpResponse> {
+    if replica_here(node, tenant_id, consistency) {
+        return None;
+    }
     let forwarded = request.headers().contains_key(FORWARDED_HEADER);
     let target = super::forward::target(node, tenant_id, forwarded)?;
     let forwarder = node.forwarder.as_ref()?;
@@ -224,7 +241,9 @@ async fn list_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    if let Some(response) = forward_to_leader(&node, &request, &input.tenant_id).await {
+    if let Some(response) =
+        forward_to_leader(&node, &request, &input.tenant_id, input.consistency).await
+    {
         return response;
     }
     let by = read_by(&node, &request);
@@ -287,9 +306,13 @@ async fn get_audit_log(
     request: HttpRequest,
 ) -> HttpResponse {
     let (tenant, event_id) = path.into_inner();
-    if let Err(error) = rest_parameters(request.query_string(), &[]) {
-        return bad_request(error);
-    }
+    let consistency =
+        match rest_parameters(request.query_string(), &["consistency"]).and_then(|mut values| {
+            Consistency::from_rest(&values.remove("consistency").unwrap_or_default())
+        }) {
+            Ok(consistency) => consistency,
+            Err(error) => return bad_request(error),
+        };
     let tenant_id = match crate::ledger::validate_tenant_id(&tenant) {
         Ok(tenant_id) => tenant_id,
         Err(error) => return bad_request(error.into()),
@@ -303,14 +326,19 @@ async fn get_audit_log(
             ),
         });
     }
-    if let Some(response) = forward_to_leader(&node, &request, &tenant_id).await {
+    if let Some(response) = forward_to_leader(&node, &request, &tenant_id, consistency).await {
         return response;
     }
     let shard = match node.router.shard_for(&tenant_id) {
         Ok(shard) => shard,
         Err(error) => return route_failed(error),
     };
-    if let Err(error) = shard.read_barrier().await {
+    let barrier = if consistency.needs_barrier() {
+        shard.read_barrier().await
+    } else {
+        Ok(())
+    };
+    if let Err(error) = barrier {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -24,6 +24,7 @@ use crate::shard::reader::ReadError;
 use crate::shard::ReadBarrierError;
 
 use super::audit::{self, record_read, ReadBy, ReadKind};
+use super::forward::Consistency;
 use super::grpc::{read_status, to_stored_event};
 use serde_json::json;
 
@@ -45,8 +46,9 @@ const FILTER_FIELDS: [&str; 9] = [
     "end_time",
 ];
 
-/// The REST parameters of `GET /api/v1/tenants/{tenant}/audit-logs`.
-pub const REST_PARAMETERS: [&str; 12] = [
+/// The REST parameters of `GET /api/v1/tenants/{tenant}/audit-logs`; the first
+/// [`REST_COUNT_PARAMETERS`] are those of its `/count`.
+pub const REST_PARAMETERS: [&str; 13] = [
     "actor_id",
     "actor_type",
     "action",
@@ -56,10 +58,13 @@ pub const REST_PARAMETERS: [&str; 12] = [
     "request_id",
     "start_time",
     "end_time",
+    "consistency",
     "limit",
     "cursor",
     "order",
 ];
+
+const REST_COUNT_PARAMETERS: usize = 10;
 
 #[derive(Debug)]
 pub enum QueryError {
@@ -100,6 +105,7 @@ pub struct QueryInput {
     pub order: Order,
     /// Empty: the first page.
     pub cursor: String,
+    pub consistency: Consistency,
 }
 
 /// One page, ready to be shaped for the wire.
@@ -118,6 +124,7 @@ pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOut
         limit,
         order,
         cursor,
+        consistency,
     } = input;
     filters.check()?;
     let tenant_digest = tenant_digest(&tenant_id);
@@ -150,7 +157,9 @@ pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOut
         .router
         .shard_for(&tenant_id)
         .map_err(QueryError::Route)?;
-    shard.read_barrier().await.map_err(QueryError::Barrier)?;
+    if consistency.needs_barrier() {
+        shard.read_barrier().await.map_err(QueryError::Barrier)?;
+    }
     let keyspaces = shard.keyspaces.clone();
     let index = node.index.clone();
     let permit = node
@@ -245,6 +254,7 @@ pub async fn count_events(
     node: &Node,
     tenant_id: String,
     filters: Filters,
+    consistency: Consistency,
     by: &ReadBy,
 ) -> Result<u64, QueryError> {
     filters.check()?;
@@ -254,7 +264,9 @@ pub async fn count_events(
         .router
         .shard_for(&tenant_id)
         .map_err(QueryError::Route)?;
-    shard.read_barrier().await.map_err(QueryError::Barrier)?;
+    if consistency.needs_barrier() {
+        shard.read_barrier().await.map_err(QueryError::Barrier)?;
+    }
     let keyspaces = shard.keyspaces.clone();
     let index = node.index.clone();
     let permit = node
@@ -341,10 +353,11 @@ pub async fn count(
     let input = grpc_input(v1::QueryRequest {
         tenant_id: request.tenant_id,
         filter: request.filter,
+        consistency: request.consistency,
         ..v1::QueryRequest::default()
     })
     .map_err(|error| grpc_invalid(&error))?;
-    let count = count_events(node, input.tenant_id, input.filters, by).await?;
+    let count = count_events(node, input.tenant_id, input.filters, input.consistency, by).await?;
     Ok(v1::CountResponse { count })
 }
 
@@ -440,6 +453,7 @@ pub fn grpc_input(request: v1::QueryRequest) -> Result<QueryInput, FieldError> {
         limit,
         order,
         cursor: request.cursor,
+        consistency: Consistency::from_wire(request.consistency)?,
     })
 }
 
@@ -528,7 +542,7 @@ pub fn rest_parameters(
 
 /// Parses `GET /api/v1/tenants/{tenant}/audit-logs/count?…`: the filters only.
 pub fn rest_count_input(tenant: &str, query_string: &str) -> Result<QueryInput, ParamError> {
-    rest_parameters(query_string, &REST_PARAMETERS[..9])?;
+    rest_parameters(query_string, &REST_PARAMETERS[..REST_COUNT_PARAMETERS])?;
     rest_input(tenant, query_string)
 }
 
@@ -582,12 +596,14 @@ pub fn rest_input(tenant: &str, query_string: &str) -> Result<QueryInput, ParamE
             })
         }
     };
+    let consistency = Consistency::from_rest(&take("consistency"))?;
     Ok(QueryInput {
         tenant_id,
         filters,
         limit,
         order,
         cursor: take("cursor"),
+        consistency,
     })
 }
 

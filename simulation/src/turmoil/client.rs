@@ -237,6 +237,7 @@ impl Client {
             after_seq: 0,
             limit: 1,
             stream: String::new(),
+            ..v1::TailRequest::default()
         };
         let sent = tokio::time::timeout(self.plan.client_timeout, client.tail(request));
         match sent.await {

@@ -164,6 +164,7 @@ pub async fn run(client: &Client, args: BenchQueryArgs) -> anyhow::Result<ExitCo
                     end_time: Some(week_end),
                     ..QueryFilter::default()
                 }),
+                ..CountRequest::default()
             }),
         ),
     ];

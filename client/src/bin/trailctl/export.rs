@@ -315,6 +315,7 @@ async fn query_seqs(
         limit: QUERY_PAGE_EVENTS,
         cursor: String::new(),
         order: QueryOrder::OldestFirst as i32,
+        ..QueryRequest::default()
     };
     let mut seqs = SeqSet::new();
     let mut later: u64 = 0;

@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 use trail_client::json::stored_event_to_string;
 use trail_client::Client;
 use trail_proto::v1::{
-    ActorType, CountRequest, QueryFilter, QueryOrder, QueryRequest, QueryResponse,
+    ActorType, CountRequest, QueryFilter, QueryOrder, QueryRequest, QueryResponse, ReadConsistency,
     Result as EventResult, StoredEvent,
 };
 use trail_proto::Timestamp;
@@ -29,6 +29,16 @@ pub enum ResultArg {
     Success,
     Failure,
     Denied,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ConsistencyArg {
+    /// The shard's leader answers after a read-index check: every event acknowledged
+    /// before the read is seen.
+    Strong,
+    /// The replica on the node asked answers, as far as it has applied: may miss the
+    /// newest events; spreads reads over the replicas of a cluster.
+    Eventual,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,6 +93,10 @@ pub struct FilterArgs {
     /// Events that occurred before this RFC 3339 time (exclusive).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     end_time: Option<Timestamp>,
+
+    /// How fresh the answer must be (in a cluster: who answers).
+    #[arg(long, value_enum, ignore_case = true, default_value = "strong")]
+    consistency: ConsistencyArg,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +178,14 @@ impl FilterArgs {
             end_time: self.end_time,
         }
     }
+
+    fn consistency(&self) -> i32 {
+        let consistency = match self.consistency {
+            ConsistencyArg::Strong => ReadConsistency::Strong,
+            ConsistencyArg::Eventual => ReadConsistency::Eventual,
+        };
+        consistency as i32
+    }
 }
 
 impl QueryArgs {
@@ -177,6 +199,7 @@ impl QueryArgs {
                 OrderArg::Desc => QueryOrder::NewestFirst,
                 OrderArg::Asc => QueryOrder::OldestFirst,
             } as i32,
+            consistency: self.filter.consistency(),
         }
     }
 }
@@ -187,6 +210,7 @@ pub async fn count(client: &Client, args: CountArgs) -> anyhow::Result<ExitCode>
         .count(CountRequest {
             tenant_id: args.filter.tenant.clone(),
             filter: Some(args.filter.filter()),
+            consistency: args.filter.consistency(),
         })
         .await?;
     let line = if args.json {

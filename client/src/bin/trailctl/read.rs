@@ -69,6 +69,7 @@ pub async fn tail(client: &Client, args: TailArgs) -> anyhow::Result<ExitCode> {
                 after_seq,
                 limit: args.limit,
                 stream: args.stream.clone(),
+                ..TailRequest::default()
             })
             .await?;
         let events_count = page.events.len();
