@@ -76,6 +76,13 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
             .progress(shard.shard)
             .map_or(0, |progress| progress.lag_ms.load(Ordering::Relaxed))
     });
+    // Time the shard's proposals waited for the indexes to catch up (backpressure).
+    per_shard(
+        &mut body,
+        "trail_ingest_index_held_ms_total",
+        "counter",
+        &|shard| shard.index_gate.held_us() / 1_000,
+    );
     let memory = super::process_memory();
     // The storage engine's memory and journal: memtables are bounded per keyspace
     // (storage/mod.rs) and journals are deleted once every keyspace flushed past

@@ -105,6 +105,25 @@ pub struct IndexProgress {
     pub lag_ms: AtomicU64,
     /// Events of a rebuild still to index (0 when not rebuilding).
     pub rebuild_remaining: AtomicU64,
+    /// The indexer thread ended (stopped, or failed): nothing will lower the lag.
+    pub indexer_stopped: AtomicBool,
+}
+
+/// Index lag over which a shard's leader holds new proposals back (see
+/// [`IndexProgress::holds_ingest`]). The indexes become visible at every commit
+/// (`commit_interval`, 500 ms by default), so the lag of an indexer that keeps up
+/// stays under ~0.6 s; over this, the indexer is falling behind.
+pub const INGEST_HOLD_LAG_MS: u64 = 1_000;
+
+impl IndexProgress {
+    /// Whether ingest should wait for the indexer: it is running, not rebuilding (a
+    /// rebuild of a large store takes minutes, while the node keeps ingesting), and
+    /// its lag passed [`INGEST_HOLD_LAG_MS`].
+    pub fn holds_ingest(&self) -> bool {
+        !self.indexer_stopped.load(Ordering::Relaxed)
+            && self.rebuild_remaining.load(Ordering::Relaxed) == 0
+            && self.lag_ms.load(Ordering::Relaxed) > INGEST_HOLD_LAG_MS
+    }
 }
 
 /// The node's secondary indexes: the handle queries use.
@@ -224,7 +243,19 @@ impl NodeIndex {
         let thread_handle = handle.clone();
         let thread = std::thread::Builder::new()
             .name("trail-indexer".into())
-            .spawn(move || indexer.run(&thread_handle))?;
+            .spawn(move || {
+                indexer.run(&thread_handle);
+                // Whether it stopped or failed, ingest must not wait for it any more.
+                for progress in thread_handle
+                    .shared
+                    .progress
+                    .read()
+                    .expect("progress lock")
+                    .values()
+                {
+                    progress.indexer_stopped.store(true, Ordering::Relaxed);
+                }
+            })?;
         *handle.shared.thread.lock().expect("indexer thread lock") = Some(thread);
         Ok(handle)
     }

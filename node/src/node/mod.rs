@@ -307,6 +307,9 @@ pub async fn start(
             ..IndexConfig::new(&config.data_dir)
         },
     )?;
+    for (handle, _) in &opened {
+        attach_index_gate(&index, handle);
+    }
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     arbiter.spawn(async move {
@@ -418,6 +421,13 @@ async fn open_data_shards(
     Ok(opened)
 }
 
+/// Lets the shard's batcher wait for the index (a shard the index has).
+fn attach_index_gate(index: &NodeIndex, handle: &ShardHandle) {
+    if let Some(progress) = index.progress(handle.shard) {
+        handle.index_gate.attach(progress);
+    }
+}
+
 /// A node that joins must agree with the map on the cluster's nodes and checkpoint key.
 fn check_map(map: &ClusterMap, config: &NodeConfig, signer: &NoteSigner) -> anyhow::Result<()> {
     let cluster = config.cluster.as_ref().expect("checked in a cluster");
@@ -494,6 +504,7 @@ async fn watch_cluster_map(node: Node, settings: ShardSettings) {
             );
             std::process::exit(70);
         }
+        attach_index_gate(&node.index, handle);
         node.groups.insert(handle.shard, handle.raft.clone());
     }
     let handles: Vec<ShardHandle> = opened.iter().map(|(handle, _)| handle.clone()).collect();

@@ -9,14 +9,63 @@
 //! fsync, apply), a shard proposes ~1,000 entries/s at most, so entries of ~500 events
 //! amortize the fsync and the Raft round over hundreds of events.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Clock;
 use crate::consensus::{Raft, CLIENT_WRITE_TIMEOUT};
+use crate::index::IndexProgress;
 use crate::ledger::{ApplyReceipt, EventRecord, LedgerCommand};
+
+/// Longest a proposal waits for the indexes (see [`IndexGate`]): bounds what a slow
+/// indexer can take from ingest to about two entries per second per slot.
+const INDEX_HOLD_MAX: Duration = Duration::from_secs(1);
+const INDEX_HOLD_POLL: Duration = Duration::from_millis(5);
+
+/// Backpressure from the secondary indexes: while the shard's index lag is over
+/// `index::INGEST_HOLD_LAG_MS`, the batcher holds its next proposal back (up to
+/// [`INDEX_HOLD_MAX`] each), so requests queue, entries grow, and once the queue is
+/// full producers are told to back off. Without it a shard ingesting faster than one
+/// node-wide indexer thread can index grows its lag without bound (180-220 s on the
+/// whale's shard in a 10 M-event run), and every query scans that unindexed tail.
+/// Unattached (before the shard joins the index) it never holds.
+#[derive(Clone, Default)]
+pub struct IndexGate {
+    progress: Arc<OnceLock<Arc<IndexProgress>>>,
+    held_us: Arc<AtomicU64>,
+}
+
+impl IndexGate {
+    pub fn attach(&self, progress: Arc<IndexProgress>) {
+        let _ = self.progress.set(progress);
+    }
+
+    /// Microseconds proposals were held back, in all.
+    pub fn held_us(&self) -> u64 {
+        self.held_us.load(Ordering::Relaxed)
+    }
+
+    fn holds(&self) -> bool {
+        self.progress
+            .get()
+            .is_some_and(|progress| progress.holds_ingest())
+    }
+
+    async fn hold(&self) {
+        if !self.holds() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        while self.holds() && started.elapsed() < INDEX_HOLD_MAX {
+            tokio::time::sleep(INDEX_HOLD_POLL).await;
+        }
+        self.held_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+}
 
 /// Limits of one shard's write path, all bounded.
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +195,7 @@ pub async fn run(
     raft: Raft,
     clock: Arc<dyn Clock>,
     limits: BatchLimits,
+    index_gate: IndexGate,
     mut receiver: mpsc::Receiver<IngestRequest>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
@@ -177,6 +227,8 @@ pub async fn run(
             .acquire_owned()
             .await
             .expect("slots semaphore is never closed");
+        // Before the batch is cut, so that what queues meanwhile joins it.
+        index_gate.hold().await;
 
         let mut requests = vec![first];
         let mut events_count = requests[0].events.len();
@@ -266,3 +318,42 @@ fn deliver(outcome: Result<Vec<ApplyReceipt>, IngestError>, replies: Vec<Reply>)
 
 /// How long shutdown waits for queued work before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::INGEST_HOLD_LAG_MS;
+
+    fn progress(lag_ms: u64) -> Arc<IndexProgress> {
+        let progress = Arc::new(IndexProgress::default());
+        progress.lag_ms.store(lag_ms, Ordering::Relaxed);
+        progress
+    }
+
+    #[test]
+    fn the_gate_holds_only_for_a_running_indexer_that_fell_behind() {
+        let gate = IndexGate::default();
+        assert!(!gate.holds(), "unattached");
+        let behind = progress(INGEST_HOLD_LAG_MS + 1);
+        gate.attach(behind.clone());
+        assert!(gate.holds());
+        behind.rebuild_remaining.store(5, Ordering::Relaxed);
+        assert!(!gate.holds(), "a rebuild does not hold ingest");
+        behind.rebuild_remaining.store(0, Ordering::Relaxed);
+        behind.indexer_stopped.store(true, Ordering::Relaxed);
+        assert!(!gate.holds(), "a stopped indexer does not hold ingest");
+        let keeping_up = IndexGate::default();
+        keeping_up.attach(progress(INGEST_HOLD_LAG_MS));
+        assert!(!keeping_up.holds());
+    }
+
+    #[tokio::test]
+    async fn a_hold_is_bounded_and_counted() {
+        let gate = IndexGate::default();
+        gate.hold().await;
+        assert_eq!(gate.held_us(), 0, "nothing to wait for");
+        gate.attach(progress(u64::MAX));
+        gate.hold().await;
+        assert!(gate.held_us() >= INDEX_HOLD_MAX.as_micros() as u64);
+    }
+}

@@ -55,6 +55,8 @@ pub struct ShardHandle {
     /// The state machine's applied index (what linearizable reads wait for).
     pub applied: Arc<AppliedProgress>,
     pub sealer: Arc<Sealer>,
+    /// Backpressure from the node's indexes, attached once the shard joined them.
+    pub index_gate: batcher::IndexGate,
 }
 
 impl ShardHandle {
@@ -243,11 +245,13 @@ pub async fn open(
     }
     let (queue, receiver) = batcher::queue(shard, settings.limits);
     let (stop_batcher, stop_signal) = oneshot::channel();
+    let index_gate = batcher::IndexGate::default();
     let batcher = tokio::spawn(batcher::run(
         shard,
         raft.clone(),
         clock.clone(),
         settings.limits,
+        index_gate.clone(),
         receiver,
         stop_signal,
     ));
@@ -268,6 +272,7 @@ pub async fn open(
         counters,
         applied,
         sealer,
+        index_gate,
     };
     Ok((
         handle,
