@@ -112,6 +112,12 @@ pub struct Flags {
     /// found: queries read them from the store).
     #[arg(long)]
     pub index_commit_ms: Option<u64>,
+    /// Index lag, in ms, over which a shard holds ingest back until its indexes catch
+    /// up [default: twice --index-commit-ms]. Keeps queries fresh and fast under
+    /// sustained ingest (they scan what is not yet indexed) at some cost in ingest
+    /// throughput; 0 turns it off (the lag may then grow without bound).
+    #[arg(long)]
+    pub index_hold_lag_ms: Option<u64>,
     /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
     #[arg(long, env = "TRAIL_LOG")]
     pub log: Option<String>,
@@ -139,6 +145,7 @@ struct FileConfig {
     checkpoint_origin: Option<String>,
     audit_reads: Option<bool>,
     index_commit_ms: Option<u64>,
+    index_hold_lag_ms: Option<u64>,
     log: Option<String>,
 }
 
@@ -270,6 +277,18 @@ impl NodeConfig {
         if !(10..=60_000).contains(&index_commit_ms) {
             anyhow::bail!("index_commit_ms: {index_commit_ms} is out of range; use 10 to 60000");
         }
+        let index_hold_lag_ms = flags
+            .index_hold_lag_ms
+            .or(file.index_hold_lag_ms)
+            .unwrap_or(2 * index_commit_ms);
+        if index_hold_lag_ms != 0 && index_hold_lag_ms <= index_commit_ms {
+            anyhow::bail!(
+                "index_hold_lag_ms: {index_hold_lag_ms} is not above index_commit_ms \
+                 ({index_commit_ms}): events wait up to a commit interval to be indexed, so \
+                 ingest would be held all the time; use more (default: twice \
+                 index_commit_ms) or 0 to turn the hold off"
+            );
+        }
         let cluster = match flags.peers.or(file.peers) {
             None => None,
             Some(text) => {
@@ -382,6 +401,7 @@ impl NodeConfig {
                 proposals_in_flight_max,
                 queue_bytes_max: queue_mib_max << 20,
                 block_events_max,
+                index_hold_lag_ms,
                 ..defaults
             },
             snapshot_logs_since_last,

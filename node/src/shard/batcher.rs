@@ -26,7 +26,7 @@ const INDEX_HOLD_MAX: Duration = Duration::from_secs(1);
 const INDEX_HOLD_POLL: Duration = Duration::from_millis(5);
 
 /// Backpressure from the secondary indexes: while the shard's index lag is over
-/// `index::INGEST_HOLD_LAG_MS`, the batcher holds its next proposal back (up to
+/// `index_hold_lag_ms`, the batcher holds its next proposal back (up to
 /// [`INDEX_HOLD_MAX`] each), so requests queue, entries grow, and once the queue is
 /// full producers are told to back off. Without it a shard ingesting faster than one
 /// node-wide indexer thread can index grows its lag without bound (180-220 s on the
@@ -48,18 +48,20 @@ impl IndexGate {
         self.held_us.load(Ordering::Relaxed)
     }
 
-    fn holds(&self) -> bool {
-        self.progress
-            .get()
-            .is_some_and(|progress| progress.holds_ingest())
+    fn holds(&self, lag_ms_max: u64) -> bool {
+        lag_ms_max > 0
+            && self
+                .progress
+                .get()
+                .is_some_and(|progress| progress.holds_ingest(lag_ms_max))
     }
 
-    async fn hold(&self) {
-        if !self.holds() {
+    async fn hold(&self, lag_ms_max: u64) {
+        if !self.holds(lag_ms_max) {
             return;
         }
         let started = tokio::time::Instant::now();
-        while self.holds() && started.elapsed() < INDEX_HOLD_MAX {
+        while self.holds(lag_ms_max) && started.elapsed() < INDEX_HOLD_MAX {
             tokio::time::sleep(INDEX_HOLD_POLL).await;
         }
         self.held_us
@@ -83,6 +85,9 @@ pub struct BatchLimits {
     /// Events that seal a block by size; stamped into each entry so that every replica
     /// seals at the same event.
     pub block_events_max: u32,
+    /// Index lag (ms) over which proposals wait for the indexes ([`IndexGate`]);
+    /// 0: never.
+    pub index_hold_lag_ms: u64,
 }
 
 impl Default for BatchLimits {
@@ -97,6 +102,9 @@ impl Default for BatchLimits {
             queue_bytes_max: 32 << 20,
             queue_requests_max: 4_096,
             block_events_max: crate::ledger::BLOCK_EVENTS_DEFAULT,
+            // Twice the default index commit interval (500 ms): events wait up to one
+            // interval to be indexed, so an indexer that keeps up stays under ~0.6 s.
+            index_hold_lag_ms: 1_000,
         }
     }
 }
@@ -228,7 +236,7 @@ pub async fn run(
             .await
             .expect("slots semaphore is never closed");
         // Before the batch is cut, so that what queues meanwhile joins it.
-        index_gate.hold().await;
+        index_gate.hold(limits.index_hold_lag_ms).await;
 
         let mut requests = vec![first];
         let mut events_count = requests[0].events.len();
@@ -322,7 +330,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::INGEST_HOLD_LAG_MS;
+
+    const LAG_MAX: u64 = 1_000;
 
     fn progress(lag_ms: u64) -> Arc<IndexProgress> {
         let progress = Arc::new(IndexProgress::default());
@@ -333,27 +342,31 @@ mod tests {
     #[test]
     fn the_gate_holds_only_for_a_running_indexer_that_fell_behind() {
         let gate = IndexGate::default();
-        assert!(!gate.holds(), "unattached");
-        let behind = progress(INGEST_HOLD_LAG_MS + 1);
+        assert!(!gate.holds(LAG_MAX), "unattached");
+        let behind = progress(LAG_MAX + 1);
         gate.attach(behind.clone());
-        assert!(gate.holds());
+        assert!(gate.holds(LAG_MAX));
+        assert!(!gate.holds(0), "0 turns the hold off");
         behind.rebuild_remaining.store(5, Ordering::Relaxed);
-        assert!(!gate.holds(), "a rebuild does not hold ingest");
+        assert!(!gate.holds(LAG_MAX), "a rebuild does not hold ingest");
         behind.rebuild_remaining.store(0, Ordering::Relaxed);
         behind.indexer_stopped.store(true, Ordering::Relaxed);
-        assert!(!gate.holds(), "a stopped indexer does not hold ingest");
+        assert!(
+            !gate.holds(LAG_MAX),
+            "a stopped indexer does not hold ingest"
+        );
         let keeping_up = IndexGate::default();
-        keeping_up.attach(progress(INGEST_HOLD_LAG_MS));
-        assert!(!keeping_up.holds());
+        keeping_up.attach(progress(LAG_MAX));
+        assert!(!keeping_up.holds(LAG_MAX));
     }
 
     #[tokio::test]
     async fn a_hold_is_bounded_and_counted() {
         let gate = IndexGate::default();
-        gate.hold().await;
+        gate.hold(LAG_MAX).await;
         assert_eq!(gate.held_us(), 0, "nothing to wait for");
         gate.attach(progress(u64::MAX));
-        gate.hold().await;
+        gate.hold(LAG_MAX).await;
         assert!(gate.held_us() >= INDEX_HOLD_MAX.as_micros() as u64);
     }
 }
