@@ -59,6 +59,9 @@ const WRITER_MEMORY_BYTES: usize = 48 << 20;
 /// them at the top of every loop (every ~20 ms when idle), and a node holds at most
 /// `config::SHARDS_MAX` (256) shards, so this bound is only met if the thread is gone.
 const ADDED_SHARDS_QUEUED_MAX: usize = 256;
+/// The longest pause of an idle indexer (see `IndexConfig::idle_pause`): the most a
+/// first event after a quiet spell waits beyond the commit interval.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(160);
 const TERM_KEY_FILE: &str = "term.key";
 const PAYLOAD_VERSION: u32 = 1;
 
@@ -79,6 +82,15 @@ impl IndexConfig {
             commit_interval: Duration::from_millis(500),
             poll_interval: Duration::from_millis(20),
         }
+    }
+
+    /// The pause after `empty_rounds` rounds in a row that found nothing: the poll
+    /// interval, doubling up to [`IDLE_POLL_MAX`]. An idle node with 200 shards spent
+    /// 3.5% of a core polling every shard's feed every 20 ms.
+    fn idle_pause(&self, empty_rounds: u32) -> Duration {
+        self.poll_interval
+            .saturating_mul(1 << empty_rounds.min(8))
+            .min(IDLE_POLL_MAX.max(self.poll_interval))
     }
 }
 
@@ -657,6 +669,7 @@ fn last_feed_key(keyspaces: &ShardKeyspaces) -> anyhow::Result<u64> {
 impl Indexer {
     fn run(mut self, handle: &NodeIndex) {
         let mut last_commit = Instant::now();
+        let mut empty_rounds: u32 = 0;
         loop {
             let stopping = handle.shared.stop.load(Ordering::SeqCst);
             match self.take_added(handle) {
@@ -706,7 +719,10 @@ impl Indexer {
                 return;
             }
             if added == 0 {
-                std::thread::sleep(self.config.poll_interval);
+                std::thread::sleep(self.config.idle_pause(empty_rounds));
+                empty_rounds = empty_rounds.saturating_add(1);
+            } else {
+                empty_rounds = 0;
             }
         }
     }
@@ -995,5 +1011,20 @@ impl Indexer {
                 .map(|shard| (shard.id, shard.visible_next.clone()))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_indexer_backs_off_to_a_bound() {
+        let config = IndexConfig::new(Path::new("/nowhere"));
+        let pauses: Vec<u128> = [0, 1, 2, 3, 4, 40]
+            .iter()
+            .map(|&rounds| config.idle_pause(rounds).as_millis())
+            .collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 160, 160]);
     }
 }
