@@ -235,8 +235,11 @@ pub async fn run(
             .acquire_owned()
             .await
             .expect("slots semaphore is never closed");
-        // Before the batch is cut, so that what queues meanwhile joins it.
-        index_gate.hold(limits.index_hold_lag_ms).await;
+        // Before the batch is cut, so that what queues meanwhile joins it; not while
+        // draining for shutdown, which has a deadline.
+        if !closing {
+            index_gate.hold(limits.index_hold_lag_ms).await;
+        }
 
         let mut requests = vec![first];
         let mut events_count = requests[0].events.len();
