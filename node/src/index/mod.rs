@@ -56,7 +56,7 @@ const DOCS_PER_COMMIT_MAX: u64 = 200_000;
 /// tantivy's indexing arena (its minimum is 15 MB).
 const WRITER_MEMORY_BYTES: usize = 48 << 20;
 /// Shards `add_shard` opened that the indexer thread has not taken up yet. It takes
-/// them at the top of every loop (every ~20 ms when idle), and a node holds at most
+/// them at the top of every loop (every 20-160 ms when idle), and a node holds at most
 /// `config::SHARDS_MAX` (256) shards, so this bound is only met if the thread is gone.
 const ADDED_SHARDS_QUEUED_MAX: usize = 256;
 /// The longest pause of an idle indexer (see `IndexConfig::idle_pause`): the most a
@@ -120,8 +120,10 @@ pub struct IndexProgress {
     pub lag_ms: AtomicU64,
     /// Events of a rebuild still to index (0 when not rebuilding).
     pub rebuild_remaining: AtomicU64,
-    /// The indexer thread ended (stopped, or failed): nothing will lower the lag.
-    pub indexer_stopped: AtomicBool,
+    /// The node's indexer thread ended (stopped, or failed): nothing will lower the
+    /// lag. One flag for the node, shared by every shard's progress, also those added
+    /// after the thread ended.
+    pub indexer_stopped: Arc<AtomicBool>,
 }
 
 impl IndexProgress {
@@ -157,6 +159,8 @@ struct Shared {
     /// after a restart resumes where it was rather than being rebuilt.
     resume_points: Mutex<BTreeMap<ShardId, u64>>,
     stop: AtomicBool,
+    /// Set when the indexer thread ends; every shard's [`IndexProgress`] holds it.
+    indexer_stopped: Arc<AtomicBool>,
     reindex: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -227,6 +231,7 @@ impl NodeIndex {
             added: Mutex::new(Vec::new()),
             resume_points: Mutex::new(payload.shards),
             stop: AtomicBool::new(false),
+            indexer_stopped: Arc::default(),
             reindex: AtomicBool::new(false),
             thread: Mutex::new(None),
         });
@@ -255,15 +260,10 @@ impl NodeIndex {
             .spawn(move || {
                 indexer.run(&thread_handle);
                 // Whether it stopped or failed, ingest must not wait for it any more.
-                for progress in thread_handle
+                thread_handle
                     .shared
-                    .progress
-                    .read()
-                    .expect("progress lock")
-                    .values()
-                {
-                    progress.indexer_stopped.store(true, Ordering::Relaxed);
-                }
+                    .indexer_stopped
+                    .store(true, Ordering::Relaxed);
             })?;
         *handle.shared.thread.lock().expect("indexer thread lock") = Some(thread);
         Ok(handle)
@@ -298,7 +298,7 @@ impl NodeIndex {
             .expect("resume points lock")
             .get(&keyspaces.shard)
             .copied();
-        let shard = ShardIndexer::open(keyspaces, resume)?;
+        let shard = ShardIndexer::open(keyspaces, resume, &self.shared.indexer_stopped)?;
         let progress = shard.progress.clone();
         self.shared
             .added
@@ -481,7 +481,11 @@ struct ShardIndexer {
 impl ShardIndexer {
     /// `resume`: the payload's feed key for this shard; `None` rebuilds the shard. Runs
     /// on any thread: the indexer thread does not touch the shard until it takes it up.
-    fn open(keyspaces: &ShardKeyspaces, resume: Option<u64>) -> anyhow::Result<ShardIndexer> {
+    fn open(
+        keyspaces: &ShardKeyspaces,
+        resume: Option<u64>,
+        indexer_stopped: &Arc<AtomicBool>,
+    ) -> anyhow::Result<ShardIndexer> {
         // A reset at or before the payload's key is a snapshot installed while this index
         // did not index the shard (a node that lost the shard and got it back): the state
         // the documents describe is gone, so the shard is rebuilt.
@@ -493,7 +497,10 @@ impl ShardIndexer {
         // both, and the per-stream watermarks skip it the second time.
         let applied = last_feed_key(keyspaces)?;
         let streams = streams_of(keyspaces)?;
-        let progress = Arc::new(IndexProgress::default());
+        let progress = Arc::new(IndexProgress {
+            indexer_stopped: indexer_stopped.clone(),
+            ..IndexProgress::default()
+        });
         let mut shard = ShardIndexer {
             id: keyspaces.shard,
             keyspaces: keyspaces.clone(),
