@@ -83,6 +83,19 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
         "counter",
         &|shard| shard.index_gate.held_us() / 1_000,
     );
+    // Disk per keyspace of each shard (SST and blob files; journals are counted apart).
+    let name = "trail_storage_disk_bytes";
+    let _ = writeln!(body, "# TYPE {name} gauge");
+    for shard in node.router.shards() {
+        for (keyspace, handle) in shard.keyspaces.named() {
+            let _ = writeln!(
+                body,
+                "{name}{{shard=\"{}\",keyspace=\"{keyspace}\"}} {}",
+                shard.shard,
+                handle.disk_space()
+            );
+        }
+    }
     let memory = super::process_memory();
     // The storage engine's memory and journal: memtables are bounded per keyspace
     // (storage/mod.rs) and journals are deleted once every keyspace flushed past

@@ -204,7 +204,7 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     arbiter: &ArbiterHandle,
 ) -> anyhow::Result<Node> {
-    let store = NodeStore::open(&config.data_dir)?;
+    let store = NodeStore::open_with_cache(&config.data_dir, config.cache_bytes)?;
     let shard_count = check_layout(&store, &config)?;
     let tamper = &config.tamper;
     let signer = Arc::new(key::load_or_create(
