@@ -491,10 +491,22 @@ proptest! {
         before in batches(150),
         during in batches(60),
         cases in proptest::collection::vec(query_case(), 1..8),
+        caught_up in any::<bool>(),
     ) {
         with_shared_store(|store| {
             for batch in &before {
                 store.apply(batch);
+            }
+            if caught_up {
+                // The events before are read through the indexes (else mostly from
+                // the tail, the indexer being a thread of its own).
+                assert!(
+                    store.index.wait_caught_up(
+                        std::slice::from_ref(&store.keyspaces),
+                        std::time::Duration::from_secs(10)
+                    ),
+                    "the indexer catches up"
+                );
             }
             let key = CursorKey::from_bytes([42; 32]);
             let mut during = during.into_iter();

@@ -283,6 +283,7 @@ fn documents(index: &NodeIndex, shard: u32) -> usize {
     let term = Term::from_field_u64(index.fields().shard, u64::from(shard));
     index
         .visible()
+        .view
         .searcher
         .search(&TermQuery::new(term, IndexRecordOption::Basic), &Count)
         .expect("count documents")

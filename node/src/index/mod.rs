@@ -4,9 +4,10 @@
 //! it appended). One indexer thread per node reads the feeds of all shards, reads those
 //! events from the store, and builds two derived indexes in bulk:
 //!
-//! - the time index `sN.tindex` (`stream_no, occurred_at, seq`, empty values): a
-//!   tenant's events in `occurred_at` order as one range scan, for unselective queries
-//!   and deep keyset pages;
+//! - the time index `sN.tindex` (`stream_no, occurred_at, seq`, valued with the
+//!   event's filter fields summarized in 19 bytes, `summary.rs`): a tenant's events in
+//!   `occurred_at` order as one range scan that tests filters without reading events,
+//!   for unselective queries and deep keyset pages;
 //! - one tantivy index per node (`<data dir>/index`), one document per event with the
 //!   tenant-scoped filter terms and the position as fast fields, for selective filters
 //!   and counts.
@@ -23,10 +24,13 @@
 //! missing or unreadable index, an index of another format, or a shard whose state was
 //! replaced by a snapshot is rebuilt from the store.
 
+mod merge;
 pub mod schema;
 pub mod search;
+pub mod summary;
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,14 +39,17 @@ use std::time::{Duration, Instant};
 
 use fjall::{Database, PersistMode};
 use serde::{Deserialize, Serialize};
+use tantivy::index::SegmentId;
 use tantivy::indexer::IndexWriterOptions;
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::ledger::routing::ShardId;
 use crate::ledger::{StoredEvent, TenantState};
 use crate::node::cursor_key::load_or_create_secret;
 use crate::storage::{event_key, tindex_key, FeedRuns, ShardKeyspaces};
+use merge::{SegmentRanges, TimeMergePolicy};
 pub use schema::{stream_value, Fields, Terms};
+use search::{IndexView, SegmentColumns};
 
 /// Events read and indexed per shard per round, so one busy shard cannot starve the
 /// others nor delay a due commit by much. The lag is reported, and a due commit made,
@@ -51,7 +58,7 @@ pub use schema::{stream_value, Fields, Terms};
 /// ingest backpressure reads was seconds old and commits came late.
 const EVENTS_PER_ROUND_MAX: u64 = 4_000;
 /// Documents between commits at most: bounds the time-index keys held for the next
-/// commit (20 bytes each) and the work redone after a crash.
+/// commit (39 bytes each) and the work redone after a crash.
 const DOCS_PER_COMMIT_MAX: u64 = 200_000;
 /// tantivy's indexing arena (its minimum is 15 MB).
 const WRITER_MEMORY_BYTES: usize = 48 << 20;
@@ -97,7 +104,7 @@ impl IndexConfig {
 /// What queries read: one committed searcher and, per shard and stream, the first seq
 /// that is not in it (the tail starts there). Streams not listed start their tail at 1.
 pub struct Visible {
-    pub searcher: Searcher,
+    pub view: IndexView,
     pub tail_from: BTreeMap<ShardId, HashMap<u32, u64>>,
 }
 
@@ -212,6 +219,8 @@ impl NodeIndex {
                 .num_merge_threads(1)
                 .build(),
         )?;
+        let segment_ranges = SegmentRanges::default();
+        writer.set_merge_policy(Box::new(TimeMergePolicy::new(segment_ranges.clone())));
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -223,7 +232,7 @@ impl NodeIndex {
             terms: terms.clone(),
             // No shard yet: every stream's tail starts at 1.
             visible: RwLock::new(Arc::new(Visible {
-                searcher: reader.searcher(),
+                view: IndexView::new(reader.searcher(), &mut HashMap::new())?,
                 tail_from: BTreeMap::new(),
             })),
             progress: RwLock::new(BTreeMap::new()),
@@ -246,6 +255,8 @@ impl NodeIndex {
             config: config.clone(),
             time_keys: Vec::new(),
             uncommitted: 0,
+            columns: HashMap::new(),
+            segment_ranges,
         };
         // The shards known at start are added like any other, and taken up here rather
         // than by the thread, so that the first queries already see their watermarks.
@@ -253,7 +264,7 @@ impl NodeIndex {
             handle.add_shard(keyspaces)?;
             indexer.take_added(&handle)?;
         }
-        handle.publish(indexer.visible());
+        handle.publish(indexer.visible()?);
         let thread_handle = handle.clone();
         let thread = std::thread::Builder::new()
             .name("trail-indexer".into())
@@ -449,9 +460,13 @@ struct Indexer {
     terms: Terms,
     shards: Vec<ShardIndexer>,
     config: IndexConfig,
-    /// Time-index keys for the next commit: (position in `shards`, key).
-    time_keys: Vec<(usize, [u8; 20])>,
+    /// Time-index entries for the next commit: (position in `shards`, key, summary).
+    time_keys: Vec<(usize, [u8; 20], [u8; summary::SUMMARY_BYTES])>,
     uncommitted: u64,
+    /// The position columns of the visible segments, opened once each.
+    columns: HashMap<SegmentId, Arc<SegmentColumns>>,
+    /// The visible segments' `occurred_at` ranges, for the merge policy.
+    segment_ranges: SegmentRanges,
 }
 
 /// One shard's part of the indexer.
@@ -468,9 +483,8 @@ struct ShardIndexer {
     next: HashMap<u32, u64>,
     /// Per stream, the first seq not in the visible searcher.
     visible_next: HashMap<u32, u64>,
-    /// Streams still to index from the store before the feed (a rebuild): stream_no,
-    /// first seq to index, end (exclusive).
-    backlog: Vec<(u32, u64, u64)>,
+    /// Streams still to index from the store before the feed (a rebuild).
+    backlog: Backlog,
     /// `ingested_at` of the oldest event added since the last commit.
     oldest_pending_ns: Option<i64>,
     progress: Arc<IndexProgress>,
@@ -509,7 +523,7 @@ impl ShardIndexer {
             read_keys: Vec::new(),
             next: HashMap::new(),
             visible_next: HashMap::new(),
-            backlog: Vec::new(),
+            backlog: Backlog::default(),
             oldest_pending_ns: None,
             progress,
             resumed_after: resume,
@@ -550,7 +564,7 @@ impl ShardIndexer {
                 for (stream_no, next_seq) in streams {
                     shard.next.insert(stream_no, 1);
                     if next_seq > 1 {
-                        shard.backlog.push((stream_no, 1, next_seq));
+                        shard.backlog.push(stream_no, 1, next_seq);
                     }
                 }
                 shard.read_through = applied;
@@ -581,9 +595,7 @@ impl ShardIndexer {
     /// watermarks start at 1); the feed keys up to now are deleted once it is committed,
     /// and the feed after them is read as usual (skipping what the backlog covered).
     #[allow(clippy::type_complexity)]
-    fn scan(
-        keyspaces: &ShardKeyspaces,
-    ) -> anyhow::Result<(HashMap<u32, u64>, Vec<(u32, u64, u64)>, Vec<u64>)> {
+    fn scan(keyspaces: &ShardKeyspaces) -> anyhow::Result<(HashMap<u32, u64>, Backlog, Vec<u64>)> {
         let applied = last_feed_key(keyspaces)?;
         let mut read_keys = Vec::new();
         for guard in keyspaces.feed.range(..=applied.to_be_bytes()) {
@@ -591,12 +603,10 @@ impl ShardIndexer {
             read_keys.push(u64::from_be_bytes(key.as_ref().try_into()?));
         }
         let mut next = HashMap::new();
-        let mut backlog = Vec::new();
+        let mut backlog = Backlog::default();
         for (stream_no, next_seq) in streams_of(keyspaces)? {
             next.insert(stream_no, 1);
-            if next_seq > 1 {
-                backlog.push((stream_no, 1, next_seq));
-            }
+            backlog.push(stream_no, 1, next_seq);
         }
         Ok((next, backlog, read_keys))
     }
@@ -623,7 +633,55 @@ impl ShardIndexer {
     }
 
     fn backlog_events(&self) -> u64 {
-        self.backlog.iter().map(|(_, from, to)| to - from).sum()
+        self.backlog.events()
+    }
+}
+
+/// How far ahead of the other streams a rebuild reads one stream, in ingest time.
+const REBUILD_STEP_NS: i64 = 1_000_000_000;
+
+/// A rebuild's events still to index, per stream, taken in ingest-time order across
+/// the streams (to within [`REBUILD_STEP_NS`]), as they were indexed live: the index's
+/// segments then hold spans of time (`merge.rs`), where stream after stream would put
+/// years into every segment.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// `(ingested_at of the next event, or i64::MIN before the stream is read;
+    /// stream_no; first seq to index; end, exclusive)`, the earliest on top.
+    streams: BinaryHeap<Reverse<(i64, u32, u64, u64)>>,
+}
+
+impl Backlog {
+    fn push(&mut self, stream_no: u32, from: u64, to: u64) {
+        if from < to {
+            self.streams.push(Reverse((i64::MIN, stream_no, from, to)));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// The ingest time the backlog is at (`None` when done).
+    fn earliest(&self) -> Option<i64> {
+        self.streams.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    fn events(&self) -> u64 {
+        self.streams
+            .iter()
+            .map(|Reverse((_, _, from, to))| to - from)
+            .sum()
+    }
+
+    /// The stream to read next, and the ingest time to read it up to (exclusive).
+    fn take(&mut self) -> Option<((i64, u32, u64, u64), i64)> {
+        let Reverse(next) = self.streams.pop()?;
+        let others = self
+            .streams
+            .peek()
+            .map_or(i64::MAX, |Reverse((at, ..))| *at);
+        Some((next, others.max(next.0).saturating_add(REBUILD_STEP_NS)))
     }
 }
 
@@ -681,7 +739,13 @@ impl Indexer {
             let stopping = handle.shared.stop.load(Ordering::SeqCst);
             match self.take_added(handle) {
                 Ok(false) => {}
-                Ok(true) => handle.publish(self.visible()),
+                Ok(true) => match self.visible() {
+                    Ok(visible) => handle.publish(visible),
+                    Err(error) => {
+                        tracing::error!(%error, "the indexer stopped");
+                        return;
+                    }
+                },
                 Err(error) => {
                     tracing::error!(%error, "the indexer stopped");
                     return;
@@ -797,30 +861,56 @@ impl Indexer {
     /// Reads and adds what is new in every shard, a bounded amount each. Returns the
     /// number of events added.
     fn round(&mut self, handle: &NodeIndex) -> anyhow::Result<u64> {
+        // Rebuilding shards advance together in ingest time, so that a segment holds
+        // one span of time of all of them (a small shard racing ahead of a whale's
+        // would put months into every segment).
+        let floor = self
+            .shards
+            .iter()
+            .filter_map(|shard| shard.backlog.earliest())
+            .min()
+            .unwrap_or(i64::MAX);
         let mut added = 0;
         for position in 0..self.shards.len() {
-            added += self.shard_round(position, handle)?;
+            added += self.shard_round(position, handle, floor)?;
         }
         Ok(added)
     }
 
-    fn shard_round(&mut self, position: usize, handle: &NodeIndex) -> anyhow::Result<u64> {
+    /// One round of a shard: its rebuild, as far as `floor` (the earliest ingest time
+    /// any rebuild is at) allows, then what its feed holds.
+    fn shard_round(
+        &mut self,
+        position: usize,
+        handle: &NodeIndex,
+        floor: i64,
+    ) -> anyhow::Result<u64> {
         let mut budget = EVENTS_PER_ROUND_MAX;
         let mut added = 0;
         // A rebuild first: the feed describes only what comes after it.
         while budget > 0 {
-            let Some((stream_no, from, to)) = self.shards[position].backlog.last().copied() else {
+            let Some(((at, stream_no, from, to), until)) = self.shards[position].backlog.take()
+            else {
                 break;
             };
-            let end = to.min(from + budget);
-            let count = self.add_events(position, stream_no, from, end)?;
+            if at > floor.saturating_add(REBUILD_STEP_NS) {
+                // Ahead of another shard's rebuild: that one catches up first.
+                let backlog = &mut self.shards[position].backlog;
+                backlog.streams.push(Reverse((at, stream_no, from, to)));
+                break;
+            }
+            let (count, next_at) =
+                self.add_events_until(position, stream_no, from, to, until, budget)?;
             budget -= count.max(1);
             added += count;
             let shard = &mut self.shards[position];
-            if end >= to {
-                shard.backlog.pop();
-            } else {
-                shard.backlog.last_mut().expect("still there").1 = end;
+            if from + count < to {
+                // Stopped at an event after `until` (its time), or out of budget.
+                let at = next_at.unwrap_or(at);
+                shard
+                    .backlog
+                    .streams
+                    .push(Reverse((at, stream_no, from + count, to)));
             }
             shard
                 .progress
@@ -884,7 +974,7 @@ impl Indexer {
         let shard = &mut self.shards[position];
         tracing::info!(shard = shard.id, "re-indexing the shard from the store");
         shard.visible_next.clear();
-        handle.publish(self.visible());
+        handle.publish(self.visible()?);
         let shard = &mut self.shards[position];
         self.writer.delete_term(shard_term(&self.fields, shard.id));
         let (next, backlog, read_keys) = ShardIndexer::scan(&shard.keyspaces)?;
@@ -906,13 +996,34 @@ impl Indexer {
         from: u64,
         end: u64,
     ) -> anyhow::Result<u64> {
+        let (count, _) =
+            self.add_events_until(position, stream_no, from, end, i64::MAX, u64::MAX)?;
+        Ok(count)
+    }
+
+    /// Adds seqs from `from` on, up to `end` (exclusive), `budget` events at most, and
+    /// stops before the first event ingested at or after `until`. Returns how many it
+    /// added and, when it stopped at such an event, that event's `ingested_at`.
+    fn add_events_until(
+        &mut self,
+        position: usize,
+        stream_no: u32,
+        from: u64,
+        end: u64,
+        until: i64,
+        budget: u64,
+    ) -> anyhow::Result<(u64, Option<i64>)> {
         let shard = &mut self.shards[position];
         let mut expected = from;
+        let mut stopped_at = None;
         for guard in shard
             .keyspaces
             .events
             .range(event_key(stream_no, from)..event_key(stream_no, end))
         {
+            if expected - from >= budget {
+                break;
+            }
             let (_, value) = guard.into_inner()?;
             let stored = StoredEvent::decode_canonical(&value).map_err(|error| {
                 anyhow::anyhow!(
@@ -926,38 +1037,40 @@ impl Indexer {
                 shard.id,
                 stored.seq
             );
-            self.writer.add_document(self.terms.document(
-                &self.fields,
-                shard.id,
-                stream_no,
-                stored.seq,
-                &stored.event,
-            ))?;
+            if stored.ingested_at_ns >= until {
+                stopped_at = Some(stored.ingested_at_ns);
+                break;
+            }
+            let (document, summary) =
+                self.terms
+                    .document(&self.fields, shard.id, stream_no, stored.seq, &stored.event);
+            self.writer.add_document(document)?;
             self.time_keys.push((
                 position,
                 tindex_key(stream_no, stored.event.occurred_at_ns, stored.seq),
+                summary,
             ));
             let oldest = shard.oldest_pending_ns.get_or_insert(stored.ingested_at_ns);
             *oldest = (*oldest).min(stored.ingested_at_ns);
             expected += 1;
         }
         anyhow::ensure!(
-            expected == end,
+            expected == end || stopped_at.is_some() || expected - from >= budget,
             "shard {} stream {stream_no}: events {expected}..{end} are missing",
             shard.id
         );
-        shard.next.insert(stream_no, end);
-        let count = end - from;
+        shard.next.insert(stream_no, expected);
+        let count = expected - from;
         self.uncommitted += count;
-        Ok(count)
+        Ok((count, stopped_at))
     }
 
     /// Makes the added events durable and visible, then drops the feed keys covered.
     fn commit(&mut self, handle: &NodeIndex) -> anyhow::Result<()> {
         // 1. Time keys, durable before the tantivy commit that names them covered.
         let mut batch = self.db.batch();
-        for (position, key) in self.time_keys.drain(..) {
-            batch.insert(&self.shards[position].keyspaces.tindex, key, []);
+        for (position, key, summary) in self.time_keys.drain(..) {
+            batch.insert(&self.shards[position].keyspaces.tindex, key, summary);
         }
         batch.commit()?;
         self.db.persist(PersistMode::SyncData)?;
@@ -986,7 +1099,7 @@ impl Indexer {
         for shard in &mut self.shards {
             shard.visible_next = shard.next.clone();
         }
-        handle.publish(self.visible());
+        handle.publish(self.visible()?);
         // 4. The feed keys now covered.
         let mut batch = self.db.batch();
         for shard in &mut self.shards {
@@ -1009,21 +1122,50 @@ impl Indexer {
         Ok(())
     }
 
-    fn visible(&self) -> Visible {
-        Visible {
-            searcher: self.reader.searcher(),
+    /// What queries see now: the reader's searcher (with its segments' columns) and
+    /// the watermarks. Also tells the merge policy the segments' time ranges.
+    fn visible(&mut self) -> anyhow::Result<Visible> {
+        let view = IndexView::new(self.reader.searcher(), &mut self.columns)?;
+        self.segment_ranges.learn(view.ranges());
+        Ok(Visible {
+            view,
             tail_from: self
                 .shards
                 .iter()
                 .map(|shard| (shard.id, shard.visible_next.clone()))
                 .collect(),
-        }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rebuild_reads_streams_in_ingest_time_order() {
+        let mut backlog = Backlog::default();
+        backlog.push(1, 1, 100);
+        backlog.push(2, 1, 1);
+        backlog.push(3, 5, 50);
+        assert_eq!(backlog.events(), 99 + 45, "an empty stream is not kept");
+        // Unread streams first, read up to nothing: the read learns the stream's time.
+        let ((at, stream, ..), until) = backlog.take().unwrap();
+        assert_eq!((at, stream), (i64::MIN, 1));
+        assert_eq!(until, i64::MIN + REBUILD_STEP_NS);
+        backlog.streams.push(Reverse((7_000_000_000, 1, 1, 100)));
+        let ((at, stream, ..), _) = backlog.take().unwrap();
+        assert_eq!((at, stream), (i64::MIN, 3));
+        backlog.streams.push(Reverse((2_000_000_000, 3, 5, 50)));
+        // Now the earliest stream, read up to a step past the next one's time.
+        let ((at, stream, from, to), until) = backlog.take().unwrap();
+        assert_eq!((at, stream, from, to), (2_000_000_000, 3, 5, 50));
+        assert_eq!(until, 7_000_000_000 + REBUILD_STEP_NS);
+        // The last stream reads to its end.
+        let ((_, stream, ..), until) = backlog.take().unwrap();
+        assert_eq!((stream, until), (1, i64::MAX));
+        assert!(backlog.is_empty());
+    }
 
     #[test]
     fn an_idle_indexer_backs_off_to_a_bound() {

@@ -27,12 +27,14 @@ use tantivy::schema::{
 };
 use tantivy::{TantivyDocument, Term};
 
+use super::summary;
 use crate::ledger::routing::ShardId;
 use crate::ledger::{ActorKind, EventRecord, Outcome};
 
 /// Bumped when the schema or the term derivation changes: an index of another version
-/// is rebuilt from the store.
-pub const INDEX_FORMAT: u32 = 2;
+/// is rebuilt from the store. 3: time-index keys carry summaries (`summary.rs`); the
+/// rebuild writes them for events indexed before.
+pub const INDEX_FORMAT: u32 = 3;
 
 /// The schema's fields.
 #[derive(Clone, Copy, Debug)]
@@ -130,19 +132,26 @@ impl Terms {
         term
     }
 
+    /// The keyed value of an actor id (the `actor` term; also in time-index summaries).
+    pub fn actor_value(&self, tenant_id: &str, actor_id: &str) -> u64 {
+        self.keyed(Keyed::Actor, tenant_id, actor_id)
+    }
+
+    /// The keyed value of a resource id (the `resource` term).
+    pub fn resource_value(&self, tenant_id: &str, resource_id: &str) -> u64 {
+        self.keyed(Keyed::Resource, tenant_id, resource_id)
+    }
+
     pub fn tenant(&self, fields: &Fields, tenant_id: &str) -> Term {
         Term::from_field_text(fields.tenant, tenant_id)
     }
 
     pub fn actor(&self, fields: &Fields, tenant_id: &str, actor_id: &str) -> Term {
-        Term::from_field_u64(fields.actor, self.keyed(Keyed::Actor, tenant_id, actor_id))
+        Term::from_field_u64(fields.actor, self.actor_value(tenant_id, actor_id))
     }
 
     pub fn resource(&self, fields: &Fields, tenant_id: &str, resource_id: &str) -> Term {
-        Term::from_field_u64(
-            fields.resource,
-            self.keyed(Keyed::Resource, tenant_id, resource_id),
-        )
+        Term::from_field_u64(fields.resource, self.resource_value(tenant_id, resource_id))
     }
 
     pub fn request(&self, fields: &Fields, tenant_id: &str, request_id: &str) -> Term {
@@ -156,7 +165,8 @@ impl Terms {
         Term::from_field_text(field, &Terms::scoped(tenant_id, value))
     }
 
-    /// The document of one event at its position.
+    /// The document of one event at its position, and its time-index summary
+    /// (`summary.rs`), which share the event's keyed terms.
     pub fn document(
         &self,
         fields: &Fields,
@@ -164,15 +174,14 @@ impl Terms {
         stream_no: u32,
         seq: u64,
         event: &EventRecord,
-    ) -> TantivyDocument {
+    ) -> (TantivyDocument, [u8; summary::SUMMARY_BYTES]) {
         let tenant = event.tenant_id.as_str();
+        let actor = self.actor_value(tenant, &event.actor_id);
+        let resource = self.resource_value(tenant, &event.resource_id);
         let mut doc = TantivyDocument::default();
         doc.add_u64(fields.shard, u64::from(shard));
         doc.add_text(fields.tenant, tenant);
-        doc.add_u64(
-            fields.actor,
-            self.keyed(Keyed::Actor, tenant, &event.actor_id),
-        );
+        doc.add_u64(fields.actor, actor);
         doc.add_text(
             fields.actor_type,
             Terms::scoped(tenant, actor_kind_text(event.actor_kind)),
@@ -182,10 +191,7 @@ impl Terms {
             fields.resource_type,
             Terms::scoped(tenant, &event.resource_type),
         );
-        doc.add_u64(
-            fields.resource,
-            self.keyed(Keyed::Resource, tenant, &event.resource_id),
-        );
+        doc.add_u64(fields.resource, resource);
         doc.add_text(
             fields.result,
             Terms::scoped(tenant, outcome_text(event.outcome)),
@@ -199,7 +205,7 @@ impl Terms {
         doc.add_i64(fields.occ, event.occurred_at_ns);
         doc.add_u64(fields.stream, stream_value(shard, stream_no));
         doc.add_u64(fields.seq, seq);
-        doc
+        (doc, summary::encode(actor, resource, event))
     }
 }
 

@@ -1,18 +1,19 @@
-//! Reading the secondary index: the tantivy query of a filter, and two collectors that
+//! Reading the secondary index: the tantivy query of a filter, and two searches that
 //! read only fast fields: the top `k` positions in keyset order, and a count.
 //!
 //! Positions are `(occurred_at, seq)` of one stream. The collectors take the bounds
 //! that the term query cannot express (the time range, the cursor, the stream, and the
 //! index watermark) and apply them per document from the columns.
 
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
-use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
-use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, RangeQuery, TermQuery};
+use tantivy::index::SegmentId;
+use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, RangeQuery, TermQuery, Weight};
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
+use tantivy::{DocId, Searcher, SegmentReader, Term};
 
 use super::schema::{actor_kind_text, outcome_text, Fields, Terms};
 use crate::shard::query::{ActionMatch, Filters, Order};
@@ -133,150 +134,235 @@ pub fn term_query(
     Box::new(BooleanQuery::new(clauses))
 }
 
-/// A segment's ordinal, reader and the range of `occurred_at` in it.
-struct SegmentSpan<'a> {
-    ordinal: SegmentOrdinal,
-    reader: &'a SegmentReader,
-    occ_min: i64,
-    occ_max: i64,
-}
-
-/// The segments that can hold a document inside the time bounds, with their
-/// `occurred_at` ranges (column statistics, so no document is read).
-fn segments_in_range<'a>(
-    searcher: &'a Searcher,
-    bounds: &Bounds,
-) -> tantivy::Result<Vec<SegmentSpan<'a>>> {
-    let mut spans = Vec::new();
-    for (ordinal, reader) in searcher.segment_readers().iter().enumerate() {
-        if reader.num_docs() == 0 {
-            continue;
-        }
-        let occ = reader.fast_fields().i64("occ")?;
-        let (occ_min, occ_max) = (occ.min_value(), occ.max_value());
-        if bounds.start_ns.is_some_and(|start| occ_max < start)
-            || bounds.end_ns.is_some_and(|end| occ_min >= end)
-        {
-            continue;
-        }
-        spans.push(SegmentSpan {
-            ordinal: ordinal as SegmentOrdinal,
-            reader,
-            occ_min,
-            occ_max,
-        });
-    }
-    Ok(spans)
-}
-
-/// Term statistics of the segments that can hold a document inside the time bounds
-/// (per-segment term dictionaries; no posting is read): the planner's estimate. The
-/// segments are found once, for all the terms of a query.
-pub struct RangeStats<'a> {
-    spans: Vec<SegmentSpan<'a>>,
-}
-
-impl<'a> RangeStats<'a> {
-    pub fn new(searcher: &'a Searcher, bounds: &Bounds) -> tantivy::Result<RangeStats<'a>> {
-        Ok(RangeStats {
-            spans: segments_in_range(searcher, bounds)?,
-        })
-    }
-
-    /// Documents holding `term` in those segments.
-    pub fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
-        let mut docs = 0;
-        for span in &self.spans {
-            docs += u64::from(span.reader.inverted_index(term.field())?.doc_freq(term)?);
-        }
-        Ok(docs)
-    }
-}
-
-/// The first `k` admitted positions of a query in keyset order. Segments are visited
-/// from the one with the newest (or oldest) `occurred_at` on, and the search stops
-/// when no segment left can hold a position before the `k`th found: segments are
-/// written in ingest order, so the newest page of a term usually touches only the
-/// newest few small segments, not the big merged ones of the past.
-pub fn top_positions(
-    searcher: &Searcher,
-    query: &dyn Query,
-    bounds: &Bounds,
-    k: usize,
-) -> tantivy::Result<Vec<Position>> {
-    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
-    let mut spans = segments_in_range(searcher, bounds)?;
-    match bounds.order {
-        Order::NewestFirst => spans.sort_by_key(|span| std::cmp::Reverse(span.occ_max)),
-        Order::OldestFirst => spans.sort_by_key(|span| span.occ_min),
-    }
-    let collector = TopPositions { bounds: *bounds, k };
-    let mut best: Vec<Position> = Vec::with_capacity(2 * k);
-    for span in spans {
-        if best.len() >= k {
-            // Ties on occurred_at are broken by seq, so a segment whose range only
-            // touches the kth position's time may still hold one before it.
-            let kth = best[k - 1].0;
-            let beyond = match bounds.order {
-                Order::NewestFirst => span.occ_max < kth,
-                Order::OldestFirst => span.occ_min > kth,
-            };
-            if beyond {
-                break;
-            }
-        }
-        best.extend(collector.collect_segment(&*weight, span.ordinal, span.reader)?);
-        sort_in_order(&mut best, bounds.order);
-        best.truncate(k);
-    }
-    Ok(best)
-}
-
-/// How many documents of a query the bounds admit; segments outside the time bounds
-/// are skipped without reading a document.
-pub fn count_admitted(
-    searcher: &Searcher,
-    query: &dyn Query,
-    bounds: &Bounds,
-) -> tantivy::Result<u64> {
-    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
-    let collector = CountAdmitted { bounds: *bounds };
-    let mut count = 0;
-    for span in segments_in_range(searcher, bounds)? {
-        count += collector.collect_segment(&*weight, span.ordinal, span.reader)?;
-    }
-    Ok(count)
-}
-
-/// The columns both collectors read.
-struct Columns {
+/// One segment of a searcher with its position columns, opened once per segment for
+/// all the queries that read it: opening a column deserializes its block table, which
+/// per query and segment was a tenth of a query's time at 10 M events (a 5 M-document
+/// segment has ~10,000 blocks per column).
+pub struct SegmentColumns {
+    id: SegmentId,
     occ: Column<i64>,
     stream: Column<u64>,
     seq: Column<u64>,
+    /// The range of `occurred_at` in the segment (column statistics).
+    pub occ_min: i64,
+    pub occ_max: i64,
 }
 
-impl Columns {
-    fn open(segment: &SegmentReader) -> tantivy::Result<Columns> {
+impl SegmentColumns {
+    fn open(segment: &SegmentReader) -> tantivy::Result<SegmentColumns> {
         let fast = segment.fast_fields();
-        Ok(Columns {
-            occ: fast.i64("occ")?,
+        let occ = fast.i64("occ")?;
+        Ok(SegmentColumns {
+            id: segment.segment_id(),
+            occ_min: occ.min_value(),
+            occ_max: occ.max_value(),
+            occ,
             stream: fast.u64("stream")?,
             seq: fast.u64("seq")?,
         })
     }
 
-    fn position(&self, doc: DocId, bounds: &Bounds) -> Option<Position> {
+    pub fn id(&self) -> SegmentId {
+        self.id
+    }
+
+    /// The document's position if the bounds admit it. `occurred_at` is read first
+    /// and the other columns only for documents inside the time bounds and, when
+    /// `before` is given, not after it in the order (a full top-k's last position's
+    /// time): most documents a search visits cost one column read.
+    fn position(&self, doc: DocId, bounds: &Bounds, before: Option<i64>) -> Option<Position> {
         let occ = self.occ.first(doc)?;
+        if bounds.start_ns.is_some_and(|start| occ < start)
+            || bounds.end_ns.is_some_and(|end| occ >= end)
+        {
+            return None;
+        }
+        let beyond = match (before, bounds.order) {
+            (None, _) => false,
+            (Some(kth), Order::NewestFirst) => occ < kth,
+            (Some(kth), Order::OldestFirst) => occ > kth,
+        };
+        if beyond {
+            return None;
+        }
         let stream = self.stream.first(doc)?;
         let seq = self.seq.first(doc)?;
         bounds.admits(stream, occ, seq).then_some((occ, seq))
     }
 }
 
-/// The first `k` admitted positions in keyset order, sorted in that order.
-pub struct TopPositions {
-    pub bounds: Bounds,
-    pub k: usize,
+/// A committed searcher and its segments' columns, in the searcher's segment order.
+pub struct IndexView {
+    pub searcher: Searcher,
+    segments: Vec<Arc<SegmentColumns>>,
+}
+
+impl IndexView {
+    /// The view of `searcher`, taking the columns of segments already open from
+    /// `cache` and opening the others. `cache` is left holding exactly this view's
+    /// segments.
+    pub fn new(
+        searcher: Searcher,
+        cache: &mut HashMap<SegmentId, Arc<SegmentColumns>>,
+    ) -> tantivy::Result<IndexView> {
+        let mut segments = Vec::with_capacity(searcher.segment_readers().len());
+        for reader in searcher.segment_readers() {
+            let columns = match cache.get(&reader.segment_id()) {
+                Some(columns) => columns.clone(),
+                None => Arc::new(SegmentColumns::open(reader)?),
+            };
+            segments.push(columns);
+        }
+        cache.clear();
+        cache.extend(segments.iter().map(|columns| (columns.id, columns.clone())));
+        Ok(IndexView { searcher, segments })
+    }
+
+    /// The segments that can hold a document inside the time bounds, by column
+    /// statistics (no document is read).
+    fn in_range(&self, bounds: &Bounds) -> Vec<(&SegmentReader, &SegmentColumns)> {
+        self.searcher
+            .segment_readers()
+            .iter()
+            .zip(&self.segments)
+            .filter(|(reader, columns)| {
+                reader.num_docs() > 0
+                    && bounds.start_ns.is_none_or(|start| columns.occ_max >= start)
+                    && bounds.end_ns.is_none_or(|end| columns.occ_min < end)
+            })
+            .map(|(reader, columns)| (reader, &**columns))
+            .collect()
+    }
+
+    /// The segments' ids and `occurred_at` ranges (for the merge policy).
+    pub fn ranges(&self) -> impl Iterator<Item = (SegmentId, (i64, i64))> + '_ {
+        self.segments
+            .iter()
+            .map(|columns| (columns.id, (columns.occ_min, columns.occ_max)))
+    }
+}
+
+/// Term statistics of the segments that can hold a document inside the time bounds
+/// (per-segment term dictionaries; no posting is read): the planner's estimate. The
+/// segments are found once, for all the terms of a query.
+pub struct RangeStats<'a> {
+    readers: Vec<&'a SegmentReader>,
+}
+
+impl<'a> RangeStats<'a> {
+    pub fn new(view: &'a IndexView, bounds: &Bounds) -> RangeStats<'a> {
+        RangeStats {
+            readers: view
+                .in_range(bounds)
+                .into_iter()
+                .map(|(reader, _)| reader)
+                .collect(),
+        }
+    }
+
+    /// Documents holding `term` in those segments.
+    pub fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        let mut docs = 0;
+        for reader in &self.readers {
+            docs += u64::from(reader.inverted_index(term.field())?.doc_freq(term)?);
+        }
+        Ok(docs)
+    }
+}
+
+/// Calls `each` with every live document of the query in the segment.
+fn for_each_doc(
+    weight: &dyn Weight,
+    reader: &SegmentReader,
+    mut each: impl FnMut(DocId),
+) -> tantivy::Result<()> {
+    let alive = reader.alive_bitset();
+    weight.for_each_no_score(reader, &mut |docs| {
+        for &doc in docs {
+            if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                each(doc);
+            }
+        }
+    })
+}
+
+/// The first `k` admitted positions of a query in keyset order. Segments are visited
+/// from the one with the newest (or oldest) `occurred_at` on, and the search stops
+/// when no segment left can hold a position before the `k`th found: segments hold
+/// spans of ingest time (`merge.rs` merges only neighbours in time), so the newest page
+/// of a term usually touches only the newest few segments, not those of the past.
+pub fn top_positions(
+    view: &IndexView,
+    query: &dyn Query,
+    bounds: &Bounds,
+    k: usize,
+) -> tantivy::Result<Vec<Position>> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(&view.searcher))?;
+    let mut spans = view.in_range(bounds);
+    match bounds.order {
+        Order::NewestFirst => spans.sort_by_key(|(_, columns)| std::cmp::Reverse(columns.occ_max)),
+        Order::OldestFirst => spans.sort_by_key(|(_, columns)| columns.occ_min),
+    }
+    // The first k positions so far; the top of the heap is the one to drop first.
+    let mut heap: BinaryHeap<Keyed> = BinaryHeap::with_capacity(k + 1);
+    let kth_time = |heap: &BinaryHeap<Keyed>| {
+        (heap.len() >= k)
+            .then(|| heap.peek().map(|worst| worst.position().0))
+            .flatten()
+    };
+    for (reader, columns) in spans {
+        if let Some(kth) = kth_time(&heap) {
+            // Ties on occurred_at are broken by seq, so a segment whose range only
+            // touches the kth position's time may still hold one before it.
+            let beyond = match bounds.order {
+                Order::NewestFirst => columns.occ_max < kth,
+                Order::OldestFirst => columns.occ_min > kth,
+            };
+            if beyond {
+                break;
+            }
+        }
+        let mut before = kth_time(&heap);
+        for_each_doc(&*weight, reader, |doc| {
+            let Some(position) = columns.position(doc, bounds, before) else {
+                return;
+            };
+            let keyed = Keyed::new(bounds.order, position);
+            if heap.len() < k {
+                heap.push(keyed);
+            } else if heap.peek().is_some_and(|worst| keyed < *worst) {
+                heap.pop();
+                heap.push(keyed);
+            } else {
+                return;
+            }
+            if heap.len() >= k {
+                before = heap.peek().map(|worst| worst.position().0);
+            }
+        })?;
+    }
+    let mut best: Vec<Position> = heap.into_iter().map(|keyed| keyed.position()).collect();
+    sort_in_order(&mut best, bounds.order);
+    Ok(best)
+}
+
+/// How many documents of a query the bounds admit; segments outside the time bounds
+/// are skipped without reading a document.
+pub fn count_admitted(
+    view: &IndexView,
+    query: &dyn Query,
+    bounds: &Bounds,
+) -> tantivy::Result<u64> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(&view.searcher))?;
+    let mut count = 0;
+    for (reader, columns) in view.in_range(bounds) {
+        for_each_doc(&*weight, reader, |doc| {
+            if columns.position(doc, bounds, None).is_some() {
+                count += 1;
+            }
+        })?;
+    }
+    Ok(count)
 }
 
 /// A heap entry whose greatest element is the one to drop first.
@@ -302,120 +388,10 @@ impl Keyed {
     }
 }
 
-pub struct TopSegment {
-    columns: Columns,
-    bounds: Bounds,
-    k: usize,
-    heap: BinaryHeap<Keyed>,
-}
-
-impl SegmentCollector for TopSegment {
-    type Fruit = Vec<Position>;
-
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        let Some(position) = self.columns.position(doc, &self.bounds) else {
-            return;
-        };
-        let keyed = Keyed::new(self.bounds.order, position);
-        if self.heap.len() < self.k {
-            self.heap.push(keyed);
-        } else if self.heap.peek().is_some_and(|worst| keyed < *worst) {
-            self.heap.pop();
-            self.heap.push(keyed);
-        }
-    }
-
-    fn harvest(self) -> Vec<Position> {
-        self.heap
-            .into_iter()
-            .map(|keyed| keyed.position())
-            .collect()
-    }
-}
-
-impl Collector for TopPositions {
-    type Fruit = Vec<Position>;
-    type Child = TopSegment;
-
-    fn for_segment(
-        &self,
-        _segment_local_id: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<TopSegment> {
-        Ok(TopSegment {
-            columns: Columns::open(segment)?,
-            bounds: self.bounds,
-            k: self.k,
-            heap: BinaryHeap::with_capacity(self.k + 1),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Vec<Position>>) -> tantivy::Result<Vec<Position>> {
-        let mut all: Vec<Position> = fruits.into_iter().flatten().collect();
-        sort_in_order(&mut all, self.bounds.order);
-        all.truncate(self.k);
-        Ok(all)
-    }
-}
-
 pub fn sort_in_order(positions: &mut [Position], order: Order) {
     match order {
         Order::NewestFirst => positions.sort_unstable_by(|a, b| b.cmp(a)),
         Order::OldestFirst => positions.sort_unstable(),
-    }
-}
-
-/// How many documents the bounds admit.
-pub struct CountAdmitted {
-    pub bounds: Bounds,
-}
-
-pub struct CountSegment {
-    columns: Columns,
-    bounds: Bounds,
-    count: u64,
-}
-
-impl SegmentCollector for CountSegment {
-    type Fruit = u64;
-
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        if self.columns.position(doc, &self.bounds).is_some() {
-            self.count += 1;
-        }
-    }
-
-    fn harvest(self) -> u64 {
-        self.count
-    }
-}
-
-impl Collector for CountAdmitted {
-    type Fruit = u64;
-    type Child = CountSegment;
-
-    fn for_segment(
-        &self,
-        _segment_local_id: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<CountSegment> {
-        Ok(CountSegment {
-            columns: Columns::open(segment)?,
-            bounds: self.bounds,
-            count: 0,
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<u64>) -> tantivy::Result<u64> {
-        Ok(fruits.into_iter().sum())
     }
 }
 

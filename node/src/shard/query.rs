@@ -1,21 +1,18 @@
 //! Tenant-scoped queries: filters, ordering, keyset pages and a bound on the work one
 //! request may do (docs/QUERY.md).
 //!
-//! Today's only access path is a scan of the tenant's own stream, which is one
-//! contiguous range of `sN.events` (keys `stream_no, seq`), newest first or oldest
-//! first, testing each event against the filter and stopping at `limit` matches. One
-//! request examines at most [`EXAMINED_PER_REQUEST_MAX`] events; when it runs out before
-//! filling the page it answers with what it found, `partial`, and a cursor after the
-//! last event it examined, so no request does unbounded work and paging never skips or
-//! repeats an event. The secondary indexes of issue 5 add cheaper access paths for
-//! selective filters; the results stay the same.
+//! Results are ordered by `(occurred_at, stream, seq)`, newest first by default. Below
+//! the index watermark a query takes one of two access paths, chosen by [`choose_path`]
+//! from tantivy's term statistics: a walk of the tenant's time index (`sN.tindex`),
+//! whose summaries (`index/summary.rs`) rule most non-matching events out without
+//! reading them, or tantivy's positions for the filter's terms. Above the watermark it
+//! reads the tail of the stream from the store. Every event served is read from the
+//! store and tested against the whole filter, whatever the path.
 //!
-//! Results are ordered by stream position (seq), which is ingest order, not by
-//! `occurred_at`: the producer's clock is not monotonic in seq, and ordering by it needs
-//! an index. The time filters apply to `occurred_at`.
-//!
-//! The planning and filtering ([`Filters`], [`ScanPlan`], [`Scan`]) are pure and unit
-//! tested here; [`run`] is the thin fjall loop around them.
+//! One request reads at most [`EXAMINED_PER_REQUEST_MAX`] events; when it runs out
+//! before filling the page it answers with what it found, `partial`, and a cursor after
+//! the last position it examined, so no request does unbounded work and paging never
+//! skips or repeats an event.
 
 use sha2::{Digest, Sha256};
 
@@ -26,8 +23,9 @@ use super::reader::{tenant_state, ReadError, ReadEvent};
 use crate::index::schema::{actor_kind_text, outcome_text};
 pub use crate::index::search::Position;
 use crate::index::search::{
-    count_admitted, has_terms, term_query, top_positions, Bounds, RangeStats,
+    count_admitted, has_terms, term_query, top_positions, Bounds, IndexView, RangeStats,
 };
+use crate::index::summary::SummaryFilter;
 use crate::index::{stream_value, NodeIndex, Terms};
 use crate::ledger::validate::{ACTION_BYTES_MAX, ID_BYTES_MAX, RESOURCE_TYPE_BYTES_MAX};
 use crate::ledger::StoredEvent;
@@ -42,15 +40,16 @@ pub const LIMIT_MAX: usize = 1_000;
 /// iterator step and one canonical decode: a release node scanned a 30,000-event tenant
 /// in 36 ms), so this bounds a request to ~0.12 s of one core and its memory to
 /// `LIMIT_MAX` events, whatever the filter and however large the tenant.
+/// A time-index entry its summary rules out costs 1/16 of a read.
 pub const EXAMINED_PER_REQUEST_MAX: u64 = 100_000;
 
-/// The order of results. Both are stream order (seq), which is ingest order.
+/// The order of results, on `(occurred_at, stream, seq)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Order {
-    /// Descending seq: the newest events first (the default).
+    /// The newest events first (the default).
     #[default]
     NewestFirst,
-    /// Ascending seq.
+    /// The oldest events first.
     OldestFirst,
 }
 
@@ -385,13 +384,14 @@ pub fn run(
         query,
         stream: &stream,
         stream_no: tenant.stream_no,
+        summary: SummaryFilter::new(index.terms(), &query.tenant_id, &query.filters),
     };
     let tail = reader.tail(tail_from, last_seq, &bounds)?;
     let path = query
         .path
-        .unwrap_or_else(|| choose_path(index, &visible.searcher, &bounds, query));
+        .unwrap_or_else(|| choose_path(index, &visible.view, &bounds, query));
     let mut page = match path {
-        AccessPath::Terms => match reader.by_terms(index, &visible.searcher, &bounds, tail)? {
+        AccessPath::Terms => match reader.by_terms(index, &visible.view, &bounds, tail)? {
             Some(page) => page,
             // Two identifiers shared a 64-bit term (index/schema.rs): this query walks
             // the time index instead.
@@ -435,10 +435,12 @@ pub fn count(
         query: &query,
         stream: &stream,
         stream_no: tenant.stream_no,
+        // Counts read only the tail (the indexed events are counted by tantivy).
+        summary: SummaryFilter::default(),
     };
     let tail = reader.tail(tail_from, last_seq, &bounds)?;
     let indexed = count_admitted(
-        &visible.searcher,
+        &visible.view,
         &*term_query(index.fields(), index.terms(), tenant_id, filters),
         &bounds,
     )
@@ -447,28 +449,23 @@ pub fn count(
 }
 
 /// The planner: the time index when the filter matches a large share of the tenant's
-/// events (a page then needs few reads), the terms when it is selective. Costs, measured
-/// on this machine: an event read and tested on the time-index path ~1.5 µs; a matching
-/// document visited by the terms path (postings and three fast-field reads) ~20 ns.
+/// events (a page then walks few entries), the terms when it is selective. Costs, on
+/// this machine: an event read and tested on the time-index path ~1.5 µs, an entry its
+/// summary rules out ~0.2 µs (one iterator step); a matching document visited by the
+/// terms path (postings and fast-field reads) ~20 ns.
 ///
 /// Both counts are taken in the segments that overlap the query's time bounds, so a
 /// recent window of a frequent action weighs what the terms path would visit there.
-fn choose_path(
-    index: &NodeIndex,
-    searcher: &tantivy::Searcher,
-    bounds: &Bounds,
-    query: &Query,
-) -> AccessPath {
+fn choose_path(index: &NodeIndex, view: &IndexView, bounds: &Bounds, query: &Query) -> AccessPath {
     const READ_COST_OVER_VISIT: u64 = 75;
+    const SKIP_COST_OVER_VISIT: u64 = 10;
     if !has_terms(&query.filters) {
         return AccessPath::TimeIndex;
     }
     let fields = index.fields();
     let terms = index.terms();
     let tenant = &query.tenant_id;
-    let Ok(stats) = RangeStats::new(searcher, bounds) else {
-        return AccessPath::TimeIndex;
-    };
+    let stats = RangeStats::new(view, bounds);
     let freq = |term: Term| stats.doc_freq(&term).unwrap_or(u64::MAX);
     let tenant_docs = freq(terms.tenant(fields, tenant)).max(1);
     let filters = &query.filters;
@@ -507,9 +504,18 @@ fn choose_path(
     if let Some(request_id) = &filters.request_id {
         consider(freq(terms.request(fields, tenant, request_id)));
     }
-    // Reads the time index needs for a page, if matches are spread evenly.
-    let reads = (query.limit as u64).saturating_mul(tenant_docs) / matching.max(1);
-    if reads.saturating_mul(READ_COST_OVER_VISIT) < matching {
+    // Time-index entries a page walks, if matches are spread evenly. Both paths read
+    // the page's events; the walk also pays for each entry it passes over: a read when
+    // the summaries cannot test the whole filter, far less when they can.
+    let entries = (query.limit as u64).saturating_mul(tenant_docs) / matching.max(1);
+    let summaries_decide =
+        !matches!(filters.action, Some(ActionMatch::Prefix(_))) && filters.request_id.is_none();
+    let entry_cost = if summaries_decide {
+        SKIP_COST_OVER_VISIT
+    } else {
+        READ_COST_OVER_VISIT
+    };
+    if entries.saturating_mul(entry_cost) < matching {
         AccessPath::TimeIndex
     } else {
         AccessPath::Terms
@@ -529,6 +535,8 @@ struct StreamReader<'a> {
     query: &'a Query,
     stream: &'a str,
     stream_no: u32,
+    /// The filter as the time index's summaries can test it.
+    summary: SummaryFilter,
 }
 
 impl StreamReader<'_> {
@@ -627,13 +635,13 @@ impl StreamReader<'_> {
     fn by_terms(
         &self,
         index: &NodeIndex,
-        searcher: &tantivy::Searcher,
+        view: &IndexView,
         bounds: &Bounds,
         tail: Vec<ReadEvent>,
     ) -> Result<Option<Page>, ReadError> {
         let limit = self.query.limit;
         let positions = top_positions(
-            searcher,
+            view,
             &*term_query(
                 index.fields(),
                 index.terms(),
@@ -703,11 +711,12 @@ impl StreamReader<'_> {
         let mut tail = tail.into_iter().peekable();
         let mut events = Vec::with_capacity(limit.min(64));
         let mut examined = 0u64;
+        let mut skipped = 0u64;
         let mut last_examined = None;
         let mut full = false;
         let mut out_of_budget = false;
         for guard in walk {
-            let key = guard.key()?;
+            let (key, summary) = guard.into_inner()?;
             let (occurred_at_ns, seq) =
                 tindex_key_decode(&key, self.stream_no).ok_or_else(|| ReadError::Corrupt {
                     location: format!("time index of stream {}", self.stream),
@@ -730,6 +739,17 @@ impl StreamReader<'_> {
             if full {
                 break;
             }
+            if !self.summary.may_match(&summary) {
+                // The summary rules the event out: not read (16 skips cost one read
+                // of the budget).
+                skipped += 1;
+                last_examined = Some(here);
+                if examined + skipped / 16 >= self.query.examined_max {
+                    out_of_budget = true;
+                    break;
+                }
+                continue;
+            }
             let (stored, value) = self.event(seq)?;
             if stored.event.occurred_at_ns != occurred_at_ns {
                 return Err(ReadError::Corrupt {
@@ -751,7 +771,7 @@ impl StreamReader<'_> {
                     break;
                 }
             }
-            if examined >= self.query.examined_max {
+            if examined + skipped / 16 >= self.query.examined_max {
                 out_of_budget = true;
                 break;
             }
