@@ -92,9 +92,10 @@ pub struct Flags {
     /// [default: 10000]. A proof or audit asks for a fresh one whenever it needs it.
     #[arg(long)]
     pub checkpoint_interval_ms: Option<u64>,
-    /// Where signed checkpoints are published, one file each, never rewritten
-    /// [default: <data-dir>/checkpoints]. Point it outside the store (another disk,
-    /// a synced or WORM mount) so auditors can keep them.
+    /// Where signed checkpoints are published: per stream, one append-only JSON-lines
+    /// file per UTC day, never rewritten [default: <data-dir>/checkpoints]. Point it
+    /// outside the store (another disk, a synced or WORM mount) so auditors can keep
+    /// them.
     #[arg(long, env = "TRAIL_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
     /// Origin prefix of checkpoints and the name of the signing key: checkpoints are

@@ -1,26 +1,37 @@
-//! Publication of signed checkpoints outside the store: one file per checkpoint under
-//! the checkpoint directory, `{tenant}/{stream index}/{tree size, 20 digits}.checkpoint`.
+//! Publication of signed checkpoints outside the store: per stream, one append-only
+//! file per UTC day under the checkpoint directory,
+//! `{tenant}/{stream index}/{YYYY-MM-DD}.jsonl`, one line per checkpoint:
+//! `{"tree_size":N,"note":"<the signed note>"}`.
 //!
-//! Files are created once and never rewritten (append-only by construction): a replay
-//! after a crash finds the file already there with the same bytes and moves on; a file
-//! with *different* bytes is a fork signal, logged as an error and counted, never
-//! overwritten. Writing runs on its own thread behind a bounded queue, so the fsyncs of
-//! publication never sit in the apply path; a full queue makes apply wait (the queue
-//! holds 4,096 notes, ~1 MiB). The thread writes whatever is queued (up to 1,024 files)
-//! and then makes the lot durable with one `syncfs`: a checkpoint round of 1,000 tenants
-//! costs one journal commit, not 2,000 fsyncs competing with the Raft log's.
+//! (One file per checkpoint, as before, cost a 4 KiB block and an inode for a ~300-byte
+//! note: with a checkpoint every 10 s, 35 MB a day per active tenant, a tenth of the
+//! data directory's bytes per event at 10 M events, and ~10% of a node's CPU in inode
+//! allocation under ingest.)
+//!
+//! Lines are only ever appended; a file is never rewritten. A stream's checkpoints are
+//! appended in tree-size order: a checkpoint at or below the last one published (a replay
+//! after a restart) is looked up in the stream's newest file and not written again; if
+//! the file holds that size with a *different* note, that is a fork signal, logged as an
+//! error and counted. Writing runs on its own thread behind a bounded queue, so the
+//! fsyncs of publication never sit in the apply path; a full queue makes apply wait
+//! (the queue holds 4,096 notes, ~1 MiB). The thread appends whatever is queued (up to
+//! 1,024 notes) and then makes the lot durable with one `syncfs`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 const QUEUE_NOTES_MAX: usize = 4096;
 const WRITE_BATCH_MAX: usize = 1024;
 
 struct Job {
-    relative: PathBuf,
+    stream_dir: PathBuf,
+    tree_size: u64,
     note: String,
 }
 
@@ -58,17 +69,17 @@ impl Publisher {
         })
     }
 
-    pub fn path_of(tenant_id: &str, stream_index: u32, tree_size: u64) -> PathBuf {
+    /// A stream's directory of day files, relative to the checkpoint directory.
+    pub fn stream_dir(tenant_id: &str, stream_index: u32) -> PathBuf {
         // Tenant ids are `[A-Za-z0-9_.-]`, starting with a letter or digit: safe as a
         // path segment (no separators, never `.` or `..`).
-        PathBuf::from(tenant_id)
-            .join(stream_index.to_string())
-            .join(format!("{tree_size:020}.checkpoint"))
+        PathBuf::from(tenant_id).join(stream_index.to_string())
     }
 
     pub fn publish(&self, tenant_id: &str, stream_index: u32, tree_size: u64, note: String) {
         let job = Job {
-            relative: Publisher::path_of(tenant_id, stream_index, tree_size),
+            stream_dir: Publisher::stream_dir(tenant_id, stream_index),
+            tree_size,
             note,
         };
         if self.sender.send(job).is_err() {
@@ -78,7 +89,15 @@ impl Publisher {
     }
 }
 
+/// One line of a day file.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Line {
+    tree_size: u64,
+    note: String,
+}
+
 fn run(dir: &Path, receiver: Receiver<Job>, counters: &PublishCounters) {
+    let mut streams = Streams::default();
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
         while jobs.len() < WRITE_BATCH_MAX {
@@ -87,9 +106,10 @@ fn run(dir: &Path, receiver: Receiver<Job>, counters: &PublishCounters) {
                 Err(_) => break,
             }
         }
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let mut written = 0;
         for job in jobs {
-            written += publish_one(dir, job, counters);
+            written += publish_one(dir, &day, &mut streams, job, counters);
         }
         if written > 0 {
             if let Err(error) = sync_filesystem(dir) {
@@ -111,10 +131,104 @@ fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes one checkpoint file (not yet durable); 1 when a file was created.
-fn publish_one(dir: &Path, job: Job, counters: &PublishCounters) -> usize {
-    let path = dir.join(&job.relative);
-    match write_once(&path, job.note.as_bytes()) {
+/// Per stream, the last tree size published, learned from the stream's newest file
+/// the first time the stream publishes after a start. At most `STREAMS_KNOWN_MAX`
+/// streams are remembered; past that the memory starts over (and each stream reads
+/// its newest file's last line again).
+#[derive(Default)]
+struct Streams {
+    last: HashMap<PathBuf, u64>,
+}
+
+const STREAMS_KNOWN_MAX: usize = 100_000;
+
+impl Streams {
+    fn last(&mut self, dir: &Path, stream_dir: &Path) -> std::io::Result<u64> {
+        if let Some(&last) = self.last.get(stream_dir) {
+            return Ok(last);
+        }
+        let last = match newest_file(&dir.join(stream_dir))? {
+            None => 0,
+            Some(path) => read_lines(&path)?.last().map_or(0, |line| line.tree_size),
+        };
+        if self.last.len() >= STREAMS_KNOWN_MAX {
+            self.last.clear();
+        }
+        self.last.insert(stream_dir.to_path_buf(), last);
+        Ok(last)
+    }
+}
+
+/// The stream's day file that sorts last, if any.
+fn newest_file(stream_dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let entries = match std::fs::read_dir(stream_dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let mut newest: Option<PathBuf> = None;
+    for entry in entries {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "jsonl")
+            && newest.as_ref().is_none_or(|newest| path > *newest)
+        {
+            newest = Some(path);
+        }
+    }
+    Ok(newest)
+}
+
+/// The lines of a day file; a torn last line (a crash mid-append) is skipped.
+fn read_lines(path: &Path) -> std::io::Result<Vec<Line>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Line>(line).ok())
+        .collect())
+}
+
+/// Appends one checkpoint (not yet durable); 1 when a line was written.
+fn publish_one(
+    dir: &Path,
+    day: &str,
+    streams: &mut Streams,
+    job: Job,
+    counters: &PublishCounters,
+) -> usize {
+    let result = (|| -> std::io::Result<Written> {
+        let last = streams.last(dir, &job.stream_dir)?;
+        if job.tree_size <= last {
+            // A replay: the newest file holds it, with the same note or not.
+            let Some(path) = newest_file(&dir.join(&job.stream_dir))? else {
+                return Ok(Written::Same);
+            };
+            let found = read_lines(&path)?
+                .into_iter()
+                .find(|line| line.tree_size == job.tree_size);
+            return Ok(match found {
+                Some(line) if line.note != job.note => Written::Different,
+                _ => Written::Same,
+            });
+        }
+        let stream_dir = dir.join(&job.stream_dir);
+        std::fs::create_dir_all(&stream_dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stream_dir.join(format!("{day}.jsonl")))?;
+        let mut line = serde_json::to_vec(&Line {
+            tree_size: job.tree_size,
+            note: job.note.clone(),
+        })?;
+        line.push(b'\n');
+        // One write of the whole line: O_APPEND puts it at the end in one piece.
+        file.write_all(&line)?;
+        streams.last.insert(job.stream_dir.clone(), job.tree_size);
+        Ok(Written::New)
+    })();
+    match result {
         Ok(Written::New) => {
             counters.published.fetch_add(1, Ordering::Relaxed);
             1
@@ -126,7 +240,8 @@ fn publish_one(dir: &Path, job: Job, counters: &PublishCounters) -> usize {
         Ok(Written::Different) => {
             counters.conflicts.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                path = %path.display(),
+                stream = %job.stream_dir.display(),
+                tree_size = job.tree_size,
                 "a published checkpoint of this size exists with different content \
                  (a fork, or a store restored from elsewhere): left untouched"
             );
@@ -134,7 +249,7 @@ fn publish_one(dir: &Path, job: Job, counters: &PublishCounters) -> usize {
         }
         Err(error) => {
             counters.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(path = %path.display(), %error, "publishing a checkpoint failed");
+            tracing::error!(stream = %job.stream_dir.display(), %error, "publishing a checkpoint failed");
             0
         }
     }
@@ -146,46 +261,64 @@ enum Written {
     Different,
 }
 
-/// Creates `path` with `bytes` unless it exists: write to a temporary name, then
-/// hard-link into place (fails if the name is taken), so a reader never sees half a
-/// file and an existing checkpoint is never replaced. The caller makes it durable.
-fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
-    if let Ok(existing) = std::fs::read(path) {
-        return Ok(if existing == bytes {
-            Written::Same
-        } else {
-            Written::Different
-        });
-    }
-    let parent = path.parent().expect("checkpoint paths have a parent");
-    std::fs::create_dir_all(parent)?;
-    let mut temporary = tempfile::NamedTempFile::new_in(parent)?;
-    temporary.write_all(bytes)?;
-    match temporary.persist_noclobber(path) {
-        Ok(_) => {}
-        Err(error) if error.error.kind() == std::io::ErrorKind::AlreadyExists => {
-            return write_once(path, bytes);
-        }
-        Err(error) => return Err(error.error),
-    }
-    Ok(Written::New)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn job(tree_size: u64, note: &str) -> Job {
+        Job {
+            stream_dir: Publisher::stream_dir("acme", 0),
+            tree_size,
+            note: note.into(),
+        }
+    }
+
     #[test]
-    fn files_are_written_once_and_conflicts_are_kept() {
+    fn lines_are_appended_once_and_conflicts_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(Publisher::path_of("acme", 0, 7));
-        assert!(path.ends_with("acme/0/00000000000000000007.checkpoint"));
-        assert!(matches!(write_once(&path, b"a\n").unwrap(), Written::New));
-        assert!(matches!(write_once(&path, b"a\n").unwrap(), Written::Same));
-        assert!(matches!(
-            write_once(&path, b"b\n").unwrap(),
-            Written::Different
-        ));
-        assert_eq!(std::fs::read(&path).unwrap(), b"a\n");
+        let counters = PublishCounters::default();
+        let mut streams = Streams::default();
+        let publish = |day: &str, streams: &mut Streams, tree_size, note: &str| {
+            publish_one(dir.path(), day, streams, job(tree_size, note), &counters)
+        };
+        assert_eq!(publish("2026-11-24", &mut streams, 7, "a\n\n- sig\n"), 1);
+        assert_eq!(publish("2026-11-24", &mut streams, 9, "b\n"), 1);
+        // A replay of either is not written again, whatever the memory holds.
+        assert_eq!(publish("2026-11-24", &mut streams, 7, "a\n\n- sig\n"), 0);
+        let mut restarted = Streams::default();
+        assert_eq!(publish("2026-11-24", &mut restarted, 9, "b\n"), 0);
+        // Another note for a published size is a conflict, and changes nothing.
+        assert_eq!(publish("2026-11-24", &mut restarted, 9, "forged\n"), 0);
+        // A new day starts a new file; the stream carries on from its last size.
+        assert_eq!(publish("2026-11-25", &mut restarted, 12, "c\n"), 1);
+        let stream_dir = dir.path().join("acme/0");
+        let first = read_lines(&stream_dir.join("2026-11-24.jsonl")).unwrap();
+        assert_eq!(
+            first,
+            vec![
+                Line {
+                    tree_size: 7,
+                    note: "a\n\n- sig\n".into()
+                },
+                Line {
+                    tree_size: 9,
+                    note: "b\n".into()
+                },
+            ]
+        );
+        let second = read_lines(&stream_dir.join("2026-11-25.jsonl")).unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(counters.published.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.already_present.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.conflicts.load(Ordering::Relaxed), 1);
+        // A torn last line (a crash mid-append) is skipped, the rest still read.
+        let path = stream_dir.join("2026-11-25.jsonl");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"tree_size\":13,\"no")
+            .unwrap();
+        assert_eq!(read_lines(&path).unwrap().len(), 1);
     }
 }
