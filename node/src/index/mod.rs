@@ -138,9 +138,14 @@ impl IndexProgress {
     /// running, not rebuilding (a rebuild of a large store takes minutes, while the
     /// node keeps ingesting), and its lag is over `lag_ms_max`.
     pub fn holds_ingest(&self, lag_ms_max: u64) -> bool {
+        self.paces_ingest() && self.lag_ms.load(Ordering::Relaxed) > lag_ms_max
+    }
+
+    /// Whether ingest paces itself by the lag at all: the indexer is running and not
+    /// rebuilding.
+    pub fn paces_ingest(&self) -> bool {
         !self.indexer_stopped.load(Ordering::Relaxed)
             && self.rebuild_remaining.load(Ordering::Relaxed) == 0
-            && self.lag_ms.load(Ordering::Relaxed) > lag_ms_max
     }
 }
 
