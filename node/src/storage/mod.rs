@@ -108,6 +108,7 @@ impl NodeStore {
             &db,
             watchdog::Bounds {
                 journal_bytes: JOURNALS_BYTES_MAX,
+                gc_interval: watchdog::GC_INTERVAL,
             },
         );
         Ok(NodeStore {

@@ -24,11 +24,18 @@
 //! reach (its enforcement is another source of `RotateMemtable` messages), and when the
 //! journals are over [`Bounds::journal_bytes`] every non-empty memtable is rotated, so
 //! the oldest journal can be deleted.
+//!
+//! It also lets fjall delete the tables compactions replaced. fjall deletes them only
+//! when it collects old versions of a tree, which it does when a memtable rotates; the
+//! compactions that run after ingest stops leave their inputs on disk until then (a
+//! 10 M-event data directory held 4.1 GB of tables where 2.9 GB were live). So when no
+//! memtable rotated for [`GC_INTERVAL`] and the trees' sizes changed meanwhile, the
+//! thread writes one marker key to a keyspace of its own and rotates that memtable.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fjall::{AbstractTree, Database, Keyspace};
+use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions};
 
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// While no memtable changed between checks, the interval doubles up to this: an idle
@@ -39,6 +46,11 @@ const IDLE_CHECK_INTERVAL_MAX: Duration = Duration::from_millis(400);
 /// every check made tables so small and many (30 level-0 runs) that fjall halted
 /// writes (measured: the indexer stalled for minutes).
 const JOURNAL_ROTATION_INTERVAL: Duration = Duration::from_secs(10);
+/// Without a rotation this long, a change in the trees' sizes (a compaction) makes
+/// the thread rotate its own keyspace so that fjall collects replaced tables.
+pub const GC_INTERVAL: Duration = Duration::from_secs(30);
+/// The watchdog's own keyspace: one key, rewritten to have a memtable to rotate.
+const GC_KEYSPACE: &str = "watchdog_gc";
 
 /// The keyspaces the watchdog rotates, with their memtable bounds; shards register
 /// theirs when they open. The thread ends (and lets go of the database) as soon as the
@@ -53,6 +65,8 @@ pub struct Watchdog {
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
     pub journal_bytes: u64,
+    /// See [`GC_INTERVAL`].
+    pub gc_interval: Duration,
 }
 
 impl Watchdog {
@@ -64,6 +78,10 @@ impl Watchdog {
         };
         let keyspaces = Arc::downgrade(&watchdog.keyspaces);
         let db = db.clone();
+        let gc_keyspace = db.keyspace(GC_KEYSPACE, KeyspaceCreateOptions::default);
+        let mut rotated_at = Instant::now();
+        let mut gc_checked_at = Instant::now();
+        let mut sizes_seen: u64 = 0;
         let mut journal_rotated_at: Option<std::time::Instant> = None;
         let mut interval = CHECK_INTERVAL;
         let mut last_total: u64 = 0;
@@ -93,8 +111,30 @@ impl Watchdog {
                     total = total.wrapping_add(size);
                     let full = size >= *memtable_bytes_max;
                     if full || (journals_over && size > 0) {
+                        rotated_at = Instant::now();
                         if let Err(error) = keyspace.rotate_memtable() {
                             tracing::error!(%error, "rotating a memtable failed");
+                        }
+                    }
+                }
+                if rotated_at.elapsed() >= bounds.gc_interval
+                    && gc_checked_at.elapsed() >= bounds.gc_interval
+                {
+                    gc_checked_at = Instant::now();
+                    let sizes = keyspaces
+                        .iter()
+                        .map(|(keyspace, _)| keyspace.disk_space())
+                        .fold(0u64, u64::wrapping_add);
+                    if sizes != sizes_seen {
+                        sizes_seen = sizes;
+                        rotated_at = Instant::now();
+                        if let Ok(gc_keyspace) = &gc_keyspace {
+                            let rotated = gc_keyspace
+                                .insert("gc", sizes.to_be_bytes())
+                                .and_then(|()| gc_keyspace.rotate_memtable());
+                            if let Err(error) = rotated {
+                                tracing::warn!(%error, "collecting replaced tables failed");
+                            }
                         }
                     }
                 }
@@ -121,7 +161,6 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fjall::KeyspaceCreateOptions;
 
     /// A memtable fjall would not rotate by itself (its own bound is far away) is
     /// rotated and flushed once it is near the bound it is watched with.
@@ -138,6 +177,7 @@ mod tests {
             &db,
             Bounds {
                 journal_bytes: u64::MAX,
+                gc_interval: GC_INTERVAL,
             },
         );
         watchdog.watch(keyspace.clone(), 1 << 20);
@@ -161,5 +201,70 @@ mod tests {
             keyspace.table_count() >= 1,
             "the memtable was flushed to a table"
         );
+    }
+
+    fn tables_bytes(dir: &std::path::Path) -> u64 {
+        let mut total = 0;
+        for entry in walk(dir) {
+            if entry.components().any(|part| part.as_os_str() == "tables") {
+                total += std::fs::metadata(&entry).map_or(0, |meta| meta.len());
+            }
+        }
+        total
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    /// Tables a compaction replaced are deleted although no memtable rotates after it
+    /// (fjall collects them only at a rotation).
+    #[test]
+    fn tables_replaced_by_a_compaction_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path()).open().unwrap();
+        let keyspace = db.keyspace("bulk", KeyspaceCreateOptions::default).unwrap();
+        // Several tables, then one compaction of them all, with no rotation after.
+        for round in 0..4u64 {
+            for index in 0..2_000u64 {
+                keyspace
+                    .insert((round * 10_000 + index).to_be_bytes(), [round as u8; 500])
+                    .unwrap();
+            }
+            keyspace.rotate_memtable_and_wait().unwrap();
+        }
+        keyspace.major_compact().unwrap();
+        let live = keyspace.disk_space();
+        assert!(
+            tables_bytes(dir.path()) > live + live / 2,
+            "before: the replaced tables are still on disk ({} bytes, {live} live)",
+            tables_bytes(dir.path())
+        );
+        let watchdog = Watchdog::start(
+            &db,
+            Bounds {
+                journal_bytes: u64::MAX,
+                gc_interval: Duration::from_millis(100),
+            },
+        );
+        watchdog.watch(keyspace.clone(), 64 << 20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tables_bytes(dir.path()) > live + live / 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replaced tables still on disk: {} bytes, {live} live",
+                tables_bytes(dir.path())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
