@@ -89,16 +89,6 @@ impl SummaryFilter {
         }
     }
 
-    /// Whether the filter tests anything a summary holds (else every event is read).
-    pub fn is_selective(&self) -> bool {
-        self.actor_kind.is_some()
-            || self.outcome.is_some()
-            || self.actor.is_some()
-            || self.action.is_some()
-            || self.resource_type.is_some()
-            || self.resource.is_some()
-    }
-
     /// `false` when the summary shows the event does not match; `true` when it may
     /// (the event is then read and tested in full), and for values that are not a
     /// summary of this version.
