@@ -663,6 +663,12 @@ impl Backlog {
         }
     }
 
+    /// A stream taken and not finished, to be read on from `from`, whose next event
+    /// was ingested at `at`.
+    fn put_back(&mut self, at: i64, stream_no: u32, from: u64, to: u64) {
+        self.streams.push(Reverse((at, stream_no, from, to)));
+    }
+
     fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
@@ -900,8 +906,9 @@ impl Indexer {
             };
             if at > floor.saturating_add(REBUILD_STEP_NS) {
                 // Ahead of another shard's rebuild: that one catches up first.
-                let backlog = &mut self.shards[position].backlog;
-                backlog.streams.push(Reverse((at, stream_no, from, to)));
+                self.shards[position]
+                    .backlog
+                    .put_back(at, stream_no, from, to);
                 break;
             }
             let (count, next_at) =
@@ -912,10 +919,7 @@ impl Indexer {
             if from + count < to {
                 // Stopped at an event after `until` (its time), or out of budget.
                 let at = next_at.unwrap_or(at);
-                shard
-                    .backlog
-                    .streams
-                    .push(Reverse((at, stream_no, from + count, to)));
+                shard.backlog.put_back(at, stream_no, from + count, to);
             }
             shard
                 .progress
@@ -1158,10 +1162,10 @@ mod tests {
         let ((at, stream, ..), until) = backlog.take().unwrap();
         assert_eq!((at, stream), (i64::MIN, 1));
         assert_eq!(until, i64::MIN + REBUILD_STEP_NS);
-        backlog.streams.push(Reverse((7_000_000_000, 1, 1, 100)));
+        backlog.put_back(7_000_000_000, 1, 1, 100);
         let ((at, stream, ..), _) = backlog.take().unwrap();
         assert_eq!((at, stream), (i64::MIN, 3));
-        backlog.streams.push(Reverse((2_000_000_000, 3, 5, 50)));
+        backlog.put_back(2_000_000_000, 3, 5, 50);
         // Now the earliest stream, read up to a step past the next one's time.
         let ((at, stream, from, to), until) = backlog.take().unwrap();
         assert_eq!((at, stream, from, to), (2_000_000_000, 3, 5, 50));

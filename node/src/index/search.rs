@@ -144,8 +144,8 @@ pub struct SegmentColumns {
     stream: Column<u64>,
     seq: Column<u64>,
     /// The range of `occurred_at` in the segment (column statistics).
-    pub occ_min: i64,
-    pub occ_max: i64,
+    occ_min: i64,
+    occ_max: i64,
 }
 
 impl SegmentColumns {
@@ -160,10 +160,6 @@ impl SegmentColumns {
             stream: fast.u64("stream")?,
             seq: fast.u64("seq")?,
         })
-    }
-
-    pub fn id(&self) -> SegmentId {
-        self.id
     }
 
     /// The document's position if the bounds admit it. `occurred_at` is read first

@@ -89,6 +89,12 @@ impl SummaryFilter {
         }
     }
 
+    /// Whether summaries test every field `filters` sets (time bounds aside): not an
+    /// action prefix nor a request id, whose events are read to be tested.
+    pub fn decides(filters: &Filters) -> bool {
+        !matches!(filters.action, Some(ActionMatch::Prefix(_))) && filters.request_id.is_none()
+    }
+
     /// `false` when the summary shows the event does not match; `true` when it may
     /// (the event is then read and tested in full), and for values that are not a
     /// summary of this version.

@@ -40,8 +40,10 @@ pub const LIMIT_MAX: usize = 1_000;
 /// iterator step and one canonical decode: a release node scanned a 30,000-event tenant
 /// in 36 ms), so this bounds a request to ~0.12 s of one core and its memory to
 /// `LIMIT_MAX` events, whatever the filter and however large the tenant.
-/// A time-index entry its summary rules out costs 1/16 of a read.
 pub const EXAMINED_PER_REQUEST_MAX: u64 = 100_000;
+/// Time-index entries a summary rules out that count as one read against
+/// [`EXAMINED_PER_REQUEST_MAX`] (an entry passed over is one iterator step).
+const SKIPS_PER_READ: u64 = 16;
 
 /// The order of results, on `(occurred_at, stream, seq)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -508,9 +510,7 @@ fn choose_path(index: &NodeIndex, view: &IndexView, bounds: &Bounds, query: &Que
     // the page's events; the walk also pays for each entry it passes over: a read when
     // the summaries cannot test the whole filter, far less when they can.
     let entries = (query.limit as u64).saturating_mul(tenant_docs) / matching.max(1);
-    let summaries_decide =
-        !matches!(filters.action, Some(ActionMatch::Prefix(_))) && filters.request_id.is_none();
-    let entry_cost = if summaries_decide {
+    let entry_cost = if SummaryFilter::decides(filters) {
         SKIP_COST_OVER_VISIT
     } else {
         READ_COST_OVER_VISIT
@@ -740,11 +740,10 @@ impl StreamReader<'_> {
                 break;
             }
             if !self.summary.may_match(&summary) {
-                // The summary rules the event out: not read (16 skips cost one read
-                // of the budget).
+                // The summary rules the event out: not read.
                 skipped += 1;
                 last_examined = Some(here);
-                if examined + skipped / 16 >= self.query.examined_max {
+                if examined + skipped / SKIPS_PER_READ >= self.query.examined_max {
                     out_of_budget = true;
                     break;
                 }
@@ -771,7 +770,7 @@ impl StreamReader<'_> {
                     break;
                 }
             }
-            if examined + skipped / 16 >= self.query.examined_max {
+            if examined + skipped / SKIPS_PER_READ >= self.query.examined_max {
                 out_of_budget = true;
                 break;
             }
