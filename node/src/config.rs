@@ -124,6 +124,11 @@ pub struct Flags {
     /// helps when the recent history of busy tenants does not fit; 8 at least.
     #[arg(long, value_name = "MIB")]
     pub cache_mib: Option<u64>,
+    /// For benchmarks only: run without the indexer thread, to measure what indexing
+    /// costs ingest. Queries then read every event from the store and are refused once
+    /// a stream has more than 200,000 events.
+    #[arg(long, hide = true)]
+    pub bench_index_off: bool,
     /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
     #[arg(long, env = "TRAIL_LOG")]
     pub log: Option<String>,
@@ -175,6 +180,8 @@ pub struct NodeConfig {
     pub index_commit_ms: u64,
     /// The storage's block cache (`--cache-mib`), in bytes.
     pub cache_bytes: u64,
+    /// `--bench-index-off`: no indexer thread.
+    pub index_off: bool,
     pub log: String,
 }
 
@@ -428,6 +435,7 @@ impl NodeConfig {
             audit_reads: flags.audit_reads.or(file.audit_reads).unwrap_or(true),
             index_commit_ms,
             cache_bytes: cache_mib << 20,
+            index_off: flags.bench_index_off,
             log: flags.log.or(file.log).unwrap_or_else(|| {
                 "info,openraft=warn,actix_server=warn,fjall=warn,lsm_tree=warn".to_string()
             }),

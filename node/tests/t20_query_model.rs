@@ -248,6 +248,9 @@ impl Store {
         let mut config = IndexConfig::new(dir.path());
         config.commit_interval = std::time::Duration::from_millis(3);
         config.poll_interval = std::time::Duration::from_millis(1);
+        // Every request id in one term: a request-id page or count reads past the other
+        // requests' events, as it does in production once a bucket holds several.
+        config.request_bucket_bits = 0;
         let index = NodeIndex::open(&store.db, std::slice::from_ref(&keyspaces), config)
             .expect("open index");
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -326,6 +326,7 @@ pub(super) fn read_status(error: ReadError) -> Status {
             Status::data_loss("a stored record failed its integrity checks")
         }
         error @ ReadError::IndexBehind { .. } => Status::unavailable(error.to_string()),
+        error @ ReadError::TooBroad { .. } => Status::resource_exhausted(error.to_string()),
     }
 }
 

@@ -453,6 +453,12 @@ fn read_failed(error: ReadError) -> HttpResponse {
             &error.to_string(),
             None,
         ),
+        error @ ReadError::TooBroad { .. } => error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_exhausted",
+            &error.to_string(),
+            None,
+        ),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Secondary indexes, built behind the log (docs/QUERY.md, "Indexes").
 //!
 //! Apply writes one small feed key per batch (`sN.feed`: which seqs of which streams
-//! it appended). One indexer thread per node reads the feeds of all shards, reads those
-//! events from the store, and builds two derived indexes in bulk:
+//! it appended). One indexer thread per node reads the feeds of all shards, takes those
+//! events from the batches apply handed over (`storage::recent`) or else reads them
+//! from the store, and builds two derived indexes in bulk:
 //!
 //! - the time index `sN.tindex` (`stream_no, occurred_at, seq`, valued with the
 //!   event's filter fields summarized in 19 bytes, `summary.rs`): a tenant's events in
@@ -80,6 +81,12 @@ pub struct IndexConfig {
     pub commit_interval: Duration,
     /// How often the indexer looks at the feeds when it has nothing to do.
     pub poll_interval: Duration,
+    /// No indexer thread (`traild --bench-index-off`): nothing is indexed, queries read
+    /// the store, ingest is never held.
+    pub off: bool,
+    /// Request-id buckets, as bits (`schema::REQUEST_BUCKET_BITS`). Fixed for the life
+    /// of an index: only tests set another.
+    pub request_bucket_bits: u32,
 }
 
 impl IndexConfig {
@@ -88,6 +95,8 @@ impl IndexConfig {
             dir: data_dir.join("index"),
             commit_interval: Duration::from_millis(500),
             poll_interval: Duration::from_millis(20),
+            off: false,
+            request_bucket_bits: schema::REQUEST_BUCKET_BITS,
         }
     }
 
@@ -231,7 +240,7 @@ impl NodeIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
 
-        let terms = Terms::new(&key);
+        let terms = Terms::with_request_buckets(&key, config.request_bucket_bits);
         let shared = Arc::new(Shared {
             fields,
             terms: terms.clone(),
@@ -252,13 +261,15 @@ impl NodeIndex {
         let handle = NodeIndex { shared };
         let mut indexer = Indexer {
             db: db.clone(),
-            writer,
+            pending: Pending {
+                writer,
+                fields,
+                terms,
+                time_keys: Vec::new(),
+            },
             reader,
-            fields,
-            terms,
             shards: Vec::new(),
             config: config.clone(),
-            time_keys: Vec::new(),
             uncommitted: 0,
             columns: HashMap::new(),
             segment_ranges,
@@ -270,6 +281,11 @@ impl NodeIndex {
             indexer.take_added(&handle)?;
         }
         handle.publish(indexer.visible()?);
+        if config.off {
+            tracing::warn!("the indexer is off (--bench-index-off): queries read the store");
+            handle.shared.indexer_stopped.store(true, Ordering::Relaxed);
+            return Ok(handle);
+        }
         let thread_handle = handle.clone();
         let thread = std::thread::Builder::new()
             .name("trail-indexer".into())
@@ -459,19 +475,50 @@ fn remove_index_files(dir: &Path) -> std::io::Result<()> {
 /// The indexer thread's state.
 struct Indexer {
     db: Database,
-    writer: IndexWriter<TantivyDocument>,
+    /// What the events added since the last commit made.
+    pending: Pending,
     reader: IndexReader,
-    fields: Fields,
-    terms: Terms,
     shards: Vec<ShardIndexer>,
     config: IndexConfig,
-    /// Time-index entries for the next commit: (position in `shards`, key, summary).
-    time_keys: Vec<(usize, [u8; 20], [u8; summary::SUMMARY_BYTES])>,
     uncommitted: u64,
     /// The position columns of the visible segments, opened once each.
     columns: HashMap<SegmentId, Arc<SegmentColumns>>,
     /// The visible segments' `occurred_at` ranges, for the merge policy.
     segment_ranges: SegmentRanges,
+}
+
+/// The documents and time-index entries of the events added since the last commit.
+struct Pending {
+    writer: IndexWriter<TantivyDocument>,
+    fields: Fields,
+    terms: Terms,
+    /// Time-index entries for the next commit: (position in `shards`, key, summary).
+    time_keys: Vec<(usize, [u8; 20], [u8; summary::SUMMARY_BYTES])>,
+}
+
+impl Pending {
+    /// Adds one event of the shard at `position`: its document, its time-index entry,
+    /// and the lag it makes.
+    fn add(
+        &mut self,
+        position: usize,
+        shard: &mut ShardIndexer,
+        stream_no: u32,
+        stored: &StoredEvent,
+    ) -> anyhow::Result<()> {
+        let (document, summary) =
+            self.terms
+                .document(&self.fields, shard.id, stream_no, stored.seq, &stored.event);
+        self.writer.add_document(document)?;
+        self.time_keys.push((
+            position,
+            tindex_key(stream_no, stored.event.occurred_at_ns, stored.seq),
+            summary,
+        ));
+        let oldest = shard.oldest_pending_ns.get_or_insert(stored.ingested_at_ns);
+        *oldest = (*oldest).min(stored.ingested_at_ns);
+        Ok(())
+    }
 }
 
 /// One shard's part of the indexer.
@@ -625,11 +672,12 @@ impl ShardIndexer {
             .next()?;
         let (_, value) = guard.into_inner().ok()?;
         let &(stream_no, first_seq, _) = FeedRuns::decode(&value)?.runs.first()?;
-        let event = self
+        let value = self
             .keyspaces
             .events
             .get(event_key(stream_no, first_seq))
             .ok()??;
+        let event = self.keyspaces.codec.canonical(value).ok()?;
         Some(StoredEvent::decode_canonical(&event).ok()?.ingested_at_ns)
     }
 
@@ -828,7 +876,9 @@ impl Indexer {
                 // Documents of the shard's earlier life (a rebuild cut short, a replaced
                 // state) go at the next commit.
                 let id = self.shards[position].id;
-                self.writer.delete_term(shard_term(&self.fields, id));
+                self.pending
+                    .writer
+                    .delete_term(shard_term(&self.pending.fields, id));
             } else if resumed_after != carried {
                 // A reindex deleted the shard's documents after `add_shard` read its
                 // resume point.
@@ -849,7 +899,9 @@ impl Indexer {
                 .expect("resume points lock"),
         );
         for id in forgotten.keys() {
-            self.writer.delete_term(shard_term(&self.fields, *id));
+            self.pending
+                .writer
+                .delete_term(shard_term(&self.pending.fields, *id));
         }
     }
 
@@ -956,6 +1008,16 @@ impl Indexer {
                 shard.read_through = key;
                 return Ok(added);
             }
+            // The batch's events as apply handed them over, when still held.
+            let mut held: HashMap<u32, Vec<(u64, Vec<u8>)>> = HashMap::new();
+            for (stream_no, seq, canonical) in self.shards[position]
+                .keyspaces
+                .recent
+                .take(key)
+                .unwrap_or_default()
+            {
+                held.entry(stream_no).or_default().push((seq, canonical));
+            }
             for (stream_no, first_seq, count) in feed.runs {
                 let next = self.shards[position]
                     .next
@@ -963,9 +1025,15 @@ impl Indexer {
                     .copied()
                     .unwrap_or(1);
                 let end = first_seq + u64::from(count);
-                if end > next {
-                    added += self.add_events(position, stream_no, next.max(first_seq), end)?;
+                if end <= next {
+                    continue;
                 }
+                let from = next.max(first_seq);
+                let events = held.get(&stream_no).map_or(&[][..], Vec::as_slice);
+                added += match self.add_held(position, stream_no, from, end, events)? {
+                    Some(count) => count,
+                    None => self.add_events(position, stream_no, from, end)?,
+                };
             }
             let shard = &mut self.shards[position];
             shard.read_keys.push(key);
@@ -985,7 +1053,9 @@ impl Indexer {
         shard.visible_next.clear();
         handle.publish(self.visible()?);
         let shard = &mut self.shards[position];
-        self.writer.delete_term(shard_term(&self.fields, shard.id));
+        self.pending
+            .writer
+            .delete_term(shard_term(&self.pending.fields, shard.id));
         let (next, backlog, read_keys) = ShardIndexer::scan(&shard.keyspaces)?;
         shard.next = next;
         shard.backlog = backlog;
@@ -1034,6 +1104,7 @@ impl Indexer {
                 break;
             }
             let (_, value) = guard.into_inner()?;
+            let value = shard.keyspaces.codec.canonical(value)?;
             let stored = StoredEvent::decode_canonical(&value).map_err(|error| {
                 anyhow::anyhow!(
                     "shard {} stream {stream_no} seq {expected}: {error}",
@@ -1050,17 +1121,7 @@ impl Indexer {
                 stopped_at = Some(stored.ingested_at_ns);
                 break;
             }
-            let (document, summary) =
-                self.terms
-                    .document(&self.fields, shard.id, stream_no, stored.seq, &stored.event);
-            self.writer.add_document(document)?;
-            self.time_keys.push((
-                position,
-                tindex_key(stream_no, stored.event.occurred_at_ns, stored.seq),
-                summary,
-            ));
-            let oldest = shard.oldest_pending_ns.get_or_insert(stored.ingested_at_ns);
-            *oldest = (*oldest).min(stored.ingested_at_ns);
+            self.pending.add(position, shard, stream_no, &stored)?;
             expected += 1;
         }
         anyhow::ensure!(
@@ -1074,11 +1135,49 @@ impl Indexer {
         Ok((count, stopped_at))
     }
 
+    /// Adds seqs `from..end` of a stream from `events`, the stream's events of an apply
+    /// batch as apply handed them over (`storage::recent`), when they hold them all.
+    /// Returns how many, or `None` when they do not: the caller reads the store.
+    fn add_held(
+        &mut self,
+        position: usize,
+        stream_no: u32,
+        from: u64,
+        end: u64,
+        events: &[(u64, Vec<u8>)],
+    ) -> anyhow::Result<Option<u64>> {
+        // Apply appends a stream's seqs in order, so the run is one contiguous slice.
+        let Some(start) = events.iter().position(|(seq, _)| *seq == from) else {
+            return Ok(None);
+        };
+        let run = &events[start..];
+        let wanted = (end - from) as usize;
+        if run.len() < wanted || run[wanted - 1].0 != end - 1 {
+            return Ok(None);
+        }
+        let shard = &mut self.shards[position];
+        for (seq, canonical) in &run[..wanted] {
+            let stored = StoredEvent::decode_canonical(canonical).map_err(|error| {
+                anyhow::anyhow!("shard {} stream {stream_no} seq {seq}: {error}", shard.id)
+            })?;
+            anyhow::ensure!(
+                stored.seq == *seq,
+                "shard {} stream {stream_no}: held seq {seq} is seq {}",
+                shard.id,
+                stored.seq
+            );
+            self.pending.add(position, shard, stream_no, &stored)?;
+        }
+        shard.next.insert(stream_no, end);
+        self.uncommitted += wanted as u64;
+        Ok(Some(wanted as u64))
+    }
+
     /// Makes the added events durable and visible, then drops the feed keys covered.
     fn commit(&mut self, handle: &NodeIndex) -> anyhow::Result<()> {
         // 1. Time keys, durable before the tantivy commit that names them covered.
         let mut batch = self.db.batch();
-        for (position, key, summary) in self.time_keys.drain(..) {
+        for (position, key, summary) in self.pending.time_keys.drain(..) {
             batch.insert(&self.shards[position].keyspaces.tindex, key, summary);
         }
         batch.commit()?;
@@ -1100,7 +1199,7 @@ impl Indexer {
             format: schema::INDEX_FORMAT,
             shards: covered,
         };
-        let mut prepared = self.writer.prepare_commit()?;
+        let mut prepared = self.pending.writer.prepare_commit()?;
         prepared.set_payload(&serde_json::to_string(&payload)?);
         prepared.commit()?;
         self.reader.reload()?;

@@ -10,12 +10,17 @@
 //!   indexed as an HMAC-SHA-256 under the index's own key (`<index dir>/term.key`,
 //!   0600) of the tenant and the value, truncated to 64 bits, in u64 fields: the index
 //!   never holds them in the clear, and a guessed value cannot be tested against it
-//!   without the key. 64 bits rather than text: these terms are nearly unique per event
-//!   (a request id always is), and building the term dictionary (an FST) of random
-//!   32-character hex strings was half of tantivy's indexing time; 8-byte keys cost a
-//!   fraction. Two values of one tenant share a term with odds of about n²/2⁶⁵ (10⁻⁶
-//!   at 10 M distinct values); every event found through a term is read and checked
-//!   against the filter, so a shared term is caught, never served.
+//!   without the key. 64 bits rather than text: building the term dictionary (an FST)
+//!   of random 32-character hex strings was half of tantivy's indexing time. Two values
+//!   of one tenant share a term with odds of about n²/2⁶⁵ (10⁻⁶ at 10 M distinct
+//!   values); every event found through a term is read and checked against the filter,
+//!   so a shared term is caught, never served.
+//! - request ids are unique per event, so a full-width term is a term-dictionary entry
+//!   per event: ~20 bytes per event on disk, and most of the FST work of indexing and
+//!   merging. They are indexed in [`REQUEST_BUCKET_BITS`]-bit buckets of the keyed
+//!   value instead: a segment's dictionary holds at most 2¹⁸ request terms, and a
+//!   lookup reads the tenant's events of one bucket (~4 per million events of the
+//!   node, all of the tenant's when it is the only one) and keeps the one that matches.
 //!
 //! Fast fields give each document's position: `occ` (`occurred_at`, ns), `stream`
 //! (`shard << 32 | stream_no`) and `seq`.
@@ -33,8 +38,14 @@ use crate::ledger::{ActorKind, EventRecord, Outcome};
 
 /// Bumped when the schema or the term derivation changes: an index of another version
 /// is rebuilt from the store. 3: time-index keys carry summaries (`summary.rs`); the
-/// rebuild writes them for events indexed before.
-pub const INDEX_FORMAT: u32 = 3;
+/// rebuild writes them for events indexed before. 4: request ids in buckets, no field
+/// norms.
+pub const INDEX_FORMAT: u32 = 4;
+
+/// Request-id terms are the top this many bits of the keyed value (see the module
+/// docs): 2¹⁸ buckets keep a segment's request terms few while a lookup at 10 M events
+/// reads ~40 candidates of the node at most.
+pub const REQUEST_BUCKET_BITS: u32 = 18;
 
 /// The schema's fields.
 #[derive(Clone, Copy, Debug)]
@@ -56,11 +67,14 @@ pub struct Fields {
 impl Fields {
     pub fn schema() -> (Schema, Fields) {
         let mut builder = Schema::builder();
-        // Raw terms, no positions or frequencies: filters only ever ask "has term".
+        // Raw terms, no positions or frequencies: filters only ever ask "has term". No
+        // field norms either (a byte per text field per document, 5 bytes per event):
+        // nothing is scored.
         let term = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic),
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
         );
         let fields = Fields {
             shard: builder.add_u64_field("shard", NumericOptions::default().set_indexed()),
@@ -89,6 +103,7 @@ pub fn stream_value(shard: ShardId, stream_no: u32) -> u64 {
 #[derive(Clone)]
 pub struct Terms {
     mac: Hmac<Sha256>,
+    request_bucket_bits: u32,
 }
 
 impl std::fmt::Debug for Terms {
@@ -107,8 +122,15 @@ enum Keyed {
 
 impl Terms {
     pub fn new(key: &[u8; 32]) -> Terms {
+        Terms::with_request_buckets(key, REQUEST_BUCKET_BITS)
+    }
+
+    /// With request ids in `2^bits` buckets (0: all in one, which tests use to make
+    /// every request-id lookup read past other requests' events).
+    pub fn with_request_buckets(key: &[u8; 32], bits: u32) -> Terms {
         Terms {
             mac: Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length"),
+            request_bucket_bits: bits.min(64),
         }
     }
 
@@ -154,11 +176,16 @@ impl Terms {
         Term::from_field_u64(fields.resource, self.resource_value(tenant_id, resource_id))
     }
 
+    /// The bucket of a request id (the `request` term).
+    pub fn request_value(&self, tenant_id: &str, request_id: &str) -> u64 {
+        let value = self.keyed(Keyed::Request, tenant_id, request_id);
+        value
+            .checked_shr(64 - self.request_bucket_bits)
+            .unwrap_or(0)
+    }
+
     pub fn request(&self, fields: &Fields, tenant_id: &str, request_id: &str) -> Term {
-        Term::from_field_u64(
-            fields.request,
-            self.keyed(Keyed::Request, tenant_id, request_id),
-        )
+        Term::from_field_u64(fields.request, self.request_value(tenant_id, request_id))
     }
 
     pub fn vocabulary(field: Field, tenant_id: &str, value: &str) -> Term {
@@ -199,7 +226,7 @@ impl Terms {
         if !event.request_id.is_empty() {
             doc.add_u64(
                 fields.request,
-                self.keyed(Keyed::Request, tenant, &event.request_id),
+                self.request_value(tenant, &event.request_id),
             );
         }
         doc.add_i64(fields.occ, event.occurred_at_ns);

@@ -304,6 +304,7 @@ pub async fn start(
         &shard_keyspaces,
         IndexConfig {
             commit_interval: Duration::from_millis(config.index_commit_ms),
+            off: config.index_off,
             ..IndexConfig::new(&config.data_dir)
         },
     )?;

@@ -18,7 +18,7 @@ use crate::storage::{
     CHAIN_CHECKPOINT,
 };
 
-use super::reader::{get_event, tenant_state, ReadError};
+use super::reader::{canonical, get_event, tenant_state, ReadError};
 
 /// A recorded checkpoint.
 #[derive(Debug, Clone)]
@@ -182,7 +182,8 @@ fn decode_block(stream_no: u32, block_index: u64, bytes: &[u8]) -> Result<Sealed
     Ok(SealedBlock { record, header })
 }
 
-/// The stored canonical bytes of a block's events, as they are (no checks).
+/// The canonical bytes of a block's events, as stored (no checks beyond expanding a
+/// compressed value).
 pub fn block_events_raw(
     keyspaces: &ShardKeyspaces,
     stream_no: u32,
@@ -193,7 +194,11 @@ pub fn block_events_raw(
     keyspaces
         .events
         .range(start..=end)
-        .map(|guard| Ok(guard.into_inner()?.1.to_vec()))
+        .map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            let canonical = canonical(keyspaces, || format!("event key {key:02x?}"), value)?;
+            Ok(canonical.into_vec())
+        })
         .collect()
 }
 

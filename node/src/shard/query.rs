@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tantivy::Term;
 
 use super::cursor::{truncate, Digest16};
-use super::reader::{tenant_state, ReadError, ReadEvent};
+use super::reader::{canonical, tenant_state, ReadError, ReadEvent};
 use crate::index::schema::{actor_kind_text, outcome_text};
 pub use crate::index::search::Position;
 use crate::index::search::{
@@ -30,6 +30,7 @@ use crate::index::{stream_value, NodeIndex, Terms};
 use crate::ledger::validate::{ACTION_BYTES_MAX, ID_BYTES_MAX, RESOURCE_TYPE_BYTES_MAX};
 use crate::ledger::StoredEvent;
 use crate::ledger::{leaf_hash, stream_name, ActorKind, EventRecord, FieldError, Outcome};
+use crate::storage::event_codec::Canonical;
 use crate::storage::{event_key, tindex_key, tindex_key_decode, ShardKeyspaces};
 
 /// Events per page when the request does not say.
@@ -441,12 +442,22 @@ pub fn count(
         summary: SummaryFilter::default(),
     };
     let tail = reader.tail(tail_from, last_seq, &bounds)?;
-    let indexed = count_admitted(
-        &visible.view,
-        &*term_query(index.fields(), index.terms(), tenant_id, filters),
-        &bounds,
-    )
-    .map_err(index_error)?;
+    let query = term_query(index.fields(), index.terms(), tenant_id, filters);
+    let indexed = if filters.request_id.is_some() {
+        // Request ids are indexed in buckets (`index::schema`): the few events of the
+        // tenant's bucket are read and the request's counted.
+        let cap = EXAMINED_PER_REQUEST_MAX as usize;
+        let positions =
+            top_positions(&visible.view, &*query, &bounds, cap + 1).map_err(index_error)?;
+        if positions.len() > cap {
+            return Err(ReadError::TooBroad {
+                examined: EXAMINED_PER_REQUEST_MAX,
+            });
+        }
+        reader.verified(&positions)?.0.len() as u64
+    } else {
+        count_admitted(&visible.view, &*query, &bounds).map_err(index_error)?
+    };
     Ok(indexed + tail.len() as u64)
 }
 
@@ -541,7 +552,7 @@ struct StreamReader<'a> {
 
 impl StreamReader<'_> {
     /// Reads, decodes and checks the event at `seq`: its key, seq, stream and tenant.
-    fn event(&self, seq: u64) -> Result<(StoredEvent, fjall::Slice), ReadError> {
+    fn event(&self, seq: u64) -> Result<(StoredEvent, Canonical), ReadError> {
         let location = || format!("stream {} seq {seq}", self.stream);
         let value = self
             .keyspaces
@@ -551,6 +562,7 @@ impl StreamReader<'_> {
                 location: location(),
                 reason: "event is missing".into(),
             })?;
+        let value = canonical(self.keyspaces, location, value)?;
         let stored = self.checked(seq, &value)?;
         Ok((stored, value))
     }
@@ -595,6 +607,11 @@ impl StreamReader<'_> {
             .range(event_key(self.stream_no, from)..=event_key(self.stream_no, last))
         {
             let (_, value) = guard.into_inner()?;
+            let value = canonical(
+                self.keyspaces,
+                || format!("stream {} seq {expected}", self.stream),
+                value,
+            )?;
             let stored = self.checked(expected, &value)?;
             expected += 1;
             let (occurred_at_ns, seq) = position_of(&stored);
@@ -629,9 +646,10 @@ impl StreamReader<'_> {
         Ok(matches)
     }
 
-    /// The terms path: tantivy's first `limit + 1` matching positions below the
-    /// watermark, merged with the tail. `None` when a position found is not an event of
-    /// the filter (two identifiers shared a keyed term).
+    /// The terms path: tantivy's first `limit + 1` positions below the watermark whose
+    /// events are the filter's (a position found through a shared term is read and
+    /// passed over), merged with the tail. `None` when it would read more than
+    /// `examined_max` events: the caller then takes the time index, which pages.
     fn by_terms(
         &self,
         index: &NodeIndex,
@@ -640,42 +658,33 @@ impl StreamReader<'_> {
         tail: Vec<ReadEvent>,
     ) -> Result<Option<Page>, ReadError> {
         let limit = self.query.limit;
-        let positions = top_positions(
-            view,
-            &*term_query(
-                index.fields(),
-                index.terms(),
-                &self.query.tenant_id,
-                &self.query.filters,
-            ),
-            bounds,
-            limit + 1,
-        )
-        .map_err(index_error)?;
-        let mut indexed = Vec::with_capacity(positions.len());
-        for (occurred_at_ns, seq) in &positions {
-            let (stored, value) = self.event(*seq)?;
-            if stored.event.occurred_at_ns == *occurred_at_ns
-                && !self.query.filters.matches(&stored.event)
-            {
-                // A term shared by two identifiers (64-bit keyed hashes): not this
-                // filter's event; the caller takes the other path.
+        let query = term_query(
+            index.fields(),
+            index.terms(),
+            &self.query.tenant_id,
+            &self.query.filters,
+        );
+        let mut indexed = Vec::with_capacity(limit + 1);
+        let mut want = limit + 1;
+        // What a request may read: `examined_max`, or a page and one more.
+        let cap = (self.query.examined_max as usize).max(limit + 1);
+        let mut examined = 0;
+        loop {
+            let positions = top_positions(view, &*query, bounds, want).map_err(index_error)?;
+            // The first `examined` are those of the round before (the order is total).
+            let (matched, read) = self.verified(&positions[examined as usize..])?;
+            indexed.extend(matched);
+            examined += read;
+            if indexed.len() > limit || positions.len() < want {
+                break;
+            }
+            // Some positions were another event's (request ids share bucket terms,
+            // identifiers may share a 64-bit term): read on, within the cap.
+            if want >= cap {
                 return Ok(None);
             }
-            if stored.event.occurred_at_ns != *occurred_at_ns {
-                return Err(ReadError::Corrupt {
-                    location: format!("stream {} seq {seq}", self.stream),
-                    reason: "the query index does not describe this event; \
-                             `trailctl reindex` rebuilds it from the store"
-                        .into(),
-                });
-            }
-            indexed.push(ReadEvent {
-                leaf_hash: leaf_hash(&value),
-                stored,
-            });
+            want = (want * 2).min(cap);
         }
-        let examined = indexed.len() as u64;
         let mut merged = merge(self.query.order, indexed, tail);
         let more = merged.len() > limit;
         merged.truncate(limit);
@@ -694,6 +703,36 @@ impl StreamReader<'_> {
             path: None,
             tail_events: 0,
         }))
+    }
+
+    /// An index entry whose event is not the one it describes.
+    fn index_mismatch(&self, index: &str, seq: u64) -> ReadError {
+        ReadError::Corrupt {
+            location: format!("stream {} seq {seq}", self.stream),
+            reason: format!(
+                "the {index} does not describe this event; `trailctl reindex` rebuilds it \
+                 from the store"
+            ),
+        }
+    }
+
+    /// The events at index positions that are the filter's; the others were found
+    /// through a term they share with it. Returns them and how many it read.
+    fn verified(&self, positions: &[Position]) -> Result<(Vec<ReadEvent>, u64), ReadError> {
+        let mut matched = Vec::new();
+        for &(occurred_at_ns, seq) in positions {
+            let (stored, value) = self.event(seq)?;
+            if stored.event.occurred_at_ns != occurred_at_ns {
+                return Err(self.index_mismatch("query index", seq));
+            }
+            if self.query.filters.matches(&stored.event) {
+                matched.push(ReadEvent {
+                    leaf_hash: leaf_hash(&value),
+                    stored,
+                });
+            }
+        }
+        Ok((matched, positions.len() as u64))
     }
 
     /// The time-index path: walk the stream's time index in order from the cursor,
@@ -751,12 +790,7 @@ impl StreamReader<'_> {
             }
             let (stored, value) = self.event(seq)?;
             if stored.event.occurred_at_ns != occurred_at_ns {
-                return Err(ReadError::Corrupt {
-                    location: format!("stream {} seq {seq}", self.stream),
-                    reason: "the time index does not describe this event; \
-                             `trailctl reindex` rebuilds it from the store"
-                        .into(),
-                });
+                return Err(self.index_mismatch("time index", seq));
             }
             examined += 1;
             last_examined = Some(here);

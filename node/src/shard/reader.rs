@@ -5,6 +5,7 @@
 //! leader before reading (cluster work).
 
 use crate::ledger::{leaf_hash, LeafHash, StoredEvent, TenantState};
+use crate::storage::event_codec::Canonical;
 use crate::storage::{decode_position, dedup_key, event_key, ShardKeyspaces};
 
 /// Events one `tail` call returns at most.
@@ -24,6 +25,12 @@ pub enum ReadError {
          retry shortly (`trailctl status` shows the progress)"
     )]
     IndexBehind { events: u64 },
+    /// The filter's index terms are shared by more events than a request reads.
+    #[error(
+        "the filter matches more than {examined} candidate events to check; narrow it \
+         (a time range, another field)"
+    )]
+    TooBroad { examined: u64 },
 }
 
 /// A stored event with its leaf hash, as reads return it.
@@ -93,7 +100,7 @@ pub fn tail(
     let guards = keyspaces.events.range(start..=end).take(limit);
     for (expected_seq, guard) in (first_seq..).zip(guards) {
         let (key, value) = guard.into_inner()?;
-        let event = decode(&key, &value)?;
+        let event = decode(keyspaces, &key, value)?;
         // Seqs are gap-free: a hole means lost data and is reported, not skipped.
         if event.stored.seq != expected_seq {
             return Err(ReadError::Corrupt {
@@ -119,11 +126,31 @@ fn read_event(
             location: format!("stream {stream_no} seq {seq}"),
             reason: "event is missing".into(),
         })?;
-    decode(&key, &value)
+    decode(keyspaces, &key, value)
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<ReadEvent, ReadError> {
-    let stored = StoredEvent::decode_canonical(value).map_err(|error| ReadError::Corrupt {
+/// The canonical bytes of a stored event value (`storage::event_codec`).
+pub fn canonical(
+    keyspaces: &ShardKeyspaces,
+    location: impl FnOnce() -> String,
+    value: fjall::Slice,
+) -> Result<Canonical, ReadError> {
+    keyspaces
+        .codec
+        .canonical(value)
+        .map_err(|error| ReadError::Corrupt {
+            location: location(),
+            reason: error.to_string(),
+        })
+}
+
+fn decode(
+    keyspaces: &ShardKeyspaces,
+    key: &[u8],
+    value: fjall::Slice,
+) -> Result<ReadEvent, ReadError> {
+    let value = canonical(keyspaces, || format!("event key {key:02x?}"), value)?;
+    let stored = StoredEvent::decode_canonical(&value).map_err(|error| ReadError::Corrupt {
         location: format!("event key {key:02x?}"),
         reason: error.to_string(),
     })?;
@@ -135,7 +162,7 @@ fn decode(key: &[u8], value: &[u8]) -> Result<ReadEvent, ReadError> {
         });
     }
     Ok(ReadEvent {
-        leaf_hash: leaf_hash(value),
+        leaf_hash: leaf_hash(&value),
         stored,
     })
 }

@@ -18,12 +18,13 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use sha2::{Digest, Sha256};
 
 use super::applied::AppliedProgress;
+use super::event_codec::Encoder;
 use super::log_store::storage_io_error;
 use super::publish::Publisher;
 use super::snapshot_name::{check_install, SnapshotName, SnapshotStamp};
 use super::{
-    chain_key, decode_position, dedup_key, event_key, position_value, FeedRuns, ShardKeyspaces,
-    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
+    chain_key, decode_position, dedup_key, event_key, position_value, repacked_dedup_key, FeedRuns,
+    ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
 };
 use crate::consensus::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -38,6 +39,10 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// Present while a received snapshot replaces the state (see `Inner::install`).
 const KEY_INSTALLING: &[u8] = b"installing";
+/// The layout of the dedup keys (`storage::dedup_key`): absent in a shard of a node
+/// that kept every event id as text; [`DEDUP_KEYS_PACKED`] once they are packed.
+const KEY_DEDUP_KEYS: &[u8] = b"dedup_keys";
+const DEDUP_KEYS_PACKED: u32 = 2;
 
 /// Writes per fjall batch during apply (~3 per event): bounds the memory of one batch
 /// when openraft hands over many entries at once.
@@ -86,6 +91,8 @@ struct Inner {
     publisher: Option<Publisher>,
     /// The cluster, group and epoch this replica's snapshots carry and installs check.
     stamp: SnapshotStamp,
+    /// Compresses event values under the shard's newest dictionary (`event_codec.rs`).
+    encoder: Encoder,
 }
 
 impl StateMachine {
@@ -132,8 +139,10 @@ impl StateMachine {
             snapshots_built: 0,
             publisher,
             stamp,
+            encoder: Encoder::default(),
         };
         inner.finish_interrupted_install()?;
+        inner.repack_dedup_keys()?;
         inner.remove_stale_snapshot_files()?;
         inner.publish_counters();
         Ok(StateMachine {
@@ -175,6 +184,7 @@ impl Inner {
                 EntryPayload::Normal(command) => {
                     let lookup = Lookup {
                         events: &self.keyspaces.events,
+                        codec: &self.keyspaces.codec,
                         dedup: &self.keyspaces.dedup,
                         chain: &self.keyspaces.chain,
                     };
@@ -207,10 +217,15 @@ impl Inner {
     /// Commits the pending writes with the applied id and membership, atomically.
     fn commit(&mut self, writes: &mut Vec<LedgerWrite>) -> Result<(), StorageError> {
         self.ledger.seal_batch(writes);
+        if let Err(error) = self.encoder.refresh(&self.keyspaces.codec) {
+            // Values are then stored as they are, which is always readable.
+            tracing::warn!(shard = self.keyspaces.shard, %error, "event compression is off");
+        }
         let keyspaces = &self.keyspaces;
         let mut batch = self.db.batch();
         let mut published = Vec::new();
         let mut feed = FeedRuns::default();
+        let mut recent = Vec::new();
         for write in writes.drain(..) {
             match write {
                 LedgerWrite::Event {
@@ -219,7 +234,10 @@ impl Inner {
                     canonical,
                 } => {
                     feed.add(stream_no, seq);
-                    batch.insert(&keyspaces.events, event_key(stream_no, seq), canonical)
+                    let compressed = self.encoder.encode(&canonical);
+                    let value = compressed.as_deref().unwrap_or(&canonical);
+                    batch.insert(&keyspaces.events, event_key(stream_no, seq), value);
+                    recent.push((stream_no, seq, canonical));
                 }
                 LedgerWrite::Dedup {
                     tenant_no,
@@ -267,12 +285,13 @@ impl Inner {
                 }
             }
         }
+        let applied = self.last_applied.map_or(0, |log_id| log_id.index);
         if !feed.is_empty() {
-            let applied = self.last_applied.map_or(0, |log_id| log_id.index);
             batch.insert(&keyspaces.feed, applied.to_be_bytes(), feed.encode());
         }
         self.put_applied(&mut batch);
         batch.commit().map_err(write_state_machine)?;
+        keyspaces.recent.push(applied, recent);
         if let Some(publisher) = &self.publisher {
             for (tenant_id, stream_index, tree_size, note) in published {
                 publisher.publish(&tenant_id, stream_index, tree_size, note);
@@ -280,7 +299,48 @@ impl Inner {
         }
         self.ledger.batch_committed();
         self.publish_counters();
+        let events = self.ledger.events_total();
+        if keyspaces.codec.claim_training(events) {
+            self.start_training(events);
+        }
         Ok(())
+    }
+
+    /// Trains the shard's event dictionary on a thread of its own (1-3 s of one core,
+    /// at the lowest CPU priority: ingest goes first); apply takes it up when it is
+    /// durable.
+    fn start_training(&self, events: u64) {
+        let db = self.db.clone();
+        let keyspaces = self.keyspaces.clone();
+        let spawned = std::thread::Builder::new()
+            .name("trail-codec".into())
+            .spawn(move || {
+                // SAFETY: plain syscalls on this thread's own id; a failure leaves the
+                // thread at its normal priority, which is harmless.
+                unsafe {
+                    let thread = libc::gettid() as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, thread, 19);
+                }
+                let started = std::time::Instant::now();
+                let codec = &keyspaces.codec;
+                match codec.train(&db, &keyspaces, events) {
+                    Ok(Some(id)) => tracing::info!(
+                        shard = keyspaces.shard,
+                        dictionary = id,
+                        ms = started.elapsed().as_millis() as u64,
+                        "events are compressed under a dictionary trained on them"
+                    ),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(
+                        shard = keyspaces.shard,
+                        %error,
+                        "could not train an event dictionary; events stay as they are"
+                    ),
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start the dictionary training thread");
+        }
     }
 
     /// Adds the applied id and membership to `batch`, so they commit with the state.
@@ -386,6 +446,55 @@ impl Inner {
         Ok(path)
     }
 
+    /// Moves the dedup entries of a shard written with event ids as text to their
+    /// packed keys (`storage::dedup_key`), once: each batch moves entries atomically,
+    /// so a crash half-way leaves every entry under one of its two keys, and the next
+    /// start finishes the move.
+    fn repack_dedup_keys(&mut self) -> Result<(), StorageError> {
+        let meta = &self.keyspaces.sm_meta;
+        if read_meta::<u32>(meta, KEY_DEDUP_KEYS)? == Some(DEDUP_KEYS_PACKED) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut moved = 0u64;
+        let mut batch = self.db.batch();
+        let mut in_batch = 0usize;
+        for guard in self.keyspaces.dedup.iter() {
+            let (key, value) = guard.into_inner().map_err(read_state_machine)?;
+            let Some(packed) = repacked_dedup_key(&key) else {
+                continue;
+            };
+            batch.insert(&self.keyspaces.dedup, packed, value);
+            batch.remove(&self.keyspaces.dedup, key);
+            moved += 1;
+            in_batch += 1;
+            if in_batch == INSTALL_BATCH_RECORDS_MAX {
+                std::mem::replace(&mut batch, self.db.batch())
+                    .commit()
+                    .map_err(write_state_machine)?;
+                in_batch = 0;
+            }
+        }
+        batch.insert(
+            meta,
+            KEY_DEDUP_KEYS,
+            bincode::serialize(&DEDUP_KEYS_PACKED).expect("u32 serializes"),
+        );
+        batch.commit().map_err(write_state_machine)?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(write_state_machine)?;
+        if moved > 0 {
+            tracing::info!(
+                shard = self.keyspaces.shard,
+                entries = moved,
+                ms = started.elapsed().as_millis() as u64,
+                "dedup entries moved to packed event-id keys"
+            );
+        }
+        Ok(())
+    }
+
     /// Finishes an install a crash interrupted (see [`Inner::install`]).
     fn finish_interrupted_install(&mut self) -> Result<(), StorageError> {
         let Some(meta) = read_meta::<SnapshotMeta>(&self.keyspaces.sm_meta, KEY_INSTALLING)? else {
@@ -416,6 +525,7 @@ impl Inner {
         // The indexes describe the replaced state: the feed's pending entries go, and a
         // reset entry (with the installed state) makes the indexer rebuild the shard.
         keyspaces.feed.clear().map_err(write_snapshot_fjall)?;
+        keyspaces.recent.clear();
 
         let file = std::fs::File::open(path).map_err(read_snapshot)?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -429,6 +539,11 @@ impl Inner {
             }
             let key = read_chunk(&mut reader)?;
             let value = read_chunk(&mut reader)?;
+            // A snapshot of a node that kept event ids as text: this node's keys.
+            let key = match tag {
+                TAG_DEDUP => repacked_dedup_key(&key).unwrap_or(key),
+                _ => key,
+            };
             let keyspace = match tag {
                 TAG_EVENTS => &keyspaces.events,
                 TAG_DEDUP => &keyspaces.dedup,
@@ -504,6 +619,7 @@ impl Inner {
 /// Answers apply's lookups from committed fjall state.
 struct Lookup<'a> {
     events: &'a Keyspace,
+    codec: &'a super::EventCodec,
     dedup: &'a Keyspace,
     chain: &'a Keyspace,
 }
@@ -521,11 +637,11 @@ impl LedgerLookup for Lookup<'_> {
     }
 
     fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, fjall::Error> {
-        let canonical = self
+        let value = self
             .events
             .get(event_key(stream_no, seq))?
             .expect("a dedup entry points at a stored event");
-        Ok(leaf_hash(&canonical))
+        Ok(leaf_hash(&self.codec.canonical(value)?))
     }
 
     fn tree_root_after(
@@ -747,6 +863,15 @@ fn write_snapshot_file(
     for (tag, keyspace) in keyspaces_written {
         for guard in view.iter(keyspace) {
             let (key, value) = guard.into_inner().map_err(write_snapshot_fjall)?;
+            // Events travel as their canonical encoding: the dictionary that may
+            // compress one here is this replica's own.
+            let value = match tag {
+                TAG_EVENTS => keyspaces
+                    .codec
+                    .canonical(value)
+                    .map_err(|error| write_snapshot_fjall(error.into()))?,
+                _ => super::event_codec::Canonical::Stored(value),
+            };
             writer.write_all(&[tag]).map_err(write_snapshot)?;
             write_chunk(&mut writer, &key)?;
             write_chunk(&mut writer, &value)?;
@@ -1039,6 +1164,105 @@ mod tests {
                 (key.to_vec(), value.to_vec())
             })
             .collect()
+    }
+
+    /// A shard written when every event id was a text key: its entries move to packed
+    /// keys when it opens, a retried event is still found, and the move is done once.
+    #[tokio::test]
+    async fn text_dedup_keys_of_an_earlier_layout_are_repacked_at_open() {
+        let dir = TempDir::new().unwrap();
+        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let mut entry = append(1, "ten_a", 0..3);
+        let EntryPayload::Normal(LedgerCommand::Append { events, .. }) = &mut entry.payload else {
+            unreachable!()
+        };
+        events[0].event_id = uuid.to_string();
+        {
+            let (_store, keyspaces, mut sm) = open(&dir);
+            sm.apply(vec![entry.clone()]).await.unwrap();
+            let tenant = keyspaces.tenants.get("ten_a").unwrap().expect("tenant");
+            let tenant_no = TenantState::decode(&tenant).expect("state").tenant_no;
+            // Back to the earlier layout: the UUID as text, and no marker.
+            let packed = dedup_key(tenant_no, uuid);
+            let position = keyspaces.dedup.get(&packed).unwrap().expect("packed entry");
+            let mut text_key = tenant_no.to_be_bytes().to_vec();
+            text_key.extend_from_slice(uuid.as_bytes());
+            keyspaces.dedup.remove(packed).unwrap();
+            keyspaces.dedup.insert(text_key, position).unwrap();
+            keyspaces.sm_meta.remove(KEY_DEDUP_KEYS).unwrap();
+        }
+        let (_store, keyspaces, mut sm) = open(&dir);
+        let tenant = keyspaces.tenants.get("ten_a").unwrap().expect("tenant");
+        let tenant_no = TenantState::decode(&tenant).expect("state").tenant_no;
+        let keys: Vec<Vec<u8>> = contents(&keyspaces.dedup)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert!(keys.contains(&dedup_key(tenant_no, uuid)), "{keys:?}");
+        assert!(keys.contains(&dedup_key(tenant_no, "evt_1")));
+        assert_eq!(
+            read_meta::<u32>(&keyspaces.sm_meta, KEY_DEDUP_KEYS).unwrap(),
+            Some(DEDUP_KEYS_PACKED)
+        );
+        // The same events again: all three deduplicated.
+        let mut again = entry;
+        again.log_id.index = 2;
+        let responses = sm.apply(vec![again]).await.unwrap();
+        let receipts = &responses[0].receipts;
+        assert_eq!(receipts.len(), 3);
+        assert!(
+            receipts.iter().all(|receipt| receipt.deduplicated),
+            "{receipts:?}"
+        );
+    }
+
+    /// Once the shard has trained a dictionary, apply stores events compressed, and
+    /// reads, dedup hits and leaf hashes see the canonical bytes.
+    #[tokio::test]
+    async fn events_after_a_trained_dictionary_are_compressed_and_read_back_alike() {
+        let dir = TempDir::new().unwrap();
+        let (_store, keyspaces, mut sm) = open(&dir);
+        let first = super::super::event_codec::TRAIN_AT_EVENTS[0];
+        let entries: Vec<Entry> = (0..first / 500)
+            .map(|batch| append(batch + 1, "ten_a", batch * 500..(batch + 1) * 500))
+            .collect();
+        sm.apply(entries).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while keyspaces.codec.dictionaries() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a dictionary is trained"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let index = first / 500 + 1;
+        let responses = sm
+            .apply([append(index, "ten_a", first..first + 100)])
+            .await
+            .unwrap();
+        let receipt = &responses[0].receipts[7];
+        let tenant = keyspaces.tenants.get("ten_a").unwrap().expect("tenant");
+        let stream_no = TenantState::decode(&tenant).expect("state").stream_no;
+        let value = keyspaces
+            .events
+            .get(event_key(stream_no, receipt.seq))
+            .unwrap()
+            .expect("stored");
+        assert_eq!(value[0], super::super::event_codec::TAG_ZSTD, "compressed");
+        let event_id = format!("evt_{}", first + 7);
+        let read = crate::shard::reader::get_event(&keyspaces, "ten_a", &event_id)
+            .unwrap()
+            .expect("found");
+        assert_eq!(read.leaf_hash, receipt.leaf_hash);
+        assert_eq!(read.stored.event.event_id, event_id);
+        // A retry is answered from the compressed event: the same receipt.
+        let retried = sm
+            .apply([append(index + 1, "ten_a", first + 7..first + 8)])
+            .await
+            .unwrap();
+        assert!(retried[0].receipts[0].deduplicated);
+        assert_eq!(retried[0].receipts[0].leaf_hash, receipt.leaf_hash);
     }
 
     /// Clearing a keyspace is durable at once in fjall and the records load in several
