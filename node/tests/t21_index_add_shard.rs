@@ -18,6 +18,9 @@
 //!
 //! `shard_added_while_it_applies`: `add_shard` on another thread while the shard
 //! applies batches; once caught up, the index holds each event exactly once.
+//!
+//! `shard_added_just_before_stop_is_committed_whole`: the indexer takes the shard up in
+//! its last round; the last commit covers all of it.
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::{Duration, Instant};
@@ -448,4 +451,26 @@ fn shard_added_while_it_applies() {
     assert_eq!(check_queries(&shard_b, &index), 0);
     assert_eq!(documents(&index, SHARD_B), shard_b.events());
     index.stop();
+}
+
+/// A shard added just before `stop`, so that the indexer takes it up in its last round:
+/// that round rebuilds it whole and the last commit covers it. (The rebuild once spent
+/// its first round learning its streams' ingest times, so such a shard was left out.)
+#[test]
+fn shard_added_just_before_stop_is_committed_whole() {
+    let runtime = runtime();
+    let dir = TempDir::new().expect("temporary directory");
+    let store = NodeStore::open(dir.path()).expect("open node store");
+    let shard_a = Shard::open(&store, SHARD_A);
+    let index = open_index(&store, &shard_a, Duration::from_secs(3_600));
+    let mut shard_b = Shard::open(&store, SHARD_B);
+    shard_b.apply(&runtime, 40);
+    index.add_shard(&shard_b.keyspaces).expect("add shard B");
+    index.stop();
+    assert_eq!(
+        check_queries(&shard_b, &index),
+        0,
+        "B is all in the indexes"
+    );
+    assert_eq!(documents(&index, SHARD_B), 40);
 }

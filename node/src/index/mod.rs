@@ -672,13 +672,17 @@ impl ShardIndexer {
             .next()?;
         let (_, value) = guard.into_inner().ok()?;
         let &(stream_no, first_seq, _) = FeedRuns::decode(&value)?.runs.first()?;
-        let value = self
-            .keyspaces
-            .events
-            .get(event_key(stream_no, first_seq))
-            .ok()??;
-        let event = self.keyspaces.codec.canonical(value).ok()?;
-        Some(StoredEvent::decode_canonical(&event).ok()?.ingested_at_ns)
+        ingested_at(&self.keyspaces, stream_no, first_seq).ok()?
+    }
+
+    /// Reads when the next event of each rebuild stream not read yet was ingested.
+    /// Until then such a stream sits at `i64::MIN` and holds the round's floor there, so
+    /// the rebuild would only learn its times in the round it starts in (and a shard
+    /// taken up in the indexer's last round before `stop` would not be committed).
+    fn learn_backlog_times(&mut self) -> anyhow::Result<()> {
+        let keyspaces = &self.keyspaces;
+        self.backlog
+            .learn(|stream_no, from| ingested_at(keyspaces, stream_no, from))
     }
 
     fn rebuilding(&self) -> bool {
@@ -721,6 +725,26 @@ impl Backlog {
         self.streams.is_empty()
     }
 
+    /// Sets the ingest time of the streams not read yet to `first_at(stream_no, from)`
+    /// (left unread when that finds no event: the read reports it).
+    fn learn(
+        &mut self,
+        mut first_at: impl FnMut(u32, u64) -> anyhow::Result<Option<i64>>,
+    ) -> anyhow::Result<()> {
+        if self.earliest() != Some(i64::MIN) {
+            return Ok(());
+        }
+        let streams = std::mem::take(&mut self.streams).into_vec();
+        for Reverse((at, stream_no, from, to)) in streams {
+            let at = match at {
+                i64::MIN => first_at(stream_no, from)?.unwrap_or(i64::MIN),
+                at => at,
+            };
+            self.streams.push(Reverse((at, stream_no, from, to)));
+        }
+        Ok(())
+    }
+
     /// The ingest time the backlog is at (`None` when done).
     fn earliest(&self) -> Option<i64> {
         self.streams.peek().map(|Reverse((at, ..))| *at)
@@ -742,6 +766,25 @@ impl Backlog {
             .map_or(i64::MAX, |Reverse((at, ..))| *at);
         Some((next, others.max(next.0).saturating_add(REBUILD_STEP_NS)))
     }
+}
+
+/// `ingested_at` of an event of a shard; `None` when the store does not hold it.
+fn ingested_at(
+    keyspaces: &ShardKeyspaces,
+    stream_no: u32,
+    seq: u64,
+) -> anyhow::Result<Option<i64>> {
+    let Some(value) = keyspaces.events.get(event_key(stream_no, seq))? else {
+        return Ok(None);
+    };
+    let value = keyspaces.codec.canonical(value)?;
+    let stored = StoredEvent::decode_canonical(&value).map_err(|error| {
+        anyhow::anyhow!(
+            "shard {} stream {stream_no} seq {seq}: {error}",
+            keyspaces.shard
+        )
+    })?;
+    Ok(Some(stored.ingested_at_ns))
 }
 
 /// The term every document of a shard has.
@@ -927,6 +970,9 @@ impl Indexer {
         // Rebuilding shards advance together in ingest time, so that a segment holds
         // one span of time of all of them (a small shard racing ahead of a whale's
         // would put months into every segment).
+        for shard in &mut self.shards {
+            shard.learn_backlog_times()?;
+        }
         let floor = self
             .shards
             .iter()
@@ -1273,6 +1319,34 @@ mod tests {
         let ((_, stream, ..), until) = backlog.take().unwrap();
         assert_eq!((stream, until), (1, i64::MAX));
         assert!(backlog.is_empty());
+    }
+
+    #[test]
+    fn a_rebuild_learns_the_times_of_its_unread_streams() {
+        let mut backlog = Backlog::default();
+        backlog.push(1, 1, 100);
+        backlog.push(2, 4, 9);
+        backlog.push(3, 1, 5);
+        backlog
+            .learn(|stream, from| {
+                Ok(match stream {
+                    1 => Some(7_000),
+                    2 => Some(3_000 + from as i64),
+                    _ => None,
+                })
+            })
+            .unwrap();
+        // A stream whose event is not found stays unread, to be reported by its read.
+        assert_eq!(backlog.earliest(), Some(i64::MIN));
+        let ((at, stream, ..), _) = backlog.take().unwrap();
+        assert_eq!((at, stream), (i64::MIN, 3));
+        let ((at, stream, from, to), until) = backlog.take().unwrap();
+        assert_eq!((at, stream, from, to), (3_004, 2, 4, 9));
+        assert_eq!(until, 7_000 + REBUILD_STEP_NS);
+        // Learned streams are not read again.
+        backlog.put_back(8_000, 2, 6, 9);
+        backlog.learn(|_, _| panic!("nothing is unread")).unwrap();
+        assert_eq!(backlog.earliest(), Some(7_000));
     }
 
     #[test]
