@@ -137,9 +137,10 @@ impl Default for BatchLimits {
             queue_bytes_max: 32 << 20,
             queue_requests_max: 4_096,
             block_events_max: crate::ledger::BLOCK_EVENTS_DEFAULT,
-            // Twice the default index commit interval (500 ms): events wait up to one
-            // interval to be indexed, so an indexer that keeps up stays under ~0.6 s.
-            index_hold_lag_ms: 1_000,
+            // As `traild` sets it for the default commit interval (500 ms): twice the
+            // interval plus 500 ms. Events wait up to one interval to be indexed, and an
+            // indexer that keeps up showed up to ~0.9 s of lag; pacing starts at 60%.
+            index_hold_lag_ms: 1_500,
         }
     }
 }
