@@ -28,12 +28,9 @@ use std::time::{Duration, Instant};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 use tantivy::collector::Count;
-use tantivy::query::TermQuery;
-use tantivy::schema::IndexRecordOption;
-use tantivy::Term;
 use tempfile::TempDir;
 use trail_node::consensus::{Entry, LogId};
-use trail_node::index::{IndexConfig, NodeIndex};
+use trail_node::index::{shard_documents, IndexConfig, NodeIndex};
 use trail_node::ledger::{ActorKind, EventRecord, LedgerCommand, Outcome};
 use trail_node::shard::query::{self, AccessPath, ActionMatch, Filters, Order, Query};
 use trail_node::storage::{NodeStore, ShardKeyspaces, StateMachine};
@@ -283,12 +280,11 @@ fn check_queries(shard: &Shard, index: &NodeIndex) -> u64 {
 
 /// The shard's documents in the visible index.
 fn documents(index: &NodeIndex, shard: u32) -> usize {
-    let term = Term::from_field_u64(index.fields().shard, u64::from(shard));
     index
         .visible()
         .view
         .searcher
-        .search(&TermQuery::new(term, IndexRecordOption::Basic), &Count)
+        .search(&shard_documents(index.fields(), shard), &Count)
         .expect("count documents")
 }
 

@@ -32,6 +32,7 @@ pub mod summary;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -42,6 +43,7 @@ use fjall::{Database, PersistMode};
 use serde::{Deserialize, Serialize};
 use tantivy::index::SegmentId;
 use tantivy::indexer::IndexWriterOptions;
+use tantivy::query::RangeQuery;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::ledger::routing::ShardId;
@@ -497,6 +499,13 @@ struct Pending {
 }
 
 impl Pending {
+    /// Deletes the shard's documents at the next commit (those added since stay).
+    fn delete_shard(&mut self, shard: ShardId) -> anyhow::Result<()> {
+        self.writer
+            .delete_query(Box::new(shard_documents(&self.fields, shard)))?;
+        Ok(())
+    }
+
     /// Adds one event of the shard at `position`: its document, its time-index entry,
     /// and the lag it makes.
     fn add(
@@ -787,9 +796,17 @@ fn ingested_at(
     Ok(Some(stored.ingested_at_ns))
 }
 
-/// The term every document of a shard has.
-fn shard_term(fields: &Fields, shard: ShardId) -> Term {
-    Term::from_field_u64(fields.shard, u64::from(shard))
+/// Every document of a shard: a range of the `stream` fast field, whose values are
+/// `shard << 32 | stream_no` ([`stream_value`]). (A `shard` term in every document cost
+/// ~2% of ingest throughput with indexing, for a query only deletes run.)
+pub fn shard_documents(fields: &Fields, shard: ShardId) -> RangeQuery {
+    RangeQuery::new(
+        Bound::Included(Term::from_field_u64(fields.stream, stream_value(shard, 0))),
+        Bound::Included(Term::from_field_u64(
+            fields.stream,
+            stream_value(shard, u32::MAX),
+        )),
+    )
 }
 
 /// `(stream_no, next_seq)` of every stream of a shard.
@@ -854,12 +871,13 @@ impl Indexer {
                 }
             }
             if handle.shared.reindex.swap(false, Ordering::SeqCst) {
-                self.forget_unadded(handle);
-                for position in 0..self.shards.len() {
-                    if let Err(error) = self.reset_shard(position, handle) {
-                        tracing::error!(%error, "the indexer stopped");
-                        return;
-                    }
+                let reset = self.forget_unadded(handle).and_then(|()| {
+                    (0..self.shards.len())
+                        .try_for_each(|position| self.reset_shard(position, handle))
+                });
+                if let Err(error) = reset {
+                    tracing::error!(%error, "the indexer stopped");
+                    return;
                 }
             }
             let added = match self.round(handle) {
@@ -919,9 +937,7 @@ impl Indexer {
                 // Documents of the shard's earlier life (a rebuild cut short, a replaced
                 // state) go at the next commit.
                 let id = self.shards[position].id;
-                self.pending
-                    .writer
-                    .delete_term(shard_term(&self.pending.fields, id));
+                self.pending.delete_shard(id)?;
             } else if resumed_after != carried {
                 // A reindex deleted the shard's documents after `add_shard` read its
                 // resume point.
@@ -933,7 +949,7 @@ impl Indexer {
 
     /// For a reindex: deletes the documents of the shards the payload names that were
     /// not added, and forgets where they were, so that each is rebuilt when added.
-    fn forget_unadded(&mut self, handle: &NodeIndex) {
+    fn forget_unadded(&mut self, handle: &NodeIndex) -> anyhow::Result<()> {
         let forgotten = std::mem::take(
             &mut *handle
                 .shared
@@ -942,10 +958,9 @@ impl Indexer {
                 .expect("resume points lock"),
         );
         for id in forgotten.keys() {
-            self.pending
-                .writer
-                .delete_term(shard_term(&self.pending.fields, *id));
+            self.pending.delete_shard(*id)?;
         }
+        Ok(())
     }
 
     /// Index lag, per shard: how long ago the oldest event not yet visible was
@@ -1099,9 +1114,7 @@ impl Indexer {
         shard.visible_next.clear();
         handle.publish(self.visible()?);
         let shard = &mut self.shards[position];
-        self.pending
-            .writer
-            .delete_term(shard_term(&self.pending.fields, shard.id));
+        self.pending.delete_shard(shard.id)?;
         let (next, backlog, read_keys) = ShardIndexer::scan(&shard.keyspaces)?;
         shard.next = next;
         shard.backlog = backlog;

@@ -23,7 +23,8 @@
 //!   node, all of the tenant's when it is the only one) and keeps the one that matches.
 //!
 //! Fast fields give each document's position: `occ` (`occurred_at`, ns), `stream`
-//! (`shard << 32 | stream_no`) and `seq`.
+//! (`shard << 32 | stream_no`) and `seq`. A shard's documents are a range of `stream`
+//! (`index::shard_documents`): no term per document says which shard it is.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -39,8 +40,8 @@ use crate::ledger::{ActorKind, EventRecord, Outcome};
 /// Bumped when the schema or the term derivation changes: an index of another version
 /// is rebuilt from the store. 3: time-index keys carry summaries (`summary.rs`); the
 /// rebuild writes them for events indexed before. 4: request ids in buckets, no field
-/// norms.
-pub const INDEX_FORMAT: u32 = 4;
+/// norms. 5: no `shard` term (a shard's documents are a range of `stream`).
+pub const INDEX_FORMAT: u32 = 5;
 
 /// Request-id terms are the top this many bits of the keyed value (see the module
 /// docs): 2¹⁸ buckets keep a segment's request terms few while a lookup at 10 M events
@@ -50,7 +51,6 @@ pub const REQUEST_BUCKET_BITS: u32 = 18;
 /// The schema's fields.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields {
-    pub shard: Field,
     pub tenant: Field,
     pub actor: Field,
     pub actor_type: Field,
@@ -77,7 +77,6 @@ impl Fields {
                 .set_fieldnorms(false),
         );
         let fields = Fields {
-            shard: builder.add_u64_field("shard", NumericOptions::default().set_indexed()),
             tenant: builder.add_text_field("tenant", term.clone()),
             actor: builder.add_u64_field("actor", NumericOptions::default().set_indexed()),
             actor_type: builder.add_text_field("actor_type", term.clone()),
@@ -206,7 +205,6 @@ impl Terms {
         let actor = self.actor_value(tenant, &event.actor_id);
         let resource = self.resource_value(tenant, &event.resource_id);
         let mut doc = TantivyDocument::default();
-        doc.add_u64(fields.shard, u64::from(shard));
         doc.add_text(fields.tenant, tenant);
         doc.add_u64(fields.actor, actor);
         doc.add_text(
