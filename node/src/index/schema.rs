@@ -2,10 +2,9 @@
 //! read from the store by position) and no plaintext PII.
 //!
 //! Every term is scoped to its tenant, so no term of one tenant can match another's
-//! event even before the tenant clause is applied:
-//! - low-cardinality vocabulary fields (actor type, action, resource type, result) are
-//!   indexed as `"{tenant}\0{value}"`, which keeps action prefixes (`auth.*`) a range of
-//!   terms;
+//! event even before the stream bound is applied:
+//! - vocabulary fields (action, resource type) are indexed as `"{tenant}\0{value}"`,
+//!   which keeps action prefixes (`auth.*`) a range of terms;
 //! - identifiers that may be personal data (actor id, resource id, request id) are
 //!   indexed as an HMAC-SHA-256 under the index's own key (`<index dir>/term.key`,
 //!   0600) of the tenant and the value, truncated to 64 bits, in u64 fields: the index
@@ -23,8 +22,19 @@
 //!   node, all of the tenant's when it is the only one) and keeps the one that matches.
 //!
 //! Fast fields give each document's position: `occ` (`occurred_at`, ns), `stream`
-//! (`shard << 32 | stream_no`) and `seq`. A shard's documents are a range of `stream`
-//! (`index::shard_documents`): no term per document says which shard it is.
+//! (`shard << 32 | stream_no`) and `seq`; and `attrs`, the actor type and the result
+//! ([`attrs_value`]).
+//!
+//! Terms cost the indexer most of its time (a posting per term per document, written
+//! again by every merge), so values a term would not narrow much are columns instead:
+//! - a tenant's documents are those of its stream, a value of `stream` (and a shard's
+//!   are a range of it, `index::shard_documents`): no tenant or shard term;
+//! - actor type and result have three values each, every one of them common: a term
+//!   would select a third or more of a tenant's documents, which the time index walks
+//!   as cheaply. They are tested per document from `attrs`, next to `occurred_at`.
+//!
+//! Five terms per document rather than eight took ~10% off tantivy's time per document
+//! (docs/BENCHMARKS.md, "Ingest with indexing, session 11").
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -40,8 +50,9 @@ use crate::ledger::{ActorKind, EventRecord, Outcome};
 /// Bumped when the schema or the term derivation changes: an index of another version
 /// is rebuilt from the store. 3: time-index keys carry summaries (`summary.rs`); the
 /// rebuild writes them for events indexed before. 4: request ids in buckets, no field
-/// norms. 5: no `shard` term (a shard's documents are a range of `stream`).
-pub const INDEX_FORMAT: u32 = 5;
+/// norms. 5: no `shard` term (a shard's documents are a range of `stream`). 6: no
+/// `tenant`, `actor_type` or `result` terms; the `attrs` column.
+pub const INDEX_FORMAT: u32 = 6;
 
 /// Request-id terms are the top this many bits of the keyed value (see the module
 /// docs): 2¹⁸ buckets keep a segment's request terms few while a lookup at 10 M events
@@ -51,17 +62,15 @@ pub const REQUEST_BUCKET_BITS: u32 = 18;
 /// The schema's fields.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields {
-    pub tenant: Field,
     pub actor: Field,
-    pub actor_type: Field,
     pub action: Field,
     pub resource_type: Field,
     pub resource: Field,
-    pub result: Field,
     pub request: Field,
     pub occ: Field,
     pub stream: Field,
     pub seq: Field,
+    pub attrs: Field,
 }
 
 impl Fields {
@@ -76,18 +85,17 @@ impl Fields {
                 .set_index_option(IndexRecordOption::Basic)
                 .set_fieldnorms(false),
         );
+        let fast = NumericOptions::default().set_fast();
         let fields = Fields {
-            tenant: builder.add_text_field("tenant", term.clone()),
             actor: builder.add_u64_field("actor", NumericOptions::default().set_indexed()),
-            actor_type: builder.add_text_field("actor_type", term.clone()),
             action: builder.add_text_field("action", term.clone()),
-            resource_type: builder.add_text_field("resource_type", term.clone()),
+            resource_type: builder.add_text_field("resource_type", term),
             resource: builder.add_u64_field("resource", NumericOptions::default().set_indexed()),
-            result: builder.add_text_field("result", term.clone()),
             request: builder.add_u64_field("request", NumericOptions::default().set_indexed()),
-            occ: builder.add_i64_field("occ", NumericOptions::default().set_fast()),
-            stream: builder.add_u64_field("stream", NumericOptions::default().set_fast()),
-            seq: builder.add_u64_field("seq", NumericOptions::default().set_fast()),
+            occ: builder.add_i64_field("occ", fast.clone()),
+            stream: builder.add_u64_field("stream", fast.clone()),
+            seq: builder.add_u64_field("seq", fast.clone()),
+            attrs: builder.add_u64_field("attrs", fast),
         };
         (builder.build(), fields)
     }
@@ -96,6 +104,43 @@ impl Fields {
 /// The stream's number in the index: shard and per-shard stream number.
 pub fn stream_value(shard: ShardId, stream_no: u32) -> u64 {
     (u64::from(shard) << 32) | u64::from(stream_no)
+}
+
+/// The `attrs` column of an event: its actor type in the low byte, its result in the
+/// next (the ledger's numbers for them, 1 to 3).
+pub fn attrs_value(kind: ActorKind, outcome: Outcome) -> u64 {
+    u64::from(kind as u8) | (u64::from(outcome as u8) << 8)
+}
+
+/// What a filter asks of `attrs`: `attrs & mask == want` (`mask` 0 when it asks
+/// nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttrsTest {
+    pub mask: u64,
+    pub want: u64,
+}
+
+impl AttrsTest {
+    pub fn new(kind: Option<ActorKind>, outcome: Option<Outcome>) -> AttrsTest {
+        let mut test = AttrsTest::default();
+        if let Some(kind) = kind {
+            test.mask |= 0xff;
+            test.want |= u64::from(kind as u8);
+        }
+        if let Some(outcome) = outcome {
+            test.mask |= 0xff00;
+            test.want |= u64::from(outcome as u8) << 8;
+        }
+        test
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.mask == 0
+    }
+
+    pub fn admits(&self, attrs: u64) -> bool {
+        attrs & self.mask == self.want
+    }
 }
 
 /// Makes the tenant-scoped terms. Holds the index's term key.
@@ -163,10 +208,6 @@ impl Terms {
         self.keyed(Keyed::Resource, tenant_id, resource_id)
     }
 
-    pub fn tenant(&self, fields: &Fields, tenant_id: &str) -> Term {
-        Term::from_field_text(fields.tenant, tenant_id)
-    }
-
     pub fn actor(&self, fields: &Fields, tenant_id: &str, actor_id: &str) -> Term {
         Term::from_field_u64(fields.actor, self.actor_value(tenant_id, actor_id))
     }
@@ -205,22 +246,13 @@ impl Terms {
         let actor = self.actor_value(tenant, &event.actor_id);
         let resource = self.resource_value(tenant, &event.resource_id);
         let mut doc = TantivyDocument::default();
-        doc.add_text(fields.tenant, tenant);
         doc.add_u64(fields.actor, actor);
-        doc.add_text(
-            fields.actor_type,
-            Terms::scoped(tenant, actor_kind_text(event.actor_kind)),
-        );
         doc.add_text(fields.action, Terms::scoped(tenant, &event.action));
         doc.add_text(
             fields.resource_type,
             Terms::scoped(tenant, &event.resource_type),
         );
         doc.add_u64(fields.resource, resource);
-        doc.add_text(
-            fields.result,
-            Terms::scoped(tenant, outcome_text(event.outcome)),
-        );
         if !event.request_id.is_empty() {
             doc.add_u64(
                 fields.request,
@@ -230,23 +262,8 @@ impl Terms {
         doc.add_i64(fields.occ, event.occurred_at_ns);
         doc.add_u64(fields.stream, stream_value(shard, stream_no));
         doc.add_u64(fields.seq, seq);
+        doc.add_u64(fields.attrs, attrs_value(event.actor_kind, event.outcome));
         (doc, summary::encode(actor, resource, event))
-    }
-}
-
-pub fn actor_kind_text(kind: ActorKind) -> &'static str {
-    match kind {
-        ActorKind::User => "user",
-        ActorKind::Service => "service",
-        ActorKind::System => "system",
-    }
-}
-
-pub fn outcome_text(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Success => "success",
-        Outcome::Failure => "failure",
-        Outcome::Denied => "denied",
     }
 }
 
@@ -271,5 +288,28 @@ mod tests {
         );
         // No plaintext in the term: it is a number (8 bytes of the HMAC).
         assert!(a.value().as_str().is_none());
+    }
+
+    #[test]
+    fn attrs_test_asks_only_what_the_filter_names() {
+        let attrs = attrs_value(ActorKind::Service, Outcome::Denied);
+        assert!(AttrsTest::new(None, None).is_none());
+        assert!(AttrsTest::new(None, None).admits(attrs));
+        assert!(AttrsTest::new(Some(ActorKind::Service), None).admits(attrs));
+        assert!(!AttrsTest::new(Some(ActorKind::User), None).admits(attrs));
+        assert!(AttrsTest::new(None, Some(Outcome::Denied)).admits(attrs));
+        assert!(!AttrsTest::new(None, Some(Outcome::Failure)).admits(attrs));
+        assert!(AttrsTest::new(Some(ActorKind::Service), Some(Outcome::Denied)).admits(attrs));
+        assert!(!AttrsTest::new(Some(ActorKind::Service), Some(Outcome::Success)).admits(attrs));
+        // Every pair has its own value.
+        let kinds = [ActorKind::User, ActorKind::Service, ActorKind::System];
+        let outcomes = [Outcome::Success, Outcome::Failure, Outcome::Denied];
+        let mut values: Vec<u64> = kinds
+            .iter()
+            .flat_map(|kind| outcomes.iter().map(|outcome| attrs_value(*kind, *outcome)))
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(values.len(), 9);
     }
 }

@@ -2,8 +2,9 @@
 //! read only fast fields: the top `k` positions in keyset order, and a count.
 //!
 //! Positions are `(occurred_at, seq)` of one stream. The collectors take the bounds
-//! that the term query cannot express (the time range, the cursor, the stream, and the
-//! index watermark) and apply them per document from the columns.
+//! that the term query cannot express (the time range, the cursor, the stream, the
+//! index watermark, and the actor type and result) and apply them per document from
+//! the columns.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::ops::Bound;
@@ -15,7 +16,7 @@ use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, RangeQuery, Term
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, Searcher, SegmentReader, Term};
 
-use super::schema::{actor_kind_text, outcome_text, Fields, Terms};
+use super::schema::{AttrsTest, Fields, Terms};
 use crate::shard::query::{ActionMatch, Filters, Order};
 
 /// Where a document sits in a stream's keyset order.
@@ -34,6 +35,8 @@ pub struct Bounds {
     pub order: Order,
     /// Only seqs below this: the rest of the stream is not in this searcher.
     pub seq_below: u64,
+    /// The actor type and result wanted (`schema::attrs_value`).
+    pub attrs: AttrsTest,
 }
 
 impl Bounds {
@@ -54,8 +57,7 @@ impl Bounds {
     }
 }
 
-/// Whether the filter has a term the index can look up (otherwise only the tenant
-/// clause and the bounds select).
+/// Whether the filter asks more than a time range of the tenant's stream.
 pub fn has_terms(filters: &Filters) -> bool {
     filters.actor_id.is_some()
         || filters.actor_kind.is_some()
@@ -66,13 +68,29 @@ pub fn has_terms(filters: &Filters) -> bool {
         || filters.request_id.is_some()
 }
 
-/// The term query of a tenant's filter: every clause is a Must; the time bounds are
-/// the collectors' business.
+/// Whether the filter has a term the index can look up (otherwise the stream's
+/// documents are selected from the `stream` column).
+pub fn has_index_terms(filters: &Filters) -> bool {
+    filters.actor_id.is_some()
+        || filters.action.is_some()
+        || filters.resource_type.is_some()
+        || filters.resource_id.is_some()
+        || filters.request_id.is_some()
+}
+
+/// What a filter asks of the `attrs` column.
+pub fn attrs_test(filters: &Filters) -> AttrsTest {
+    AttrsTest::new(filters.actor_kind, filters.outcome)
+}
+
+/// The term query of a tenant's filter in its stream (`bounds.stream`): every clause
+/// is a Must; the time bounds, actor type and result are the collectors' business.
 pub fn term_query(
     fields: &Fields,
     terms: &Terms,
     tenant_id: &str,
     filters: &Filters,
+    stream: u64,
 ) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     let mut must = |term: Term| {
@@ -81,21 +99,8 @@ pub fn term_query(
             Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
         ));
     };
-    // Every other term is scoped to the tenant already (schema.rs), so the tenant's own
-    // term (all of its documents: millions for a whale) is only needed alone: in an
-    // intersection it would only cost seeks.
-    if !has_terms(filters) {
-        must(terms.tenant(fields, tenant_id));
-    }
     if let Some(actor_id) = &filters.actor_id {
         must(terms.actor(fields, tenant_id, actor_id));
-    }
-    if let Some(kind) = filters.actor_kind {
-        must(Terms::vocabulary(
-            fields.actor_type,
-            tenant_id,
-            actor_kind_text(kind),
-        ));
     }
     if let Some(ActionMatch::Exact(action)) = &filters.action {
         must(Terms::vocabulary(fields.action, tenant_id, action));
@@ -109,13 +114,6 @@ pub fn term_query(
     }
     if let Some(resource_id) = &filters.resource_id {
         must(terms.resource(fields, tenant_id, resource_id));
-    }
-    if let Some(outcome) = filters.outcome {
-        must(Terms::vocabulary(
-            fields.result,
-            tenant_id,
-            outcome_text(outcome),
-        ));
     }
     if let Some(request_id) = &filters.request_id {
         must(terms.request(fields, tenant_id, request_id));
@@ -131,6 +129,15 @@ pub fn term_query(
             )),
         ));
     }
+    if clauses.is_empty() {
+        // No term: the stream's documents, from its column (every term is scoped to
+        // the tenant, so with terms the stream bound is the collectors' check).
+        let value = Term::from_field_u64(fields.stream, stream);
+        return Box::new(RangeQuery::new(
+            Bound::Included(value.clone()),
+            Bound::Included(value),
+        ));
+    }
     Box::new(BooleanQuery::new(clauses))
 }
 
@@ -143,6 +150,7 @@ pub struct SegmentColumns {
     occ: Column<i64>,
     stream: Column<u64>,
     seq: Column<u64>,
+    attrs: Column<u64>,
     /// The range of `occurred_at` in the segment (column statistics).
     occ_min: i64,
     occ_max: i64,
@@ -159,13 +167,15 @@ impl SegmentColumns {
             occ,
             stream: fast.u64("stream")?,
             seq: fast.u64("seq")?,
+            attrs: fast.u64("attrs")?,
         })
     }
 
     /// The document's position if the bounds admit it. `occurred_at` is read first
     /// and the other columns only for documents inside the time bounds and, when
     /// `before` is given, not after it in the order (a full top-k's last position's
-    /// time): most documents a search visits cost one column read.
+    /// time): most documents a search visits cost one column read. `attrs` is read
+    /// only when the bounds test it.
     fn position(&self, doc: DocId, bounds: &Bounds, before: Option<i64>) -> Option<Position> {
         let occ = self.occ.first(doc)?;
         if bounds.start_ns.is_some_and(|start| occ < start)
@@ -179,6 +189,9 @@ impl SegmentColumns {
             (Some(kth), Order::OldestFirst) => occ > kth,
         };
         if beyond {
+            return None;
+        }
+        if !bounds.attrs.is_none() && !bounds.attrs.admits(self.attrs.first(doc)?) {
             return None;
         }
         let stream = self.stream.first(doc)?;
@@ -230,6 +243,11 @@ impl IndexView {
             .collect()
     }
 
+    /// Live documents in all segments.
+    pub fn docs(&self) -> u64 {
+        self.searcher.num_docs()
+    }
+
     /// The segments' ids and `occurred_at` ranges (for the merge policy).
     pub fn ranges(&self) -> impl Iterator<Item = (SegmentId, (i64, i64))> + '_ {
         self.segments
@@ -254,6 +272,14 @@ impl<'a> RangeStats<'a> {
                 .map(|(reader, _)| reader)
                 .collect(),
         }
+    }
+
+    /// Live documents in those segments.
+    pub fn docs(&self) -> u64 {
+        self.readers
+            .iter()
+            .map(|reader| u64::from(reader.num_docs()))
+            .sum()
     }
 
     /// Documents holding `term` in those segments.
@@ -403,6 +429,7 @@ mod tests {
             after,
             order,
             seq_below: 100,
+            attrs: AttrsTest::default(),
         }
     }
 

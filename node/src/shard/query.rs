@@ -20,10 +20,10 @@ use tantivy::Term;
 
 use super::cursor::{truncate, Digest16};
 use super::reader::{canonical, tenant_state, ReadError, ReadEvent};
-use crate::index::schema::{actor_kind_text, outcome_text};
 pub use crate::index::search::Position;
 use crate::index::search::{
-    count_admitted, has_terms, term_query, top_positions, Bounds, IndexView, RangeStats,
+    attrs_test, count_admitted, has_index_terms, term_query, top_positions, Bounds, IndexView,
+    RangeStats,
 };
 use crate::index::summary::SummaryFilter;
 use crate::index::{stream_value, NodeIndex, Terms};
@@ -381,6 +381,7 @@ pub fn run(
         after: query.after,
         order: query.order,
         seq_below: tail_from,
+        attrs: attrs_test(&query.filters),
     };
     let reader = StreamReader {
         keyspaces,
@@ -430,6 +431,7 @@ pub fn count(
         after: None,
         order: Order::NewestFirst,
         seq_below: tail_from,
+        attrs: attrs_test(filters),
     };
     let query = Query::new(tenant_id, filters.clone(), 1, Order::NewestFirst);
     let stream = stream_name(tenant_id, 0);
@@ -442,7 +444,13 @@ pub fn count(
         summary: SummaryFilter::default(),
     };
     let tail = reader.tail(tail_from, last_seq, &bounds)?;
-    let query = term_query(index.fields(), index.terms(), tenant_id, filters);
+    let query = term_query(
+        index.fields(),
+        index.terms(),
+        tenant_id,
+        filters,
+        bounds.stream,
+    );
     let indexed = if filters.request_id.is_some() {
         // Request ids are indexed in buckets (`index::schema`): the few events of the
         // tenant's bucket are read and the request's counted.
@@ -467,12 +475,16 @@ pub fn count(
 /// summary rules out ~0.2 µs (one iterator step); a matching document visited by the
 /// terms path (postings and fast-field reads) ~20 ns.
 ///
-/// Both counts are taken in the segments that overlap the query's time bounds, so a
+/// Term counts are taken in the segments that overlap the query's time bounds, so a
 /// recent window of a frequent action weighs what the terms path would visit there.
+/// The tenant's documents there are estimated from its indexed events and the share
+/// of the index those segments hold (no term counts them: `index::schema`). Actor type
+/// and result are columns, not terms: they do not narrow the estimate, which leaves a
+/// filter of only those (each value a large share of a tenant's events) to the walk.
 fn choose_path(index: &NodeIndex, view: &IndexView, bounds: &Bounds, query: &Query) -> AccessPath {
     const READ_COST_OVER_VISIT: u64 = 75;
     const SKIP_COST_OVER_VISIT: u64 = 10;
-    if !has_terms(&query.filters) {
+    if !has_index_terms(&query.filters) {
         return AccessPath::TimeIndex;
     }
     let fields = index.fields();
@@ -480,19 +492,15 @@ fn choose_path(index: &NodeIndex, view: &IndexView, bounds: &Bounds, query: &Que
     let tenant = &query.tenant_id;
     let stats = RangeStats::new(view, bounds);
     let freq = |term: Term| stats.doc_freq(&term).unwrap_or(u64::MAX);
-    let tenant_docs = freq(terms.tenant(fields, tenant)).max(1);
+    let indexed = bounds.seq_below.saturating_sub(1);
+    let tenant_docs = (u128::from(indexed) * u128::from(stats.docs())
+        / u128::from(view.docs().max(1)))
+    .clamp(1, u128::from(u64::MAX)) as u64;
     let filters = &query.filters;
     let mut matching = tenant_docs;
     let mut consider = |docs: u64| matching = matching.min(docs);
     if let Some(actor_id) = &filters.actor_id {
         consider(freq(terms.actor(fields, tenant, actor_id)));
-    }
-    if let Some(kind) = filters.actor_kind {
-        consider(freq(Terms::vocabulary(
-            fields.actor_type,
-            tenant,
-            actor_kind_text(kind),
-        )));
     }
     if let Some(ActionMatch::Exact(action)) = &filters.action {
         consider(freq(Terms::vocabulary(fields.action, tenant, action)));
@@ -506,13 +514,6 @@ fn choose_path(index: &NodeIndex, view: &IndexView, bounds: &Bounds, query: &Que
     }
     if let Some(resource_id) = &filters.resource_id {
         consider(freq(terms.resource(fields, tenant, resource_id)));
-    }
-    if let Some(outcome) = filters.outcome {
-        consider(freq(Terms::vocabulary(
-            fields.result,
-            tenant,
-            outcome_text(outcome),
-        )));
     }
     if let Some(request_id) = &filters.request_id {
         consider(freq(terms.request(fields, tenant, request_id)));
@@ -663,6 +664,7 @@ impl StreamReader<'_> {
             index.terms(),
             &self.query.tenant_id,
             &self.query.filters,
+            bounds.stream,
         );
         let mut indexed = Vec::with_capacity(limit + 1);
         let mut want = limit + 1;
