@@ -324,7 +324,7 @@ pub async fn record_export(
         .map_err(|error| grpc_invalid(&error))?;
     // An export without other filters is a range of the stream, bounded on
     // ingested_at (docs/PROOFS.md, "Exports").
-    let time_field = if crate::index::search::has_terms(&input.filters) {
+    let time_field = if crate::index::search::asks_more_than_time(&input.filters) {
         "occurred_at"
     } else {
         "ingested_at"

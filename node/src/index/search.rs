@@ -58,14 +58,8 @@ impl Bounds {
 }
 
 /// Whether the filter asks more than a time range of the tenant's stream.
-pub fn has_terms(filters: &Filters) -> bool {
-    filters.actor_id.is_some()
-        || filters.actor_kind.is_some()
-        || filters.action.is_some()
-        || filters.resource_type.is_some()
-        || filters.resource_id.is_some()
-        || filters.outcome.is_some()
-        || filters.request_id.is_some()
+pub fn asks_more_than_time(filters: &Filters) -> bool {
+    has_index_terms(filters) || !attrs_test(filters).is_none()
 }
 
 /// Whether the filter has a term the index can look up (otherwise the stream's
