@@ -5,8 +5,9 @@
 //! events from the batches apply handed over (`storage::recent`) or else reads them
 //! from the store, and builds two derived indexes in bulk:
 //!
-//! - the time index `sN.tindex` (`stream_no, occurred_at, seq`, valued with the
-//!   event's filter fields summarized in 19 bytes, `summary.rs`): a tenant's events in
+//! - the time index `sN.tindex`: each stream's `(occurred_at, seq)` positions with the
+//!   event's filter fields summarized in 19 bytes (`summary.rs`), in blocks of up to 64
+//!   keyed by their last position (`time_blocks.rs`): a tenant's events in
 //!   `occurred_at` order as one range scan that tests filters without reading events,
 //!   for unselective queries and deep keyset pages;
 //! - one tantivy index per node (`<data dir>/index`), one document per event with the
@@ -20,8 +21,8 @@
 //! seq and the store's events from it on (the tail), so an acknowledged event is never
 //! missing from a result. Last, it deletes the feed keys it covered.
 //!
-//! After a crash the indexer resumes after the payload's feed key; time-index keys are
-//! idempotent, and tantivy documents are only added above each stream's watermark. A
+//! After a crash the indexer resumes after the payload's feed key; time-index entries
+//! are idempotent (an entry written again is merged into its block), and tantivy documents are only added above each stream's watermark. A
 //! missing or unreadable index, an index of another format, or a shard whose state was
 //! replaced by a snapshot is rebuilt from the store.
 
@@ -29,6 +30,7 @@ mod merge;
 pub mod schema;
 pub mod search;
 pub mod summary;
+pub mod time_blocks;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -49,7 +51,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 use crate::ledger::routing::ShardId;
 use crate::ledger::{StoredEvent, TenantState};
 use crate::node::cursor_key::load_or_create_secret;
-use crate::storage::{event_key, tindex_key, FeedRuns, ShardKeyspaces};
+use crate::storage::{event_key, FeedRuns, ShardKeyspaces};
 use merge::{SegmentRanges, TimeMergePolicy};
 pub use schema::{stream_value, Fields, Terms};
 use search::{IndexView, SegmentColumns};
@@ -494,8 +496,8 @@ struct Pending {
     writer: IndexWriter<TantivyDocument>,
     fields: Fields,
     terms: Terms,
-    /// Time-index entries for the next commit: (position in `shards`, key, summary).
-    time_keys: Vec<(usize, [u8; 20], [u8; summary::SUMMARY_BYTES])>,
+    /// Time-index entries for the next commit: (position in `shards`, stream, entry).
+    time_keys: Vec<(usize, u32, time_blocks::Entry)>,
 }
 
 impl Pending {
@@ -521,8 +523,12 @@ impl Pending {
         self.writer.add_document(document)?;
         self.time_keys.push((
             position,
-            tindex_key(stream_no, stored.event.occurred_at_ns, stored.seq),
-            summary,
+            stream_no,
+            time_blocks::Entry {
+                occurred_at_ns: stored.event.occurred_at_ns,
+                seq: stored.seq,
+                summary,
+            },
         ));
         let oldest = shard.oldest_pending_ns.get_or_insert(stored.ingested_at_ns);
         *oldest = (*oldest).min(stored.ingested_at_ns);
@@ -1236,8 +1242,15 @@ impl Indexer {
     fn commit(&mut self, handle: &NodeIndex) -> anyhow::Result<()> {
         // 1. Time keys, durable before the tantivy commit that names them covered.
         let mut batch = self.db.batch();
-        for (position, key, summary) in self.pending.time_keys.drain(..) {
-            batch.insert(&self.shards[position].keyspaces.tindex, key, summary);
+        let mut entries = std::mem::take(&mut self.pending.time_keys);
+        entries.sort_by_key(|(position, stream_no, _)| (*position, *stream_no));
+        for run in entries.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (position, stream_no, _) = run[0];
+            let tindex = &self.shards[position].keyspaces.tindex;
+            let new = run.iter().map(|(_, _, entry)| *entry).collect();
+            for (key, value) in time_blocks::plan(tindex, stream_no, new)? {
+                batch.insert(tindex, key, value);
+            }
         }
         batch.commit()?;
         self.db.persist(PersistMode::SyncData)?;

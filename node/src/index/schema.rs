@@ -51,8 +51,9 @@ use crate::ledger::{ActorKind, EventRecord, Outcome};
 /// is rebuilt from the store. 3: time-index keys carry summaries (`summary.rs`); the
 /// rebuild writes them for events indexed before. 4: request ids in buckets, no field
 /// norms. 5: no `shard` term (a shard's documents are a range of `stream`). 6: no
-/// `tenant`, `actor_type` or `result` terms; the `attrs` column.
-pub const INDEX_FORMAT: u32 = 6;
+/// `tenant`, `actor_type` or `result` terms; the `attrs` column. 7: the time index in
+/// blocks of entries (`time_blocks.rs`).
+pub const INDEX_FORMAT: u32 = 7;
 
 /// Request-id terms are the top this many bits of the keyed value (see the module
 /// docs): 2¹⁸ buckets keep a segment's request terms few while a lookup at 10 M events

@@ -26,12 +26,13 @@ use crate::index::search::{
     RangeStats,
 };
 use crate::index::summary::SummaryFilter;
+use crate::index::time_blocks::Walk;
 use crate::index::{stream_value, NodeIndex, Terms};
 use crate::ledger::validate::{ACTION_BYTES_MAX, ID_BYTES_MAX, RESOURCE_TYPE_BYTES_MAX};
 use crate::ledger::StoredEvent;
 use crate::ledger::{leaf_hash, stream_name, ActorKind, EventRecord, FieldError, Outcome};
 use crate::storage::event_codec::Canonical;
-use crate::storage::{event_key, tindex_key, tindex_key_decode, ShardKeyspaces};
+use crate::storage::{event_key, ShardKeyspaces};
 
 /// Events per page when the request does not say.
 pub const LIMIT_DEFAULT: usize = 50;
@@ -743,12 +744,14 @@ impl StreamReader<'_> {
     fn by_time(&self, bounds: &Bounds, tail: Vec<ReadEvent>) -> Result<Page, ReadError> {
         let order = self.query.order;
         let limit = self.query.limit;
-        let (low, high) = time_range(self.stream_no, bounds);
-        let keys = self.keyspaces.tindex.range(low..high);
-        let walk: Box<dyn Iterator<Item = fjall::Guard>> = match order {
-            Order::NewestFirst => Box::new(keys.rev()),
-            Order::OldestFirst => Box::new(keys),
-        };
+        let (low, high) = position_range(bounds);
+        let walk = Walk::new(
+            &self.keyspaces.tindex,
+            self.stream_no,
+            low,
+            high,
+            order == Order::NewestFirst,
+        );
         let mut tail = tail.into_iter().peekable();
         let mut events = Vec::with_capacity(limit.min(64));
         let mut examined = 0u64;
@@ -756,13 +759,10 @@ impl StreamReader<'_> {
         let mut last_examined = None;
         let mut full = false;
         let mut out_of_budget = false;
-        for guard in walk {
-            let (key, summary) = guard.into_inner()?;
-            let (occurred_at_ns, seq) =
-                tindex_key_decode(&key, self.stream_no).ok_or_else(|| ReadError::Corrupt {
-                    location: format!("time index of stream {}", self.stream),
-                    reason: format!("key {:02x?} is not a time-index key", key.as_ref()),
-                })?;
+        for entry in walk {
+            let entry = entry?;
+            let (occurred_at_ns, seq) = entry.position();
+            let summary = entry.summary;
             if !bounds.admits(bounds.stream, occurred_at_ns, seq) {
                 // Above the watermark (the tail has it) or outside the window.
                 continue;
@@ -847,31 +847,26 @@ impl StreamReader<'_> {
     }
 }
 
-/// The time-index keys of a stream that the bounds can admit, as a key range.
-fn time_range(stream_no: u32, bounds: &Bounds) -> (Vec<u8>, Vec<u8>) {
-    let mut low = tindex_key(stream_no, bounds.start_ns.unwrap_or(i64::MIN), 0).to_vec();
+/// The positions the bounds can admit, `[low, high)`.
+fn position_range(bounds: &Bounds) -> (Position, Position) {
+    let mut low = (bounds.start_ns.unwrap_or(i64::MIN), 0);
     let mut high = match bounds.end_ns {
-        Some(end) => tindex_key(stream_no, end, 0).to_vec(),
-        None => (stream_no + 1).to_be_bytes().to_vec(),
+        Some(end) => (end, 0),
+        None => (i64::MAX, u64::MAX),
     };
-    if stream_no == u32::MAX && bounds.end_ns.is_none() {
-        high = vec![0xFF; 21];
-    }
     if let Some((occurred_at_ns, seq)) = bounds.after {
-        let cursor = tindex_key(stream_no, occurred_at_ns, seq).to_vec();
         match bounds.order {
             // Strictly below the cursor: the range's end is exclusive.
-            Order::NewestFirst => high = high.min(cursor),
-            // Strictly above it: start just after the cursor's key.
+            Order::NewestFirst => high = high.min((occurred_at_ns, seq)),
+            // Strictly above it.
             Order::OldestFirst => {
-                let mut after = cursor;
-                after.push(0);
+                let after = match seq.checked_add(1) {
+                    Some(next) => (occurred_at_ns, next),
+                    None => (occurred_at_ns.saturating_add(1), 0),
+                };
                 low = low.max(after);
             }
         }
-    }
-    if low > high {
-        high = low.clone();
     }
     (low, high)
 }

@@ -15,7 +15,7 @@
 //! |                 | `c` stream_no tree_size          | signed checkpoint note        |
 //! | `sN.sm_meta`    | `applied`, `membership`, `snapshot`, `dedup_keys`; `codec_dict` + id | bincode; a zstd dictionary |
 //! | `sN.feed`       | applied log index (u64 BE)       | [`FeedRuns`]: what that apply batch appended |
-//! | `sN.tindex`     | stream_no, occurred_at, seq      | filter summary: the time index (behind the log) |
+//! | `sN.tindex`     | stream_no, occurred_at, seq of a block's last entry | up to 64 entries (position + filter summary): the time index (behind the log, `index::time_blocks`) |
 //!
 //! `feed` is the queue between apply and the indexer (`crate::index`): apply writes
 //! one small key per batch, in the batch; the indexer deletes it once the events are
@@ -459,7 +459,7 @@ pub fn time_key_part_decode(bytes: [u8; 8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
-/// A time-index key: `stream_no, occurred_at, seq` (20 bytes).
+/// A time-index key: `stream_no, occurred_at, seq` (20 bytes) of a block's last entry.
 pub fn tindex_key(stream_no: u32, occurred_at_ns: i64, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..4].copy_from_slice(&stream_no.to_be_bytes());
