@@ -1242,7 +1242,7 @@ impl Indexer {
     fn commit(&mut self, handle: &NodeIndex) -> anyhow::Result<()> {
         // 1. Time keys, durable before the tantivy commit that names them covered.
         let mut batch = self.db.batch();
-        let mut entries = std::mem::take(&mut self.pending.time_keys);
+        let entries = &mut self.pending.time_keys;
         entries.sort_by_key(|(position, stream_no, _)| (*position, *stream_no));
         for run in entries.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let (position, stream_no, _) = run[0];
@@ -1253,6 +1253,7 @@ impl Indexer {
             }
         }
         batch.commit()?;
+        entries.clear();
         self.db.persist(PersistMode::SyncData)?;
         // 2. The documents, with what they cover: the shards not added carry on.
         let mut covered = handle

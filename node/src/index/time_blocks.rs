@@ -110,12 +110,7 @@ pub fn plan(
             .transpose()?;
         let Some((key, value)) = holder else {
             // Past the last block: new blocks.
-            for chunk in rest.chunks(BLOCK_ENTRIES_MAX) {
-                writes.push((
-                    block_key(stream_no, chunk.last().expect("chunk")),
-                    encode(chunk),
-                ));
-            }
+            push_blocks(&mut writes, stream_no, rest);
             break;
         };
         let end = tindex_key_decode(&key, stream_no).ok_or_else(|| {
@@ -127,31 +122,25 @@ pub fn plan(
         // Every entry up to the block's end goes into it (the block before ends below
         // `first`, so the merged block overlaps no other).
         let taken = rest.partition_point(|entry| entry.position() <= end);
-        let mut merged: Vec<Entry> = Vec::with_capacity(old.len() + taken);
-        let (mut a, mut b) = (old.iter().peekable(), rest[..taken].iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.position() < y.position() => a.next(),
-                (Some(x), Some(y)) if x.position() == y.position() => {
-                    a.next();
-                    b.next()
-                }
-                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            merged.extend(next.copied());
-        }
-        // The last chunk keeps the block's key: its last position is the block's end.
-        for chunk in merged.chunks(BLOCK_ENTRIES_MAX) {
-            writes.push((
-                block_key(stream_no, chunk.last().expect("chunk")),
-                encode(chunk),
-            ));
-        }
+        // New entries first: the stable sort keeps them ahead of an old one at the same
+        // position, and the dedup keeps the first.
+        let mut merged = rest[..taken].to_vec();
+        merged.extend(old);
+        merged.sort_by_key(Entry::position);
+        merged.dedup_by_key(|entry| entry.position());
+        // The last block keeps the old key: its last position is the old block's end.
+        push_blocks(&mut writes, stream_no, &merged);
         rest = &rest[taken..];
     }
     Ok(writes)
+}
+
+/// Blocks of `entries` (in position order), at most [`BLOCK_ENTRIES_MAX`] each.
+fn push_blocks(writes: &mut Vec<([u8; 20], Vec<u8>)>, stream_no: u32, entries: &[Entry]) {
+    for chunk in entries.chunks(BLOCK_ENTRIES_MAX) {
+        let last = chunk.last().expect("chunks are not empty");
+        writes.push((block_key(stream_no, last), encode(chunk)));
+    }
 }
 
 /// The entries of one stream with positions in `[low, high)`, in order (newest first
@@ -305,14 +294,19 @@ mod tests {
             let streams = [1u32, 2];
             let mut model: std::collections::BTreeMap<(u32, i64, u64), Entry> =
                 Default::default();
-            for round in rounds {
+            for (round_no, round) in rounds.into_iter().enumerate() {
                 let mut batch = db.batch();
                 for stream_no in streams {
                     let new: Vec<Entry> = round
                         .0
                         .iter()
                         .filter(|(stream, _, _)| streams[*stream as usize] == stream_no)
-                        .map(|(_, time, seq)| entry(*time, *seq))
+                        .map(|(_, time, seq)| {
+                            // An entry written again carries this round's summary.
+                            let mut entry = entry(*time, *seq);
+                            entry.summary[0] = round_no as u8;
+                            entry
+                        })
                         .collect();
                     if new.is_empty() {
                         continue;
