@@ -22,9 +22,10 @@
 //! missing from a result. Last, it deletes the feed keys it covered.
 //!
 //! After a crash the indexer resumes after the payload's feed key; time-index entries
-//! are idempotent (an entry written again is merged into its block), and tantivy documents are only added above each stream's watermark. A
-//! missing or unreadable index, an index of another format, or a shard whose state was
-//! replaced by a snapshot is rebuilt from the store.
+//! are idempotent (an entry written again is merged into its block), and tantivy
+//! documents are only added above each stream's watermark. A missing or unreadable
+//! index, an index of another format, or a shard whose state was replaced by a
+//! snapshot is rebuilt from the store.
 
 mod merge;
 pub mod schema;
