@@ -5,7 +5,7 @@
 #
 # Starts BINDIR/traild on a fresh data directory (/tmp/trail-bench-LABEL) with gRPC on
 # 127.0.0.1:PORT and HTTP on PORT+1, runs `trailctl bench ingest --count COUNT
-# --concurrency 64 --batch-size 100`, samples the largest `trail_index_lag_ms` of the
+# --concurrency 64 --batch-size ${BATCH:-100}`, samples the largest `trail_index_lag_ms` of the
 # node's shards every 0.5 s, and appends to ./bench-results.txt: the lag samples (max,
 # how many over 1 s and 2 s), `trail_ingest_index_held_ms_total` at the end, and the
 # bench's throughput, ack latency, peak RSS and the node's CPU seconds (in all and by
@@ -38,7 +38,7 @@ done
   done
 ) &
 OUT=$("$BIN/trailctl" --endpoint "http://127.0.0.1:$PORT" bench ingest --count "$COUNT" \
-  --concurrency 64 --batch-size 100 --fsync-dir /tmp 2>&1 | tail -8)
+  --concurrency 64 --batch-size "${BATCH:-100}" --fsync-dir /tmp 2>&1 | tail -8)
 # The node's CPU seconds so far (all threads, live or ended), and by thread name for
 # those still alive (tantivy's indexing threads end at each commit: their time is in the
 # total only).
@@ -50,7 +50,7 @@ done | awk '{ cpu[$1] += $2 } END { for (name in cpu) if (cpu[name] >= 0.1) prin
 SUMMARY=$(awk '{ n++; if ($1 > max) max = $1; if ($1 > 1000) s1++; if ($1 > 2000) s2++; held = $2 }
   END { printf "lag samples %d, max %d ms, over 1 s %d, over 2 s %d; held %d ms in all", n, max, s1, s2, held }' "$LAG")
 {
-  echo "== $LABEL $(date +%T) traild flags [$*]: $SUMMARY"
+  echo "== $LABEL $(date +%T) batch ${BATCH:-100}, traild flags [$*]: $SUMMARY"
   echo "$OUT" | grep -E "throughput|latency|peak"
   echo "node CPU ${CPU} s; live threads: ${THREADS%, }"
 } >> bench-results.txt

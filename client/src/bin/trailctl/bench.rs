@@ -37,6 +37,7 @@ struct WorkerTotals {
     rejected: u64,
     first_error: Option<String>,
     connection_failure: Option<trail_client::Error>,
+    samples: Vec<Sample>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +76,10 @@ pub async fn run(client: &Client, args: BenchIngestArgs) -> anyhow::Result<ExitC
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
+    let keep_samples = args.latency_log.is_some();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     for _ in 0..args.concurrency {
         workers.spawn(worker(
             client.clone(),
@@ -82,12 +87,15 @@ pub async fn run(client: &Client, args: BenchIngestArgs) -> anyhow::Result<ExitC
             Arc::clone(&next_batch),
             Arc::clone(&stop),
             bar.clone(),
+            (started, keep_samples),
         ));
     }
     let mut latency_us = new_histogram();
     let mut totals = WorkerTotals::default();
+    let mut samples = Vec::new();
     while let Some(joined) = workers.join_next().await {
         let (worker_latency_us, worker_totals) = joined.context("bench worker failed")?;
+        samples.extend(worker_totals.samples);
         latency_us
             .add(&worker_latency_us)
             .expect("histograms share bounds");
@@ -103,6 +111,10 @@ pub async fn run(client: &Client, args: BenchIngestArgs) -> anyhow::Result<ExitC
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
+    if let Some(path) = &args.latency_log {
+        write_latency_log(path, started_unix, &mut samples)
+            .with_context(|| format!("cannot write the latency log {}", path.display()))?;
+    }
     if let Some(error) = totals.connection_failure {
         return Err(anyhow::Error::new(error).context("benchmark stopped"));
     }
@@ -152,6 +164,7 @@ async fn worker(
     next_batch: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     bar: ProgressBar,
+    (started, keep_samples): (Instant, bool),
 ) -> (Histogram<u64>, WorkerTotals) {
     let mut latency_us = new_histogram();
     let mut totals = WorkerTotals::default();
@@ -164,6 +177,13 @@ async fn worker(
         let result = client.record_batch_encoded(batch).await;
         let elapsed_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
         latency_us.saturating_record(elapsed_us.clamp(1, LATENCY_US_MAX));
+        if keep_samples {
+            totals.samples.push(Sample {
+                sent_us: u64::try_from((sent - started).as_micros()).unwrap_or(u64::MAX),
+                latency_us: elapsed_us,
+                events: batch.len() as u32,
+            });
+        }
         match result {
             Ok(response) => {
                 totals.accepted += u64::from(response.accepted);
@@ -189,6 +209,36 @@ async fn worker(
         bar.inc(batch.len() as u64);
     }
     (latency_us, totals)
+}
+
+/// One batch of a run, for `--latency-log`.
+#[derive(Debug)]
+struct Sample {
+    sent_us: u64,
+    latency_us: u64,
+    events: u32,
+}
+
+fn write_latency_log(
+    path: &Path,
+    started_unix: Duration,
+    samples: &mut [Sample],
+) -> std::io::Result<()> {
+    samples.sort_unstable_by_key(|sample| sample.sent_us);
+    let mut out = std::io::BufWriter::new(File::create(path)?);
+    writeln!(out, "sent_unix_ms,sent_ms,latency_ms,events")?;
+    let started_unix_us = started_unix.as_micros() as u64;
+    for sample in samples.iter() {
+        writeln!(
+            out,
+            "{:.3},{:.3},{:.3},{}",
+            (started_unix_us + sample.sent_us) as f64 / 1e3,
+            sample.sent_us as f64 / 1e3,
+            sample.latency_us as f64 / 1e3,
+            sample.events
+        )?;
+    }
+    out.flush()
 }
 
 fn first_event_error(response: &trail_client::RecordBatchResponse) -> Option<String> {

@@ -371,6 +371,13 @@ struct BenchIngestArgs {
     #[arg(long, default_value = ".", value_name = "DIR")]
     fsync_dir: PathBuf,
 
+    /// Also write every batch's send time and ack latency to this CSV file, in send
+    /// order (`sent_unix_ms,sent_ms,latency_ms,events`: the send time since the Unix
+    /// epoch, to line up with the node's log, and since the start of the run): shows
+    /// whether slow acks come in bursts (a stall) or spread out (queueing).
+    #[arg(long, value_name = "FILE")]
+    latency_log: Option<PathBuf>,
+
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
