@@ -21,9 +21,14 @@
 //! `Keyspace::rotate_memtable` rotates on the calling thread; its blocking send of the
 //! flush message comes from outside the pool, so it waits for a worker to take a message
 //! and never deadlocks. It also bounds the journals: fjall's own bound is set out of
-//! reach (its enforcement is another source of `RotateMemtable` messages), and when the
-//! journals are over [`Bounds::journal_bytes`] every non-empty memtable is rotated, so
-//! the oldest journal can be deleted.
+//! reach (its enforcement is another source of `RotateMemtable` messages), and while the
+//! journals are over [`Bounds::journal_bytes`] it rotates the memtables that hold data
+//! and were rotated longest ago (they hold the oldest journal's writes), a few per
+//! check, so that the oldest journal can be deleted. (Rotating every non-empty memtable
+//! at once, ~9 per shard, started as many flushes together, and each flush fsyncs the
+//! journal under the lock every write takes: measured, every ingest request in flight
+//! stalled for 60-160 ms at each such round, most of the ack p99; see
+//! [`to_rotate`].)
 //!
 //! It also lets fjall delete the tables compactions replaced. fjall deletes them only
 //! when it collects old versions of a tree, which it does when a memtable rotates; the
@@ -41,11 +46,14 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// While no memtable changed between checks, the interval doubles up to this: an idle
 /// node with 200 shards (1,400 keyspaces) spent ~2% of a core checking every 50 ms.
 const IDLE_CHECK_INTERVAL_MAX: Duration = Duration::from_millis(400);
-/// Rotations for the journals' sake are at least this far apart: the flushes they
-/// start take a while to let the oldest journal go, and rotating every memtable at
-/// every check made tables so small and many (30 level-0 runs) that fjall halted
-/// writes (measured: the indexer stalled for minutes).
-const JOURNAL_ROTATION_INTERVAL: Duration = Duration::from_secs(10);
+/// Rotations for the journals' sake: at most this many per check...
+const JOURNAL_ROTATIONS_PER_CHECK: usize = 2;
+/// ...of memtables rotated at least this long ago. The flushes take a while to let the
+/// oldest journal go, and rotating every memtable at every check made tables so small
+/// and many (30 level-0 runs) that fjall halted writes (measured: the indexer stalled
+/// for minutes); a memtable rotated this recently holds only writes newer than the
+/// oldest journal (256 MiB of journals take ~8 s of ingest at 30 MB/s).
+const JOURNAL_ROTATION_AGE_MIN: Duration = Duration::from_secs(2);
 /// Without a rotation this long, a change in the trees' sizes (a compaction) makes
 /// the thread rotate its own keyspace so that fjall collects replaced tables.
 pub const GC_INTERVAL: Duration = Duration::from_secs(30);
@@ -57,8 +65,45 @@ const GC_KEYSPACE: &str = "watchdog_gc";
 /// last clone is dropped.
 #[derive(Clone)]
 pub struct Watchdog {
-    keyspaces: Arc<Mutex<Vec<(Keyspace, u64)>>>,
+    keyspaces: Arc<Mutex<Vec<Watched>>>,
     _stop: Arc<std::sync::mpsc::Sender<()>>,
+}
+
+struct Watched {
+    keyspace: Keyspace,
+    memtable_bytes_max: u64,
+    rotated_at: Instant,
+}
+
+/// A watched memtable as the watchdog sees it at a check.
+#[derive(Debug, Clone, Copy)]
+struct Memtable {
+    bytes: u64,
+    bytes_max: u64,
+    since_rotation: Duration,
+}
+
+/// The memtables to rotate at a check (indexes into `memtables`): every one at its
+/// bound, and while the journals are over theirs, up to [`JOURNAL_ROTATIONS_PER_CHECK`]
+/// more of those that hold data and were rotated at least [`JOURNAL_ROTATION_AGE_MIN`]
+/// ago, longest ago first: the writes of the oldest journal are in those.
+fn to_rotate(memtables: &[Memtable], journals_over: bool) -> Vec<usize> {
+    let mut chosen: Vec<usize> = (0..memtables.len())
+        .filter(|&index| memtables[index].bytes >= memtables[index].bytes_max)
+        .collect();
+    if journals_over {
+        let mut stale: Vec<usize> = (0..memtables.len())
+            .filter(|&index| {
+                let memtable = &memtables[index];
+                memtable.bytes > 0
+                    && memtable.bytes < memtable.bytes_max
+                    && memtable.since_rotation >= JOURNAL_ROTATION_AGE_MIN
+            })
+            .collect();
+        stale.sort_by_key(|&index| std::cmp::Reverse(memtables[index].since_rotation));
+        chosen.extend(stale.into_iter().take(JOURNAL_ROTATIONS_PER_CHECK));
+    }
+    chosen
 }
 
 /// Bounds the watchdog keeps.
@@ -82,7 +127,6 @@ impl Watchdog {
         let mut rotated_at = Instant::now();
         let mut gc_checked_at = Instant::now();
         let mut sizes_seen: u64 = 0;
-        let mut journal_rotated_at: Option<std::time::Instant> = None;
         let mut interval = CHECK_INTERVAL;
         let mut last_total: u64 = 0;
         std::thread::Builder::new()
@@ -98,23 +142,27 @@ impl Watchdog {
                 // Checked under the lock (only `watch` takes it, when a shard opens):
                 // cloning 1,400 keyspace handles 20 times a second was most of the
                 // thread's cost on an idle node with 200 shards.
-                let keyspaces = keyspaces.lock().expect("watchdog lock");
-                let journals_over = db.journal_disk_space().unwrap_or(0) > bounds.journal_bytes
-                    && journal_rotated_at
-                        .is_none_or(|at| at.elapsed() >= JOURNAL_ROTATION_INTERVAL);
-                if journals_over {
-                    journal_rotated_at = Some(std::time::Instant::now());
-                }
-                let mut total: u64 = 0;
-                for (keyspace, memtable_bytes_max) in keyspaces.iter() {
-                    let size = keyspace.tree.active_memtable().size();
-                    total = total.wrapping_add(size);
-                    let full = size >= *memtable_bytes_max;
-                    if full || (journals_over && size > 0) {
-                        rotated_at = Instant::now();
-                        if let Err(error) = keyspace.rotate_memtable() {
-                            tracing::error!(%error, "rotating a memtable failed");
-                        }
+                let mut keyspaces = keyspaces.lock().expect("watchdog lock");
+                let journals_over = db.journal_disk_space().unwrap_or(0) > bounds.journal_bytes;
+                let now = Instant::now();
+                let memtables: Vec<Memtable> = keyspaces
+                    .iter()
+                    .map(|watched| Memtable {
+                        bytes: watched.keyspace.tree.active_memtable().size(),
+                        bytes_max: watched.memtable_bytes_max,
+                        since_rotation: now.saturating_duration_since(watched.rotated_at),
+                    })
+                    .collect();
+                let total = memtables
+                    .iter()
+                    .map(|memtable| memtable.bytes)
+                    .fold(0u64, u64::wrapping_add);
+                for index in to_rotate(&memtables, journals_over) {
+                    let watched = &mut keyspaces[index];
+                    rotated_at = Instant::now();
+                    watched.rotated_at = rotated_at;
+                    if let Err(error) = watched.keyspace.rotate_memtable() {
+                        tracing::error!(%error, "rotating a memtable failed");
                     }
                 }
                 if rotated_at.elapsed() >= bounds.gc_interval
@@ -123,7 +171,7 @@ impl Watchdog {
                     gc_checked_at = Instant::now();
                     let sizes = keyspaces
                         .iter()
-                        .map(|(keyspace, _)| keyspace.disk_space())
+                        .map(|watched| watched.keyspace.disk_space())
                         .fold(0u64, u64::wrapping_add);
                     if sizes != sizes_seen {
                         sizes_seen = sizes;
@@ -151,16 +199,53 @@ impl Watchdog {
 
     /// Rotates `keyspace`'s memtable from now on before it holds `memtable_bytes_max`.
     pub fn watch(&self, keyspace: Keyspace, memtable_bytes_max: u64) {
-        self.keyspaces
-            .lock()
-            .expect("watchdog lock")
-            .push((keyspace, memtable_bytes_max));
+        self.keyspaces.lock().expect("watchdog lock").push(Watched {
+            keyspace,
+            memtable_bytes_max,
+            rotated_at: Instant::now(),
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn memtable(bytes: u64, since_rotation_s: u64) -> Memtable {
+        Memtable {
+            bytes,
+            bytes_max: 100,
+            since_rotation: Duration::from_secs(since_rotation_s),
+        }
+    }
+
+    #[test]
+    fn full_memtables_rotate_and_the_journals_take_the_stalest_few() {
+        let memtables = [
+            memtable(100, 0), // full: always
+            memtable(10, 30), // the stalest
+            memtable(0, 60),  // empty: nothing to flush
+            memtable(10, 5),
+            memtable(10, 20),
+            memtable(10, 1), // rotated too recently
+        ];
+        assert_eq!(to_rotate(&memtables, false), vec![0]);
+        let mut chosen = to_rotate(&memtables, true);
+        assert_eq!(chosen.len(), 1 + JOURNAL_ROTATIONS_PER_CHECK);
+        assert_eq!(&chosen[..3], &[0, 1, 4], "full, then stalest first");
+        chosen.sort_unstable();
+        assert!(!chosen.contains(&2) && !chosen.contains(&5));
+        // Once the stalest are rotated, the next check takes the next ones.
+        let after = [
+            memtable(0, 0),
+            memtable(0, 0),
+            memtable(0, 60),
+            memtable(10, 5),
+            memtable(0, 0),
+            memtable(10, 2),
+        ];
+        assert_eq!(to_rotate(&after, true), vec![3, 5]);
+    }
 
     /// A memtable fjall would not rotate by itself (its own bound is far away) is
     /// rotated and flushed once it is near the bound it is watched with.
@@ -200,6 +285,40 @@ mod tests {
         assert!(
             keyspace.table_count() >= 1,
             "the memtable was flushed to a table"
+        );
+    }
+
+    /// While the journals are over their bound, a memtable far below its own bound is
+    /// rotated once it is old enough: it holds writes of the oldest journal.
+    #[test]
+    fn slow_memtables_are_rotated_for_the_journals() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path()).open().unwrap();
+        let slow = db
+            .keyspace("slow", || {
+                KeyspaceCreateOptions::default().max_memtable_size(256 << 20)
+            })
+            .unwrap();
+        let watchdog = Watchdog::start(
+            &db,
+            Bounds {
+                journal_bytes: 0,
+                gc_interval: GC_INTERVAL,
+            },
+        );
+        watchdog.watch(slow.clone(), 64 << 20);
+        slow.insert("key", [7u8; 100]).unwrap();
+        let started = Instant::now();
+        while slow.table_count() == 0 {
+            assert!(
+                started.elapsed() < JOURNAL_ROTATION_AGE_MIN + Duration::from_secs(10),
+                "the slow memtable was never rotated"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            started.elapsed() >= JOURNAL_ROTATION_AGE_MIN - Duration::from_millis(100),
+            "rotated before it was old enough"
         );
     }
 
