@@ -106,7 +106,7 @@ impl NodeStore {
             // enforcement asks its workers for rotations, which can deadlock them.
             .max_journaling_size(u64::MAX / 2)
             .open()?;
-        let syncer = Syncer::start(db.clone());
+        let syncer = Syncer::start(db.clone(), &data_dir.join("db"));
         let watchdog = Watchdog::start(
             &db,
             watchdog::Bounds {
