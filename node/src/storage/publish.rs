@@ -15,7 +15,13 @@
 //! error and counted. Writing runs on its own thread behind a bounded queue, so the
 //! fsyncs of publication never sit in the apply path; a full queue makes apply wait
 //! (the queue holds 4,096 notes, ~1 MiB). The thread appends whatever is queued (up to
-//! 1,024 notes) and then makes the lot durable with one `syncfs`.
+//! 1,024 notes) and then makes the lot durable: an `fdatasync` of each file appended
+//! to, and an `fsync` of each directory that got a new entry. (One `syncfs` did it in
+//! one call, but it also wrote back every dirty page of the file system, the store's
+//! flushes and compactions included: the journal's fsyncs queued behind that, and
+//! every ingest request in flight waited. Measured, 1 M events at 64 x 20 in flight:
+//! publishing to a tmpfs, that is without the syncfs, took the ack p99 from 57.5 to
+//! 52.2 ms.)
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -107,28 +113,36 @@ fn run(dir: &Path, receiver: Receiver<Job>, counters: &PublishCounters) {
             }
         }
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
-        let mut written = 0;
+        let mut unsynced = Unsynced::default();
         for job in jobs {
-            written += publish_one(dir, &day, &mut streams, job, counters);
+            publish_one(dir, &day, &mut streams, job, &mut unsynced, counters);
         }
-        if written > 0 {
-            if let Err(error) = sync_filesystem(dir) {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "syncing published checkpoints failed");
-            }
+        if let Err(error) = unsynced.sync() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "syncing published checkpoints failed");
         }
     }
 }
 
-/// Flushes the file system holding `dir` (data and metadata of every file written).
-fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let handle = std::fs::File::open(dir)?;
-    // SAFETY: `syncfs` only reads the descriptor, which `handle` keeps open.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// What a batch of appends left to make durable.
+#[derive(Default)]
+struct Unsynced {
+    files: HashMap<PathBuf, std::fs::File>,
+    dirs: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Unsynced {
+    fn sync(self) -> std::io::Result<()> {
+        for file in self.files.values() {
+            file.sync_data()?;
+        }
+        // Deepest first, so that each directory's new entry is durable before its
+        // parent's entry for it.
+        for dir in self.dirs.iter().rev() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Per stream, the last tree size published, learned from the stream's newest file
@@ -189,12 +203,14 @@ fn read_lines(path: &Path) -> std::io::Result<Vec<Line>> {
         .collect())
 }
 
-/// Appends one checkpoint (not yet durable); 1 when a line was written.
+/// Appends one checkpoint, not yet durable (what to sync is added to `unsynced`); 1
+/// when a line was written.
 fn publish_one(
     dir: &Path,
     day: &str,
     streams: &mut Streams,
     job: Job,
+    unsynced: &mut Unsynced,
     counters: &PublishCounters,
 ) -> usize {
     let result = (|| -> std::io::Result<Written> {
@@ -213,11 +229,28 @@ fn publish_one(
             });
         }
         let stream_dir = dir.join(&job.stream_dir);
-        std::fs::create_dir_all(&stream_dir)?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(stream_dir.join(format!("{day}.jsonl")))?;
+        if !stream_dir.is_dir() {
+            // New entries in the stream's parent (the tenant's directory, itself new
+            // perhaps) and in the checkpoint directory.
+            std::fs::create_dir_all(&stream_dir)?;
+            let mut parent = stream_dir.parent();
+            while let Some(entry_holder) = parent.filter(|holder| holder.starts_with(dir)) {
+                unsynced.dirs.insert(entry_holder.to_path_buf());
+                parent = entry_holder.parent();
+            }
+        }
+        let path = stream_dir.join(format!("{day}.jsonl"));
+        if !unsynced.files.contains_key(&path) {
+            if !path.exists() {
+                unsynced.dirs.insert(stream_dir.clone());
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            unsynced.files.insert(path.clone(), file);
+        }
+        let file = unsynced.files.get_mut(&path).expect("opened above");
         let mut line = serde_json::to_vec(&Line {
             tree_size: job.tree_size,
             note: job.note.clone(),
@@ -273,13 +306,73 @@ mod tests {
         }
     }
 
+    /// The directories that got a new entry are synced, deepest first; an existing
+    /// file of an existing stream needs no directory sync.
+    #[test]
+    fn new_entries_sync_their_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = PublishCounters::default();
+        let mut streams = Streams::default();
+        let mut unsynced = Unsynced::default();
+        publish_one(
+            dir.path(),
+            "2026-11-24",
+            &mut streams,
+            job(1, "a\n"),
+            &mut unsynced,
+            &counters,
+        );
+        let expected: Vec<PathBuf> = vec![
+            dir.path().to_path_buf(),
+            dir.path().join("acme"),
+            dir.path().join("acme/0"),
+        ];
+        assert_eq!(unsynced.dirs.iter().cloned().collect::<Vec<_>>(), expected);
+        unsynced.sync().unwrap();
+        let mut again = Unsynced::default();
+        publish_one(
+            dir.path(),
+            "2026-11-24",
+            &mut streams,
+            job(2, "b\n"),
+            &mut again,
+            &counters,
+        );
+        assert!(again.dirs.is_empty());
+        assert_eq!(again.files.len(), 1);
+        let mut next_day = Unsynced::default();
+        publish_one(
+            dir.path(),
+            "2026-11-25",
+            &mut streams,
+            job(3, "c\n"),
+            &mut next_day,
+            &counters,
+        );
+        assert_eq!(
+            next_day.dirs.iter().cloned().collect::<Vec<_>>(),
+            vec![dir.path().join("acme/0")]
+        );
+    }
+
     #[test]
     fn lines_are_appended_once_and_conflicts_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let counters = PublishCounters::default();
         let mut streams = Streams::default();
         let publish = |day: &str, streams: &mut Streams, tree_size, note: &str| {
-            publish_one(dir.path(), day, streams, job(tree_size, note), &counters)
+            let mut unsynced = Unsynced::default();
+            let written = publish_one(
+                dir.path(),
+                day,
+                streams,
+                job(tree_size, note),
+                &mut unsynced,
+                &counters,
+            );
+            assert_eq!(unsynced.files.len(), written, "each line written is synced");
+            unsynced.sync().unwrap();
+            written
         };
         assert_eq!(publish("2026-11-24", &mut streams, 7, "a\n\n- sig\n"), 1);
         assert_eq!(publish("2026-11-24", &mut streams, 9, "b\n"), 1);
