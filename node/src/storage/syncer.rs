@@ -8,11 +8,11 @@
 //! The fsync runs outside fjall's journal lock. `Database::persist(SyncData)` holds the
 //! lock that every write (Raft appends, applied batches) takes for the whole fsync, and
 //! while the disk is busy with a flush or a compaction an fsync took 10–70 ms
-//! (measured): every ingest request in flight stalled for as long, most of the ack
-//! p99. So the thread only moves fjall's buffered writes into the page cache under the
-//! lock (`PersistMode::Buffer`) and then `fdatasync`s the newest journal file through
-//! its own descriptor. That covers everything written before the call: the writes are
-//! in the file that was newest then, and a journal is fsynced in full (`SyncAll`, under
+//! (measured): every write waited as long, applied batches too, which need no fsync.
+//! So the thread only moves fjall's buffered writes into the page cache under the lock
+//! (`PersistMode::Buffer`) and then `fdatasync`s the newest journal file through its
+//! own descriptor. That covers everything written before the call: the writes are in
+//! the file that was newest then, and a journal is fsynced in full (`SyncAll`, under
 //! the lock) before fjall creates the next one, so if a newer file exists by the time
 //! of the fsync, the older one is already on disk. Journals are fjall's `{id}.jnl`
 //! files in the database's folder (fjall 3.1); if none is found the thread falls back

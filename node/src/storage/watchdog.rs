@@ -26,9 +26,9 @@
 //! and were rotated longest ago (they hold the oldest journal's writes), a few per
 //! check, so that the oldest journal can be deleted. (Rotating every non-empty memtable
 //! at once, ~9 per shard, started as many flushes together, and each flush fsyncs the
-//! journal under the lock every write takes: measured, every ingest request in flight
-//! stalled for 60-160 ms at each such round, most of the ack p99; see
-//! [`to_rotate`].)
+//! journal under the lock every write takes: measured with `trailctl bench ingest
+//! --latency-log`, every ingest request in flight stalled for 60-160 ms at each such
+//! round; see [`to_rotate`].)
 //!
 //! It also lets fjall delete the tables compactions replaced. fjall deletes them only
 //! when it collects old versions of a tree, which it does when a memtable rotates; the
