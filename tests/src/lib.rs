@@ -53,8 +53,27 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the node to take).
+/// Ports handed out from [`PORTS`]: a node's ports are chosen before it binds them, so
+/// a port picked at random below the kernel's ephemeral range (32768-60999 by default)
+/// is not taken meanwhile by an outgoing connection of another test. (Port 0 gives one
+/// from that range: a parallel test's client once took a node's HTTP port between the
+/// pick and the node's bind, and the node failed to start.)
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the node to take), not one
+/// handed out before by this process.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("ports lock");
+    let mut rng = rand::thread_rng();
+    for _ in 0..1_000 {
+        let port = rng.gen_range(PORTS);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
