@@ -247,12 +247,10 @@ mod tests {
         assert_eq!(to_rotate(&after, true), vec![3, 5]);
     }
 
-    /// A memtable fjall would not rotate by itself (its own bound is far away) is
-    /// rotated and flushed once it is near the bound it is watched with.
-    #[test]
-    fn memtables_over_the_bound_are_rotated() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::builder(dir.path()).open().unwrap();
+    /// A database with one keyspace fjall would not rotate by itself, and a watchdog
+    /// keeping the journals under `journal_bytes`.
+    fn watched_setup(dir: &std::path::Path, journal_bytes: u64) -> (Database, Keyspace, Watchdog) {
+        let db = Database::builder(dir).open().unwrap();
         let keyspace = db
             .keyspace("big", || {
                 KeyspaceCreateOptions::default().max_memtable_size(256 << 20)
@@ -261,10 +259,19 @@ mod tests {
         let watchdog = Watchdog::start(
             &db,
             Bounds {
-                journal_bytes: u64::MAX,
+                journal_bytes,
                 gc_interval: GC_INTERVAL,
             },
         );
+        (db, keyspace, watchdog)
+    }
+
+    /// A memtable fjall would not rotate by itself (its own bound is far away) is
+    /// rotated and flushed once it is near the bound it is watched with.
+    #[test]
+    fn memtables_over_the_bound_are_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, keyspace, watchdog) = watched_setup(dir.path(), u64::MAX);
         watchdog.watch(keyspace.clone(), 1 << 20);
         for index in 0u32..4_000 {
             keyspace.insert(index.to_be_bytes(), [7u8; 1_000]).unwrap();
@@ -293,19 +300,7 @@ mod tests {
     #[test]
     fn slow_memtables_are_rotated_for_the_journals() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::builder(dir.path()).open().unwrap();
-        let slow = db
-            .keyspace("slow", || {
-                KeyspaceCreateOptions::default().max_memtable_size(256 << 20)
-            })
-            .unwrap();
-        let watchdog = Watchdog::start(
-            &db,
-            Bounds {
-                journal_bytes: 0,
-                gc_interval: GC_INTERVAL,
-            },
-        );
+        let (_db, slow, watchdog) = watched_setup(dir.path(), 0);
         watchdog.watch(slow.clone(), 64 << 20);
         slow.insert("key", [7u8; 100]).unwrap();
         let started = Instant::now();
