@@ -122,17 +122,18 @@ fn run(dir: &Path, receiver: Receiver<Job>, counters: &PublishCounters) {
     }
 }
 
-/// What a batch of appends left to make durable.
+/// What a batch of appends left to make durable: paths, not open files, so that a batch
+/// of up to 1,024 streams does not hold as many descriptors.
 #[derive(Default)]
 struct Unsynced {
-    files: HashMap<PathBuf, std::fs::File>,
+    files: std::collections::BTreeSet<PathBuf>,
     dirs: std::collections::BTreeSet<PathBuf>,
 }
 
 impl Unsynced {
     fn sync(self) -> std::io::Result<()> {
-        for file in self.files.values() {
-            file.sync_data()?;
+        for file in &self.files {
+            std::fs::File::open(file)?.sync_data()?;
         }
         // Deepest first, so that each directory's new entry is durable before its
         // parent's entry for it.
@@ -238,17 +239,14 @@ fn publish_one(
             }
         }
         let path = stream_dir.join(format!("{day}.jsonl"));
-        if !unsynced.files.contains_key(&path) {
-            if !path.exists() {
-                unsynced.dirs.insert(stream_dir.clone());
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            unsynced.files.insert(path.clone(), file);
+        if !unsynced.files.contains(&path) && !path.exists() {
+            unsynced.dirs.insert(stream_dir.clone());
         }
-        let file = unsynced.files.get_mut(&path).expect("opened above");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        unsynced.files.insert(path);
         let mut line = serde_json::to_vec(&Line {
             tree_size: job.tree_size,
             note: job.note.clone(),
