@@ -179,3 +179,60 @@ async fn ingest_twice_status_get_tail_and_graceful_restart() {
     let (_, stdout, _) = trailctl(&node, &["status", "--json"]);
     assert_eq!(summary(&stdout)["events"], GOOD_LINES);
 }
+
+/// `trailctl bench ingest` against a real node: its JSON report counts every event, and
+/// `--latency-log` writes one CSV line per call, in send order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_reports_and_logs_every_call() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let node = Traild::start(&dir.path().join("data"), &[]).await;
+    let log = dir.path().join("latency.csv");
+    let (code, stdout, stderr) = trailctl(
+        &node,
+        &[
+            "bench",
+            "ingest",
+            "--count",
+            "2000",
+            "--concurrency",
+            "4",
+            "--batch-size",
+            "50",
+            "--fsync-dir",
+            dir.path().to_str().unwrap(),
+            "--latency-log",
+            log.to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(code, 0, "bench ingest failed: {stderr}");
+    let report = summary(&stdout);
+    assert_eq!(report["accepted"], 2000, "{report}");
+    let text = std::fs::read_to_string(&log).expect("the latency log");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("sent_unix_ms,sent_ms,latency_ms,events"));
+    let rows: Vec<Vec<f64>> = lines
+        .map(|line| {
+            line.split(',')
+                .map(|field| field.parse::<f64>().expect("a number"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 40, "one line per call of 50 events");
+    assert!(rows.iter().all(|row| row.len() == 4 && row[2] > 0.0));
+    assert_eq!(rows.iter().map(|row| row[3]).sum::<f64>(), 2000.0);
+    assert!(
+        rows.windows(2).all(|pair| pair[0][1] <= pair[1][1]),
+        "send order"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    assert!(
+        rows.iter()
+            .all(|row| row[0] <= now_ms && row[0] > now_ms - 600_000.0),
+        "send times are Unix milliseconds of this run"
+    );
+}

@@ -76,7 +76,8 @@ pub async fn run(client: &Client, args: BenchIngestArgs) -> anyhow::Result<ExitC
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    let keep_samples = args.latency_log.is_some();
+    // Calls are logged with their send time since `started` when there is a log.
+    let samples_since = args.latency_log.as_ref().map(|_| started);
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -87,7 +88,7 @@ pub async fn run(client: &Client, args: BenchIngestArgs) -> anyhow::Result<ExitC
             Arc::clone(&next_batch),
             Arc::clone(&stop),
             bar.clone(),
-            (started, keep_samples),
+            samples_since,
         ));
     }
     let mut latency_us = new_histogram();
@@ -164,7 +165,7 @@ async fn worker(
     next_batch: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     bar: ProgressBar,
-    (started, keep_samples): (Instant, bool),
+    samples_since: Option<Instant>,
 ) -> (Histogram<u64>, WorkerTotals) {
     let mut latency_us = new_histogram();
     let mut totals = WorkerTotals::default();
@@ -177,7 +178,7 @@ async fn worker(
         let result = client.record_batch_encoded(batch).await;
         let elapsed_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
         latency_us.saturating_record(elapsed_us.clamp(1, LATENCY_US_MAX));
-        if keep_samples {
+        if let Some(started) = samples_since {
             totals.samples.push(Sample {
                 sent_us: u64::try_from((sent - started).as_micros()).unwrap_or(u64::MAX),
                 latency_us: elapsed_us,
