@@ -47,6 +47,12 @@ const DEDUP_KEYS_PACKED: u32 = 2;
 /// Writes per fjall batch during apply (~3 per event): bounds the memory of one batch
 /// when openraft hands over many entries at once.
 const APPLY_WRITES_MAX: usize = 60_000;
+/// Capacity of the write buffer kept from one apply to the next (168 bytes each, so
+/// ~1.3 MiB per shard at most). A buffer allocated per apply came from fresh pages
+/// each time (the allocator returns large blocks to the system between applies):
+/// zeroing them and growing the vector was ~2.5% of the node's CPU at 64 x 20, all on
+/// the apply thread (docs/BENCHMARKS.md, "the p99 is the CPU queue").
+const APPLY_WRITES_KEPT_MAX: usize = 8_192;
 /// Records per fjall batch while installing a snapshot.
 const INSTALL_BATCH_RECORDS_MAX: usize = 10_000;
 
@@ -93,6 +99,9 @@ struct Inner {
     stamp: SnapshotStamp,
     /// Compresses event values under the shard's newest dictionary (`event_codec.rs`).
     encoder: Encoder,
+    /// The writes of the apply in progress; empty between applies, its capacity kept
+    /// (up to [`APPLY_WRITES_KEPT_MAX`]).
+    writes: Vec<LedgerWrite>,
 }
 
 impl StateMachine {
@@ -140,6 +149,7 @@ impl StateMachine {
             publisher,
             stamp,
             encoder: Encoder::default(),
+            writes: Vec::new(),
         };
         inner.finish_interrupted_install()?;
         inner.repack_dedup_keys()?;
@@ -170,7 +180,8 @@ impl StateMachine {
 impl Inner {
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<LedgerResponse>, StorageError> {
         let mut responses = Vec::with_capacity(entries.len());
-        let mut writes = Vec::new();
+        let mut writes = std::mem::take(&mut self.writes);
+        debug_assert!(writes.is_empty(), "every apply commits all its writes");
         for entry in entries {
             let log_id = entry.log_id;
             if let Some(applied) = self.last_applied {
@@ -211,6 +222,9 @@ impl Inner {
             }
         }
         self.commit(&mut writes)?;
+        if writes.capacity() <= APPLY_WRITES_KEPT_MAX {
+            self.writes = writes;
+        }
         Ok(responses)
     }
 
