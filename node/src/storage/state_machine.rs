@@ -222,9 +222,8 @@ impl Inner {
             }
         }
         self.commit(&mut writes)?;
-        if writes.capacity() <= APPLY_WRITES_KEPT_MAX {
-            self.writes = writes;
-        }
+        writes.shrink_to(APPLY_WRITES_KEPT_MAX);
+        self.writes = writes;
         Ok(responses)
     }
 
