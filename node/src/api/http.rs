@@ -83,6 +83,11 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
         "counter",
         &|shard| shard.index_gate.held_us() / 1_000,
     );
+    // Event ids applied and not yet in the dedup index's tables (storage/dedup.rs):
+    // bounded per shard; at the bound apply waits for the ingest thread.
+    per_shard(&mut body, "trail_dedup_overlay_ids", "gauge", &|shard| {
+        shard.keyspaces.dedup.overlay_len() as u64
+    });
     // Disk per keyspace of each shard (SST and blob files; journals are counted apart).
     let name = "trail_storage_disk_bytes";
     let _ = writeln!(body, "# TYPE {name} gauge");

@@ -273,6 +273,21 @@ impl Ledger {
         self.events_total
     }
 
+    /// Per stream, the seq its next event gets: `(stream_no, next_seq)`.
+    pub fn frontier(&self) -> Vec<(u32, u64)> {
+        self.tenants
+            .values()
+            .map(|state| (state.stream_no, state.next_seq))
+            .collect()
+    }
+
+    /// Every tenant's state.
+    pub fn tenants(&self) -> impl Iterator<Item = (&str, &TenantState)> + '_ {
+        self.tenants
+            .iter()
+            .map(|(tenant_id, state)| (tenant_id.as_str(), state))
+    }
+
     /// Events held in the not-yet-committed storage batch.
     pub fn pending_events(&self) -> usize {
         self.pending.len()

@@ -63,7 +63,10 @@ pub fn get_event(
     let Some(tenant) = tenant_state(keyspaces, tenant_id)? else {
         return Ok(None);
     };
-    let Some(position) = keyspaces.dedup.get(dedup_key(tenant.tenant_no, event_id))? else {
+    let Some(position) = keyspaces
+        .dedup
+        .get(&dedup_key(tenant.tenant_no, event_id))?
+    else {
         return Ok(None);
     };
     let (stream_no, seq) = decode_position(&position).ok_or_else(|| ReadError::Corrupt {

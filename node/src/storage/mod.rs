@@ -8,12 +8,12 @@
 //! | `sN.raft_log`   | log index (u64 BE)               | bincode `Entry`               |
 //! | `sN.raft_meta`  | `vote`, `committed`, `purged`    | bincode                       |
 //! | `sN.events`     | stream_no (u32 BE) + seq (u64 BE)| canonical event (v1), or compressed ([`event_codec`]) |
-//! | `sN.dedup`      | tenant_no (u32 BE) + event_id, UUIDs and ULIDs packed ([`dedup_key`]) | stream_no (u32 BE) + seq (BE) |
+//! | `sN.dedup`      | tenant_no (u32 BE) + event_id, UUIDs and ULIDs packed ([`dedup_key`]) | stream_no (u32 BE) + seq (BE); in the dedup database, behind the log ([`dedup`]) |
 //! | `sN.tenants`    | tenant_id                        | bincode `TenantState`         |
 //! | `sN.chain`      | `b` stream_no block_index        | `BlockRecord` (hashes, header)|
 //! |                 | `e` stream_no last_seq           | block_index (u64 BE)          |
 //! |                 | `c` stream_no tree_size          | signed checkpoint note        |
-//! | `sN.sm_meta`    | `applied`, `membership`, `snapshot`, `dedup_keys`; `codec_dict` + id | bincode; a zstd dictionary |
+//! | `sN.sm_meta`    | `applied`, `membership`, `snapshot`, `dedup_keys`, `dedup_frontier`; `codec_dict` + id | bincode; a zstd dictionary |
 //! | `sN.feed`       | applied log index (u64 BE)       | [`FeedRuns`]: what that apply batch appended |
 //! | `sN.tindex`     | stream_no, occurred_at, seq of a block's last entry | up to 64 entries (position + filter summary): the time index (behind the log, `index::time_blocks`) |
 //!
@@ -21,13 +21,15 @@
 //! one small key per batch, in the batch; the indexer deletes it once the events are
 //! in the committed indexes. `tindex` is written only by the indexer.
 //! A tenant's newest events are one contiguous range of `sN.events`. Per event, apply
-//! writes two keys: the event (sequential, cheap) and its dedup entry (random, ~5 µs).
+//! writes one key, the event (sequential, cheap); its id goes to the shard's dedup
+//! overlay in memory and reaches `sN.dedup` in sorted runs ([`dedup`]).
 
 // openraft's storage traits fix the error type, `openraft::StorageError` (224 bytes);
 // boxing it on our side would only add a conversion at every trait boundary.
 #![allow(clippy::result_large_err)]
 
 pub mod applied;
+pub mod dedup;
 pub mod event_codec;
 pub mod log_store;
 pub mod publish;
@@ -57,7 +59,6 @@ use watchdog::Watchdog;
 /// skiplist searches of inserts and dedup lookups cheaper (fewer levels, fewer cache
 /// misses): 8 MiB measured ~5% more ingest than 32 MiB, with 35% less peak memory.
 const MEMTABLE_BYTES_MAX_BULK: u64 = 8 << 20;
-const MEMTABLE_BYTES_MAX_DEDUP: u64 = 8 << 20;
 const MEMTABLE_BYTES_MAX_SMALL: u64 = 1 << 20;
 
 /// fjall's own memtable bound, set out of reach: the watchdog rotates memtables at the
@@ -83,6 +84,8 @@ const JOURNALS_BYTES_MAX: u64 = 256 << 20;
 pub struct NodeStore {
     pub db: Database,
     pub syncer: Syncer,
+    /// The event-id indexes, in a database of their own (`dedup.rs`).
+    pub dedup: dedup::DedupStore,
     pub data_dir: PathBuf,
     watchdog: Watchdog,
 }
@@ -107,6 +110,7 @@ impl NodeStore {
             .max_journaling_size(u64::MAX / 2)
             .open()?;
         let syncer = Syncer::start(db.clone(), &data_dir.join("db"));
+        let dedup = dedup::DedupStore::open(&data_dir.join("dedup"), syncer.clone())?;
         let watchdog = Watchdog::start(
             &db,
             watchdog::Bounds {
@@ -117,6 +121,7 @@ impl NodeStore {
         Ok(NodeStore {
             db,
             syncer,
+            dedup,
             data_dir: data_dir.to_path_buf(),
             watchdog,
         })
@@ -153,9 +158,6 @@ impl NodeStore {
                         .data_block_size_policy(BlockSizePolicy::all(EVENTS_BLOCK_BYTES))
                         .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
                         .expect_point_read_hits(true),
-                    "dedup" => options.data_block_compression_policy(CompressionPolicy::all(
-                        CompressionType::Lz4,
-                    )),
                     // Only ever read by range: no bloom filters (fjall's default builds
                     // one for every table, at 0.01% false positives on the first level,
                     // hashing every key of every flush and compaction for nothing).
@@ -175,7 +177,9 @@ impl NodeStore {
             raft_log: open("raft_log", MEMTABLE_BYTES_MAX_BULK)?,
             raft_meta: open("raft_meta", MEMTABLE_BYTES_MAX_SMALL)?,
             events: open("events", MEMTABLE_BYTES_MAX_BULK)?,
-            dedup: open("dedup", MEMTABLE_BYTES_MAX_DEDUP)?,
+            dedup: self
+                .dedup
+                .shard(&format!("s{shard}.dedup"), sm_meta.clone())?,
             tenants: open("tenants", MEMTABLE_BYTES_MAX_SMALL)?,
             chain: open("chain", MEMTABLE_BYTES_MAX_SMALL)?,
             sm_meta: sm_meta.clone(),
@@ -200,7 +204,8 @@ pub struct ShardKeyspaces {
     pub raft_log: Keyspace,
     pub raft_meta: Keyspace,
     pub events: Keyspace,
-    pub dedup: Keyspace,
+    /// In the node's dedup database, with the ids not yet in it (`dedup.rs`).
+    pub dedup: Arc<dedup::DedupIndex>,
     pub tenants: Keyspace,
     pub chain: Keyspace,
     pub sm_meta: Keyspace,
@@ -220,7 +225,7 @@ impl ShardKeyspaces {
             ("raft_log", &self.raft_log),
             ("raft_meta", &self.raft_meta),
             ("events", &self.events),
-            ("dedup", &self.dedup),
+            ("dedup", &self.dedup.keyspace),
             ("tenants", &self.tenants),
             ("chain", &self.chain),
             ("sm_meta", &self.sm_meta),

@@ -1,8 +1,9 @@
 //! The state machine of one shard on fjall (`RaftStateMachine`): executes the ledger's
 //! writes and keeps snapshots.
 //!
-//! Apply writes the events, their dedup entries, the changed tenant states and the
-//! applied log id in one atomic fjall batch, without its own fsync: the entries it applies
+//! Apply writes the events, the changed tenant states and the applied log id in one
+//! atomic fjall batch, then records the new event ids in the shard's dedup overlay
+//! (they reach the dedup database behind the log: `dedup.rs`). No fsync of its own: the entries it applies
 //! are already durable in the Raft log (same journal), and after a crash openraft
 //! re-applies from the persisted applied id. Apply runs on the blocking pool: a batch of
 //! 1,000 events is a few milliseconds of CPU, too long for an async worker.
@@ -18,6 +19,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use sha2::{Digest, Sha256};
 
 use super::applied::AppliedProgress;
+use super::dedup::{DedupIndex, GENERATION_IDS, KEY_FRONTIER};
 use super::event_codec::Encoder;
 use super::log_store::storage_io_error;
 use super::publish::Publisher;
@@ -29,6 +31,7 @@ use super::{
 use crate::consensus::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::ledger::event::StoredEvent;
 use crate::ledger::{
     leaf_hash, BlockRecord, LeafHash, Ledger, LedgerLookup, LedgerResponse, LedgerWrite,
     TenantState,
@@ -39,10 +42,11 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// Present while a received snapshot replaces the state (see `Inner::install`).
 const KEY_INSTALLING: &[u8] = b"installing";
-/// The layout of the dedup keys (`storage::dedup_key`): absent in a shard of a node
-/// that kept every event id as text; [`DEDUP_KEYS_PACKED`] once they are packed.
+/// The layout of the event-id index: absent in a shard of a node that kept every event
+/// id as text in the node database, 2 once they were packed (`storage::dedup_key`),
+/// [`DEDUP_KEYS_BEHIND_LOG`] once they are in the dedup database (`dedup.rs`).
 const KEY_DEDUP_KEYS: &[u8] = b"dedup_keys";
-const DEDUP_KEYS_PACKED: u32 = 2;
+const DEDUP_KEYS_BEHIND_LOG: u32 = 3;
 
 /// Writes per fjall batch during apply (~3 per event): bounds the memory of one batch
 /// when openraft hands over many entries at once.
@@ -152,7 +156,8 @@ impl StateMachine {
             writes: Vec::new(),
         };
         inner.finish_interrupted_install()?;
-        inner.repack_dedup_keys()?;
+        inner.move_dedup_index()?;
+        inner.rebuild_dedup_overlay()?;
         inner.remove_stale_snapshot_files()?;
         inner.publish_counters();
         Ok(StateMachine {
@@ -239,6 +244,7 @@ impl Inner {
         let mut published = Vec::new();
         let mut feed = FeedRuns::default();
         let mut recent = Vec::new();
+        let mut ids = Vec::new();
         for write in writes.drain(..) {
             match write {
                 LedgerWrite::Event {
@@ -252,16 +258,16 @@ impl Inner {
                     batch.insert(&keyspaces.events, event_key(stream_no, seq), value);
                     recent.push((stream_no, seq, canonical));
                 }
+                // Behind the log: recorded in the overlay once the batch is committed.
                 LedgerWrite::Dedup {
                     tenant_no,
                     event_id,
                     stream_no,
                     seq,
-                } => batch.insert(
-                    &keyspaces.dedup,
+                } => ids.push((
                     dedup_key(tenant_no, &event_id),
                     position_value(stream_no, seq),
-                ),
+                )),
                 LedgerWrite::Tenant { tenant_id, state } => {
                     batch.insert(&keyspaces.tenants, tenant_id.into_bytes(), state.encode())
                 }
@@ -304,6 +310,7 @@ impl Inner {
         }
         self.put_applied(&mut batch);
         batch.commit().map_err(write_state_machine)?;
+        keyspaces.dedup.record(ids, || self.ledger.frontier());
         keyspaces.recent.push(applied, recent);
         if let Some(publisher) = &self.publisher {
             for (tenant_id, stream_index, tree_size, note) in published {
@@ -459,52 +466,138 @@ impl Inner {
         Ok(path)
     }
 
-    /// Moves the dedup entries of a shard written with event ids as text to their
-    /// packed keys (`storage::dedup_key`), once: each batch moves entries atomically,
-    /// so a crash half-way leaves every entry under one of its two keys, and the next
-    /// start finishes the move.
-    fn repack_dedup_keys(&mut self) -> Result<(), StorageError> {
+    /// Moves a shard's event ids out of the node database, where apply used to write
+    /// them (`sN.dedup`, packed, or as text before data layout 2), into the dedup
+    /// database, once: in sorted runs of ingested tables, then the layout and a
+    /// frontier covering every applied event are recorded, then the old keyspace is
+    /// deleted. A crash before the layout is recorded moves them again (a key has one
+    /// value, so twice is harmless).
+    fn move_dedup_index(&mut self) -> Result<(), StorageError> {
         let meta = &self.keyspaces.sm_meta;
-        if read_meta::<u32>(meta, KEY_DEDUP_KEYS)? == Some(DEDUP_KEYS_PACKED) {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let mut moved = 0u64;
-        let mut batch = self.db.batch();
-        let mut in_batch = 0usize;
-        for guard in self.keyspaces.dedup.iter() {
-            let (key, value) = guard.into_inner().map_err(read_state_machine)?;
-            let Some(packed) = repacked_dedup_key(&key) else {
-                continue;
-            };
-            batch.insert(&self.keyspaces.dedup, packed, value);
-            batch.remove(&self.keyspaces.dedup, key);
-            moved += 1;
-            in_batch += 1;
-            if in_batch == INSTALL_BATCH_RECORDS_MAX {
-                std::mem::replace(&mut batch, self.db.batch())
-                    .commit()
+        let layout = read_meta::<u32>(meta, KEY_DEDUP_KEYS)?;
+        let legacy_name = format!("s{}.dedup", self.keyspaces.shard);
+        let legacy = if self.db.keyspace_exists(&legacy_name) {
+            Some(
+                self.db
+                    .keyspace(&legacy_name, fjall::KeyspaceCreateOptions::default)
+                    .map_err(read_state_machine)?,
+            )
+        } else {
+            None
+        };
+        if layout != Some(DEDUP_KEYS_BEHIND_LOG) {
+            let started = std::time::Instant::now();
+            let mut moved = 0u64;
+            if let Some(legacy) = &legacy {
+                let as_text = layout.is_none();
+                let mut run = Vec::with_capacity(GENERATION_IDS);
+                for guard in legacy.iter() {
+                    let (key, value) = guard.into_inner().map_err(read_state_machine)?;
+                    let key = match as_text {
+                        true => repacked_dedup_key(&key).unwrap_or_else(|| key.to_vec()),
+                        false => key.to_vec(),
+                    };
+                    let position = value
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| format_error("a dedup value is not 12 bytes"))?;
+                    run.push((key.into_boxed_slice(), position));
+                    moved += 1;
+                    if run.len() == 4 * GENERATION_IDS {
+                        self.keyspaces
+                            .dedup
+                            .ingest_now(&mut run)
+                            .map_err(write_state_machine)?;
+                    }
+                }
+                self.keyspaces
+                    .dedup
+                    .ingest_now(&mut run)
                     .map_err(write_state_machine)?;
-                in_batch = 0;
+            }
+            let mut batch = self.db.batch();
+            batch.insert(
+                meta,
+                KEY_DEDUP_KEYS,
+                bincode::serialize(&DEDUP_KEYS_BEHIND_LOG).expect("u32 serializes"),
+            );
+            batch.insert(
+                meta,
+                KEY_FRONTIER,
+                super::dedup::encode_frontier(&self.ledger.frontier()),
+            );
+            batch.commit().map_err(write_state_machine)?;
+            self.db
+                .persist(PersistMode::SyncAll)
+                .map_err(write_state_machine)?;
+            if moved > 0 {
+                tracing::info!(
+                    shard = self.keyspaces.shard,
+                    entries = moved,
+                    ms = started.elapsed().as_millis() as u64,
+                    "event ids moved to the dedup database"
+                );
             }
         }
-        batch.insert(
-            meta,
-            KEY_DEDUP_KEYS,
-            bincode::serialize(&DEDUP_KEYS_PACKED).expect("u32 serializes"),
-        );
-        batch.commit().map_err(write_state_machine)?;
-        self.db
-            .persist(PersistMode::SyncAll)
-            .map_err(write_state_machine)?;
-        if moved > 0 {
-            tracing::info!(
-                shard = self.keyspaces.shard,
-                entries = moved,
-                ms = started.elapsed().as_millis() as u64,
-                "dedup entries moved to packed event-id keys"
-            );
+        if let Some(legacy) = legacy {
+            self.db
+                .delete_keyspace(legacy)
+                .map_err(write_state_machine)?;
         }
+        Ok(())
+    }
+
+    /// Puts the ids of the events applied at or after the recorded frontier back in
+    /// the overlay (`dedup.rs`), read from the events themselves, and queues them for
+    /// ingestion.
+    fn rebuild_dedup_overlay(&mut self) -> Result<(), StorageError> {
+        let recorded = match self
+            .keyspaces
+            .sm_meta
+            .get(KEY_FRONTIER)
+            .map_err(read_state_machine)?
+        {
+            Some(bytes) => super::dedup::decode_frontier(&bytes)
+                .ok_or_else(|| format_error("bad dedup frontier"))?,
+            None => Vec::new(),
+        };
+        let recorded: std::collections::HashMap<u32, u64> = recorded.into_iter().collect();
+        let mut ids = Vec::new();
+        for (_, state) in self.ledger.tenants() {
+            let from = recorded.get(&state.stream_no).copied().unwrap_or(1);
+            if from >= state.next_seq {
+                continue;
+            }
+            let range =
+                event_key(state.stream_no, from)..event_key(state.stream_no, state.next_seq);
+            for guard in self.keyspaces.events.range(range) {
+                let (key, value) = guard.into_inner().map_err(read_state_machine)?;
+                let (stream_no, seq) =
+                    decode_position(&key).ok_or_else(|| format_error("bad event key"))?;
+                let canonical = self
+                    .keyspaces
+                    .codec
+                    .canonical(value)
+                    .map_err(|error| read_state_machine(error.into()))?;
+                let stored = StoredEvent::decode_canonical(&canonical)
+                    .map_err(|error| format_error(format!("bad stored event: {error}")))?;
+                ids.push((
+                    dedup_key(state.tenant_no, &stored.event.event_id),
+                    position_value(stream_no, seq),
+                ));
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            shard = self.keyspaces.shard,
+            ids = ids.len(),
+            "event ids not yet in the dedup index put back in memory"
+        );
+        let frontier = self.ledger.frontier();
+        self.keyspaces.dedup.record(ids, || frontier.clone());
+        self.keyspaces.dedup.seal_open(frontier);
         Ok(())
     }
 
@@ -531,8 +624,14 @@ impl Inner {
     ) -> Result<(), StorageError> {
         let previous = self.current_snapshot_meta()?;
         let keyspaces = self.keyspaces.clone();
+        // No ingestion of the replaced state's ids may land after the clear.
+        let _replacing = keyspaces.dedup.begin_replace();
         keyspaces.events.clear().map_err(write_snapshot_fjall)?;
-        keyspaces.dedup.clear().map_err(write_snapshot_fjall)?;
+        keyspaces
+            .dedup
+            .keyspace
+            .clear()
+            .map_err(write_snapshot_fjall)?;
         keyspaces.tenants.clear().map_err(write_snapshot_fjall)?;
         keyspaces.chain.clear().map_err(write_snapshot_fjall)?;
         // The indexes describe the replaced state: the feed's pending entries go, and a
@@ -545,6 +644,10 @@ impl Inner {
         read_header(&mut reader)?;
         let mut batch = self.db.batch();
         let mut records = 0usize;
+        // The ids go to the dedup database in ingested runs; the frontier recorded
+        // with them covers every event of the installed state.
+        let mut ids = Vec::new();
+        let mut frontier = Vec::new();
         loop {
             let tag = read_u8(&mut reader)?;
             if tag == TAG_END {
@@ -552,15 +655,30 @@ impl Inner {
             }
             let key = read_chunk(&mut reader)?;
             let value = read_chunk(&mut reader)?;
-            // A snapshot of a node that kept event ids as text: this node's keys.
-            let key = match tag {
-                TAG_DEDUP => repacked_dedup_key(&key).unwrap_or(key),
-                _ => key,
-            };
             let keyspace = match tag {
                 TAG_EVENTS => &keyspaces.events,
-                TAG_DEDUP => &keyspaces.dedup,
-                TAG_TENANTS => &keyspaces.tenants,
+                TAG_DEDUP => {
+                    // A snapshot of a node that kept event ids as text: this node's keys.
+                    let key = repacked_dedup_key(&key).unwrap_or(key);
+                    let position = value
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| format_error("a dedup value is not 12 bytes"))?;
+                    ids.push((key.into_boxed_slice(), position));
+                    if ids.len() == 4 * GENERATION_IDS {
+                        keyspaces
+                            .dedup
+                            .ingest_now(&mut ids)
+                            .map_err(write_snapshot_fjall)?;
+                    }
+                    continue;
+                }
+                TAG_TENANTS => {
+                    let state = TenantState::decode(&value)
+                        .ok_or_else(|| format_error("bad tenant state in snapshot"))?;
+                    frontier.push((state.stream_no, state.next_seq));
+                    &keyspaces.tenants
+                }
                 TAG_CHAIN => &keyspaces.chain,
                 _ => unreachable!("verified before"),
             };
@@ -572,9 +690,23 @@ impl Inner {
                     .map_err(write_snapshot_fjall)?;
             }
         }
+        keyspaces
+            .dedup
+            .ingest_now(&mut ids)
+            .map_err(write_snapshot_fjall)?;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         let applied = self.last_applied.map_or(0, |log_id| log_id.index);
+        batch.insert(
+            &keyspaces.sm_meta,
+            KEY_DEDUP_KEYS,
+            bincode::serialize(&DEDUP_KEYS_BEHIND_LOG).expect("u32 serializes"),
+        );
+        batch.insert(
+            &keyspaces.sm_meta,
+            KEY_FRONTIER,
+            super::dedup::encode_frontier(&frontier),
+        );
         batch.insert(
             &keyspaces.feed,
             applied.to_be_bytes(),
@@ -633,7 +765,7 @@ impl Inner {
 struct Lookup<'a> {
     events: &'a Keyspace,
     codec: &'a super::EventCodec,
-    dedup: &'a Keyspace,
+    dedup: &'a DedupIndex,
     chain: &'a Keyspace,
 }
 
@@ -645,7 +777,7 @@ impl LedgerLookup for Lookup<'_> {
         tenant_no: u32,
         event_id: &str,
     ) -> Result<Option<(u32, u64)>, fjall::Error> {
-        let value = self.dedup.get(dedup_key(tenant_no, event_id))?;
+        let value = self.dedup.get(&dedup_key(tenant_no, event_id))?;
         Ok(value.map(|bytes| decode_position(&bytes).expect("dedup values are 12 bytes")))
     }
 
@@ -707,8 +839,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         let mut inner = self.lock();
         inner.snapshots_built += 1;
-        // The fjall snapshot is taken here, between applies, so it matches the applied id.
+        // The fjall snapshots are taken here, between applies, so they match the applied
+        // id; the overlay's ids before the dedup database's snapshot, so that an id
+        // ingested in between is in one of them (or both), never in neither.
+        let dedup_overlay = inner.keyspaces.dedup.overlay_view();
         SnapshotBuilder {
+            dedup_view: inner.keyspaces.dedup.db.snapshot(),
+            dedup_overlay: Arc::new(dedup_overlay),
             view: inner.db.snapshot(),
             keyspaces: inner.keyspaces.clone(),
             last_applied: inner.last_applied,
@@ -769,6 +906,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Builds a snapshot file from a consistent fjall view, off the apply path.
 pub struct SnapshotBuilder {
     view: fjall::Snapshot,
+    /// The event-id index: the dedup database's view, and the ids not yet in it.
+    dedup_view: fjall::Snapshot,
+    dedup_overlay: Arc<super::dedup::OverlayView>,
     keyspaces: ShardKeyspaces,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
@@ -791,6 +931,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .snapshot_dir
             .join(format!("{}.snap", meta.snapshot_id));
         let view = self.view.clone();
+        let dedup = (self.dedup_view.clone(), self.dedup_overlay.clone());
         let keyspaces = self.keyspaces.clone();
         let meta_for_file = meta.clone();
         let path_for_file = path.clone();
@@ -802,7 +943,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 Records::All
             };
         tokio::task::spawn_blocking(move || {
-            write_snapshot_file(&path_for_file, &meta_for_file, &view, &keyspaces, records)
+            write_snapshot_file(
+                &path_for_file,
+                &meta_for_file,
+                (&view, &dedup.0, &dedup.1),
+                &keyspaces,
+                records,
+            )
         })
         .await
         .expect("snapshot writer does not panic")?;
@@ -843,7 +990,11 @@ enum Records {
 fn write_snapshot_file(
     path: &std::path::Path,
     meta: &SnapshotMeta,
-    view: &fjall::Snapshot,
+    (view, dedup_view, dedup_overlay): (
+        &fjall::Snapshot,
+        &fjall::Snapshot,
+        &super::dedup::OverlayView,
+    ),
     keyspaces: &ShardKeyspaces,
     records: Records,
 ) -> Result<(), StorageError> {
@@ -861,10 +1012,10 @@ fn write_snapshot_file(
     write_chunk(&mut writer, &meta_bytes)?;
     let keyspaces_written = match records {
         Records::All => vec![
-            (TAG_EVENTS, &keyspaces.events),
-            (TAG_DEDUP, &keyspaces.dedup),
-            (TAG_TENANTS, &keyspaces.tenants),
-            (TAG_CHAIN, &keyspaces.chain),
+            (TAG_EVENTS, view, &keyspaces.events),
+            (TAG_DEDUP, dedup_view, &keyspaces.dedup.keyspace),
+            (TAG_TENANTS, view, &keyspaces.tenants),
+            (TAG_CHAIN, view, &keyspaces.chain),
         ],
         Records::None => {
             writer
@@ -873,7 +1024,14 @@ fn write_snapshot_file(
             Vec::new()
         }
     };
-    for (tag, keyspace) in keyspaces_written {
+    if records == Records::All {
+        for (key, position) in dedup_overlay.entries() {
+            writer.write_all(&[TAG_DEDUP]).map_err(write_snapshot)?;
+            write_chunk(&mut writer, key)?;
+            write_chunk(&mut writer, position)?;
+        }
+    }
+    for (tag, view, keyspace) in keyspaces_written {
         for guard in view.iter(keyspace) {
             let (key, value) = guard.into_inner().map_err(write_snapshot_fjall)?;
             // Events travel as their canonical encoding: the dictionary that may
@@ -1179,10 +1337,25 @@ mod tests {
             .collect()
     }
 
-    /// A shard written when every event id was a text key: its entries move to packed
-    /// keys when it opens, a retried event is still found, and the move is done once.
+    /// Every recorded id of a shard as `(key, value)`: the dedup keyspace's and the
+    /// overlay's, sorted.
+    fn dedup_contents(index: &DedupIndex) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = contents(&index.keyspace);
+        let view = index.overlay_view();
+        all.extend(
+            view.entries()
+                .map(|(key, value)| (key.to_vec(), value.to_vec())),
+        );
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// A shard written when apply kept the ids in the node database (as text before
+    /// layout 2): they move to the dedup database when it opens, packed, the old
+    /// keyspace goes, and a retried event is still found.
     #[tokio::test]
-    async fn text_dedup_keys_of_an_earlier_layout_are_repacked_at_open() {
+    async fn ids_an_earlier_layout_kept_in_the_node_database_move_at_open() {
         let dir = TempDir::new().unwrap();
         let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
         let mut entry = append(1, "ten_a", 0..3);
@@ -1191,23 +1364,34 @@ mod tests {
         };
         events[0].event_id = uuid.to_string();
         {
-            let (_store, keyspaces, mut sm) = open(&dir);
+            let (store, keyspaces, mut sm) = open(&dir);
             sm.apply(vec![entry.clone()]).await.unwrap();
-            let tenant = keyspaces.tenants.get("ten_a").unwrap().expect("tenant");
-            let tenant_no = TenantState::decode(&tenant).expect("state").tenant_no;
-            // Back to the earlier layout: the UUID as text, and no marker.
-            let packed = dedup_key(tenant_no, uuid);
-            let position = keyspaces.dedup.get(&packed).unwrap().expect("packed entry");
-            let mut text_key = tenant_no.to_be_bytes().to_vec();
-            text_key.extend_from_slice(uuid.as_bytes());
-            keyspaces.dedup.remove(packed).unwrap();
-            keyspaces.dedup.insert(text_key, position).unwrap();
+            // Back to the earlier layout: the ids in `s1.dedup` of the node database,
+            // the UUID as text, and no layout marker or frontier.
+            let legacy = store
+                .db
+                .keyspace("s1.dedup", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            for (key, value) in dedup_contents(&keyspaces.dedup) {
+                let key = match key[4] {
+                    0x01 => {
+                        let mut text = key[..4].to_vec();
+                        text.extend_from_slice(uuid.as_bytes());
+                        text
+                    }
+                    _ => key,
+                };
+                legacy.insert(key, value).unwrap();
+            }
             keyspaces.sm_meta.remove(KEY_DEDUP_KEYS).unwrap();
+            keyspaces.sm_meta.remove(KEY_FRONTIER).unwrap();
+            store.db.persist(PersistMode::SyncAll).unwrap();
         }
-        let (_store, keyspaces, mut sm) = open(&dir);
+        let (store, keyspaces, mut sm) = open(&dir);
         let tenant = keyspaces.tenants.get("ten_a").unwrap().expect("tenant");
         let tenant_no = TenantState::decode(&tenant).expect("state").tenant_no;
-        let keys: Vec<Vec<u8>> = contents(&keyspaces.dedup)
+        assert_eq!(keyspaces.dedup.overlay_len(), 0, "moved, not rebuilt");
+        let keys: Vec<Vec<u8>> = contents(&keyspaces.dedup.keyspace)
             .into_iter()
             .map(|(key, _)| key)
             .collect();
@@ -1216,7 +1400,11 @@ mod tests {
         assert!(keys.contains(&dedup_key(tenant_no, "evt_1")));
         assert_eq!(
             read_meta::<u32>(&keyspaces.sm_meta, KEY_DEDUP_KEYS).unwrap(),
-            Some(DEDUP_KEYS_PACKED)
+            Some(DEDUP_KEYS_BEHIND_LOG)
+        );
+        assert!(
+            !store.db.keyspace_exists("s1.dedup"),
+            "the old keyspace is gone"
         );
         // The same events again: all three deduplicated.
         let mut again = entry;
@@ -1228,6 +1416,75 @@ mod tests {
             receipts.iter().all(|receipt| receipt.deduplicated),
             "{receipts:?}"
         );
+    }
+
+    /// Ids reach the dedup keyspace in generations, and the frontier recorded after
+    /// each covers them; ids the overlay held when the node stopped (or crashed) are
+    /// put back from the events at the next open, so retries are still answered with
+    /// their first receipts.
+    #[tokio::test]
+    async fn ids_behind_the_log_survive_a_restart_and_reach_the_keyspace() {
+        let dir = TempDir::new().unwrap();
+        // Two and a half generations, in entries of 8 events (a generation is sealed
+        // at the first commit that fills it: these fill it exactly).
+        let per_entry = 8u64;
+        let count = (5 * GENERATION_IDS as u64 / 2) / per_entry * per_entry;
+        let entries: Vec<Entry> = (0..count / per_entry)
+            .map(|n| append(n + 1, "ten_a", n * per_entry..(n + 1) * per_entry))
+            .collect();
+        let first_receipts = {
+            let (store, keyspaces, mut sm) = open(&dir);
+            let mut responses = Vec::new();
+            for entry in &entries {
+                responses.extend(sm.apply([entry.clone()]).await.unwrap());
+            }
+            keyspaces.dedup.wait_ingested();
+            let in_keyspace = contents(&keyspaces.dedup.keyspace).len();
+            assert_eq!(
+                in_keyspace,
+                2 * GENERATION_IDS,
+                "two sealed generations ingested"
+            );
+            assert_eq!(
+                keyspaces.dedup.overlay_len() as u64,
+                count - 2 * GENERATION_IDS as u64
+            );
+            let frontier = keyspaces
+                .sm_meta
+                .get(KEY_FRONTIER)
+                .unwrap()
+                .expect("frontier");
+            let frontier = super::super::dedup::decode_frontier(&frontier).unwrap();
+            assert_eq!(frontier.len(), 1);
+            assert_eq!(frontier[0].1, 2 * GENERATION_IDS as u64 + 1);
+            store.db.persist(PersistMode::SyncAll).unwrap();
+            responses
+        };
+        let (_store, keyspaces, mut sm) = open(&dir);
+        keyspaces.dedup.wait_ingested();
+        assert_eq!(
+            keyspaces.dedup.overlay_len(),
+            0,
+            "the rest was put back and ingested"
+        );
+        assert_eq!(contents(&keyspaces.dedup.keyspace).len() as u64, count);
+        // Every event again: each answered with its first receipt.
+        let retries: Vec<Entry> = entries
+            .iter()
+            .enumerate()
+            .map(|(n, entry)| {
+                let mut entry = entry.clone();
+                entry.log_id.index = count / per_entry + 1 + n as u64;
+                entry
+            })
+            .collect();
+        let responses = sm.apply(retries).await.unwrap();
+        for (first, again) in first_receipts.iter().zip(&responses) {
+            for (first, again) in first.receipts.iter().zip(&again.receipts) {
+                assert!(again.deduplicated);
+                assert_eq!((first.seq, first.leaf_hash), (again.seq, again.leaf_hash));
+            }
+        }
     }
 
     /// Once the shard has trained a dictionary, apply stores events compressed, and
@@ -1320,9 +1577,12 @@ mod tests {
         let mut reopened = StateMachine::open(store.db.clone(), &keyspaces, None).expect("reopen");
         assert_eq!(reopened.applied_state().await.unwrap().0, meta.last_log_id);
         assert_eq!(reopened.applied.applied_index(), Some(2));
+        assert_eq!(
+            dedup_contents(&keyspaces.dedup),
+            dedup_contents(&source_keyspaces.dedup)
+        );
         for (installed, original) in [
             (&keyspaces.events, &source_keyspaces.events),
-            (&keyspaces.dedup, &source_keyspaces.dedup),
             (&keyspaces.tenants, &source_keyspaces.tenants),
             (&keyspaces.chain, &source_keyspaces.chain),
         ] {

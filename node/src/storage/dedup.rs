@@ -1,0 +1,374 @@
+//! The event-id index (`sN.dedup`), built behind the log.
+//!
+//! Apply must know whether a `(tenant, event_id)` was recorded before, for every
+//! event. Writing each new id into an LSM memtable and searching the memtable for each
+//! one was the largest part of apply: a random key per event, ~28% of the node's CPU
+//! at 64 x 20 (docs/BENCHMARKS.md, "Event ids behind the log"). Here apply only
+//! records an applied id in memory, in the shard's [`Overlay`]; the ids reach fjall in
+//! sorted runs written straight to table files (fjall's bulk ingestion), so the
+//! keyspace's memtable stays empty and a lookup is a hash probe in memory plus the
+//! tables' bloom filters.
+//!
+//! **Exactly once, across crashes.** Every id apply has recorded is in the overlay or
+//! in the keyspace; an id leaves the overlay only once its table is durable. The
+//! overlay is made of generations of up to [`GENERATION_IDS`] ids; a full one is
+//! sealed with the shard's *frontier* (per stream, the seq the next event gets) and
+//! handed to the node's ingest thread, which waits until the journal holding the
+//! applies is durable (an id must never be durable in the index while its event could
+//! still be lost), ingests the sorted run, then records the frontier in `sm_meta`.
+//! After a crash, [`DedupIndex::rebuild`] puts the ids of every event at or after the
+//! recorded frontier back in the overlay, from the events themselves. An id ingested
+//! but not yet covered by the recorded frontier is then in both, which is harmless: a
+//! key has one value.
+//!
+//! **Its own database.** fjall's ingestion holds the database's journal lock while it
+//! fsyncs the new table and the version files; in the node's database that would stop
+//! every Raft append and apply on every shard for the length of several fsyncs. The
+//! index lives in a second fjall database (`<data dir>/dedup`) that nothing else
+//! writes to, with one worker thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use super::Syncer;
+
+/// Ids per generation. A generation is one ingested run: 65,536 workload ids are a
+/// ~1.5 MiB table. Smaller generations mean more fsyncs and more compactions of the
+/// keyspace's first level; larger ones more memory and a longer rebuild after a crash.
+pub const GENERATION_IDS: usize = if cfg!(test) { 256 } else { 65_536 };
+/// Sealed generations a shard may hold while the ingest thread catches up; apply waits
+/// beyond this. With the open one, a shard's overlay holds at most
+/// `(1 + SEALED_MAX) * GENERATION_IDS` ids (~70 bytes each: ~14 MiB).
+const SEALED_MAX: usize = 2;
+/// Generations waiting for the ingest thread, all shards.
+const INGEST_QUEUE_MAX: usize = 1_024;
+/// The dedup database's block cache: the bloom filter and index blocks of the newest
+/// tables, which fjall does not pin for ingested tables.
+pub const CACHE_BYTES: u64 = 16 << 20;
+
+/// A dedup key (`storage::dedup_key`) and its value (`storage::position_value`).
+pub type Position = [u8; 12];
+type Ids = HashMap<Box<[u8]>, Position, foldhash::fast::RandomState>;
+
+/// Per stream, the seq its next event gets: what a generation covers.
+pub type Frontier = Vec<(u32, u64)>;
+
+/// One shard's event-id index: the keyspace and the ids not yet in it.
+pub struct DedupIndex {
+    /// The dedup database (snapshots of the keyspace are taken on it).
+    pub db: Database,
+    pub keyspace: Keyspace,
+    /// The shard's `sm_meta` (node database), where the recorded frontier is.
+    sm_meta: Keyspace,
+    overlay: Mutex<Overlay>,
+    /// Signalled when a sealed generation was ingested (apply may wait for it).
+    ingested: Condvar,
+    /// Held by the ingest thread while it ingests one of this shard's generations and
+    /// records its frontier, and by a snapshot install while it replaces the keyspace.
+    ingesting: Mutex<()>,
+    writer: IngestQueue,
+}
+
+#[derive(Default)]
+struct Overlay {
+    /// Ids applied since the last seal.
+    open: Arc<Ids>,
+    /// Sealed generations, oldest first, each waiting for (or in) its ingestion.
+    sealed: VecDeque<Sealed>,
+    /// Changes when the whole state is replaced (a snapshot install): a generation
+    /// sealed before must not be ingested after.
+    epoch: u64,
+}
+
+struct Sealed {
+    ids: Arc<Ids>,
+}
+
+/// Where a generation's run goes and what to record once it is durable.
+struct IngestJob {
+    index: Arc<DedupIndex>,
+    epoch: u64,
+    ids: Arc<Ids>,
+    frontier: Frontier,
+}
+
+/// The dedup ids a snapshot must carry besides the keyspace: those of the overlay.
+pub struct OverlayView {
+    generations: Vec<Arc<Ids>>,
+}
+
+impl OverlayView {
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &Position)> + '_ {
+        self.generations
+            .iter()
+            .flat_map(|ids| ids.iter().map(|(key, position)| (&key[..], position)))
+    }
+}
+
+impl DedupIndex {
+    fn overlay(&self) -> MutexGuard<'_, Overlay> {
+        self.overlay.lock().expect("dedup overlay lock")
+    }
+
+    /// The position of a recorded id: in the overlay, or in the keyspace.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Position>, fjall::Error> {
+        {
+            let overlay = self.overlay();
+            let found = std::iter::once(&overlay.open)
+                .chain(overlay.sealed.iter().rev().map(|sealed| &sealed.ids))
+                .find_map(|ids| ids.get(key));
+            if let Some(position) = found {
+                return Ok(Some(*position));
+            }
+        }
+        Ok(self.keyspace.get(key)?.map(|value| {
+            value
+                .as_ref()
+                .try_into()
+                .expect("dedup values are 12 bytes")
+        }))
+    }
+
+    /// Records the ids of an apply batch that is committed to the journal. When the
+    /// open generation is full it is sealed with `frontier()` and queued for ingestion;
+    /// if the shard already has [`SEALED_MAX`] generations waiting, this waits for one.
+    pub fn record(
+        self: &Arc<Self>,
+        ids: impl IntoIterator<Item = (Vec<u8>, Position)>,
+        frontier: impl FnOnce() -> Frontier,
+    ) {
+        let mut overlay = self.overlay();
+        let open = Arc::make_mut(&mut overlay.open);
+        open.extend(
+            ids.into_iter()
+                .map(|(key, position)| (key.into_boxed_slice(), position)),
+        );
+        if open.len() < GENERATION_IDS {
+            return;
+        }
+        while overlay.sealed.len() >= SEALED_MAX {
+            overlay = self.ingested.wait(overlay).expect("dedup overlay lock");
+        }
+        let ids = std::mem::take(&mut overlay.open);
+        let frontier = frontier();
+        overlay.sealed.push_back(Sealed { ids: ids.clone() });
+        let job = IngestJob {
+            index: self.clone(),
+            epoch: overlay.epoch,
+            ids,
+            frontier,
+        };
+        drop(overlay);
+        self.writer.send(job);
+    }
+
+    /// Seals whatever the open generation holds (at `frontier`) and queues it, without
+    /// waiting: used after a rebuild, so a restart does not keep the ids in memory.
+    pub fn seal_open(self: &Arc<Self>, frontier: Frontier) {
+        let mut overlay = self.overlay();
+        if overlay.open.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut overlay.open);
+        overlay.sealed.push_back(Sealed { ids: ids.clone() });
+        let job = IngestJob {
+            index: self.clone(),
+            epoch: overlay.epoch,
+            ids,
+            frontier,
+        };
+        drop(overlay);
+        self.writer.send(job);
+    }
+
+    /// The overlay's ids as they are now (cheap: the generations are shared).
+    pub fn overlay_view(&self) -> OverlayView {
+        let overlay = self.overlay();
+        OverlayView {
+            generations: std::iter::once(overlay.open.clone())
+                .chain(overlay.sealed.iter().map(|sealed| sealed.ids.clone()))
+                .collect(),
+        }
+    }
+
+    /// Ids in the overlay (metrics, tests).
+    pub fn overlay_len(&self) -> usize {
+        let overlay = self.overlay();
+        overlay.open.len()
+            + overlay
+                .sealed
+                .iter()
+                .map(|sealed| sealed.ids.len())
+                .sum::<usize>()
+    }
+
+    /// Forgets the overlay and waits for an ingestion in progress: the caller is about
+    /// to replace the keyspace's contents, and holds the returned guard until it has
+    /// (no ingestion of the replaced state may land after the clear).
+    pub fn begin_replace(&self) -> MutexGuard<'_, ()> {
+        {
+            let mut overlay = self.overlay();
+            overlay.epoch += 1;
+            overlay.open = Arc::default();
+            overlay.sealed.clear();
+        }
+        self.ingested.notify_all();
+        self.ingesting.lock().expect("dedup ingesting lock")
+    }
+
+    /// Ingests `entries` (any order) into the keyspace, in sorted runs of at most
+    /// `GENERATION_IDS`: a bulk move, outside the ingest thread (migration at open).
+    pub fn ingest_now(&self, entries: &mut Vec<(Box<[u8]>, Position)>) -> fjall::Result<()> {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        for run in entries.chunks(GENERATION_IDS) {
+            let mut ingestion = self.keyspace.start_ingestion()?;
+            for (key, position) in run {
+                ingestion.write(&key[..], &position[..])?;
+            }
+            ingestion.finish()?;
+        }
+        entries.clear();
+        Ok(())
+    }
+
+    /// Waits until the overlay holds no sealed generation (tests, orderly stops).
+    pub fn wait_ingested(&self) {
+        let mut overlay = self.overlay();
+        while !overlay.sealed.is_empty() {
+            overlay = self.ingested.wait(overlay).expect("dedup overlay lock");
+        }
+    }
+}
+
+/// The node's event-id databases and their ingest thread.
+#[derive(Clone)]
+pub struct DedupStore {
+    pub db: Database,
+    queue: IngestQueue,
+}
+
+#[derive(Clone)]
+struct IngestQueue {
+    sender: mpsc::SyncSender<IngestJob>,
+}
+
+impl IngestQueue {
+    fn send(&self, job: IngestJob) {
+        if self.sender.send(job).is_err() {
+            tracing::error!("the dedup ingest thread is gone; stopping the node");
+            std::process::exit(74);
+        }
+    }
+}
+
+impl DedupStore {
+    /// Opens (or creates) the database at `path` and starts the ingest thread, which
+    /// waits on `syncer` for the node's journal before each ingestion.
+    pub fn open(path: &std::path::Path, syncer: Syncer) -> anyhow::Result<DedupStore> {
+        let db = Database::builder(path)
+            .cache_size(CACHE_BYTES)
+            .worker_threads(1)
+            .open()?;
+        let (sender, receiver) = mpsc::sync_channel::<IngestJob>(INGEST_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("trail-dedup".into())
+            .spawn(move || run_ingest(receiver, syncer))?;
+        Ok(DedupStore {
+            db,
+            queue: IngestQueue { sender },
+        })
+    }
+
+    /// The index of shard `name` (`sN.dedup`) with an empty overlay; the frontier is
+    /// recorded in the shard's `sm_meta`.
+    pub fn shard(&self, name: &str, sm_meta: Keyspace) -> anyhow::Result<Arc<DedupIndex>> {
+        let keyspace = self.db.keyspace(name, || {
+            KeyspaceCreateOptions::default().data_block_compression_policy(
+                fjall::config::CompressionPolicy::all(fjall::CompressionType::Lz4),
+            )
+        })?;
+        Ok(Arc::new(DedupIndex {
+            db: self.db.clone(),
+            keyspace,
+            sm_meta,
+            overlay: Mutex::default(),
+            ingested: Condvar::new(),
+            ingesting: Mutex::new(()),
+            writer: self.queue.clone(),
+        }))
+    }
+}
+
+/// Where the ingest thread records a shard's frontier once a generation is durable:
+/// in the shard's `sm_meta` (`state_machine.rs` reads it at open).
+pub const KEY_FRONTIER: &[u8] = b"dedup_frontier";
+
+/// The recorded frontier: `None` when the shard has none yet.
+pub fn decode_frontier(bytes: &[u8]) -> Option<Frontier> {
+    bincode::deserialize(bytes).ok()
+}
+
+pub fn encode_frontier(frontier: &Frontier) -> Vec<u8> {
+    bincode::serialize(frontier).expect("frontier serializes")
+}
+
+fn run_ingest(receiver: mpsc::Receiver<IngestJob>, syncer: Syncer) {
+    while let Ok(job) = receiver.recv() {
+        let index = job.index.clone();
+        let _ingesting = index.ingesting.lock().expect("dedup ingesting lock");
+        if index.overlay().epoch != job.epoch {
+            continue;
+        }
+        // The applies that recorded these ids are in the journal; wait until it is
+        // on disk, so no id is durable here while its event could still be lost.
+        let (done, synced) = mpsc::sync_channel(1);
+        syncer.after_sync(move || {
+            let _ = done.send(());
+        });
+        if synced.recv().is_err() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        if let Err(error) = ingest(&index, &job) {
+            tracing::error!(%error, "ingesting event ids failed; stopping the node");
+            std::process::exit(74);
+        }
+        tracing::debug!(
+            keyspace = %index.keyspace.name(),
+            ids = job.ids.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "event ids ingested"
+        );
+        let mut overlay = index.overlay();
+        if overlay.epoch == job.epoch {
+            let front = overlay.sealed.pop_front();
+            debug_assert!(
+                front.is_some_and(|front| Arc::ptr_eq(&front.ids, &job.ids)),
+                "generations are ingested in the order they were sealed"
+            );
+        }
+        drop(overlay);
+        index.ingested.notify_all();
+    }
+}
+
+fn ingest(index: &DedupIndex, job: &IngestJob) -> anyhow::Result<()> {
+    let mut run: Vec<(&[u8], &Position)> = job
+        .ids
+        .iter()
+        .map(|(key, position)| (&key[..], position))
+        .collect();
+    run.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut ingestion = index.keyspace.start_ingestion()?;
+    for (key, position) in run {
+        ingestion.write(key, &position[..])?;
+    }
+    ingestion.finish()?;
+    index
+        .sm_meta
+        .insert(KEY_FRONTIER, encode_frontier(&job.frontier))?;
+    Ok(())
+}
