@@ -11,8 +11,8 @@
 //!
 //! **Exactly once, across crashes.** Every id apply has recorded is in the overlay or
 //! in the keyspace; an id leaves the overlay only once its table is durable. The
-//! overlay is made of generations of up to [`GENERATION_IDS`] ids; a full one is
-//! sealed with the shard's *frontier* (per stream, the seq the next event gets) and
+//! overlay is made of generations of up to [`GENERATION_IDS`] ids; a full one (or one
+//! a minute old) is sealed with the shard's *frontier* (per stream, the seq the next event gets) and
 //! handed to the node's ingest thread, which waits until the journal holding the
 //! applies is durable (an id must never be durable in the index while its event could
 //! still be lost), ingests the sorted run, then records the frontier in `sm_meta`.
@@ -29,6 +29,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
@@ -38,6 +39,10 @@ use super::Syncer;
 /// ~1.5 MiB table. Smaller generations mean more fsyncs and more compactions of the
 /// keyspace's first level; larger ones more memory and a longer rebuild after a crash.
 pub const GENERATION_IDS: usize = if cfg!(test) { 256 } else { 65_536 };
+/// A generation is sealed this long after its first id even if not full: a shard with
+/// little traffic neither keeps its ids in memory for long nor has many to read back
+/// after a restart.
+const GENERATION_AGE_MAX: Duration = Duration::from_secs(60);
 /// Sealed generations a shard may hold while the ingest thread catches up; apply waits
 /// beyond this. With the open one, a shard's overlay holds at most
 /// `(1 + SEALED_MAX) * GENERATION_IDS` ids (~70 bytes each: ~14 MiB).
@@ -75,6 +80,10 @@ pub struct DedupIndex {
 struct Overlay {
     /// Ids applied since the last seal.
     open: Arc<Ids>,
+    /// When the open generation got its first id.
+    open_since: Option<Instant>,
+    /// [`GENERATION_AGE_MAX`] unless a test set another.
+    age_max: Option<Duration>,
     /// Sealed generations, oldest first, each waiting for (or in) its ingestion.
     sealed: VecDeque<Sealed>,
     /// Changes when the whole state is replaced (a snapshot install): a generation
@@ -132,27 +141,52 @@ impl DedupIndex {
     }
 
     /// Records the ids of an apply batch that is committed to the journal. When the
-    /// open generation is full it is sealed with `frontier()` and queued for ingestion;
-    /// if the shard already has [`SEALED_MAX`] generations waiting, this waits for one.
+    /// open generation is full (or [`GENERATION_AGE_MAX`] old) it is sealed with
+    /// `frontier()` and queued for ingestion; a full one waits while the shard already
+    /// has [`SEALED_MAX`] generations waiting.
     pub fn record(
         self: &Arc<Self>,
-        ids: impl IntoIterator<Item = (Vec<u8>, Position)>,
+        ids: Vec<(Vec<u8>, Position)>,
         frontier: impl FnOnce() -> Frontier,
     ) {
         let mut overlay = self.overlay();
-        let open = Arc::make_mut(&mut overlay.open);
-        open.extend(
-            ids.into_iter()
-                .map(|(key, position)| (key.into_boxed_slice(), position)),
-        );
-        if open.len() < GENERATION_IDS {
+        if !ids.is_empty() {
+            if overlay.open.is_empty() {
+                overlay.open_since = Some(Instant::now());
+            }
+            Arc::make_mut(&mut overlay.open).extend(
+                ids.into_iter()
+                    .map(|(key, position)| (key.into_boxed_slice(), position)),
+            );
+        }
+        let full = overlay.open.len() >= GENERATION_IDS;
+        let age_max = overlay.age_max.unwrap_or(GENERATION_AGE_MAX);
+        let aged = overlay
+            .open_since
+            .is_some_and(|since| since.elapsed() >= age_max)
+            && overlay.sealed.len() < SEALED_MAX;
+        if !full && !aged {
             return;
         }
         while overlay.sealed.len() >= SEALED_MAX {
             overlay = self.ingested.wait(overlay).expect("dedup overlay lock");
         }
+        self.seal(overlay, frontier());
+    }
+
+    /// Seals whatever the open generation holds (at `frontier`) and queues it, without
+    /// waiting: used after a rebuild, so a restart does not keep the ids in memory.
+    pub fn seal_open(self: &Arc<Self>, frontier: Frontier) {
+        let overlay = self.overlay();
+        self.seal(overlay, frontier);
+    }
+
+    fn seal(self: &Arc<Self>, mut overlay: MutexGuard<'_, Overlay>, frontier: Frontier) {
+        overlay.open_since = None;
         let ids = std::mem::take(&mut overlay.open);
-        let frontier = frontier();
+        if ids.is_empty() {
+            return;
+        }
         overlay.sealed.push_back(Sealed { ids: ids.clone() });
         let job = IngestJob {
             index: self.clone(),
@@ -164,23 +198,10 @@ impl DedupIndex {
         self.writer.send(job);
     }
 
-    /// Seals whatever the open generation holds (at `frontier`) and queues it, without
-    /// waiting: used after a rebuild, so a restart does not keep the ids in memory.
-    pub fn seal_open(self: &Arc<Self>, frontier: Frontier) {
-        let mut overlay = self.overlay();
-        if overlay.open.is_empty() {
-            return;
-        }
-        let ids = std::mem::take(&mut overlay.open);
-        overlay.sealed.push_back(Sealed { ids: ids.clone() });
-        let job = IngestJob {
-            index: self.clone(),
-            epoch: overlay.epoch,
-            ids,
-            frontier,
-        };
-        drop(overlay);
-        self.writer.send(job);
+    /// Seals generations this long after their first id (tests).
+    #[cfg(test)]
+    pub fn set_generation_age_max(&self, age_max: Duration) {
+        self.overlay().age_max = Some(age_max);
     }
 
     /// The overlay's ids as they are now (cheap: the generations are shared).
@@ -212,6 +233,7 @@ impl DedupIndex {
             let mut overlay = self.overlay();
             overlay.epoch += 1;
             overlay.open = Arc::default();
+            overlay.open_since = None;
             overlay.sealed.clear();
         }
         self.ingested.notify_all();

@@ -1487,6 +1487,24 @@ mod tests {
         }
     }
 
+    /// A generation that is not full is sealed once it is old enough, so that a shard
+    /// with little traffic does not keep its ids in memory.
+    #[tokio::test]
+    async fn a_generation_is_sealed_when_old_even_if_not_full() {
+        let dir = TempDir::new().unwrap();
+        let (_store, keyspaces, mut sm) = open(&dir);
+        sm.apply([append(1, "ten_a", 0..10)]).await.unwrap();
+        keyspaces.dedup.wait_ingested();
+        assert_eq!(keyspaces.dedup.overlay_len(), 10, "young: kept");
+        keyspaces
+            .dedup
+            .set_generation_age_max(std::time::Duration::ZERO);
+        sm.apply([append(2, "ten_a", 10..12)]).await.unwrap();
+        keyspaces.dedup.wait_ingested();
+        assert_eq!(keyspaces.dedup.overlay_len(), 0);
+        assert_eq!(contents(&keyspaces.dedup.keyspace).len(), 12);
+    }
+
     /// Once the shard has trained a dictionary, apply stores events compressed, and
     /// reads, dedup hits and leaf hashes see the canonical bytes.
     #[tokio::test]
