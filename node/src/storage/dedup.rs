@@ -11,13 +11,15 @@
 //!
 //! **Exactly once, across crashes.** Every id apply has recorded is in the overlay or
 //! in the keyspace; an id leaves the overlay only once its table is durable. The
-//! overlay is made of generations of up to [`GENERATION_IDS`] ids; a full one (or one
-//! a minute old) is sealed with the shard's *frontier* (per stream, the seq the next event gets) and
-//! handed to the node's ingest thread, which waits until the journal holding the
-//! applies is durable (an id must never be durable in the index while its event could
-//! still be lost), ingests the sorted run, then records the frontier in `sm_meta`.
-//! After a crash, [`DedupIndex::rebuild`] puts the ids of every event at or after the
-//! recorded frontier back in the overlay, from the events themselves. An id ingested
+//! overlay is made of generations: the first commit that fills one to
+//! [`GENERATION_IDS`] ids (or one a minute old) seals it with the shard's *frontier*
+//! (per stream, the seq the next event gets) and hands it to the node's ingest
+//! thread, which waits until the journal holding the applies is durable (an id must
+//! never be durable in the index while its event could still be lost), ingests the
+//! sorted run, then records the frontier in `sm_meta`.
+//! At open (after a crash too) the state machine puts the ids of every event at or
+//! after the recorded frontier back in the overlay, from the events themselves
+//! (`state_machine.rs`, `rebuild_dedup_overlay`). An id ingested
 //! but not yet covered by the recorded frontier is then in both, which is harmless: a
 //! key has one value.
 //!
@@ -85,14 +87,10 @@ struct Overlay {
     /// [`GENERATION_AGE_MAX`] unless a test set another.
     age_max: Option<Duration>,
     /// Sealed generations, oldest first, each waiting for (or in) its ingestion.
-    sealed: VecDeque<Sealed>,
+    sealed: VecDeque<Arc<Ids>>,
     /// Changes when the whole state is replaced (a snapshot install): a generation
     /// sealed before must not be ingested after.
     epoch: u64,
-}
-
-struct Sealed {
-    ids: Arc<Ids>,
 }
 
 /// Where a generation's run goes and what to record once it is durable.
@@ -126,7 +124,7 @@ impl DedupIndex {
         {
             let overlay = self.overlay();
             let found = std::iter::once(&overlay.open)
-                .chain(overlay.sealed.iter().rev().map(|sealed| &sealed.ids))
+                .chain(overlay.sealed.iter().rev())
                 .find_map(|ids| ids.get(key));
             if let Some(position) = found {
                 return Ok(Some(*position));
@@ -187,7 +185,7 @@ impl DedupIndex {
         if ids.is_empty() {
             return;
         }
-        overlay.sealed.push_back(Sealed { ids: ids.clone() });
+        overlay.sealed.push_back(ids.clone());
         let job = IngestJob {
             index: self.clone(),
             epoch: overlay.epoch,
@@ -209,7 +207,7 @@ impl DedupIndex {
         let overlay = self.overlay();
         OverlayView {
             generations: std::iter::once(overlay.open.clone())
-                .chain(overlay.sealed.iter().map(|sealed| sealed.ids.clone()))
+                .chain(overlay.sealed.iter().cloned())
                 .collect(),
         }
     }
@@ -217,12 +215,7 @@ impl DedupIndex {
     /// Ids in the overlay (metrics, tests).
     pub fn overlay_len(&self) -> usize {
         let overlay = self.overlay();
-        overlay.open.len()
-            + overlay
-                .sealed
-                .iter()
-                .map(|sealed| sealed.ids.len())
-                .sum::<usize>()
+        overlay.open.len() + overlay.sealed.iter().map(|ids| ids.len()).sum::<usize>()
     }
 
     /// Forgets the overlay and waits for an ingestion in progress: the caller is about
@@ -241,22 +234,22 @@ impl DedupIndex {
     }
 
     /// Ingests `entries` (any order) into the keyspace, in sorted runs of at most
-    /// `GENERATION_IDS`: a bulk move, outside the ingest thread (migration at open).
+    /// `GENERATION_IDS`, and empties it: a bulk load outside the ingest thread (the
+    /// move of an earlier layout at open, a snapshot install).
     pub fn ingest_now(&self, entries: &mut Vec<(Box<[u8]>, Position)>) -> fjall::Result<()> {
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
         for run in entries.chunks(GENERATION_IDS) {
-            let mut ingestion = self.keyspace.start_ingestion()?;
-            for (key, position) in run {
-                ingestion.write(&key[..], &position[..])?;
-            }
-            ingestion.finish()?;
+            ingest_sorted(
+                &self.keyspace,
+                run.iter().map(|(key, value)| (&key[..], value)),
+            )?;
         }
         entries.clear();
         Ok(())
     }
 
-    /// Waits until the overlay holds no sealed generation (tests, orderly stops).
+    /// Waits until the overlay holds no sealed generation (tests).
     pub fn wait_ingested(&self) {
         let mut overlay = self.overlay();
         while !overlay.sealed.is_empty() {
@@ -265,7 +258,7 @@ impl DedupIndex {
     }
 }
 
-/// The node's event-id databases and their ingest thread.
+/// The node's event-id database and its ingest thread.
 #[derive(Clone)]
 pub struct DedupStore {
     pub db: Database,
@@ -376,7 +369,7 @@ fn run_ingest(receiver: mpsc::Receiver<IngestJob>, syncer: Syncer) {
         if overlay.epoch == job.epoch {
             let front = overlay.sealed.pop_front();
             debug_assert!(
-                front.is_some_and(|front| Arc::ptr_eq(&front.ids, &job.ids)),
+                front.is_some_and(|front| Arc::ptr_eq(&front, &job.ids)),
                 "generations are ingested in the order they were sealed"
             );
         }
@@ -392,13 +385,22 @@ fn ingest(index: &DedupIndex, job: &IngestJob) -> anyhow::Result<()> {
         .map(|(key, position)| (&key[..], position))
         .collect();
     run.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut ingestion = index.keyspace.start_ingestion()?;
-    for (key, position) in run {
-        ingestion.write(key, &position[..])?;
-    }
-    ingestion.finish()?;
+    ingest_sorted(&index.keyspace, run)?;
     index
         .sm_meta
         .insert(KEY_FRONTIER, encode_frontier(&job.frontier))?;
     Ok(())
+}
+
+/// Writes `run`, in ascending key order, as new tables of `keyspace` (durable when this
+/// returns).
+fn ingest_sorted<'a>(
+    keyspace: &Keyspace,
+    run: impl IntoIterator<Item = (&'a [u8], &'a Position)>,
+) -> fjall::Result<()> {
+    let mut ingestion = keyspace.start_ingestion()?;
+    for (key, position) in run {
+        ingestion.write(key, &position[..])?;
+    }
+    ingestion.finish()
 }

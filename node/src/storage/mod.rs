@@ -295,16 +295,20 @@ const DEDUP_ULID: u8 = 0x02;
 /// random UUID is 36 hex characters that lz4 barely shrinks: packed, the keyspace
 /// takes ~15 bytes less per event.
 pub fn dedup_key(tenant_no: u32, event_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(4 + event_id.len());
+    let packed = canonical_uuid(event_id)
+        .map(|bytes| (DEDUP_UUID, bytes))
+        .or_else(|| canonical_ulid(event_id).map(|bytes| (DEDUP_ULID, bytes)));
+    // Allocated to its exact length: the overlay keeps it as a boxed slice
+    // (`dedup.rs`), which would otherwise reallocate it.
+    let id_len = packed.map_or(event_id.len(), |(_, bytes)| 1 + bytes.len());
+    let mut key = Vec::with_capacity(4 + id_len);
     key.extend_from_slice(&tenant_no.to_be_bytes());
-    if let Some(bytes) = canonical_uuid(event_id) {
-        key.push(DEDUP_UUID);
-        key.extend_from_slice(&bytes);
-    } else if let Some(bytes) = canonical_ulid(event_id) {
-        key.push(DEDUP_ULID);
-        key.extend_from_slice(&bytes);
-    } else {
-        key.extend_from_slice(event_id.as_bytes());
+    match packed {
+        Some((tag, bytes)) => {
+            key.push(tag);
+            key.extend_from_slice(&bytes);
+        }
+        None => key.extend_from_slice(event_id.as_bytes()),
     }
     key
 }
