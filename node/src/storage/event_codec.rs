@@ -47,7 +47,8 @@ const TRAIN_SAMPLE_BYTES_MAX: usize = 8 << 20;
 const DICTIONARY_BYTES_MAX: usize = 64 << 10;
 /// zstd level 1. On ~450-byte events levels 1 to 9 were within 4% in size, and level 3
 /// (zstd's default) cost ~2 s more node CPU per 1 M workload events than level 1
-/// (~6% of the node) for values ~2-3% smaller (docs/BENCHMARKS.md, session 14).
+/// (~6% of the node) for an events keyspace 2-10% smaller (docs/BENCHMARKS.md,
+/// session 14).
 const LEVEL: i32 = 1;
 /// A stored value never expands to more than this (canonical events are bounded far
 /// below it by validation): a damaged header cannot make a read allocate more.
