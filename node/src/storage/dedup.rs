@@ -233,20 +233,14 @@ impl DedupIndex {
         self.ingesting.lock().expect("dedup ingesting lock")
     }
 
-    /// Ingests `entries` (any order) into the keyspace, in sorted runs of at most
-    /// `GENERATION_IDS`, and empties it: a bulk load outside the ingest thread (the
-    /// move of an earlier layout at open, a snapshot install).
-    pub fn ingest_now(&self, entries: &mut Vec<(Box<[u8]>, Position)>) -> fjall::Result<()> {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        entries.dedup_by(|a, b| a.0 == b.0);
-        for run in entries.chunks(GENERATION_IDS) {
-            ingest_sorted(
-                &self.keyspace,
-                run.iter().map(|(key, value)| (&key[..], value)),
-            )?;
+    /// A bulk load of ids into the keyspace, outside the ingest thread (the move of an
+    /// earlier layout at open, a snapshot install).
+    pub fn bulk_load(&self) -> BulkLoad<'_> {
+        BulkLoad {
+            index: self,
+            run: Vec::new(),
+            loaded: 0,
         }
-        entries.clear();
-        Ok(())
     }
 
     /// Waits until the overlay holds no sealed generation (tests).
@@ -255,6 +249,49 @@ impl DedupIndex {
         while !overlay.sealed.is_empty() {
             overlay = self.ingested.wait(overlay).expect("dedup overlay lock");
         }
+    }
+}
+
+/// Ids loaded in bulk: keys of any earlier layout (text ids are packed), in any order,
+/// ingested in sorted runs of up to `4 * GENERATION_IDS`.
+pub struct BulkLoad<'a> {
+    index: &'a DedupIndex,
+    run: Vec<(Box<[u8]>, Position)>,
+    /// Ids added so far.
+    pub loaded: u64,
+}
+
+impl BulkLoad<'_> {
+    pub fn add(&mut self, key: &[u8], value: &[u8]) -> fjall::Result<()> {
+        let position = value.try_into().map_err(|_| {
+            fjall::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a dedup value is not 12 bytes",
+            ))
+        })?;
+        let key = super::repacked_dedup_key(key).unwrap_or_else(|| key.to_vec());
+        self.run.push((key.into_boxed_slice(), position));
+        self.loaded += 1;
+        if self.run.len() == 4 * GENERATION_IDS {
+            self.ingest()?;
+        }
+        Ok(())
+    }
+
+    /// Ingests what is left; the ids are durable when this returns.
+    pub fn finish(mut self) -> fjall::Result<()> {
+        self.ingest()
+    }
+
+    fn ingest(&mut self) -> fjall::Result<()> {
+        self.run.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.run.dedup_by(|a, b| a.0 == b.0);
+        for run in self.run.chunks(GENERATION_IDS) {
+            let run = run.iter().map(|(key, value)| (&key[..], value));
+            ingest_sorted(&self.index.keyspace, run)?;
+        }
+        self.run.clear();
+        Ok(())
     }
 }
 

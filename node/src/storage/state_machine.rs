@@ -19,14 +19,14 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use sha2::{Digest, Sha256};
 
 use super::applied::AppliedProgress;
-use super::dedup::{DedupIndex, GENERATION_IDS, KEY_FRONTIER};
+use super::dedup::{DedupIndex, KEY_FRONTIER};
 use super::event_codec::Encoder;
 use super::log_store::storage_io_error;
 use super::publish::Publisher;
 use super::snapshot_name::{check_install, SnapshotName, SnapshotStamp};
 use super::{
-    chain_key, decode_position, dedup_key, event_key, position_value, repacked_dedup_key, FeedRuns,
-    ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
+    chain_key, decode_position, dedup_key, event_key, position_value, FeedRuns, ShardKeyspaces,
+    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
 };
 use crate::consensus::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -487,45 +487,15 @@ impl Inner {
         };
         if layout != Some(DEDUP_KEYS_BEHIND_LOG) {
             let started = std::time::Instant::now();
-            let mut moved = 0u64;
-            if let Some(legacy) = &legacy {
-                let as_text = layout.is_none();
-                let mut run = Vec::with_capacity(GENERATION_IDS);
-                for guard in legacy.iter() {
-                    let (key, value) = guard.into_inner().map_err(read_state_machine)?;
-                    let key = match as_text {
-                        true => repacked_dedup_key(&key).unwrap_or_else(|| key.to_vec()),
-                        false => key.to_vec(),
-                    };
-                    let position = value
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| format_error("a dedup value is not 12 bytes"))?;
-                    run.push((key.into_boxed_slice(), position));
-                    moved += 1;
-                    if run.len() == 4 * GENERATION_IDS {
-                        self.keyspaces
-                            .dedup
-                            .ingest_now(&mut run)
-                            .map_err(write_state_machine)?;
-                    }
-                }
-                self.keyspaces
-                    .dedup
-                    .ingest_now(&mut run)
-                    .map_err(write_state_machine)?;
+            let mut load = self.keyspaces.dedup.bulk_load();
+            for guard in legacy.iter().flat_map(|legacy| legacy.iter()) {
+                let (key, value) = guard.into_inner().map_err(read_state_machine)?;
+                load.add(&key, &value).map_err(write_state_machine)?;
             }
+            let moved = load.loaded;
+            load.finish().map_err(write_state_machine)?;
             let mut batch = self.db.batch();
-            batch.insert(
-                meta,
-                KEY_DEDUP_KEYS,
-                bincode::serialize(&DEDUP_KEYS_BEHIND_LOG).expect("u32 serializes"),
-            );
-            batch.insert(
-                meta,
-                KEY_FRONTIER,
-                super::dedup::encode_frontier(&self.ledger.frontier()),
-            );
+            put_dedup_layout(&mut batch, meta, &self.ledger.frontier());
             batch.commit().map_err(write_state_machine)?;
             self.db
                 .persist(PersistMode::SyncAll)
@@ -646,7 +616,7 @@ impl Inner {
         let mut records = 0usize;
         // The ids go to the dedup database in ingested runs; the frontier recorded
         // with them covers every event of the installed state.
-        let mut ids = Vec::new();
+        let mut ids = keyspaces.dedup.bulk_load();
         let mut frontier = Vec::new();
         loop {
             let tag = read_u8(&mut reader)?;
@@ -658,19 +628,7 @@ impl Inner {
             let keyspace = match tag {
                 TAG_EVENTS => &keyspaces.events,
                 TAG_DEDUP => {
-                    // A snapshot of a node that kept event ids as text: this node's keys.
-                    let key = repacked_dedup_key(&key).unwrap_or(key);
-                    let position = value
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| format_error("a dedup value is not 12 bytes"))?;
-                    ids.push((key.into_boxed_slice(), position));
-                    if ids.len() == 4 * GENERATION_IDS {
-                        keyspaces
-                            .dedup
-                            .ingest_now(&mut ids)
-                            .map_err(write_snapshot_fjall)?;
-                    }
+                    ids.add(&key, &value).map_err(write_snapshot_fjall)?;
                     continue;
                 }
                 TAG_TENANTS => {
@@ -690,23 +648,11 @@ impl Inner {
                     .map_err(write_snapshot_fjall)?;
             }
         }
-        keyspaces
-            .dedup
-            .ingest_now(&mut ids)
-            .map_err(write_snapshot_fjall)?;
+        ids.finish().map_err(write_snapshot_fjall)?;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         let applied = self.last_applied.map_or(0, |log_id| log_id.index);
-        batch.insert(
-            &keyspaces.sm_meta,
-            KEY_DEDUP_KEYS,
-            bincode::serialize(&DEDUP_KEYS_BEHIND_LOG).expect("u32 serializes"),
-        );
-        batch.insert(
-            &keyspaces.sm_meta,
-            KEY_FRONTIER,
-            super::dedup::encode_frontier(&frontier),
-        );
+        put_dedup_layout(&mut batch, &keyspaces.sm_meta, &frontier);
         batch.insert(
             &keyspaces.feed,
             applied.to_be_bytes(),
@@ -1210,6 +1156,22 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Records in `batch` that the shard's ids are in the dedup database, all of them up
+/// to `frontier`.
+fn put_dedup_layout(
+    batch: &mut fjall::OwnedWriteBatch,
+    sm_meta: &Keyspace,
+    frontier: &super::dedup::Frontier,
+) {
+    let layout = bincode::serialize(&DEDUP_KEYS_BEHIND_LOG).expect("u32 serializes");
+    batch.insert(sm_meta, KEY_DEDUP_KEYS, layout);
+    batch.insert(
+        sm_meta,
+        KEY_FRONTIER,
+        super::dedup::encode_frontier(frontier),
+    );
+}
+
 fn load_ledger(tenants: &Keyspace) -> Result<Ledger, StorageError> {
     let mut states = Vec::new();
     for guard in tenants.iter() {
@@ -1271,6 +1233,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
     use tempfile::TempDir;
 
+    use super::super::dedup::GENERATION_IDS;
     use super::*;
     use crate::ledger::{ActorKind, EventRecord, LedgerCommand, Outcome};
     use crate::storage::NodeStore;
