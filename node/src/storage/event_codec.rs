@@ -38,10 +38,13 @@ pub const TAG_ZSTD: u8 = 0x80;
 /// it stay as they are), the second on what the shard's tenants really send.
 pub const TRAIN_AT_EVENTS: [u64; 2] = [5_000, 200_000];
 /// Events a dictionary is trained on, at most (and their bytes, at most). Training
-/// takes ~0.3 s of one core per MB of samples here; 20,000 events of the workload are
-/// ~8 MB, ~100 times the dictionary, zstd's guidance.
-const TRAIN_SAMPLES_MAX: usize = 20_000;
-const TRAIN_SAMPLE_BYTES_MAX: usize = 8 << 20;
+/// takes ~0.3 s of one core per MB of samples here, on the training thread of each
+/// shard at once when they reach a count together. zstd's guidance is samples ~100
+/// times the dictionary, but on the workload 4,000, 8,000 and 20,000 events (~2, ~4
+/// and ~10 MB) gave dictionaries within 0.6% of each other in what they saved
+/// (docs/BENCHMARKS.md, session 15): 8,000 costs 2.5 times less than 20,000.
+const TRAIN_SAMPLES_MAX: usize = 8_000;
+const TRAIN_SAMPLE_BYTES_MAX: usize = 4 << 20;
 /// zstd's own guidance for small records: ~100x smaller than the samples, and 64 KiB
 /// measured ~2% smaller values than 32 KiB on the workload.
 const DICTIONARY_BYTES_MAX: usize = 64 << 10;
