@@ -80,9 +80,9 @@ impl TrailService {
             match validate_event(&mut event, now_ns, || ulid::Ulid::new().to_string()) {
                 Err(error) => outcomes[index] = Some(rejected(index, &event.event_id, &error)),
                 Ok(record) => {
-                    match self.node.router.shard_for(&record.tenant_id) {
-                        Ok(handle) => {
-                            let entry = by_shard.entry(handle.shard).or_default();
+                    match self.node.router.hosted_shard_for(&record.tenant_id) {
+                        Ok(shard) => {
+                            let entry = by_shard.entry(shard).or_default();
                             entry.0.push(index);
                             entry.1.push(record);
                         }
@@ -132,17 +132,21 @@ impl TrailService {
         let mut waiting = Vec::with_capacity(by_shard.len());
         let mut retry_after_ms = 0u32;
         for (shard, (positions, records)) in by_shard {
-            let handle = self
-                .node
-                .router
-                .local(shard)
-                .expect("routed to a local replica above");
             let ids: Vec<(String, String)> = records
                 .iter()
                 .map(|record| (record.event_id.clone(), record.tenant_id.clone()))
                 .collect();
             // Submitting never waits: a full queue answers at once (Busy).
-            waiting.push((shard, positions, ids, handle.submit(records)));
+            let submitted = match self.node.router.local(shard) {
+                Some(handle) => handle.submit(records),
+                // Routed above, removed since (a shard moved away): the retry finds
+                // where it went.
+                None => Err(IngestError::Unavailable {
+                    shard,
+                    reason: "the shard left this node while the batch was routed".into(),
+                }),
+            };
+            waiting.push((shard, positions, ids, submitted));
         }
         let remote = tokio::spawn(remote);
         for (shard, positions, ids, submitted) in waiting {

@@ -90,22 +90,32 @@ impl Router {
     /// This node's replica of the tenant's shard.
     pub fn shard_for(&self, tenant_id: &str) -> Result<ShardHandle, RouteError> {
         let table = self.table();
+        let shard = self.hosted_in(&table, tenant_id)?;
+        Ok(table.shards[&shard].clone())
+    }
+
+    /// The id of this node's replica of the tenant's shard: [`Router::shard_for`]
+    /// without cloning a handle (ingest routes every event of a batch).
+    pub fn hosted_shard_for(&self, tenant_id: &str) -> Result<ShardId, RouteError> {
+        self.hosted_in(&self.table(), tenant_id)
+    }
+
+    fn hosted_in(&self, table: &RouteTable, tenant_id: &str) -> Result<ShardId, RouteError> {
         if table.shard_count == 0 {
             return Err(RouteError::NotInitialized);
         }
         let shard = shard_for_tenant(tenant_id, table.shard_count);
-        table
-            .shards
-            .get(&shard)
-            .cloned()
-            .ok_or_else(|| RouteError::NotHosted {
-                shard,
-                node: self.node_id,
-                replicas: table
-                    .map
-                    .as_ref()
-                    .map_or_else(Vec::new, |map| map.replicas_of(shard).to_vec()),
-            })
+        if table.shards.contains_key(&shard) {
+            return Ok(shard);
+        }
+        Err(RouteError::NotHosted {
+            shard,
+            node: self.node_id,
+            replicas: table
+                .map
+                .as_ref()
+                .map_or_else(Vec::new, |map| map.replicas_of(shard).to_vec()),
+        })
     }
 
     /// Every local replica (the metadata group first, in a cluster).
