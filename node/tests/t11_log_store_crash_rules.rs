@@ -9,6 +9,9 @@
 //!   (or installed) up to it, and an append that would leave a hole in the journaled log
 //!   meanwhile waits for the install.
 //!
+//! - the entries kept in memory for apply's read (`Unread`) always equal the log:
+//!   a read after a truncate never returns an entry the log no longer holds.
+//!
 //! Steps: open a node store in a temporary directory and shard 1's state machine and log
 //! store on it; drive them through openraft's storage traits as openraft does; look at
 //! the raw `raft_log` / `raft_meta` keyspaces for what is in the journal.
@@ -258,4 +261,45 @@ async fn append_after_a_deferred_purge_waits_for_the_install() {
         indexes(&follower.log.try_get_log_entries(0..).await.unwrap()),
         vec![11, 12]
     );
+}
+
+/// Apply's read takes the entries appended last from memory; after a truncate (a new
+/// leader overwrote them) those entries must be gone from memory too, and entries
+/// read once are read again from the journal, the same.
+#[tokio::test]
+async fn entries_read_from_memory_equal_the_log() {
+    let mut shard = open_shard();
+    shard.log.blocking_append(blanks(0..=10)).await.unwrap();
+    let log = &mut shard.log;
+    assert_eq!(
+        indexes(&log.try_get_log_entries(2..5).await.unwrap()),
+        vec![2, 3, 4]
+    );
+    // Taken from memory above: read again from the journal.
+    assert_eq!(
+        indexes(&log.try_get_log_entries(2..5).await.unwrap()),
+        vec![2, 3, 4]
+    );
+
+    log.truncate(log_id(6)).await.unwrap();
+    assert_eq!(
+        indexes(&log.try_get_log_entries(5..8).await.unwrap()),
+        vec![5],
+        "an entry truncated away was read"
+    );
+    let term_2 = |index| Entry {
+        log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+        payload: EntryPayload::Blank,
+    };
+    log.blocking_append((6..=8).map(term_2).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let read = log.try_get_log_entries(6..9).await.unwrap();
+        let ids: Vec<LogId> = read.iter().map(|entry| entry.log_id).collect();
+        assert_eq!(
+            ids,
+            vec![term_2(6).log_id, term_2(7).log_id, term_2(8).log_id]
+        );
+    }
 }

@@ -25,6 +25,7 @@
 //!   reached it, after the install's batch. An append that would leave a hole in the
 //!   journaled log until then (the first entries after the snapshot) waits for it.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +44,11 @@ const KEY_PURGED: &[u8] = b"purged";
 
 /// How often an append that waits for a snapshot install says so in the log.
 const WAIT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Bounds of [`Unread`]: entries are taken back within milliseconds (apply follows
+/// the commit), so these are only reached when apply lags or entries are never applied.
+const UNREAD_ENTRIES_MAX: usize = 64;
+const UNREAD_BYTES_MAX: usize = 32 << 20;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -90,6 +96,94 @@ struct State {
     /// A purge openraft asked for that is not journaled yet: the state machine has not
     /// reached it. Entries up to it are already invisible to readers.
     pending_purge: Option<LogId>,
+    unread: Unread,
+}
+
+/// The latest appended entries, as they were appended, until a read takes them.
+///
+/// openraft reads every committed entry back from the log to apply it, on its core
+/// task. Decoding a batch of events again costs as much as encoding it (~2% of a
+/// node's CPU under ingest). The entries appended last are kept here, consecutive,
+/// and [`RaftLogReader::try_get_log_entries`] (the read that apply makes) moves them
+/// out when it asks for a range they cover; any other read, or a range they do not
+/// cover, reads the journaled log as before. They always equal what the log holds:
+/// truncates and purges drop them like the log's keys.
+#[derive(Default)]
+struct Unread {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Unread {
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+        if !follows {
+            self.clear();
+        }
+        self.entries.push_back((entry, bytes));
+        self.bytes += bytes;
+        while self.entries.len() > UNREAD_ENTRIES_MAX || self.bytes > UNREAD_BYTES_MAX {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, bytes)) = self.entries.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(entry, _)| entry.log_id.index)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(entry, _)| entry.log_id.index)
+    }
+
+    /// Drops the entries from `index` on (a truncate).
+    fn truncate(&mut self, index: u64) {
+        while self.last_index().is_some_and(|last| last >= index) {
+            let (_, bytes) = self.entries.pop_back().expect("not empty");
+            self.bytes -= bytes;
+        }
+    }
+
+    /// Drops the entries up to `index`, inclusive (a purge).
+    fn purge(&mut self, index: u64) {
+        while self.first_index().is_some_and(|first| first <= index) {
+            self.pop_front();
+        }
+    }
+
+    /// The entries `[start, end)` if all of them are here, moved out (with those
+    /// before them); `None` (and nothing taken) otherwise.
+    fn take(&mut self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let covered = start < end
+            && self.first_index().is_some_and(|first| first <= start)
+            && self.last_index().is_some_and(|last| last + 1 >= end);
+        if !covered {
+            return None;
+        }
+        if let Some(before) = start.checked_sub(1) {
+            self.purge(before);
+        }
+        let mut taken = Vec::with_capacity((end - start) as usize);
+        while self.first_index().is_some_and(|first| first < end) {
+            let (entry, bytes) = self.entries.pop_front().expect("not empty");
+            self.bytes -= bytes;
+            taken.push(entry);
+        }
+        Some(taken)
+    }
 }
 
 impl State {
@@ -127,6 +221,7 @@ impl LogStore {
             },
             journaled_purge: last_purged_log_id,
             pending_purge: None,
+            unread: Unread::default(),
         };
         Ok(LogStore {
             db,
@@ -325,7 +420,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = range.end_bound().cloned();
-        let first_readable = self.lock().first_readable();
+        let first_readable = {
+            let mut state = self.lock();
+            let first_readable = state.first_readable();
+            let end_exclusive = match end {
+                Bound::Included(index) => index.checked_add(1),
+                Bound::Excluded(index) => Some(index),
+                Bound::Unbounded => None,
+            };
+            if let Some(end_exclusive) = end_exclusive {
+                if let Some(entries) = state.unread.take(start.max(first_readable), end_exclusive) {
+                    return Ok(entries);
+                }
+            }
+            first_readable
+        };
         self.contiguous_entries(first_readable, start, end, Head::FirstPresent)
     }
 
@@ -403,16 +512,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.order_after_pending_purge(first.log_id.index).await?;
         }
         let mut batch = self.db.batch();
+        let mut sizes = Vec::with_capacity(entries.len());
         // Contiguity is openraft's to keep (and the conformance suite appends with gaps
         // on purpose), so it is not asserted here.
         for entry in &entries {
             let bytes = bincode::serialize(entry)
                 .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+            sizes.push(bytes.len());
             batch.insert(&self.log, entry.log_id.index.to_be_bytes(), bytes);
         }
         batch.commit().map_err(write_logs)?;
-        if let Some(last) = entries.last() {
-            self.lock().log.last_log_id = Some(last.log_id);
+        {
+            let mut state = self.lock();
+            if let Some(last) = entries.last() {
+                state.log.last_log_id = Some(last.log_id);
+            }
+            for (entry, bytes) in entries.into_iter().zip(sizes) {
+                state.unread.push(entry, bytes);
+            }
         }
         self.syncer
             .after_sync(move || callback.log_io_completed(Ok(())));
@@ -428,6 +545,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(&self.log, key);
         }
         batch.commit().map_err(write_logs)?;
+        state.unread.truncate(log_id.index);
         let first_readable = state.first_readable();
         let previous = match log_id.index.checked_sub(1) {
             Some(index) if index >= first_readable => {
@@ -454,6 +572,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if state.log.last_log_id < Some(log_id) {
             state.log.last_log_id = Some(log_id);
         }
+        state.unread.purge(log_id.index);
         let target = state
             .pending_purge
             .map_or(log_id, |pending| pending.max(log_id));
@@ -532,4 +651,82 @@ where
     E: std::error::Error + 'static,
 {
     io_error(subject, verb, error)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|entry| entry.log_id.index).collect()
+    }
+
+    fn unread(range: std::ops::Range<u64>) -> Unread {
+        let mut unread = Unread::default();
+        for index in range {
+            unread.push(entry(index), 100);
+        }
+        unread
+    }
+
+    #[test]
+    fn unread_entries_are_taken_once_and_only_when_covered() {
+        let mut unread = unread(5..10);
+        assert!(unread.take(4, 7).is_none(), "starts before the first");
+        assert!(unread.take(8, 11).is_none(), "ends after the last");
+        assert!(unread.take(7, 7).is_none(), "empty range");
+        assert_eq!(indexes(&unread.take(6, 8).unwrap()), [6, 7]);
+        // Taken, with the entry before them: those reads go to the log now.
+        assert_eq!(unread.first_index(), Some(8));
+        assert!(unread.take(6, 8).is_none());
+        assert_eq!(indexes(&unread.take(8, 10).unwrap()), [8, 9]);
+        assert_eq!((unread.entries.len(), unread.bytes), (0, 0));
+    }
+
+    #[test]
+    fn unread_entries_follow_truncates_purges_and_gaps() {
+        let mut unread = unread(5..10);
+        unread.truncate(8);
+        assert_eq!(unread.last_index(), Some(7));
+        unread.purge(5);
+        assert_eq!(unread.first_index(), Some(6));
+        assert_eq!(unread.bytes, 200);
+        // Appended after the truncate: follows 7.
+        unread.push(entry(8), 100);
+        assert_eq!(indexes(&unread.take(6, 9).unwrap()), [6, 7, 8]);
+        // An append that does not follow the last entry starts over.
+        let mut unread = unread_with_gap();
+        assert_eq!(unread.first_index(), Some(20));
+        assert!(unread.take(5, 21).is_none());
+        assert_eq!(indexes(&unread.take(20, 21).unwrap()), [20]);
+    }
+
+    fn unread_with_gap() -> Unread {
+        let mut unread = unread(5..10);
+        unread.push(entry(20), 100);
+        unread
+    }
+
+    #[test]
+    fn unread_entries_are_bounded() {
+        let mut unread = unread(0..(UNREAD_ENTRIES_MAX as u64 + 10));
+        assert_eq!(unread.entries.len(), UNREAD_ENTRIES_MAX);
+        assert_eq!(unread.first_index(), Some(10));
+        unread.push(entry(UNREAD_ENTRIES_MAX as u64 + 10), UNREAD_BYTES_MAX);
+        assert_eq!(
+            unread.entries.len(),
+            1,
+            "one entry over the bytes bound stays alone"
+        );
+        assert_eq!(unread.bytes, UNREAD_BYTES_MAX);
+    }
 }
