@@ -27,7 +27,9 @@
 //! fsyncs the new table and the version files; in the node's database that would stop
 //! every Raft append and apply on every shard for the length of several fsyncs. The
 //! index lives in a second fjall database (`<data dir>/dedup`) that nothing else
-//! writes to, with one worker thread.
+//! writes to, with one worker thread, and a [`Watchdog`] of its own: fjall deletes the
+//! tables a compaction replaced only when it next collects old versions, and nothing
+//! else in this database would make it do so once ingest stops.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
+use super::watchdog::{self, Watchdog};
 use super::Syncer;
 
 /// Ids per generation. A generation is one ingested run: 65,536 workload ids are a
@@ -54,6 +57,9 @@ const INGEST_QUEUE_MAX: usize = 1_024;
 /// The dedup database's block cache: the bloom filter and index partitions the lookups
 /// read (~1.3 bytes per id at fjall's 10 bits per key: 32 MiB holds those of ~25 M ids).
 pub const CACHE_BYTES: u64 = 32 << 20;
+/// The watchdog rotates a dedup keyspace's memtable at this size. Ingestion bypasses
+/// the memtable; only a snapshot install's clear writes to it.
+const MEMTABLE_BYTES_MAX: u64 = 8 << 20;
 
 /// A dedup key (`storage::dedup_key`) and its value (`storage::position_value`).
 pub type Position = [u8; 12];
@@ -300,6 +306,7 @@ impl BulkLoad<'_> {
 pub struct DedupStore {
     pub db: Database,
     queue: IngestQueue,
+    watchdog: Watchdog,
 }
 
 #[derive(Clone)]
@@ -318,12 +325,26 @@ impl IngestQueue {
 
 impl DedupStore {
     /// Opens (or creates) the database at `path` and starts the ingest thread, which
-    /// waits on `syncer` for the node's journal before each ingestion.
-    pub fn open(path: &std::path::Path, syncer: Syncer) -> anyhow::Result<DedupStore> {
+    /// waits on `syncer` for the node's journal before each ingestion, and the
+    /// database's watchdog, which has replaced tables deleted within `gc_interval` of
+    /// a compaction ([`watchdog::GC_INTERVAL`] on a node).
+    pub fn open(
+        path: &std::path::Path,
+        syncer: Syncer,
+        gc_interval: Duration,
+    ) -> anyhow::Result<DedupStore> {
         let db = Database::builder(path)
             .cache_size(CACHE_BYTES)
             .worker_threads(1)
             .open()?;
+        let watchdog = Watchdog::start(
+            &db,
+            watchdog::Bounds {
+                // A few markers and a snapshot install's clears: nothing to bound.
+                journal_bytes: u64::MAX,
+                gc_interval,
+            },
+        );
         let (sender, receiver) = mpsc::sync_channel::<IngestJob>(INGEST_QUEUE_MAX);
         std::thread::Builder::new()
             .name("trail-dedup".into())
@@ -331,6 +352,7 @@ impl DedupStore {
         Ok(DedupStore {
             db,
             queue: IngestQueue { sender },
+            watchdog,
         })
     }
 
@@ -350,6 +372,7 @@ impl DedupStore {
                 .filter_block_partitioning_policy(PartitioningPolicy::all(true))
                 .index_block_partitioning_policy(PartitioningPolicy::all(true))
         })?;
+        self.watchdog.watch(keyspace.clone(), MEMTABLE_BYTES_MAX);
         Ok(Arc::new(DedupIndex {
             db: self.db.clone(),
             keyspace,
@@ -440,4 +463,69 @@ fn ingest_sorted<'a>(
         ingestion.write(key, &position[..])?;
     }
     ingestion.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tables a compaction of the index replaced are deleted although no ingestion
+    /// follows it (fjall deletes them only when it next collects old versions).
+    #[test]
+    fn tables_replaced_by_a_compaction_are_deleted_once_ingest_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let node_db = Database::builder(dir.path().join("db"))
+            .manual_journal_persist(true)
+            .open()
+            .unwrap();
+        let syncer = Syncer::start(node_db.clone(), &dir.path().join("db"));
+        let sm_meta = node_db
+            .keyspace("s1.sm_meta", KeyspaceCreateOptions::default)
+            .unwrap();
+        let store = DedupStore::open(
+            &dir.path().join("dedup"),
+            syncer,
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let index = store.shard("s1.dedup", sm_meta).unwrap();
+        // Four generations (each fills and seals itself), four tables.
+        for generation in 0..4u32 {
+            let ids = (0..GENERATION_IDS as u32)
+                .map(|n| {
+                    let mut key = 1u32.to_be_bytes().to_vec();
+                    key.extend_from_slice(&(n * 4 + generation).to_be_bytes());
+                    key.extend_from_slice(&[7; 12]);
+                    (key, [generation as u8; 12])
+                })
+                .collect();
+            index.record(ids, || vec![(1, 1)]);
+        }
+        index.wait_ingested();
+        let tables = || {
+            std::fs::read_dir(index.keyspace.path().join("tables"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(tables(), 4);
+        index.keyspace.major_compact().unwrap();
+        assert!(
+            tables() > 1,
+            "the replaced tables are still on disk at first"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tables() > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{} tables on disk, 1 live",
+                tables()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            index.keyspace.len().unwrap(),
+            4 * GENERATION_IDS,
+            "every id is still there"
+        );
+    }
 }

@@ -110,7 +110,11 @@ impl NodeStore {
             .max_journaling_size(u64::MAX / 2)
             .open()?;
         let syncer = Syncer::start(db.clone(), &data_dir.join("db"));
-        let dedup = dedup::DedupStore::open(&data_dir.join("dedup"), syncer.clone())?;
+        let dedup = dedup::DedupStore::open(
+            &data_dir.join("dedup"),
+            syncer.clone(),
+            watchdog::GC_INTERVAL,
+        )?;
         let watchdog = Watchdog::start(
             &db,
             watchdog::Bounds {
