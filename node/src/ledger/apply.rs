@@ -5,7 +5,7 @@
 //! together with the applied log id. Every replica that applies the same entries from
 //! the same state produces the same writes, byte for byte.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -172,7 +172,13 @@ impl TenantState {
 
 /// Names a tenant's stream in receipts and reads: `"{tenant}/{index}"`.
 pub fn stream_name(tenant_id: &str, stream_index: u32) -> String {
-    format!("{tenant_id}/{stream_index}")
+    use std::fmt::Write;
+    // Once per applied event: sized once, no `format!` of the whole.
+    let mut name = String::with_capacity(tenant_id.len() + 11);
+    name.push_str(tenant_id);
+    name.push('/');
+    write!(name, "{stream_index}").expect("writing to a String cannot fail");
+    name
 }
 
 /// Reads apply needs from committed state.
@@ -241,7 +247,8 @@ pub struct Ledger {
     events_total: u64,
     /// Events applied but not yet committed by the storage layer, so that a duplicate
     /// inside one storage batch is caught. Cleared by [`Ledger::batch_committed`].
-    pending: BTreeMap<(u32, String), (u32, u64, LeafHash)>,
+    /// Only probed, never iterated: its order cannot reach the state.
+    pending: HashMap<(u32, String), (u32, u64, LeafHash), foldhash::fast::RandomState>,
     /// Stream tree roots of blocks sealed in the not-yet-committed storage batch, so a
     /// checkpoint in the same batch finds them as a later batch would in the store.
     pending_roots: BTreeMap<(u32, u64), [u8; 32]>,
