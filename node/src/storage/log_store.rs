@@ -45,10 +45,12 @@ const KEY_PURGED: &[u8] = b"purged";
 /// How often an append that waits for a snapshot install says so in the log.
 const WAIT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Bounds of [`Unread`]: entries are taken back within milliseconds (apply follows
-/// the commit), so these are only reached when apply lags or entries are never applied.
-const UNREAD_ENTRIES_MAX: usize = 64;
-const UNREAD_BYTES_MAX: usize = 32 << 20;
+/// Bounds of [`Unread`], per shard: apply takes the entries within milliseconds of
+/// their commit (a leader has 2 proposals in flight, each at most ~2 MiB, the
+/// batcher's bound), so these are only reached when apply lags or entries are never
+/// applied; a node hosting hundreds of shards keeps at most this each.
+const UNREAD_ENTRIES_MAX: usize = 16;
+const UNREAD_BYTES_MAX: usize = 8 << 20;
 
 #[derive(Clone)]
 pub struct LogStore {
