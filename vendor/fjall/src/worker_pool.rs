@@ -187,6 +187,17 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                 return Ok(false);
             };
 
+            // [trail patch] The journal is made durable before the flush (upstream
+            // issue 329: a flushed table must not hold part of an atomic batch whose
+            // other keyspaces' writes could still be lost with the journal's tail),
+            // but with the fsync outside the journal lock: under it, every write of
+            // every keyspace waited for it, once per flush. Under the lock only the
+            // buffered writes move to the file; everything written before is then
+            // covered by the fdatasync of that file (a journal is fsynced in full
+            // before the next one is created, below). fdatasync is enough: the
+            // journal's length is set when it is created, and fdatasync writes the
+            // block allocations a later read needs. See vendor/fjall/PATCHES.md.
+            let mut unsynced_journal: Option<std::fs::File> = None;
             {
                 log::trace!("acquiring journal lock to maybe rotate journal");
                 let mut journal_writer = ctx.supervisor.journal.get_writer()?;
@@ -224,8 +235,12 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                     }
                 } else {
                     // https://github.com/fjall-rs/fjall/issues/329
-                    journal_writer.persist(crate::PersistMode::SyncAll)?;
+                    journal_writer.persist(crate::PersistMode::Buffer)?;
+                    unsynced_journal = Some(journal_writer.file_handle()?);
                 }
+            }
+            if let Some(journal) = unsynced_journal {
+                journal.sync_data()?;
             }
 
             run_flush(

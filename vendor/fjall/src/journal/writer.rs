@@ -59,6 +59,12 @@ impl Writer {
         self.file.stream_position().map_err(Into::into)
     }
 
+    /// [trail patch] Another descriptor of the journal file, to fsync it without
+    /// holding the journal lock (`worker_pool.rs`, `WorkerMessage::Flush`).
+    pub(crate) fn file_handle(&self) -> std::io::Result<File> {
+        self.file.get_ref().try_clone()
+    }
+
     pub fn len(&self) -> crate::Result<u64> {
         Ok(self.file.get_ref().metadata()?.len())
     }
