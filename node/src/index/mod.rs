@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fjall::{Database, PersistMode};
+use fjall::Database;
 use serde::{Deserialize, Serialize};
 use tantivy::index::SegmentId;
 use tantivy::indexer::IndexWriterOptions;
@@ -52,7 +52,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 use crate::ledger::routing::ShardId;
 use crate::ledger::{StoredEvent, TenantState};
 use crate::node::cursor_key::load_or_create_secret;
-use crate::storage::{event_key, FeedRuns, ShardKeyspaces};
+use crate::storage::{event_key, FeedRuns, ShardKeyspaces, Syncer};
 use merge::{SegmentRanges, TimeMergePolicy};
 pub use schema::{stream_value, Fields, Terms};
 use search::{IndexView, SegmentColumns};
@@ -205,6 +205,7 @@ impl NodeIndex {
     /// after the shards' state machines opened and before they apply anything new.
     pub fn open(
         db: &Database,
+        syncer: &Syncer,
         shards: &[ShardKeyspaces],
         config: IndexConfig,
     ) -> anyhow::Result<NodeIndex> {
@@ -266,6 +267,7 @@ impl NodeIndex {
         let handle = NodeIndex { shared };
         let mut indexer = Indexer {
             db: db.clone(),
+            syncer: syncer.clone(),
             pending: Pending {
                 writer,
                 fields,
@@ -480,6 +482,8 @@ fn remove_index_files(dir: &Path) -> std::io::Result<()> {
 /// The indexer thread's state.
 struct Indexer {
     db: Database,
+    /// Makes the time index's keys durable before each tantivy commit.
+    syncer: Syncer,
     /// What the events added since the last commit made.
     pending: Pending,
     reader: IndexReader,
@@ -1255,7 +1259,10 @@ impl Indexer {
         }
         batch.commit()?;
         entries.clear();
-        self.db.persist(PersistMode::SyncData)?;
+        // Through the fsync thread: `Database::persist` would hold the journal lock,
+        // which every shard's appends and applies take, for the whole fsync, at every
+        // commit (twice a second).
+        self.syncer.wait();
         // 2. The documents, with what they cover: the shards not added carry on.
         let mut covered = handle
             .shared

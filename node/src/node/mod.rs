@@ -311,6 +311,7 @@ pub async fn start(
         .collect();
     let index = NodeIndex::open(
         &store.db,
+        &store.syncer,
         &shard_keyspaces,
         IndexConfig {
             commit_interval: Duration::from_millis(config.index_commit_ms),

@@ -25,7 +25,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use fjall::{Database, Keyspace, PersistMode, Slice};
+use fjall::{Keyspace, Slice};
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DDict};
 
 use super::ShardKeyspaces;
@@ -232,26 +232,16 @@ impl EventCodec {
     /// Trains a dictionary on a sample of the shard's `count` events (every stream's,
     /// evenly spread), makes it durable in `sm_meta`, then adds it: apply compresses
     /// with it from its next batch. Runs on its own thread, after a claim.
-    pub fn train(
-        &self,
-        db: &Database,
-        shard: &ShardKeyspaces,
-        count: u64,
-    ) -> anyhow::Result<Option<u8>> {
-        let result = self.train_claimed(db, &shard.events, &shard.sm_meta, count);
+    pub fn train(&self, shard: &ShardKeyspaces, count: u64) -> anyhow::Result<Option<u8>> {
+        let result = self.train_claimed(shard, count);
         if matches!(result, Ok(Some(_))) {
             self.training.store(false, Ordering::SeqCst);
         }
         result
     }
 
-    fn train_claimed(
-        &self,
-        db: &Database,
-        events: &Keyspace,
-        sm_meta: &Keyspace,
-        count: u64,
-    ) -> anyhow::Result<Option<u8>> {
+    fn train_claimed(&self, shard: &ShardKeyspaces, count: u64) -> anyhow::Result<Option<u8>> {
+        let (events, sm_meta) = (&shard.events, &shard.sm_meta);
         let stride = (count / TRAIN_SAMPLES_MAX as u64).max(1) as usize;
         let mut samples = Vec::new();
         let mut sizes = Vec::new();
@@ -279,7 +269,9 @@ impl EventCodec {
         let mut key = DICTIONARY_KEY_PREFIX.to_vec();
         key.push(id);
         sm_meta.insert(key, &bytes)?;
-        db.persist(PersistMode::SyncAll)?;
+        // Durable before apply may use it; through the fsync thread, which does not
+        // hold the journal lock (every shard's writes would wait for the fsync).
+        shard.syncer.wait();
         self.dictionaries
             .write()
             .expect("codec lock")
@@ -423,7 +415,7 @@ mod tests {
         assert!(!codec.claim_training(first - 1));
         assert!(codec.claim_training(first));
         assert!(!codec.claim_training(first), "claimed once");
-        let id = codec.train(&store.db, &keyspaces, 5_000).unwrap();
+        let id = codec.train(&keyspaces, 5_000).unwrap();
         assert_eq!(id, Some(1));
         assert!(
             !codec.claim_training(second - 1),
@@ -450,7 +442,7 @@ mod tests {
         // The second dictionary, on a sample of events of which some are compressed;
         // values of the first stay readable.
         assert!(codec.claim_training(second));
-        let id = codec.train(&store.db, &keyspaces, second).unwrap();
+        let id = codec.train(&keyspaces, second).unwrap();
         assert_eq!(id, Some(2));
         assert!(!codec.claim_training(u64::MAX), "two at most");
         encoder.refresh(codec).unwrap();

@@ -191,6 +191,7 @@ impl NodeStore {
             tindex: open("tindex", MEMTABLE_BYTES_MAX_BULK)?,
             codec: Arc::new(EventCodec::load(&sm_meta)?),
             recent: Arc::default(),
+            syncer: self.syncer.clone(),
             snapshot_dir: Arc::new(
                 self.data_dir
                     .join("snapshots")
@@ -220,6 +221,9 @@ pub struct ShardKeyspaces {
     /// The latest applied batches' events, for the indexer (`recent.rs`).
     pub recent: Arc<recent::RecentBatches>,
     pub snapshot_dir: Arc<PathBuf>,
+    /// The node's fsync thread: what makes the journal durable without holding its
+    /// lock (`syncer.rs`).
+    pub syncer: Syncer,
 }
 
 impl ShardKeyspaces {

@@ -330,7 +330,6 @@ impl Inner {
     /// at the lowest CPU priority: ingest goes first); apply takes it up when it is
     /// durable.
     fn start_training(&self, events: u64) {
-        let db = self.db.clone();
         let keyspaces = self.keyspaces.clone();
         let spawned = std::thread::Builder::new()
             .name("trail-codec".into())
@@ -343,7 +342,7 @@ impl Inner {
                 }
                 let started = std::time::Instant::now();
                 let codec = &keyspaces.codec;
-                match codec.train(&db, &keyspaces, events) {
+                match codec.train(&keyspaces, events) {
                     Ok(Some(id)) => tracing::info!(
                         shard = keyspaces.shard,
                         dictionary = id,

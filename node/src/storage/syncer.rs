@@ -57,6 +57,18 @@ impl Syncer {
             std::process::exit(74);
         }
     }
+
+    /// Blocks until everything written to the journal before this call is on disk.
+    /// Unlike `Database::persist`, it never holds fjall's journal lock through an
+    /// fsync, so no write of any shard waits for it (see the module doc).
+    pub fn wait(&self) {
+        let (synced, done) = mpsc::sync_channel::<()>(1);
+        self.after_sync(move || {
+            let _ = synced.send(());
+        });
+        // The thread runs every callback before it can end.
+        let _ = done.recv();
+    }
 }
 
 fn run(db: Database, mut journals: Journals, receiver: mpsc::Receiver<SyncDone>) {
