@@ -132,10 +132,16 @@ impl Unread {
         }
     }
 
-    fn pop_front(&mut self) {
-        if let Some((_, bytes)) = self.entries.pop_front() {
-            self.bytes -= bytes;
-        }
+    fn pop_front(&mut self) -> Option<Entry> {
+        let (entry, bytes) = self.entries.pop_front()?;
+        self.bytes -= bytes;
+        Some(entry)
+    }
+
+    fn pop_back(&mut self) -> Option<Entry> {
+        let (entry, bytes) = self.entries.pop_back()?;
+        self.bytes -= bytes;
+        Some(entry)
     }
 
     fn clear(&mut self) {
@@ -154,8 +160,7 @@ impl Unread {
     /// Drops the entries from `index` on (a truncate).
     fn truncate(&mut self, index: u64) {
         while self.last_index().is_some_and(|last| last >= index) {
-            let (_, bytes) = self.entries.pop_back().expect("not empty");
-            self.bytes -= bytes;
+            self.pop_back();
         }
     }
 
@@ -180,9 +185,7 @@ impl Unread {
         }
         let mut taken = Vec::with_capacity((end - start) as usize);
         while self.first_index().is_some_and(|first| first < end) {
-            let (entry, bytes) = self.entries.pop_front().expect("not empty");
-            self.bytes -= bytes;
-            taken.push(entry);
+            taken.extend(self.pop_front());
         }
         Some(taken)
     }
