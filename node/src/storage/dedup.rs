@@ -508,11 +508,9 @@ mod tests {
                 .count()
         };
         assert_eq!(tables(), 4);
+        // Without the watchdog the four replaced tables stay beside the compacted one
+        // (checked: the loop below then times out).
         index.keyspace.major_compact().unwrap();
-        assert!(
-            tables() > 1,
-            "the replaced tables are still on disk at first"
-        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while tables() > 1 {
             assert!(
