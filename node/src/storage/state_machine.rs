@@ -830,20 +830,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let (meta, path) = {
+        // The file is opened under the lock: a snapshot built meanwhile replaces the
+        // pointer and deletes the file it pointed to under the same lock, and a file
+        // open before its deletion stays readable. Opened after the lock was let go,
+        // it could be gone, and the error stopped the whole Raft group (seen in the
+        // kill -9 cluster test: `Read Snapshot(None)`, no such file).
+        let (meta, file) = {
             let inner = self.lock();
             match inner.current_snapshot_meta()? {
                 None => return Ok(None),
                 Some(meta) => {
-                    let path = inner.snapshot_path(&meta);
-                    (meta, path)
+                    let file =
+                        std::fs::File::open(inner.snapshot_path(&meta)).map_err(read_snapshot)?;
+                    (meta, file)
                 }
             }
         };
-        let file = tokio::fs::File::open(&path).await.map_err(read_snapshot)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }
@@ -901,13 +906,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
         let state_machine = self.state_machine.clone();
         let meta_for_pointer = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            state_machine.lock().set_current_snapshot(&meta_for_pointer)
+        let file = tokio::task::spawn_blocking(move || {
+            // Opened under the lock that replacing the pointer (and deleting the file
+            // it pointed to) takes: see `get_current_snapshot`.
+            let inner = state_machine.lock();
+            inner.set_current_snapshot(&meta_for_pointer)?;
+            std::fs::File::open(&path).map_err(read_snapshot)
         })
         .await
         .expect("snapshot pointer does not panic")?;
-
-        let file = tokio::fs::File::open(&path).await.map_err(read_snapshot)?;
+        let file = tokio::fs::File::from_std(file);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(file),
