@@ -1262,7 +1262,7 @@ impl Indexer {
         // Through the fsync thread: `Database::persist` would hold the journal lock,
         // which every shard's appends and applies take, for the whole fsync, at every
         // commit (twice a second).
-        self.syncer.wait();
+        anyhow::ensure!(self.syncer.wait(), "the fsync thread is gone");
         // 2. The documents, with what they cover: the shards not added carry on.
         let mut covered = handle
             .shared

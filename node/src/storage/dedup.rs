@@ -407,11 +407,7 @@ fn run_ingest(receiver: mpsc::Receiver<IngestJob>, syncer: Syncer) {
         }
         // The applies that recorded these ids are in the journal; wait until it is
         // on disk, so no id is durable here while its event could still be lost.
-        let (done, synced) = mpsc::sync_channel(1);
-        syncer.after_sync(move || {
-            let _ = done.send(());
-        });
-        if synced.recv().is_err() {
+        if !syncer.wait() {
             return;
         }
         let started = std::time::Instant::now();

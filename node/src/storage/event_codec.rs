@@ -271,7 +271,7 @@ impl EventCodec {
         sm_meta.insert(key, &bytes)?;
         // Durable before apply may use it; through the fsync thread, which does not
         // hold the journal lock (every shard's writes would wait for the fsync).
-        shard.syncer.wait();
+        anyhow::ensure!(shard.syncer.wait(), "the fsync thread is gone");
         self.dictionaries
             .write()
             .expect("codec lock")

@@ -58,16 +58,17 @@ impl Syncer {
         }
     }
 
-    /// Blocks until everything written to the journal before this call is on disk.
+    /// Blocks until everything written to the journal before this call is on disk;
+    /// `false` if the fsync thread ended first (nothing is known to be durable).
     /// Unlike `Database::persist`, it never holds fjall's journal lock through an
     /// fsync, so no write of any shard waits for it (see the module doc).
-    pub fn wait(&self) {
+    #[must_use]
+    pub fn wait(&self) -> bool {
         let (synced, done) = mpsc::sync_channel::<()>(1);
         self.after_sync(move || {
             let _ = synced.send(());
         });
-        // The thread runs every callback before it can end.
-        let _ = done.recv();
+        done.recv().is_ok()
     }
 }
 
