@@ -499,6 +499,36 @@ pub fn tindex_key_decode(key: &[u8], stream_no: u32) -> Option<(i64, u64)> {
 mod tests {
     use super::*;
 
+    /// The journals' blocks are allocated when they are created (fjall patch 4,
+    /// vendor/fjall/PATCHES.md): appends into a sparse journal waited for ext4's
+    /// extent conversions, with the journal lock held. Linux file systems with
+    /// `fallocate` only (ext4, xfs, btrfs, tmpfs); others fall back to the hole.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn journal_files_are_allocated_not_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = NodeStore::open(dir.path()).unwrap();
+        let keyspaces = store.shard(1).unwrap();
+        keyspaces.sm_meta.insert("k", "v").unwrap();
+        let journals: Vec<_> = std::fs::read_dir(dir.path().join("db"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "jnl"))
+            .collect();
+        assert!(!journals.is_empty(), "no journal in {}", dir.path().display());
+        for journal in journals {
+            let meta = std::fs::metadata(&journal).unwrap();
+            assert!(
+                meta.blocks() * 512 >= meta.len(),
+                "{}: {} bytes long, {} allocated",
+                journal.display(),
+                meta.len(),
+                meta.blocks() * 512
+            );
+        }
+    }
+
     #[test]
     fn feed_runs_round_trip() {
         let mut feed = FeedRuns::default();

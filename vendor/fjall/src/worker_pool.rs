@@ -256,11 +256,14 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
                     .ok();
             }
 
-            ctx.supervisor
+            // [trail patch] Deleted without the manager's lock (`maintenance`).
+            let flushed = ctx
+                .supervisor
                 .journal_manager
                 .write()
                 .expect("lock is poisoned")
                 .maintenance()?;
+            crate::journal::manager::remove_journals(flushed)?;
         }
         WorkerMessage::Compact(keyspace) => {
             // NOTE: Let one worker prioritize flushing if there are pending flushes

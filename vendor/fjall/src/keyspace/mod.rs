@@ -781,12 +781,15 @@ impl Keyspace {
             }
         }
 
+        // [trail patch] Deleted without the manager's lock (`maintenance`).
         #[expect(clippy::expect_used)]
-        self.supervisor
+        let flushed = self
+            .supervisor
             .journal_manager
             .write()
             .expect("lock is poisoned")
             .maintenance()?;
+        crate::journal::manager::remove_journals(flushed)?;
 
         Ok(true)
     }
