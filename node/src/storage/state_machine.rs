@@ -684,7 +684,10 @@ impl Inner {
         Ok(())
     }
 
-    fn set_current_snapshot(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    /// Points the shard at a new snapshot, and returns the file of the one it pointed
+    /// at before, if another. The caller makes the pointer durable and then deletes
+    /// that file, both without this lock (`SnapshotBuilder::build_snapshot`).
+    fn set_current_snapshot(&self, meta: &SnapshotMeta) -> Result<Option<PathBuf>, StorageError> {
         let previous = self.current_snapshot_meta()?;
         self.keyspaces
             .sm_meta
@@ -693,16 +696,9 @@ impl Inner {
                 bincode::serialize(meta).expect("meta serializes"),
             )
             .map_err(write_snapshot_fjall)?;
-        // The pointer must be durable before the log it replaces can be purged.
-        self.db
-            .persist(PersistMode::SyncAll)
-            .map_err(write_snapshot_fjall)?;
-        if let Some(previous) = previous {
-            if previous.snapshot_id != meta.snapshot_id {
-                let _ = std::fs::remove_file(self.snapshot_path(&previous));
-            }
-        }
-        Ok(())
+        Ok(previous
+            .filter(|previous| previous.snapshot_id != meta.snapshot_id)
+            .map(|previous| self.snapshot_path(&previous)))
     }
 }
 
@@ -831,10 +827,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         // The file is opened under the lock: a snapshot built meanwhile replaces the
-        // pointer and deletes the file it pointed to under the same lock, and a file
-        // open before its deletion stays readable. Opened after the lock was let go,
-        // it could be gone, and the error stopped the whole Raft group (seen in the
-        // kill -9 cluster test: `Read Snapshot(None)`, no such file).
+        // pointer under the same lock and deletes the file it pointed to after it, and
+        // a file open before its deletion stays readable. Opened after the lock was
+        // let go, it could be gone, and the error stopped the whole Raft group (seen
+        // in the kill -9 cluster test: `Read Snapshot(None)`, no such file).
         let (meta, file) = {
             let inner = self.lock();
             match inner.current_snapshot_meta()? {
@@ -906,12 +902,33 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
         let state_machine = self.state_machine.clone();
         let meta_for_pointer = meta.clone();
+        let syncer = self.keyspaces.syncer.clone();
         let file = tokio::task::spawn_blocking(move || {
-            // Opened under the lock that replacing the pointer (and deleting the file
-            // it pointed to) takes: see `get_current_snapshot`.
-            let inner = state_machine.lock();
-            inner.set_current_snapshot(&meta_for_pointer)?;
-            std::fs::File::open(&path).map_err(read_snapshot)
+            // Opened under the lock that replacing the pointer takes: see
+            // `get_current_snapshot`.
+            let (file, replaced) = {
+                let inner = state_machine.lock();
+                let replaced = inner.set_current_snapshot(&meta_for_pointer)?;
+                (std::fs::File::open(&path).map_err(read_snapshot)?, replaced)
+            };
+            // The pointer must be durable before the log it replaces can be purged
+            // (openraft purges once this returns), and before the file it pointed to
+            // is deleted. Neither under the state machine's lock, which every apply of
+            // the shard takes: through the fsync thread, the wait holds no lock (an
+            // fsync under `Database::persist` held fjall's journal lock, stalling the
+            // writes of every shard at each snapshot), and an unlink on a file system
+            // mounted with `discard` waited up to 90 ms for the device. Readers that
+            // opened the old file keep it until they close it; a crash before the
+            // unlink leaves it to `remove_stale_snapshot_files`.
+            if !syncer.wait() {
+                return Err(write_snapshot(std::io::Error::other(
+                    "the fsync thread is gone",
+                )));
+            }
+            if let Some(replaced) = replaced {
+                let _ = std::fs::remove_file(replaced);
+            }
+            Ok(file)
         })
         .await
         .expect("snapshot pointer does not panic")?;
@@ -1664,6 +1681,57 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(contents(&target_keyspaces.events).len(), 500);
+    }
+
+    /// A new snapshot replaces the old one: the pointer names it, the old file is
+    /// deleted once the pointer is durable, and a reader that opened the old one
+    /// before still reads it whole.
+    #[tokio::test]
+    async fn a_new_snapshot_replaces_the_file_of_the_one_before() {
+        let dir = TempDir::new().unwrap();
+        let (_store, keyspaces, mut sm) = open(&dir);
+        sm.apply([append(1, "ten_a", 0..10)]).await.unwrap();
+        let first = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut first_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot;
+        let files = || {
+            let mut names: Vec<String> = std::fs::read_dir(keyspaces.snapshot_dir.as_ref())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(files(), vec![format!("{}.snap", first.meta.snapshot_id)]);
+
+        sm.apply([append(2, "ten_a", 10..20)]).await.unwrap();
+        let second = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+        assert_eq!(files(), vec![format!("{}.snap", second.meta.snapshot_id)]);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, second.meta);
+
+        // Both handles of the first snapshot were opened before its file was deleted.
+        let mut from_build = Vec::new();
+        let mut first_snapshot = first.snapshot;
+        tokio::io::AsyncReadExt::read_to_end(&mut *first_snapshot, &mut from_build)
+            .await
+            .unwrap();
+        let mut from_current = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut *first_data, &mut from_current)
+            .await
+            .unwrap();
+        assert!(from_build.starts_with(SNAPSHOT_MAGIC));
+        assert_eq!(from_build, from_current);
     }
 
     /// A snapshot names its cluster, shard and epoch; one of another cluster or shard,
