@@ -516,7 +516,11 @@ mod tests {
             .map(|entry| entry.unwrap().path())
             .filter(|path| path.extension().is_some_and(|ext| ext == "jnl"))
             .collect();
-        assert!(!journals.is_empty(), "no journal in {}", dir.path().display());
+        assert!(
+            !journals.is_empty(),
+            "no journal in {}",
+            dir.path().display()
+        );
         for journal in journals {
             let meta = std::fs::metadata(&journal).unwrap();
             assert!(
