@@ -44,6 +44,9 @@
 #![allow(clippy::option_if_let_else)]
 #![warn(clippy::redundant_feature_names)]
 #![cfg_attr(coverage_nightly, feature(coverage_attribute))]
+// [trail patch] Upstream's warnings stay as quiet as cargo keeps them for a crate
+// from the registry (vendor/lsm-tree/PATCHES.md).
+#![allow(warnings)]
 
 #[doc(hidden)]
 pub type HashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;

@@ -285,7 +285,10 @@ impl AbstractTree for BlobTree {
             },
             &config.seqno,
             &config.visible_seqno,
-        )
+        )?;
+        // [trail patch] The index tree's inserts go to the new memtable.
+        self.index.set_active(&versions);
+        Ok(())
     }
 
     fn major_compact(&self, target_size: u64, seqno_threshold: SeqNo) -> crate::Result<()> {

@@ -9,7 +9,11 @@ use crate::{
     version::{persist_version, SuperVersions, Version},
     SequenceNumberCounter, TableId,
 };
-use std::sync::{atomic::AtomicU64, Arc, Mutex, RwLock};
+use std::sync::{
+    atomic::{AtomicU64, AtomicUsize},
+    Arc, Mutex, RwLock,
+};
+use crate::Memtable;
 
 #[cfg(feature = "metrics")]
 use crate::metrics::Metrics;
@@ -48,6 +52,21 @@ pub struct TreeInner {
 
     pub(crate) version_history: Arc<RwLock<SuperVersions>>,
 
+    /// [trail patch] The latest version's active memtable, for inserts. An insert
+    /// read it under `version_history`'s read lock, which flushes and compactions
+    /// hold for writing while they persist the next version (a file write and two
+    /// fsyncs); fjall inserts while holding its journal lock, so every write of every
+    /// keyspace of the database waited for those fsyncs. Replaced, under both locks,
+    /// wherever the latest version gets another active memtable (`set_active`).
+    pub(crate) insert_memtable: RwLock<Arc<Memtable>>,
+
+    /// [trail patch] The latest version's level-0 run count and sealed memtable
+    /// count as last read: what `l0_run_count` and `sealed_memtable_count` answer while
+    /// a version is being persisted, rather than waiting for it (fjall asks both after
+    /// every write, for its backpressure).
+    pub(crate) l0_run_count_seen: AtomicUsize,
+    pub(crate) sealed_memtable_count_seen: AtomicUsize,
+
     pub(crate) compaction_state: Arc<Mutex<CompactionState>>,
 
     /// Tree configuration
@@ -82,6 +101,7 @@ impl TreeInner {
             },
         );
         persist_version(&config.path, &version)?;
+        let versions = SuperVersions::new(version);
 
         Ok(Self {
             id: get_next_tree_id(),
@@ -89,7 +109,10 @@ impl TreeInner {
             table_id_counter: SequenceNumberCounter::default(),
             blob_file_id_counter: SequenceNumberCounter::default(),
             config: Arc::new(config),
-            version_history: Arc::new(RwLock::new(SuperVersions::new(version))),
+            insert_memtable: RwLock::new(versions.latest_version().active_memtable),
+            l0_run_count_seen: AtomicUsize::new(0),
+            sealed_memtable_count_seen: AtomicUsize::new(0),
+            version_history: Arc::new(RwLock::new(versions)),
             stop_signal: StopSignal::default(),
             major_compaction_lock: RwLock::default(),
             flush_lock: Mutex::default(),

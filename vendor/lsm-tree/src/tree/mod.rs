@@ -276,7 +276,9 @@ impl AbstractTree for Tree {
             },
             &config.seqno,
             &config.visible_seqno,
-        )
+        )?;
+        self.set_active(&versions);
+        Ok(())
     }
 
     #[doc(hidden)]
@@ -296,10 +298,14 @@ impl AbstractTree for Tree {
     }
 
     fn l0_run_count(&self) -> usize {
-        self.current_version()
-            .level(0)
-            .map(|x| x.run_count())
-            .unwrap_or_default()
+        // [trail patch] See `TreeInner::l0_run_count_seen`.
+        self.latest_or_seen(&self.l0_run_count_seen, |latest| {
+            latest
+                .version
+                .level(0)
+                .map(|x| x.run_count())
+                .unwrap_or_default()
+        })
     }
 
     fn size_of<K: AsRef<[u8]>>(&self, key: K, seqno: SeqNo) -> crate::Result<Option<u32>> {
@@ -330,13 +336,10 @@ impl AbstractTree for Tree {
     }
 
     fn sealed_memtable_count(&self) -> usize {
-        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        self.version_history
-            .read()
-            .expect("lock is poisoned")
-            .latest_version()
-            .sealed_memtables
-            .len()
+        // [trail patch] See `TreeInner::l0_run_count_seen`.
+        self.latest_or_seen(&self.sealed_memtable_count_seen, |latest| {
+            latest.sealed_memtables.len()
+        })
     }
 
     fn flush_to_tables(
@@ -508,6 +511,7 @@ impl AbstractTree for Tree {
         copy.seqno = super_version.seqno;
 
         version_history_lock.replace_latest_version(copy);
+        self.set_active(&version_history_lock);
 
         log::trace!("cleared active memtable");
     }
@@ -539,12 +543,13 @@ impl AbstractTree for Tree {
     }
 
     fn active_memtable(&self) -> Arc<Memtable> {
+        // [trail patch] The same memtable as the latest version's, without waiting for
+        // a version being persisted (`TreeInner::insert_memtable`).
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        self.version_history
+        self.insert_memtable
             .read()
             .expect("lock is poisoned")
-            .latest_version()
-            .active_memtable
+            .clone()
     }
 
     #[expect(clippy::significant_drop_tightening)]
@@ -568,6 +573,7 @@ impl AbstractTree for Tree {
         copy.seqno = super_version.seqno;
 
         version_history_lock.replace_latest_version(copy);
+        self.set_active(&version_history_lock);
 
         log::trace!(
             "rotate: added memtable id={} to sealed memtables",
@@ -913,13 +919,40 @@ impl Tree {
     #[doc(hidden)]
     #[must_use]
     pub fn append_entry(&self, value: InternalValue) -> (u64, u64) {
+        // [trail patch] Not through `version_history` (see `TreeInner::insert_memtable`).
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        self.version_history
+        self.insert_memtable
             .read()
             .expect("lock is poisoned")
-            .latest_version()
-            .active_memtable
             .insert(value)
+    }
+
+    /// [trail patch] A count of the latest version, or, while its lock is taken for
+    /// writing (a version being persisted), the count as `seen` last.
+    fn latest_or_seen(
+        &self,
+        seen: &std::sync::atomic::AtomicUsize,
+        count: impl FnOnce(&crate::version::SuperVersion) -> usize,
+    ) -> usize {
+        use std::sync::atomic::Ordering;
+        match self.version_history.try_read() {
+            Ok(versions) => {
+                let counted = count(&versions.latest_version());
+                seen.store(counted, Ordering::Relaxed);
+                counted
+            }
+            Err(std::sync::TryLockError::WouldBlock) => seen.load(Ordering::Relaxed),
+            Err(std::sync::TryLockError::Poisoned(_)) => panic!("lock is poisoned"),
+        }
+    }
+
+    /// [trail patch] Makes the latest version's active memtable the one inserts go
+    /// to; called with `version_history`'s write lock held, after every change of it.
+    /// Waits for inserts into the one before to finish.
+    pub(crate) fn set_active(&self, versions: &SuperVersions) {
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let mut active = self.insert_memtable.write().expect("lock is poisoned");
+        *active = versions.latest_version().active_memtable;
     }
 
     /// Recovers previous state, by loading the level manifest, tables and blob files.
@@ -978,12 +1011,16 @@ impl Tree {
             .max()
             .unwrap_or_default();
 
+        let versions = SuperVersions::new(version);
         let inner = TreeInner {
             id: tree_id,
             memtable_id_counter: SequenceNumberCounter::new(1),
             table_id_counter: SequenceNumberCounter::new(highest_table_id + 1),
             blob_file_id_counter: SequenceNumberCounter::default(),
-            version_history: Arc::new(RwLock::new(SuperVersions::new(version))),
+            insert_memtable: RwLock::new(versions.latest_version().active_memtable),
+            l0_run_count_seen: std::sync::atomic::AtomicUsize::new(0),
+            sealed_memtable_count_seen: std::sync::atomic::AtomicUsize::new(0),
+            version_history: Arc::new(RwLock::new(versions)),
             stop_signal: StopSignal::default(),
             config: Arc::new(config),
             major_compaction_lock: RwLock::default(),
