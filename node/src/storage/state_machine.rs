@@ -1301,6 +1301,15 @@ mod tests {
         (store, keyspaces, sm)
     }
 
+    /// A snapshot of `sm` as it is now.
+    async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
     /// A built snapshot's data as the receiving side gets it over the network.
     async fn receive(
         target: &mut StateMachine,
@@ -1551,12 +1560,7 @@ mod tests {
             .apply([append(1, "ten_a", 0..5), append(2, "ten_b", 5..8)])
             .await
             .unwrap();
-        let snapshot = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = build_snapshot(&mut source).await;
         let meta = snapshot.meta.clone();
 
         let dir = TempDir::new().unwrap();
@@ -1602,12 +1606,7 @@ mod tests {
         assert_eq!(current.meta, meta);
 
         // An install that runs to its end leaves no marker either.
-        let again = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let again = build_snapshot(&mut source).await;
         let receiving = receive(&mut reopened, again.snapshot).await;
         reopened
             .install_snapshot(&again.meta, receiving)
@@ -1637,12 +1636,7 @@ mod tests {
         source.apply([members(&[1])]).await.unwrap();
         let mut events = append(2, "ten_a", 0..500);
         source.apply([events.clone()]).await.unwrap();
-        let single = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let single = build_snapshot(&mut source).await;
         let single_bytes = std::fs::metadata(
             keyspaces
                 .snapshot_dir
@@ -1669,12 +1663,7 @@ mod tests {
         three.log_id.index = 3;
         events.log_id.index = 4;
         source.apply([three]).await.unwrap();
-        let full = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let full = build_snapshot(&mut source).await;
         let receiving = receive(&mut target, full.snapshot).await;
         target
             .install_snapshot(&full.meta, receiving)
@@ -1691,12 +1680,7 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let (_store, keyspaces, mut sm) = open(&dir);
         sm.apply([append(1, "ten_a", 0..10)]).await.unwrap();
-        let first = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let first = build_snapshot(&mut sm).await;
         let mut first_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot;
         let files = || {
             let mut names: Vec<String> = std::fs::read_dir(keyspaces.snapshot_dir.as_ref())
@@ -1709,12 +1693,7 @@ mod tests {
         assert_eq!(files(), vec![format!("{}.snap", first.meta.snapshot_id)]);
 
         sm.apply([append(2, "ten_a", 10..20)]).await.unwrap();
-        let second = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let second = build_snapshot(&mut sm).await;
         assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
         assert_eq!(files(), vec![format!("{}.snap", second.meta.snapshot_id)]);
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
@@ -1760,12 +1739,7 @@ mod tests {
             )
             .unwrap();
             source.apply([append(1, "ten_a", 0..5)]).await.unwrap();
-            let snapshot = source
-                .get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-                .unwrap();
+            let snapshot = build_snapshot(&mut source).await;
             let name: SnapshotName = snapshot.meta.snapshot_id.parse().unwrap();
             assert_eq!(name.stamp, source_stamp);
 
