@@ -114,6 +114,7 @@ impl TrailService {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
+        let forwarded_parts = by_leader.len();
         let remote = by_leader
             .into_values()
             .map(|(target, positions, events)| {
@@ -148,7 +149,9 @@ impl TrailService {
             };
             waiting.push((shard, positions, ids, submitted));
         }
-        let remote = tokio::spawn(remote);
+        // Forwarded parts run beside the local ones; a call this node serves alone (a
+        // single node's every call) spawns nothing.
+        let remote = (forwarded_parts > 0).then(|| tokio::spawn(remote));
         for (shard, positions, ids, submitted) in waiting {
             let reply = match submitted {
                 Err(error) => Err(error),
@@ -184,10 +187,13 @@ impl TrailService {
             }
         }
 
-        for (node, positions, response) in remote
-            .await
-            .map_err(|_| Status::internal("forwarding task failed"))?
-        {
+        let remote = match remote {
+            Some(task) => task
+                .await
+                .map_err(|_| Status::internal("forwarding task failed"))?,
+            None => Vec::new(),
+        };
+        for (node, positions, response) in remote {
             match response {
                 Ok(response) => {
                     let response = response.into_inner();
