@@ -49,8 +49,10 @@ Examples:
   # A cluster: list its nodes; calls fail over to the next when one is down
   trailctl --endpoint http://10.0.0.7:7400,http://10.0.0.8:7400 status
 
-  # Throughput and ack latency with 1 M generated events, 64 batches in flight
+  # Throughput and ack latency with 1 M generated events, 64 calls of 20 in flight;
+  # then a bulk load's throughput (500 events per call)
   trailctl bench ingest --count 1000000 --concurrency 64
+  trailctl bench ingest --count 1000000 --concurrency 64 --batch-size 500
 
   # Tamper evidence (docs/PROOFS.md). Pin the node's verifier key first (check it out
   # of band: it is what every checkpoint must be signed with)
@@ -362,8 +364,13 @@ struct BenchIngestArgs {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: u32,
 
-    /// Events per RecordBatch call.
-    #[arg(long, default_value_t = 500,
+    /// Events per RecordBatch call. The default, 20, is a producing service's call:
+    /// the ack latency printed is what one of its requests waits. Larger calls load
+    /// faster (500 gives 20-30% more events/s on 2 cores) but every event then waits for
+    /// its whole call, and by Little's law, with `--concurrency` x this many events in
+    /// flight, the mean latency is that count over the throughput: 64 x 500 at 90k/s
+    /// is ~350 ms.
+    #[arg(long, default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
 
