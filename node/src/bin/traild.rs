@@ -30,6 +30,7 @@ const GRPC_MESSAGE_BYTES_MAX: usize = 32 << 20;
 const GRPC_REQUESTS_PER_CONNECTION_MAX: usize = 64;
 
 fn main() -> std::process::ExitCode {
+    without_transparent_huge_pages();
     let flags = Flags::parse();
     let config = match NodeConfig::resolve(flags) {
         Ok(config) => config,
@@ -51,6 +52,25 @@ fn main() -> std::process::ExitCode {
             eprintln!("traild: {error:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` says
+/// otherwise. mimalloc asks for them on its arenas (`MADV_HUGEPAGE`), so the first
+/// touch of each 2 MiB region had the kernel zero a whole huge page: at a cold start
+/// that was ~75% of the node's CPU and the first calls waited 40-80 ms; under steady
+/// ingest ~4%, in bursts that stalled every call in flight (docs/BENCHMARKS.md,
+/// session 17). Regular pages cost a fault per 4 KiB touched instead, and RSS halves.
+/// mimalloc does the same when `MIMALLOC_ALLOW_THP=0`, but reads that before `main`.
+fn without_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_THP_DISABLE) takes plain integers and only sets a flag of
+    // this process's memory map; on failure huge pages stay as they were (harmless).
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 
