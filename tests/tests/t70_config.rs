@@ -3,8 +3,9 @@
 //! directory.
 //!
 //! Steps: write a config with 2 shards and start `traild --config`; check status shows 2
-//! shards; stop it; restart the same directory with `--shards 3` and check the refusal
-//! names `shards`; try a config with an unknown key and one with 0 shards.
+//! shards and the process runs without transparent huge pages; stop it; restart the
+//! same directory with `--shards 3` and check the refusal names `shards`; try a config
+//! with an unknown key and one with 0 shards.
 
 use std::process::Command;
 
@@ -33,6 +34,16 @@ async fn config_file_flags_and_shard_count() {
     let mut node = Traild::start(&data, &["--config", config_arg]).await;
     let status = node.status().await;
     assert_eq!(status.shards.len(), 2);
+    // The process runs without transparent huge pages (`traild.rs`), as the kernel
+    // reports where it has the field (`THP_enabled`, Linux 6.x).
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap()))
+        .unwrap_or_default();
+    if let Some(line) = proc_status
+        .lines()
+        .find(|line| line.starts_with("THP_enabled:"))
+    {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
     assert_eq!(node.terminate(), Some(0));
 
     let data_arg = data.to_str().unwrap();
