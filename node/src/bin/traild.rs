@@ -61,8 +61,8 @@ fn main() -> std::process::ExitCode {
 /// that was ~75% of the node's CPU and the first calls waited 40-80 ms instead of
 /// ~10. Regular pages cost a fault per 4 KiB touched and more TLB misses (steady
 /// ingest takes ~8% more CPU per event), but fewer calls stall and peak RSS is a
-/// sixth lower (docs/BENCHMARKS.md, session 17).
-/// mimalloc does the same when `MIMALLOC_ALLOW_THP=0`, but reads that before `main`.
+/// sixth lower (docs/BENCHMARKS.md, session 17). mimalloc does the same when
+/// `MIMALLOC_ALLOW_THP=0`, but reads that before `main`, so it cannot be set here.
 fn without_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
