@@ -336,7 +336,8 @@ impl DedupStore {
         let db = Database::builder(path)
             .cache_size(CACHE_BYTES)
             .worker_threads(1)
-            .open()?;
+            .open();
+        let db = super::opened(path, db)?;
         let watchdog = Watchdog::start(
             &db,
             watchdog::Bounds {

@@ -79,6 +79,20 @@ const EVENTS_BLOCK_BYTES: u32 = 16 << 10;
 /// directory after 1 M events.
 const JOURNALS_BYTES_MAX: u64 = 256 << 20;
 
+/// A database opened under `data_dir`, or an error that says what to do: fjall's own
+/// for a directory another process holds is `Locked`, nothing more.
+fn opened(data_dir: &Path, result: fjall::Result<Database>) -> anyhow::Result<Database> {
+    result.map_err(|error| match error {
+        fjall::Error::Locked => anyhow::anyhow!(
+            "data directory {} is in use by another traild (it holds the directory's \
+             lock): stop that node first, or give this one another --data-dir",
+            data_dir.display()
+        ),
+        error => anyhow::Error::new(error)
+            .context(format!("opening the storage in {}", data_dir.display())),
+    })
+}
+
 /// The node's storage: the fjall database and the fsync coalescer in front of it.
 #[derive(Clone)]
 pub struct NodeStore {
@@ -108,7 +122,8 @@ impl NodeStore {
             // The journals are bounded by the watchdog (`watchdog.rs`): fjall's own
             // enforcement asks its workers for rotations, which can deadlock them.
             .max_journaling_size(u64::MAX / 2)
-            .open()?;
+            .open();
+        let db = opened(data_dir, db)?;
         let syncer = Syncer::start(db.clone(), &data_dir.join("db"));
         let dedup = dedup::DedupStore::open(
             &data_dir.join("dedup"),
@@ -498,6 +513,24 @@ pub fn tindex_key_decode(key: &[u8], stream_no: u32) -> Option<(i64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A second node on a data directory in use is refused, and told why and what to
+    /// do, not fjall's bare `Locked`.
+    #[test]
+    fn a_data_directory_in_use_is_refused_with_its_path() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let _first = NodeStore::open(dir.path()).unwrap();
+        let error = NodeStore::open(dir.path())
+            .err()
+            .expect("the directory is locked");
+        let message = format!("{error:#}");
+        assert!(message.contains("in use by another traild"), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("--data-dir"), "{message}");
+    }
 
     /// The journals' blocks are allocated when they are created (fjall patch 4,
     /// vendor/fjall/PATCHES.md): appends into a sparse journal waited for ext4's
