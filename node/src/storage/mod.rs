@@ -113,7 +113,18 @@ impl NodeStore {
 
     /// Opens (or creates) the node's database with a block cache of `cache_bytes`.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<NodeStore> {
-        std::fs::create_dir_all(data_dir)?;
+        if data_dir.exists() && !data_dir.is_dir() {
+            anyhow::bail!(
+                "data directory {}: is a file, not a directory",
+                data_dir.display()
+            );
+        }
+        std::fs::create_dir_all(data_dir).map_err(|error| {
+            anyhow::anyhow!(
+                "data directory {}: cannot create it: {error}",
+                data_dir.display()
+            )
+        })?;
         let db = Database::builder(data_dir.join("db"))
             .cache_size(cache_bytes)
             // Group commit is ours: the syncer persists the journal once for every
@@ -530,6 +541,26 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("--data-dir"), "{message}");
+    }
+
+    #[test]
+    fn a_data_directory_that_cannot_be_made_is_named() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let message = format!("{:#}", NodeStore::open(&file).err().expect("a file"));
+        assert!(message.contains("is a file, not a directory"), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
+        let below_file = file.join("data");
+        let message = format!(
+            "{:#}",
+            NodeStore::open(&below_file).err().expect("under a file")
+        );
+        assert!(message.contains("cannot create it"), "{message}");
+        assert!(
+            message.contains(&below_file.display().to_string()),
+            "{message}"
+        );
     }
 
     /// The journals' blocks are allocated when they are created (fjall patch 4,
