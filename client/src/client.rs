@@ -436,7 +436,14 @@ impl Client {
         let mut failed: Vec<Arc<str>> = Vec::new();
         let mut attempt: u32 = 0;
         loop {
-            let body = if attempt == 0 || progress.pending().len() == events_count {
+            let whole = attempt == 0 || progress.pending().len() == events_count;
+            // Which event of the batch each outcome of this attempt answers.
+            let sent: Vec<usize> = if whole {
+                (0..events_count).collect()
+            } else {
+                progress.pending().to_vec()
+            };
+            let body = if whole {
                 first_body.clone()
             } else {
                 let decoded = events_or_decode(&mut events, &first_body)?;
@@ -453,7 +460,8 @@ impl Client {
                     self.endpoints
                         .learn_leader(tenant_id, &route, response.metadata(), &failed);
                     let moved = names_another_leader(response.metadata(), &route);
-                    let answer = response.into_inner();
+                    let mut answer = response.into_inner();
+                    check_deduplicated_receipts(&mut answer, &sent, &mut events, &first_body)?;
                     // A node that is not the leader the map named, or events refused
                     // as UNAVAILABLE (an election): the map may be stale.
                     if in_split && (moved || has_unavailable_event(&answer)) {
@@ -1145,4 +1153,59 @@ impl Decoder for RecordBatchResponseDecoder {
             Status::internal(format!("RecordBatchResponse does not decode: {error}"))
         })
     }
+}
+/// Checks each deduplicated receipt of `answer` against the event it answers
+/// (`sent[i]` is the batch position of outcome `i`): the leaf hash of the event as sent,
+/// at the receipt's stream, seq and `ingested_at`, must be the receipt's. A receipt
+/// that differs is not this event's (its id was recorded before with another event,
+/// which a node refuses with ALREADY_EXISTS, or the receipt was altered on the way):
+/// its outcome becomes ALREADY_EXISTS on `event_id` rather than a claim that the event
+/// is in the ledger. The events are decoded from `first_body` only when a
+/// deduplicated receipt comes (a retry), so a first send costs nothing here.
+fn check_deduplicated_receipts(
+    answer: &mut RecordBatchResponse,
+    sent: &[usize],
+    events: &mut Option<Vec<Event>>,
+    first_body: &Bytes,
+) -> Result<()> {
+    use trail_proto::v1::record_outcome::Outcome;
+    let checkable = |outcome: &trail_proto::v1::RecordOutcome| {
+        matches!(&outcome.outcome, Some(Outcome::Receipt(receipt))
+            if receipt.deduplicated && receipt.ingested_at_ns != 0)
+    };
+    if !answer.outcomes.iter().any(checkable) {
+        return Ok(());
+    }
+    let decoded = events_or_decode(events, first_body)?;
+    for (index, outcome) in answer.outcomes.iter_mut().enumerate() {
+        let Some(Outcome::Receipt(receipt)) = &outcome.outcome else {
+            continue;
+        };
+        if !receipt.deduplicated || receipt.ingested_at_ns == 0 {
+            continue;
+        }
+        let Some(event) = sent.get(index).and_then(|&position| decoded.get(position)) else {
+            continue;
+        };
+        let expected = crate::event::expected_leaf_hash(event, receipt);
+        if expected.is_some_and(|expected| expected[..] == receipt.leaf_hash[..]) {
+            continue;
+        }
+        let message = format!(
+            "event_id {:?} is recorded (stream {}, seq {}) with a leaf hash that is not this \
+             event's: the id was used before for a different event",
+            receipt.event_id, receipt.stream, receipt.seq
+        );
+        let event_id = receipt.event_id.clone();
+        answer.deduplicated = answer.deduplicated.saturating_sub(1);
+        answer.rejected += 1;
+        outcome.outcome = Some(Outcome::Error(trail_proto::v1::EventError {
+            index: index as u32,
+            event_id,
+            code: "ALREADY_EXISTS".to_string(),
+            field: "event_id".to_string(),
+            message,
+        }));
+    }
+    Ok(())
 }

@@ -341,6 +341,52 @@ pub fn event_leaf_hash(canonical: &[u8]) -> [u8; 32] {
     leaf_hash(canonical)
 }
 
+/// The leaf hash the ledger gives `event` as a producer sends it, recorded at the
+/// stream, seq and `ingested_at` of `receipt` (under the receipt's event id, which the
+/// node chose if the event had none). The node's normalization is applied: a missing
+/// resource is empty, `subject_id` defaults to `actor.id`. `None` for an event a node
+/// would not accept (no actor, an unknown enum, a time out of range).
+pub fn expected_leaf_hash(
+    event: &trail_proto::v1::Event,
+    receipt: &trail_proto::v1::Receipt,
+) -> Option<[u8; 32]> {
+    let actor = event.actor.as_ref()?;
+    let occurred_at = event.occurred_at.as_ref()?;
+    let occurred_at = occurred_at
+        .seconds
+        .checked_mul(1_000_000_000)?
+        .checked_add(i64::from(occurred_at.nanos))?;
+    let resource = event.resource.clone().unwrap_or_default();
+    let subject_id = if event.subject_id.is_empty() {
+        actor.id.clone()
+    } else {
+        event.subject_id.clone()
+    };
+    let canonical = CanonicalEvent {
+        stream: receipt.stream.clone(),
+        seq: receipt.seq,
+        ingested_at: receipt.ingested_at_ns,
+        tenant_id: event.tenant_id.clone(),
+        event_id: receipt.event_id.clone(),
+        occurred_at,
+        actor_type: ActorType::from_byte(u8::try_from(actor.r#type).ok()?)?,
+        actor_id: actor.id.clone(),
+        actor_email: actor.email.clone(),
+        actor_name: actor.name.clone(),
+        action: event.action.clone(),
+        resource_type: resource.r#type,
+        resource_id: resource.id,
+        result: EventResult::from_byte(u8::try_from(event.result).ok()?)?,
+        request_id: event.request_id.clone(),
+        session_id: event.session_id.clone(),
+        ip_address: event.ip_address.clone(),
+        user_agent: event.user_agent.clone(),
+        metadata: event.metadata_json.clone(),
+        subject_id,
+    };
+    Some(leaf_hash(&canonical.encode()))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

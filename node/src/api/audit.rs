@@ -218,5 +218,7 @@ async fn record_on_leader(
             .try_into()
             .map_err(|_| "the leader's receipt for the read's record is malformed")?,
         deduplicated: receipt.deduplicated,
+        conflict: false,
+        ingested_at_ns: receipt.ingested_at_ns,
     })
 }

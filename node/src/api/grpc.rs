@@ -167,9 +167,8 @@ impl TrailService {
                     for ((position, (event_id, tenant_id)), receipt) in
                         positions.into_iter().zip(ids).zip(receipts)
                     {
-                        outcomes[position] = Some(v1::record_outcome::Outcome::Receipt(
-                            to_receipt(event_id, tenant_id, receipt),
-                        ));
+                        outcomes[position] =
+                            Some(receipt_outcome(position, event_id, tenant_id, receipt));
                     }
                 }
                 Err(error) => {
@@ -245,6 +244,34 @@ impl TrailService {
     }
 }
 
+/// The outcome of an event the shard applied: its receipt, or ALREADY_EXISTS when its
+/// id was recorded before with another body (a reuse of the id, not a retry: answering
+/// `deduplicated` would tell the producer that this event is in the ledger).
+fn receipt_outcome(
+    position: usize,
+    event_id: String,
+    tenant_id: String,
+    receipt: ApplyReceipt,
+) -> v1::record_outcome::Outcome {
+    if receipt.conflict {
+        return v1::record_outcome::Outcome::Error(v1::EventError {
+            index: position as u32,
+            message: format!(
+                "event_id {event_id:?} was recorded before with a different event (stream {}, \
+                 seq {}, leaf hash {}): a retry must send the same event; a new event needs \
+                 a new id",
+                receipt.stream,
+                receipt.seq,
+                hex::encode(receipt.leaf_hash)
+            ),
+            event_id,
+            code: "ALREADY_EXISTS".into(),
+            field: "event_id".into(),
+        });
+    }
+    v1::record_outcome::Outcome::Receipt(to_receipt(event_id, tenant_id, receipt))
+}
+
 pub(super) fn to_receipt(
     event_id: String,
     tenant_id: String,
@@ -257,6 +284,7 @@ pub(super) fn to_receipt(
         seq: receipt.seq,
         leaf_hash: receipt.leaf_hash.to_vec(),
         deduplicated: receipt.deduplicated,
+        ingested_at_ns: receipt.ingested_at_ns,
     }
 }
 
@@ -305,6 +333,7 @@ fn status_of_event_error(error: &v1::EventError) -> Status {
         "INVALID_ARGUMENT" => Status::invalid_argument(error.message.clone()),
         "RESOURCE_EXHAUSTED" => Status::resource_exhausted(error.message.clone()),
         "FAILED_PRECONDITION" => Status::failed_precondition(error.message.clone()),
+        "ALREADY_EXISTS" => Status::already_exists(error.message.clone()),
         _ => Status::unavailable(error.message.clone()),
     };
     status
@@ -604,6 +633,7 @@ impl Trail for TrailService {
                         events: shard.events,
                         streams: shard.streams as u32,
                         queue_bytes: shard.queue_bytes,
+                        dedup_rebuilt_ids: shard.dedup_rebuilt_ids,
                         role: shard.role,
                         indexed_index: read(progress.as_deref().map(|p| &p.indexed_through)),
                         index_lag_ms: read(progress.as_deref().map(|p| &p.lag_ms)),

@@ -78,6 +78,15 @@ pub struct ApplyReceipt {
     pub leaf_hash: LeafHash,
     /// The event id had been recorded before; this is the original receipt.
     pub deduplicated: bool,
+    /// With `deduplicated`: the event sent now differs from the one recorded under its
+    /// id (not a retry but a reuse of the id); the receipt is the recorded event's,
+    /// and the API refuses the event with ALREADY_EXISTS.
+    #[serde(default)]
+    pub conflict: bool,
+    /// The recorded event's `ingested_at`: with the stream and seq, what a client
+    /// needs to recompute the leaf hash of the event it sent.
+    #[serde(default)]
+    pub ingested_at_ns: i64,
 }
 
 /// A tenant's place in this shard. One stream per tenant for now; a whale's extra
@@ -192,8 +201,9 @@ pub trait LedgerLookup {
         event_id: &str,
     ) -> Result<Option<(u32, u64)>, Self::Error>;
 
-    /// The leaf hash of a recorded event (for the receipt of a duplicate).
-    fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Self::Error>;
+    /// The leaf hash and `ingested_at` of a recorded event (for the receipt of a
+    /// duplicate, and to tell a retry from a reuse of its id).
+    fn recorded_leaf(&self, stream_no: u32, seq: u64) -> Result<RecordedLeaf, Self::Error>;
 
     /// The root of a stream's tree just after block `block_index` was sealed.
     fn tree_root_after(
@@ -201,6 +211,13 @@ pub trait LedgerLookup {
         stream_no: u32,
         block_index: u64,
     ) -> Result<Option<[u8; 32]>, Self::Error>;
+}
+
+/// What apply needs of a recorded event when its id comes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedLeaf {
+    pub leaf_hash: LeafHash,
+    pub ingested_at_ns: i64,
 }
 
 /// A write apply asks the storage layer to make, atomically with the applied log id.
@@ -248,7 +265,7 @@ pub struct Ledger {
     /// Events applied but not yet committed by the storage layer, so that a duplicate
     /// inside one storage batch is caught. Cleared by [`Ledger::batch_committed`].
     /// Only probed, never iterated: its order cannot reach the state.
-    pending: HashMap<(u32, String), (u32, u64, LeafHash), foldhash::fast::RandomState>,
+    pending: HashMap<(u32, String), (u64, RecordedLeaf), foldhash::fast::RandomState>,
     /// Stream tree roots of blocks sealed in the not-yet-committed storage batch, so a
     /// checkpoint in the same batch finds them as a later batch would in the store.
     pending_roots: BTreeMap<(u32, u64), [u8; 32]>,
@@ -486,22 +503,12 @@ impl Ledger {
             .expect("inserted above when new");
 
         let dedup_key = (state.tenant_no, event.event_id.clone());
-        if let Some((_, seq, hash)) = self.pending.get(&dedup_key) {
-            return Ok(ApplyReceipt {
-                stream,
-                seq: *seq,
-                leaf_hash: *hash,
-                deduplicated: true,
-            });
+        if let Some(&(seq, recorded)) = self.pending.get(&dedup_key) {
+            return Ok(duplicate_receipt(stream, seq, recorded, event));
         }
         if let Some((stream_no, seq)) = lookup.find_event_id(state.tenant_no, &event.event_id)? {
-            let hash = lookup.leaf_hash_of(stream_no, seq)?;
-            return Ok(ApplyReceipt {
-                stream,
-                seq,
-                leaf_hash: hash,
-                deduplicated: true,
-            });
+            let recorded = lookup.recorded_leaf(stream_no, seq)?;
+            return Ok(duplicate_receipt(stream, seq, recorded, event));
         }
 
         let seq = state.next_seq;
@@ -533,7 +540,16 @@ impl Ledger {
             );
         }
         self.events_total += 1;
-        self.pending.insert(dedup_key, (stream_no, seq, hash));
+        self.pending.insert(
+            dedup_key,
+            (
+                seq,
+                RecordedLeaf {
+                    leaf_hash: hash,
+                    ingested_at_ns,
+                },
+            ),
+        );
         writes.push(LedgerWrite::Dedup {
             tenant_no,
             event_id: event.event_id.clone(),
@@ -546,7 +562,34 @@ impl Ledger {
             seq,
             leaf_hash: hash,
             deduplicated: false,
+            conflict: false,
+            ingested_at_ns,
         })
+    }
+}
+
+/// The receipt of an event whose id was recorded before (at `seq`): the recorded
+/// event's. Whether `event` is the same event (a retry) or another one under the same
+/// id is decided by its leaf hash at the recorded position and time: the canonical
+/// bytes cover every field, so equal hashes mean equal events. The comparison costs
+/// one encoding and one SHA-256 per duplicate (~1 us), and needs no digest stored
+/// beside each id.
+fn duplicate_receipt(
+    stream: String,
+    seq: u64,
+    recorded: RecordedLeaf,
+    event: &EventRecord,
+) -> ApplyReceipt {
+    let mut canonical = Vec::with_capacity(event.size_bytes() + stream.len());
+    encode_canonical(&stream, seq, recorded.ingested_at_ns, event, &mut canonical);
+    let conflict = leaf_hash(&canonical) != recorded.leaf_hash;
+    ApplyReceipt {
+        stream,
+        seq,
+        leaf_hash: recorded.leaf_hash,
+        deduplicated: true,
+        conflict,
+        ingested_at_ns: recorded.ingested_at_ns,
     }
 }
 
@@ -663,6 +706,58 @@ mod tests {
         assert_eq!(again.receipts[1].seq, 3);
         assert!(!again.receipts[1].deduplicated);
         assert_eq!(ledger.events_total(), 4);
+    }
+
+    /// An id sent again with another body is not a retry: the receipt is the
+    /// recorded event's and says `conflict`, in the batch that recorded it (pending)
+    /// as in a later one (the store), and the ingested_at of a later apply does not
+    /// make a true retry look different.
+    #[test]
+    fn an_id_sent_again_with_another_body_is_a_conflict_not_a_retry() {
+        let mut ledger = Ledger::default();
+        let mut store = ModelStore::default();
+        let mut writes = Vec::new();
+        let mut other = sample_event("a", "e1");
+        other.action = "doc.delete".into();
+        let first = ledger
+            .apply(
+                &store.0,
+                &append(vec![
+                    sample_event("a", "e1"),
+                    other.clone(),
+                    sample_event("a", "e1"),
+                ]),
+                &mut writes,
+            )
+            .unwrap();
+        let outcomes: Vec<(u64, bool, bool)> = first
+            .receipts
+            .iter()
+            .map(|r| (r.seq, r.deduplicated, r.conflict))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![(1, false, false), (1, true, true), (1, true, false)]
+        );
+        assert_eq!(first.receipts[1].leaf_hash, first.receipts[0].leaf_hash);
+        assert_eq!(first.receipts[1].ingested_at_ns, 7);
+        store.commit(std::mem::take(&mut writes));
+        ledger.batch_committed();
+
+        let later = LedgerCommand::Append {
+            ingested_at_ns: 99,
+            block_events_max: 3,
+            events: vec![other, sample_event("a", "e1")],
+        };
+        let again = ledger.apply(&store.0, &later, &mut writes).unwrap();
+        let outcomes: Vec<(u64, bool, bool, i64)> = again
+            .receipts
+            .iter()
+            .map(|r| (r.seq, r.deduplicated, r.conflict, r.ingested_at_ns))
+            .collect();
+        assert_eq!(outcomes, vec![(1, true, true, 7), (1, true, false, 7)]);
+        assert!(writes.is_empty(), "nothing recorded");
+        assert_eq!(ledger.events_total(), 1);
     }
 
     #[test]

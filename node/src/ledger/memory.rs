@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use super::apply::{LedgerLookup, LedgerWrite, TenantState};
+use super::apply::{LedgerLookup, LedgerWrite, RecordedLeaf, TenantState};
 use super::block::BlockRecord;
-use super::event::{leaf_hash, LeafHash};
+use super::event::{leaf_hash, StoredEvent};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
@@ -124,8 +124,13 @@ impl LedgerLookup for MemoryStore {
         Ok(self.dedup.get(&(tenant_no, event_id.to_string())).copied())
     }
 
-    fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, Infallible> {
-        Ok(leaf_hash(&self.events[&(stream_no, seq)]))
+    fn recorded_leaf(&self, stream_no: u32, seq: u64) -> Result<RecordedLeaf, Infallible> {
+        let canonical = &self.events[&(stream_no, seq)];
+        let stored = StoredEvent::decode_canonical(canonical).expect("stored events decode");
+        Ok(RecordedLeaf {
+            leaf_hash: leaf_hash(canonical),
+            ingested_at_ns: stored.ingested_at_ns,
+        })
     }
 
     fn tree_root_after(

@@ -13,7 +13,7 @@ pub mod validate;
 
 pub use apply::{
     stream_name, ApplyReceipt, CheckpointDue, CheckpointNote, Ledger, LedgerCommand, LedgerLookup,
-    LedgerResponse, LedgerWrite, StreamChain, TenantState,
+    LedgerResponse, LedgerWrite, RecordedLeaf, StreamChain, TenantState,
 };
 pub use block::{block_hash, BlockHeader, BlockRecord, BLOCK_EVENTS_DEFAULT};
 pub use checkpoint::{CheckpointBody, NoteSigner};

@@ -67,6 +67,8 @@ pub struct ShardStatus {
     pub events: u64,
     pub streams: u64,
     pub queue_bytes: u64,
+    /// Event ids the dedup index got back at open (`StateMachine::check_dedup_index`).
+    pub dedup_rebuilt_ids: u64,
     /// On a leader: every replica's matched log index (itself included).
     pub replicas: Vec<ReplicaProgress>,
 }
@@ -106,6 +108,9 @@ impl Handler<GetShardStatus> for ShardActor {
                 .load(std::sync::atomic::Ordering::Relaxed),
             streams: counters.tenants.load(std::sync::atomic::Ordering::Relaxed),
             queue_bytes: self.handle.queue.depth_bytes() as u64,
+            dedup_rebuilt_ids: counters
+                .dedup_rebuilt_ids
+                .load(std::sync::atomic::Ordering::Relaxed),
             replicas: metrics
                 .replication
                 .iter()

@@ -32,7 +32,7 @@
 //! else in this database would make it do so once ingest stops.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -58,7 +58,7 @@ const INGEST_QUEUE_MAX: usize = 1_024;
 /// read (~1.3 bytes per id at fjall's 10 bits per key: 32 MiB holds those of ~25 M ids).
 pub const CACHE_BYTES: u64 = 32 << 20;
 /// The watchdog rotates a dedup keyspace's memtable at this size. Ingestion bypasses
-/// the memtable; only a snapshot install's clear writes to it.
+/// the memtable: nothing writes to it today.
 const MEMTABLE_BYTES_MAX: u64 = 8 << 20;
 
 /// A dedup key (`storage::dedup_key`) and its value (`storage::position_value`).
@@ -69,12 +69,25 @@ type Ids = HashMap<Box<[u8]>, Position, foldhash::fast::RandomState>;
 pub type Frontier = Vec<(u32, u64)>;
 
 /// One shard's event-id index: the keyspace and the ids not yet in it.
+///
+/// **Never cleared.** A state that replaces the whole index (a snapshot install, a
+/// rebuild at open) is loaded into a *fresh* keyspace (`sN.dedup.<generation>`) whose
+/// name the final batch of the replacement records in `sm_meta`
+/// ([`KEY_DEDUP_KEYSPACE`]); the old keyspace is deleted afterwards, and at open any
+/// keyspace of the shard other than the recorded one is a leftover of an interrupted
+/// replacement and deleted. `Keyspace::clear()` is not used here: fjall journals the
+/// clear, ingested tables are not journaled, and fjall as published replays the clear
+/// at every open over the tables ingested after it (vendor/fjall/PATCHES.md, patch 6,
+/// fixes that; this index does not depend on the patch).
 pub struct DedupIndex {
     /// The dedup database (snapshots of the keyspace are taken on it).
     pub db: Database,
-    pub keyspace: Keyspace,
+    /// The keyspace the ids are in; replaced whole by [`DedupIndex::replace_keyspace`].
+    keyspace: RwLock<Keyspace>,
     /// The shard's `sm_meta` (node database), where the recorded frontier is.
     sm_meta: Keyspace,
+    /// Rotates the keyspace's memtable (and forgets a replaced one).
+    watchdog: Watchdog,
     overlay: Mutex<Overlay>,
     /// Signalled when a sealed generation was ingested (apply may wait for it).
     ingested: Condvar,
@@ -125,6 +138,22 @@ impl DedupIndex {
         self.overlay.lock().expect("dedup overlay lock")
     }
 
+    /// The keyspace the ingested ids are in now (a handle: cheap).
+    pub fn keyspace(&self) -> Keyspace {
+        self.keyspace.read().expect("dedup keyspace lock").clone()
+    }
+
+    /// The position of an id in the keyspace alone (not the overlay).
+    pub fn get_ingested(&self, key: &[u8]) -> Result<Option<Position>, fjall::Error> {
+        let keyspace = self.keyspace.read().expect("dedup keyspace lock");
+        Ok(keyspace.get(key)?.map(|value| {
+            value
+                .as_ref()
+                .try_into()
+                .expect("dedup values are 12 bytes")
+        }))
+    }
+
     /// The position of a recorded id: in the overlay, or in the keyspace.
     pub fn get(&self, key: &[u8]) -> Result<Option<Position>, fjall::Error> {
         {
@@ -136,12 +165,7 @@ impl DedupIndex {
                 return Ok(Some(*position));
             }
         }
-        Ok(self.keyspace.get(key)?.map(|value| {
-            value
-                .as_ref()
-                .try_into()
-                .expect("dedup values are 12 bytes")
-        }))
+        self.get_ingested(key)
     }
 
     /// Records the ids of an apply batch that is committed to the journal. When the
@@ -225,8 +249,10 @@ impl DedupIndex {
     }
 
     /// Forgets the overlay and waits for an ingestion in progress: the caller is about
-    /// to replace the keyspace's contents, and holds the returned guard until it has
-    /// (no ingestion of the replaced state may land after the clear).
+    /// to replace the keyspace's contents (a fresh keyspace from
+    /// [`DedupIndex::fresh_keyspace`], then [`DedupIndex::replace_keyspace`]), and holds
+    /// the returned guard until it has (no ingestion of the replaced state may land in
+    /// the new keyspace).
     pub fn begin_replace(&self) -> MutexGuard<'_, ()> {
         {
             let mut overlay = self.overlay();
@@ -239,11 +265,42 @@ impl DedupIndex {
         self.ingesting.lock().expect("dedup ingesting lock")
     }
 
-    /// A bulk load of ids into the keyspace, outside the ingest thread (the move of an
-    /// earlier layout at open, a snapshot install).
-    pub fn bulk_load(&self) -> BulkLoad<'_> {
+    /// A new, empty keyspace for this shard's ids, named after the current one's
+    /// generation plus one. One left by an interrupted replacement under that name is
+    /// deleted first (it may hold part of a load).
+    pub fn fresh_keyspace(&self) -> fjall::Result<Keyspace> {
+        let current = self.keyspace();
+        let (shard_prefix, generation) = split_keyspace_name(&current.name()[..])
+            .expect("a dedup keyspace name is sN.dedup[.generation]");
+        let name = format!("{shard_prefix}.{}", generation + 1);
+        if self.db.keyspace_exists(&name) {
+            let leftover = self.db.keyspace(&name, dedup_keyspace_options)?;
+            self.db.delete_keyspace(leftover)?;
+        }
+        self.db.keyspace(&name, dedup_keyspace_options)
+    }
+
+    /// Makes `fresh` the index's keyspace and deletes the one it replaces. The caller
+    /// has durably recorded `fresh`'s name ([`KEY_DEDUP_KEYSPACE`]) and holds the guard
+    /// of [`DedupIndex::begin_replace`].
+    pub fn replace_keyspace(&self, fresh: Keyspace) -> fjall::Result<()> {
+        self.watchdog.watch(fresh.clone(), MEMTABLE_BYTES_MAX);
+        let old = std::mem::replace(
+            &mut *self.keyspace.write().expect("dedup keyspace lock"),
+            fresh,
+        );
+        self.watchdog.unwatch(&old);
+        // fjall removes the directory once the last handle is dropped: the snapshot
+        // being built from the old keyspace, if any, keeps it until it is done.
+        self.db.delete_keyspace(old)
+    }
+
+    /// A bulk load of ids into `keyspace` outside the ingest thread (the move of an
+    /// earlier layout at open into the current keyspace, a snapshot install or a
+    /// rebuild into a fresh one).
+    pub fn bulk_load(keyspace: Keyspace) -> BulkLoad {
         BulkLoad {
-            index: self,
+            keyspace,
             run: Vec::new(),
             loaded: 0,
         }
@@ -260,14 +317,14 @@ impl DedupIndex {
 
 /// Ids loaded in bulk: keys of any earlier layout (text ids are packed), in any order,
 /// ingested in sorted runs of up to `4 * GENERATION_IDS`.
-pub struct BulkLoad<'a> {
-    index: &'a DedupIndex,
+pub struct BulkLoad {
+    keyspace: Keyspace,
     run: Vec<(Box<[u8]>, Position)>,
     /// Ids added so far.
     pub loaded: u64,
 }
 
-impl BulkLoad<'_> {
+impl BulkLoad {
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> fjall::Result<()> {
         let position = value.try_into().map_err(|_| {
             fjall::Error::Io(std::io::Error::new(
@@ -294,7 +351,7 @@ impl BulkLoad<'_> {
         self.run.dedup_by(|a, b| a.0 == b.0);
         for run in self.run.chunks(GENERATION_IDS) {
             let run = run.iter().map(|(key, value)| (&key[..], value));
-            ingest_sorted(&self.index.keyspace, run)?;
+            ingest_sorted(&self.keyspace, run)?;
         }
         self.run.clear();
         Ok(())
@@ -357,27 +414,43 @@ impl DedupStore {
         })
     }
 
-    /// The index of shard `name` (`sN.dedup`) with an empty overlay; the frontier is
-    /// recorded in the shard's `sm_meta`.
-    pub fn shard(&self, name: &str, sm_meta: Keyspace) -> anyhow::Result<Arc<DedupIndex>> {
-        let keyspace = self.db.keyspace(name, || {
-            use fjall::config::{CompressionPolicy, PartitioningPolicy};
-            KeyspaceCreateOptions::default()
-                .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::Lz4))
-                // Nearly every lookup is of a new id, answered by the bloom filters
-                // alone. Whole-table filters are MiBs on the deeper levels (a 64 MiB
-                // table of ids has a ~2.7 MiB one) and fjall pins none of an ingested
-                // table's: each lookup read and checksummed them from disk (11k
-                // events/s at 6 M). Partitioned, a lookup reads one small block per
-                // table, which stays in the cache.
-                .filter_block_partitioning_policy(PartitioningPolicy::all(true))
-                .index_block_partitioning_policy(PartitioningPolicy::all(true))
-        })?;
+    /// The index of shard `shard` with an empty overlay, in the keyspace its `sm_meta`
+    /// names ([`KEY_DEDUP_KEYSPACE`]; `sN.dedup` when it names none); the frontier is
+    /// recorded in the same `sm_meta`. The shard's other dedup keyspaces are leftovers
+    /// of an interrupted replacement (or the replaced one of a crash just after it was
+    /// recorded) and are deleted.
+    pub fn shard(&self, shard: u32, sm_meta: Keyspace) -> anyhow::Result<Arc<DedupIndex>> {
+        let prefix = format!("s{shard}.dedup");
+        let name = match sm_meta.get(KEY_DEDUP_KEYSPACE)? {
+            Some(name) => String::from_utf8(name.to_vec())
+                .ok()
+                .filter(|name| {
+                    split_keyspace_name(name)
+                        .is_some_and(|(shard_prefix, _)| shard_prefix == prefix)
+                })
+                .ok_or_else(|| {
+                    anyhow::anyhow!("shard {shard}: bad dedup keyspace name in sm_meta")
+                })?,
+            None => prefix.clone(),
+        };
+        for other in self.db.list_keyspace_names() {
+            let other: &str = &other[..];
+            let leftover = other != name
+                && split_keyspace_name(other)
+                    .is_some_and(|(shard_prefix, _)| shard_prefix == prefix);
+            if leftover {
+                tracing::info!(keyspace = other, "deleting a replaced dedup keyspace");
+                let handle = self.db.keyspace(other, dedup_keyspace_options)?;
+                self.db.delete_keyspace(handle)?;
+            }
+        }
+        let keyspace = self.db.keyspace(&name, dedup_keyspace_options)?;
         self.watchdog.watch(keyspace.clone(), MEMTABLE_BYTES_MAX);
         Ok(Arc::new(DedupIndex {
             db: self.db.clone(),
-            keyspace,
+            keyspace: RwLock::new(keyspace),
             sm_meta,
+            watchdog: self.watchdog.clone(),
             overlay: Mutex::default(),
             ingested: Condvar::new(),
             ingesting: Mutex::new(()),
@@ -389,6 +462,44 @@ impl DedupStore {
 /// Where the ingest thread records a shard's frontier once a generation is durable:
 /// in the shard's `sm_meta` (`state_machine.rs` reads it at open).
 pub const KEY_FRONTIER: &[u8] = b"dedup_frontier";
+/// The name of the shard's current dedup keyspace, in its `sm_meta`: recorded by the
+/// batch that finishes replacing the index (absent: `sN.dedup`).
+pub const KEY_DEDUP_KEYSPACE: &[u8] = b"dedup_keyspace";
+
+/// `sN.dedup` (generation 0) or `sN.dedup.<generation>`: the shard's prefix and the
+/// generation.
+fn split_keyspace_name(name: &str) -> Option<(&str, u64)> {
+    let dedup_end = name.find(".dedup")? + ".dedup".len();
+    let (prefix, rest) = name.split_at(dedup_end);
+    let shard = prefix.strip_prefix('s')?.strip_suffix(".dedup")?;
+    if shard.is_empty() || !shard.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    match rest {
+        "" => Some((prefix, 0)),
+        _ => {
+            let generation = rest.strip_prefix('.')?;
+            if generation.is_empty() || !generation.bytes().all(|byte| byte.is_ascii_digit()) {
+                return None;
+            }
+            Some((prefix, generation.parse().ok()?))
+        }
+    }
+}
+
+fn dedup_keyspace_options() -> KeyspaceCreateOptions {
+    use fjall::config::{CompressionPolicy, PartitioningPolicy};
+    KeyspaceCreateOptions::default()
+        .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::Lz4))
+        // Nearly every lookup is of a new id, answered by the bloom filters
+        // alone. Whole-table filters are MiBs on the deeper levels (a 64 MiB
+        // table of ids has a ~2.7 MiB one) and fjall pins none of an ingested
+        // table's: each lookup read and checksummed them from disk (11k
+        // events/s at 6 M). Partitioned, a lookup reads one small block per
+        // table, which stays in the cache.
+        .filter_block_partitioning_policy(PartitioningPolicy::all(true))
+        .index_block_partitioning_policy(PartitioningPolicy::all(true))
+}
 
 /// The recorded frontier: `None` when the shard has none yet.
 pub fn decode_frontier(bytes: &[u8]) -> Option<Frontier> {
@@ -417,7 +528,7 @@ fn run_ingest(receiver: mpsc::Receiver<IngestJob>, syncer: Syncer) {
             std::process::exit(74);
         }
         tracing::debug!(
-            keyspace = %index.keyspace.name(),
+            keyspace = %index.keyspace().name(),
             ids = job.ids.len(),
             ms = started.elapsed().as_millis() as u64,
             "event ids ingested"
@@ -442,7 +553,7 @@ fn ingest(index: &DedupIndex, job: &IngestJob) -> anyhow::Result<()> {
         .map(|(key, position)| (&key[..], position))
         .collect();
     run.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    ingest_sorted(&index.keyspace, run)?;
+    ingest_sorted(&index.keyspace(), run)?;
     index
         .sm_meta
         .insert(KEY_FRONTIER, encode_frontier(&job.frontier))?;
@@ -466,6 +577,76 @@ fn ingest_sorted<'a>(
 mod tests {
     use super::*;
 
+    /// fjall journals a clear but not an ingestion, and replayed the clear at every
+    /// open over the tables written after it: ingested ones, and flushed ones of later
+    /// writes (vendor/fjall/PATCHES.md, patch 6). Clear, then three keys written by
+    /// ingestion or by inserts that are flushed, reopen: the three keys are there
+    /// (0 without the patch), and a key cleared before is gone.
+    #[test]
+    fn fjall_keeps_tables_written_after_a_clear_across_reopens() {
+        #[derive(Clone, Copy, Debug)]
+        enum Write {
+            Ingest,
+            InsertAndFlush,
+        }
+        let reopened = |write: Write, clear_first: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let db = Database::builder(dir.path()).open().unwrap();
+                let keyspace = db.keyspace("ids", KeyspaceCreateOptions::default).unwrap();
+                keyspace.insert("old", "x").unwrap();
+                keyspace.rotate_memtable_and_wait().unwrap();
+                if clear_first {
+                    keyspace.clear().unwrap();
+                }
+                let position = [0u8; 12];
+                match write {
+                    Write::Ingest => {
+                        let run = [&b"a"[..], b"b", b"c"].map(|key| (key, &position));
+                        ingest_sorted(&keyspace, run).unwrap();
+                    }
+                    Write::InsertAndFlush => {
+                        for key in ["a", "b", "c"] {
+                            keyspace.insert(key, &position[..]).unwrap();
+                        }
+                        keyspace.rotate_memtable_and_wait().unwrap();
+                    }
+                }
+                db.persist(fjall::PersistMode::SyncAll).unwrap();
+            }
+            let db = Database::builder(dir.path()).open().unwrap();
+            let keyspace = db.keyspace("ids", KeyspaceCreateOptions::default).unwrap();
+            let keys: Vec<Vec<u8>> = keyspace
+                .iter()
+                .map(|guard| guard.into_inner().unwrap().0.to_vec())
+                .collect();
+            keys
+        };
+        for write in [Write::Ingest, Write::InsertAndFlush] {
+            let abc: Vec<Vec<u8>> = [b"a", b"b", b"c"].map(|key| key.to_vec()).into();
+            assert_eq!(reopened(write, true), abc, "{write:?} after a clear");
+            let mut all = abc.clone();
+            all.push(b"old".to_vec());
+            assert_eq!(reopened(write, false), all, "{write:?} without a clear");
+        }
+    }
+
+    #[test]
+    fn dedup_keyspace_names_carry_the_shard_and_a_generation() {
+        assert_eq!(split_keyspace_name("s12.dedup"), Some(("s12.dedup", 0)));
+        assert_eq!(split_keyspace_name("s12.dedup.7"), Some(("s12.dedup", 7)));
+        for bad in [
+            "s12.dedupx",
+            "s.dedup",
+            "s1.dedup.",
+            "s1.dedup.x",
+            "x1.dedup",
+            "s1.events",
+        ] {
+            assert_eq!(split_keyspace_name(bad), None, "{bad}");
+        }
+    }
+
     /// Tables a compaction of the index replaced are deleted although no ingestion
     /// follows it (fjall deletes them only when it next collects old versions).
     #[test]
@@ -485,7 +666,7 @@ mod tests {
             Duration::from_millis(100),
         )
         .unwrap();
-        let index = store.shard("s1.dedup", sm_meta).unwrap();
+        let index = store.shard(1, sm_meta).unwrap();
         // Four generations (each fills and seals itself), four tables.
         for generation in 0..4u32 {
             let ids = (0..GENERATION_IDS as u32)
@@ -500,13 +681,13 @@ mod tests {
         }
         index.wait_ingested();
         let tables = || {
-            std::fs::read_dir(index.keyspace.path().join("tables"))
+            std::fs::read_dir(index.keyspace().path().join("tables"))
                 .unwrap()
                 .count()
         };
         // Without the watchdog the four replaced tables stay beside the compacted one
         // (checked: the loop below then times out).
-        index.keyspace.major_compact().unwrap();
+        index.keyspace().major_compact().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while tables() > 1 {
             assert!(
@@ -517,7 +698,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(
-            index.keyspace.len().unwrap(),
+            index.keyspace().len().unwrap(),
             4 * GENERATION_IDS,
             "every id is still there"
         );

@@ -207,9 +207,7 @@ impl NodeStore {
             raft_log: open("raft_log", MEMTABLE_BYTES_MAX_BULK)?,
             raft_meta: open("raft_meta", MEMTABLE_BYTES_MAX_SMALL)?,
             events: open("events", MEMTABLE_BYTES_MAX_BULK)?,
-            dedup: self
-                .dedup
-                .shard(&format!("s{shard}.dedup"), sm_meta.clone())?,
+            dedup: self.dedup.shard(shard, sm_meta.clone())?,
             tenants: open("tenants", MEMTABLE_BYTES_MAX_SMALL)?,
             chain: open("chain", MEMTABLE_BYTES_MAX_SMALL)?,
             sm_meta: sm_meta.clone(),
@@ -253,18 +251,19 @@ pub struct ShardKeyspaces {
 }
 
 impl ShardKeyspaces {
-    /// Each keyspace with its name (`sN.<name>` in the database).
-    pub fn named(&self) -> [(&'static str, &Keyspace); 9] {
+    /// Each keyspace with its name (`sN.<name>` in the database; the dedup keyspace's
+    /// is `sN.dedup[.generation]`, in the dedup database).
+    pub fn named(&self) -> [(&'static str, Keyspace); 9] {
         [
-            ("raft_log", &self.raft_log),
-            ("raft_meta", &self.raft_meta),
-            ("events", &self.events),
-            ("dedup", &self.dedup.keyspace),
-            ("tenants", &self.tenants),
-            ("chain", &self.chain),
-            ("sm_meta", &self.sm_meta),
-            ("feed", &self.feed),
-            ("tindex", &self.tindex),
+            ("raft_log", self.raft_log.clone()),
+            ("raft_meta", self.raft_meta.clone()),
+            ("events", self.events.clone()),
+            ("dedup", self.dedup.keyspace()),
+            ("tenants", self.tenants.clone()),
+            ("chain", self.chain.clone()),
+            ("sm_meta", self.sm_meta.clone()),
+            ("feed", self.feed.clone()),
+            ("tindex", self.tindex.clone()),
         ]
     }
 }

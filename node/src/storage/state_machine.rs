@@ -8,6 +8,7 @@
 //! re-applies from the persisted applied id. Apply runs on the blocking pool: a batch of
 //! 1,000 events is a few milliseconds of CPU, too long for an async worker.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use sha2::{Digest, Sha256};
 
 use super::applied::AppliedProgress;
-use super::dedup::{DedupIndex, KEY_FRONTIER};
+use super::dedup::{DedupIndex, KEY_DEDUP_KEYSPACE, KEY_FRONTIER};
 use super::event_codec::Encoder;
 use super::log_store::storage_io_error;
 use super::publish::Publisher;
@@ -33,7 +34,7 @@ use crate::consensus::{
 };
 use crate::ledger::event::StoredEvent;
 use crate::ledger::{
-    leaf_hash, BlockRecord, LeafHash, Ledger, LedgerLookup, LedgerResponse, LedgerWrite,
+    leaf_hash, BlockRecord, Ledger, LedgerLookup, LedgerResponse, LedgerWrite, RecordedLeaf,
     TenantState,
 };
 
@@ -59,6 +60,9 @@ const APPLY_WRITES_MAX: usize = 60_000;
 const APPLY_WRITES_KEPT_MAX: usize = 8_192;
 /// Records per fjall batch while installing a snapshot.
 const INSTALL_BATCH_RECORDS_MAX: usize = 10_000;
+/// Events whose ids the check at open looks up in the dedup index
+/// (`Inner::check_dedup_index`): a few per stream, over at most this many.
+const DEDUP_PROBES_MAX: usize = 64;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"TRAILSNP";
 const SNAPSHOT_VERSION: u32 = 2;
@@ -77,6 +81,9 @@ pub struct ShardCounters {
     pub events_total: AtomicU64,
     pub tenants: AtomicU64,
     pub last_applied_index: AtomicU64,
+    /// Event ids put back into the dedup index at open because a probe found the
+    /// index missing ids it must hold (0: the index was whole). `status` shows it.
+    pub dedup_rebuilt_ids: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -157,6 +164,7 @@ impl StateMachine {
         };
         inner.finish_interrupted_install()?;
         inner.move_dedup_index()?;
+        inner.check_dedup_index()?;
         inner.rebuild_dedup_overlay()?;
         inner.remove_stale_snapshot_files()?;
         inner.publish_counters();
@@ -486,7 +494,7 @@ impl Inner {
         };
         if layout != Some(DEDUP_KEYS_BEHIND_LOG) {
             let started = std::time::Instant::now();
-            let mut load = self.keyspaces.dedup.bulk_load();
+            let mut load = DedupIndex::bulk_load(self.keyspaces.dedup.keyspace());
             for guard in legacy.iter().flat_map(|legacy| legacy.iter()) {
                 let (key, value) = guard.into_inner().map_err(read_state_machine)?;
                 load.add(&key, &value).map_err(write_state_machine)?;
@@ -516,10 +524,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Puts the ids of the events applied at or after the recorded frontier back in
-    /// the overlay (`dedup.rs`), read from the events themselves, and queues them for
-    /// ingestion.
-    fn rebuild_dedup_overlay(&mut self) -> Result<(), StorageError> {
+    /// The frontier the dedup index's ingested ids cover, per stream (`dedup.rs`):
+    /// empty when none is recorded.
+    fn recorded_dedup_frontier(&self) -> Result<BTreeMap<u32, u64>, StorageError> {
         let recorded = match self
             .keyspaces
             .sm_meta
@@ -530,31 +537,167 @@ impl Inner {
                 .ok_or_else(|| format_error("bad dedup frontier"))?,
             None => Vec::new(),
         };
-        let recorded: std::collections::HashMap<u32, u64> = recorded.into_iter().collect();
+        Ok(recorded.into_iter().collect())
+    }
+
+    /// Calls `each` with the dedup key and position of every event of `stream_no`
+    /// (tenant `tenant_no`) with a seq in `seqs`, in seq order.
+    fn for_each_event_id(
+        &self,
+        tenant_no: u32,
+        stream_no: u32,
+        seqs: std::ops::Range<u64>,
+        mut each: impl FnMut(Vec<u8>, super::dedup::Position) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let range = event_key(stream_no, seqs.start)..event_key(stream_no, seqs.end);
+        for guard in self.keyspaces.events.range(range) {
+            let (key, value) = guard.into_inner().map_err(read_state_machine)?;
+            let (stream_no, seq) =
+                decode_position(&key).ok_or_else(|| format_error("bad event key"))?;
+            let canonical = self
+                .keyspaces
+                .codec
+                .canonical(value)
+                .map_err(|error| read_state_machine(error.into()))?;
+            let stored = StoredEvent::decode_canonical(&canonical)
+                .map_err(|error| format_error(format!("bad stored event: {error}")))?;
+            each(
+                dedup_key(tenant_no, &stored.event.event_id),
+                position_value(stream_no, seq),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Checks the dedup index against the events it must hold (those below the
+    /// recorded frontier) before the node answers anything from it: up to
+    /// [`DEDUP_PROBES_MAX`] events spread over the streams and their seqs are looked up
+    /// in the keyspace. An index that lost ids (a fault of the storage engine, or a
+    /// data directory written by a version whose snapshot installs cleared the
+    /// keyspace: `dedup.rs`) would answer "new" for an acknowledged event id, and a
+    /// retry would be recorded twice. On any miss the index is rebuilt from the
+    /// events, into a fresh keyspace, and `status` says so. Cost at open: one event
+    /// read and one lookup per probe (a few ms).
+    fn check_dedup_index(&mut self) -> Result<(), StorageError> {
+        let recorded = self.recorded_dedup_frontier()?;
+        let streams: Vec<(u32, u32, u64)> = self
+            .ledger
+            .tenants()
+            .filter_map(|(_, state)| {
+                let covered_end = recorded.get(&state.stream_no).copied().unwrap_or(1);
+                (covered_end > 1).then_some((state.tenant_no, state.stream_no, covered_end))
+            })
+            .collect();
+        if streams.is_empty() {
+            return Ok(());
+        }
+        let probes_per_stream = (DEDUP_PROBES_MAX / streams.len()).clamp(1, 3);
+        let stream_step = streams
+            .len()
+            .div_ceil(DEDUP_PROBES_MAX / probes_per_stream)
+            .max(1);
+        let mut missing = None;
+        'streams: for &(tenant_no, stream_no, covered_end) in streams.iter().step_by(stream_step) {
+            let last = covered_end - 1;
+            let mut seqs = vec![1, last, last.div_ceil(2)];
+            seqs.truncate(probes_per_stream);
+            seqs.dedup();
+            for seq in seqs {
+                let mut found = true;
+                self.for_each_event_id(tenant_no, stream_no, seq..seq + 1, |key, position| {
+                    let ingested = self
+                        .keyspaces
+                        .dedup
+                        .get_ingested(&key)
+                        .map_err(read_state_machine)?;
+                    found = ingested == Some(position);
+                    Ok(())
+                })?;
+                if !found {
+                    missing = Some((stream_no, seq));
+                    break 'streams;
+                }
+            }
+        }
+        let Some((stream_no, seq)) = missing else {
+            return Ok(());
+        };
+        tracing::warn!(
+            shard = self.keyspaces.shard,
+            stream_no,
+            seq,
+            "the dedup index misses the id of a recorded event; rebuilding it from the events"
+        );
+        let started = std::time::Instant::now();
+        let rebuilt = self.rebuild_dedup_index()?;
+        self.counters
+            .dedup_rebuilt_ids
+            .store(rebuilt, Ordering::Relaxed);
+        tracing::warn!(
+            shard = self.keyspaces.shard,
+            ids = rebuilt,
+            ms = started.elapsed().as_millis() as u64,
+            "dedup index rebuilt from the events"
+        );
+        Ok(())
+    }
+
+    /// Loads the id of every applied event into a fresh dedup keyspace, records it
+    /// (with a frontier covering every event) and drops the old one. Returns the ids
+    /// loaded. Crash-safe: until the batch naming the fresh keyspace is durable the old
+    /// one stays current, and the next open deletes the fresh one and checks again.
+    fn rebuild_dedup_index(&mut self) -> Result<u64, StorageError> {
+        let dedup = self.keyspaces.dedup.clone();
+        let _replacing = dedup.begin_replace();
+        let fresh = dedup.fresh_keyspace().map_err(write_state_machine)?;
+        let mut load = DedupIndex::bulk_load(fresh.clone());
+        let streams: Vec<(u32, u32, u64)> = self
+            .ledger
+            .tenants()
+            .map(|(_, state)| (state.tenant_no, state.stream_no, state.next_seq))
+            .collect();
+        for (tenant_no, stream_no, next_seq) in streams {
+            self.for_each_event_id(tenant_no, stream_no, 1..next_seq, |key, position| {
+                load.add(&key, &position).map_err(write_state_machine)
+            })?;
+        }
+        let loaded = load.loaded;
+        load.finish().map_err(write_state_machine)?;
+        let mut batch = self.db.batch();
+        put_dedup_layout(&mut batch, &self.keyspaces.sm_meta, &self.ledger.frontier());
+        batch.insert(
+            &self.keyspaces.sm_meta,
+            KEY_DEDUP_KEYSPACE,
+            fresh.name().as_bytes(),
+        );
+        batch.commit().map_err(write_state_machine)?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(write_state_machine)?;
+        dedup.replace_keyspace(fresh).map_err(write_state_machine)?;
+        Ok(loaded)
+    }
+
+    /// Puts the ids of the events applied at or after the recorded frontier back in
+    /// the overlay (`dedup.rs`), read from the events themselves, and queues them for
+    /// ingestion.
+    fn rebuild_dedup_overlay(&mut self) -> Result<(), StorageError> {
+        let recorded = self.recorded_dedup_frontier()?;
         let mut ids = Vec::new();
-        for (_, state) in self.ledger.tenants() {
-            let from = recorded.get(&state.stream_no).copied().unwrap_or(1);
-            if from >= state.next_seq {
-                continue;
-            }
-            let range =
-                event_key(state.stream_no, from)..event_key(state.stream_no, state.next_seq);
-            for guard in self.keyspaces.events.range(range) {
-                let (key, value) = guard.into_inner().map_err(read_state_machine)?;
-                let (stream_no, seq) =
-                    decode_position(&key).ok_or_else(|| format_error("bad event key"))?;
-                let canonical = self
-                    .keyspaces
-                    .codec
-                    .canonical(value)
-                    .map_err(|error| read_state_machine(error.into()))?;
-                let stored = StoredEvent::decode_canonical(&canonical)
-                    .map_err(|error| format_error(format!("bad stored event: {error}")))?;
-                ids.push((
-                    dedup_key(state.tenant_no, &stored.event.event_id),
-                    position_value(stream_no, seq),
-                ));
-            }
+        let streams: Vec<(u32, u32, u64)> = self
+            .ledger
+            .tenants()
+            .map(|(_, state)| (state.tenant_no, state.stream_no, state.next_seq))
+            .collect();
+        for (tenant_no, stream_no, next_seq) in streams {
+            let from = recorded.get(&stream_no).copied().unwrap_or(1);
+            self.for_each_event_id(tenant_no, stream_no, from..next_seq, |key, position| {
+                ids.push((key, position));
+                Ok(())
+            })?;
         }
         if ids.is_empty() {
             return Ok(());
@@ -593,14 +736,15 @@ impl Inner {
     ) -> Result<(), StorageError> {
         let previous = self.current_snapshot_meta()?;
         let keyspaces = self.keyspaces.clone();
-        // No ingestion of the replaced state's ids may land after the clear.
+        // No ingestion of the replaced state's ids may land in the new keyspace.
         let _replacing = keyspaces.dedup.begin_replace();
-        keyspaces.events.clear().map_err(write_snapshot_fjall)?;
-        keyspaces
+        // The ids load into a fresh keyspace, never a cleared one: fjall replays a
+        // clear over tables ingested after it at every open (`dedup.rs`).
+        let fresh_ids = keyspaces
             .dedup
-            .keyspace
-            .clear()
+            .fresh_keyspace()
             .map_err(write_snapshot_fjall)?;
+        keyspaces.events.clear().map_err(write_snapshot_fjall)?;
         keyspaces.tenants.clear().map_err(write_snapshot_fjall)?;
         keyspaces.chain.clear().map_err(write_snapshot_fjall)?;
         // The indexes describe the replaced state: the feed's pending entries go, and a
@@ -615,7 +759,7 @@ impl Inner {
         let mut records = 0usize;
         // The ids go to the dedup database in ingested runs; the frontier recorded
         // with them covers every event of the installed state.
-        let mut ids = keyspaces.dedup.bulk_load();
+        let mut ids = DedupIndex::bulk_load(fresh_ids.clone());
         let mut frontier = Vec::new();
         loop {
             let tag = read_u8(&mut reader)?;
@@ -653,6 +797,11 @@ impl Inner {
         let applied = self.last_applied.map_or(0, |log_id| log_id.index);
         put_dedup_layout(&mut batch, &keyspaces.sm_meta, &frontier);
         batch.insert(
+            &keyspaces.sm_meta,
+            KEY_DEDUP_KEYSPACE,
+            fresh_ids.name().as_bytes(),
+        );
+        batch.insert(
             &keyspaces.feed,
             applied.to_be_bytes(),
             FeedRuns::reset().encode(),
@@ -667,6 +816,10 @@ impl Inner {
         batch.commit().map_err(write_snapshot_fjall)?;
         self.db
             .persist(PersistMode::SyncAll)
+            .map_err(write_snapshot_fjall)?;
+        keyspaces
+            .dedup
+            .replace_keyspace(fresh_ids)
             .map_err(write_snapshot_fjall)?;
         if let Some(previous) = previous {
             if previous.snapshot_id != meta.snapshot_id {
@@ -722,12 +875,22 @@ impl LedgerLookup for Lookup<'_> {
         Ok(value.map(|bytes| decode_position(&bytes).expect("dedup values are 12 bytes")))
     }
 
-    fn leaf_hash_of(&self, stream_no: u32, seq: u64) -> Result<LeafHash, fjall::Error> {
+    fn recorded_leaf(&self, stream_no: u32, seq: u64) -> Result<RecordedLeaf, fjall::Error> {
         let value = self
             .events
             .get(event_key(stream_no, seq))?
             .expect("a dedup entry points at a stored event");
-        Ok(leaf_hash(&self.codec.canonical(value)?))
+        let canonical = self.codec.canonical(value)?;
+        let stored = StoredEvent::decode_canonical(&canonical).map_err(|error| {
+            fjall::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("stored event {stream_no}/{seq}: {error}"),
+            ))
+        })?;
+        Ok(RecordedLeaf {
+            leaf_hash: leaf_hash(&canonical),
+            ingested_at_ns: stored.ingested_at_ns,
+        })
     }
 
     fn tree_root_after(
@@ -785,6 +948,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // ingested in between is in one of them (or both), never in neither.
         let dedup_overlay = inner.keyspaces.dedup.overlay_view();
         SnapshotBuilder {
+            // The keyspace the view is read from: an install that replaces it later
+            // leaves this handle (and so its tables) alive until the build is done.
+            dedup_keyspace: inner.keyspaces.dedup.keyspace(),
             dedup_view: inner.keyspaces.dedup.db.snapshot(),
             dedup_overlay: Arc::new(dedup_overlay),
             view: inner.db.snapshot(),
@@ -855,6 +1021,7 @@ pub struct SnapshotBuilder {
     /// The event-id index: the dedup database's view, and the ids not yet in it.
     dedup_view: fjall::Snapshot,
     dedup_overlay: Arc<super::dedup::OverlayView>,
+    dedup_keyspace: Keyspace,
     keyspaces: ShardKeyspaces,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
@@ -877,7 +1044,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .snapshot_dir
             .join(format!("{}.snap", meta.snapshot_id));
         let view = self.view.clone();
-        let dedup = (self.dedup_view.clone(), self.dedup_overlay.clone());
+        let dedup = (
+            self.dedup_view.clone(),
+            self.dedup_overlay.clone(),
+            self.dedup_keyspace.clone(),
+        );
         let keyspaces = self.keyspaces.clone();
         let meta_for_file = meta.clone();
         let path_for_file = path.clone();
@@ -892,7 +1063,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             write_snapshot_file(
                 &path_for_file,
                 &meta_for_file,
-                (&view, &dedup.0, &dedup.1),
+                (&view, &dedup.0, &dedup.1, &dedup.2),
                 &keyspaces,
                 records,
             )
@@ -960,10 +1131,11 @@ enum Records {
 fn write_snapshot_file(
     path: &std::path::Path,
     meta: &SnapshotMeta,
-    (view, dedup_view, dedup_overlay): (
+    (view, dedup_view, dedup_overlay, dedup_keyspace): (
         &fjall::Snapshot,
         &fjall::Snapshot,
         &super::dedup::OverlayView,
+        &Keyspace,
     ),
     keyspaces: &ShardKeyspaces,
     records: Records,
@@ -983,7 +1155,7 @@ fn write_snapshot_file(
     let keyspaces_written = match records {
         Records::All => vec![
             (TAG_EVENTS, view, &keyspaces.events),
-            (TAG_DEDUP, dedup_view, &keyspaces.dedup.keyspace),
+            (TAG_DEDUP, dedup_view, dedup_keyspace),
             (TAG_TENANTS, view, &keyspaces.tenants),
             (TAG_CHAIN, view, &keyspaces.chain),
         ],
@@ -1336,7 +1508,7 @@ mod tests {
     /// Every recorded id of a shard as `(key, value)`: the dedup keyspace's and the
     /// overlay's, sorted.
     fn dedup_contents(index: &DedupIndex) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut all = contents(&index.keyspace);
+        let mut all = contents(&index.keyspace());
         let view = index.overlay_view();
         all.extend(
             view.entries()
@@ -1387,7 +1559,7 @@ mod tests {
         let tenant = keyspaces.tenants.get("ten_a").unwrap().expect("tenant");
         let tenant_no = TenantState::decode(&tenant).expect("state").tenant_no;
         assert_eq!(keyspaces.dedup.overlay_len(), 0, "moved, not rebuilt");
-        let keys: Vec<Vec<u8>> = contents(&keyspaces.dedup.keyspace)
+        let keys: Vec<Vec<u8>> = contents(&keyspaces.dedup.keyspace())
             .into_iter()
             .map(|(key, _)| key)
             .collect();
@@ -1435,7 +1607,7 @@ mod tests {
                 responses.extend(sm.apply([entry.clone()]).await.unwrap());
             }
             keyspaces.dedup.wait_ingested();
-            let in_keyspace = contents(&keyspaces.dedup.keyspace).len();
+            let in_keyspace = contents(&keyspaces.dedup.keyspace()).len();
             assert_eq!(
                 in_keyspace,
                 2 * GENERATION_IDS,
@@ -1463,7 +1635,7 @@ mod tests {
             0,
             "the rest was put back and ingested"
         );
-        assert_eq!(contents(&keyspaces.dedup.keyspace).len() as u64, count);
+        assert_eq!(contents(&keyspaces.dedup.keyspace()).len() as u64, count);
         // Every event again: each answered with its first receipt.
         let retries: Vec<Entry> = entries
             .iter()
@@ -1483,6 +1655,182 @@ mod tests {
         }
     }
 
+    /// Entries of 10 events each over four tenants, `events` in all, numbered from
+    /// `first` (event ids `evt_<number>`), log indexes from `index`.
+    fn four_tenants(index: u64, first: u64, events: u64) -> Vec<Entry> {
+        (0..events / 10)
+            .map(|n| {
+                let start = first + n * 10;
+                append(index + n, &format!("ten_{}", n % 4), start..start + 10)
+            })
+            .collect()
+    }
+
+    /// Ids of `entries`' events found in the dedup index (overlay or keyspace).
+    fn ids_found(
+        keyspaces: &ShardKeyspaces,
+        ledger_tenants: &[(String, u32)],
+        entries: &[Entry],
+    ) -> usize {
+        let mut found = 0;
+        for entry in entries {
+            let EntryPayload::Normal(LedgerCommand::Append { events, .. }) = &entry.payload else {
+                continue;
+            };
+            for event in events {
+                let tenant_no = ledger_tenants
+                    .iter()
+                    .find(|(tenant, _)| *tenant == event.tenant_id)
+                    .map(|(_, number)| *number)
+                    .expect("tenant");
+                if keyspaces
+                    .dedup
+                    .get(&dedup_key(tenant_no, &event.event_id))
+                    .unwrap()
+                    .is_some()
+                {
+                    found += 1;
+                }
+            }
+        }
+        found
+    }
+
+    fn tenant_numbers(sm: &StateMachine) -> Vec<(String, u32)> {
+        sm.lock()
+            .ledger
+            .tenants()
+            .map(|(tenant, state)| (tenant.to_string(), state.tenant_no))
+            .collect()
+    }
+
+    /// A replica that installed a snapshot keeps its event ids across restarts: the
+    /// install's ids, and those ingested after it. (The install used to clear the
+    /// dedup keyspace and then ingest into it; fjall replays the clear at every open
+    /// over the tables ingested after it, so the reopened replica held none of them,
+    /// answered a retry as a new event and forked its stream from the other replicas.)
+    #[tokio::test]
+    async fn an_installed_replica_keeps_its_event_ids_across_restarts() {
+        let source_dir = TempDir::new().unwrap();
+        let (_source_store, _source_keyspaces, mut source) = open(&source_dir);
+        let installed = four_tenants(1, 0, 200);
+        let first_receipts = source.apply(installed.clone()).await.unwrap();
+        let snapshot = build_snapshot(&mut source).await;
+
+        let dir = TempDir::new().unwrap();
+        let after_install = four_tenants(21, 1_000, 300);
+        {
+            let (store, keyspaces, mut replica) = open(&dir);
+            let receiving = receive(&mut replica, snapshot.snapshot).await;
+            replica
+                .install_snapshot(&snapshot.meta, receiving)
+                .await
+                .unwrap();
+            keyspaces.dedup.wait_ingested();
+            assert_eq!(contents(&keyspaces.dedup.keyspace()).len(), 200);
+            // The installed records reach tables before the journal holding the
+            // install's clears is gone (fjall replayed a clear over such tables).
+            for keyspace in [&keyspaces.events, &keyspaces.tenants, &keyspaces.chain] {
+                keyspace.rotate_memtable_and_wait().unwrap();
+            }
+            store.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        {
+            let (store, keyspaces, mut replica) = open(&dir);
+            let tenants = tenant_numbers(&replica);
+            assert_eq!(tenants.len(), 4, "the installed tenants");
+            assert_eq!(
+                contents(&keyspaces.events).len(),
+                200,
+                "the installed events"
+            );
+            assert_eq!(
+                ids_found(&keyspaces, &tenants, &installed),
+                200,
+                "after a restart"
+            );
+            assert_eq!(contents(&keyspaces.dedup.keyspace()).len(), 200);
+            assert_eq!(
+                replica.counters.dedup_rebuilt_ids.load(Ordering::Relaxed),
+                0
+            );
+            // A retry of an installed event gets its first receipt, not a new seq.
+            let mut retry = installed[3].clone();
+            retry.log_id.index = 21;
+            let again = replica.apply([retry]).await.unwrap();
+            for (first, again) in first_receipts[3].receipts.iter().zip(&again[0].receipts) {
+                assert!(again.deduplicated);
+                assert_eq!((first.seq, first.leaf_hash), (again.seq, again.leaf_hash));
+            }
+            // More events after the install, their ids ingested (generations of
+            // GENERATION_IDS in tests: 300 ids seal one).
+            let mut more = after_install.clone();
+            for entry in &mut more {
+                entry.log_id.index += 1;
+            }
+            replica.apply(more).await.unwrap();
+            keyspaces.dedup.seal_open(replica.lock().ledger.frontier());
+            keyspaces.dedup.wait_ingested();
+            store.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let (_store, keyspaces, replica) = open(&dir);
+        keyspaces.dedup.wait_ingested();
+        let tenants = tenant_numbers(&replica);
+        assert_eq!(ids_found(&keyspaces, &tenants, &installed), 200);
+        assert_eq!(ids_found(&keyspaces, &tenants, &after_install), 300);
+        assert_eq!(contents(&keyspaces.dedup.keyspace()).len(), 500);
+        assert_eq!(
+            replica.counters.dedup_rebuilt_ids.load(Ordering::Relaxed),
+            0
+        );
+        let names: Vec<String> = keyspaces
+            .dedup
+            .db
+            .list_keyspace_names()
+            .iter()
+            .map(|name| name.to_string())
+            .filter(|name| name.starts_with("s1.dedup"))
+            .collect();
+        assert_eq!(
+            names,
+            vec!["s1.dedup.1".to_string()],
+            "the replaced keyspace is gone"
+        );
+    }
+
+    /// An index that lost ids it must hold (here: every one, as a clear in the
+    /// storage engine would do) is found at open by the probes and rebuilt from the
+    /// events; `dedup_rebuilt_ids` says so, and a retry is deduplicated again.
+    #[tokio::test]
+    async fn an_index_missing_ids_is_rebuilt_from_the_events_at_open() {
+        let dir = TempDir::new().unwrap();
+        let entries = four_tenants(1, 0, 300);
+        let first_receipts = {
+            let (store, keyspaces, mut sm) = open(&dir);
+            let receipts = sm.apply(entries.clone()).await.unwrap();
+            keyspaces.dedup.seal_open(sm.lock().ledger.frontier());
+            keyspaces.dedup.wait_ingested();
+            assert_eq!(contents(&keyspaces.dedup.keyspace()).len(), 300);
+            // Lose them: remove each id from the keyspace.
+            for (key, _) in contents(&keyspaces.dedup.keyspace()) {
+                keyspaces.dedup.keyspace().remove(key).unwrap();
+            }
+            keyspaces.dedup.db.persist(PersistMode::SyncAll).unwrap();
+            store.db.persist(PersistMode::SyncAll).unwrap();
+            receipts
+        };
+        let (_store, keyspaces, mut sm) = open(&dir);
+        assert_eq!(sm.counters.dedup_rebuilt_ids.load(Ordering::Relaxed), 300);
+        assert_eq!(contents(&keyspaces.dedup.keyspace()).len(), 300);
+        let mut retry = entries[7].clone();
+        retry.log_id.index = 31;
+        let again = sm.apply([retry]).await.unwrap();
+        for (first, again) in first_receipts[7].receipts.iter().zip(&again[0].receipts) {
+            assert!(again.deduplicated);
+            assert_eq!((first.seq, first.leaf_hash), (again.seq, again.leaf_hash));
+        }
+    }
+
     /// A generation that is not full is sealed once it is old enough, so that a shard
     /// with little traffic does not keep its ids in memory.
     #[tokio::test]
@@ -1498,7 +1846,7 @@ mod tests {
         sm.apply([append(2, "ten_a", 10..12)]).await.unwrap();
         keyspaces.dedup.wait_ingested();
         assert_eq!(keyspaces.dedup.overlay_len(), 0);
-        assert_eq!(contents(&keyspaces.dedup.keyspace).len(), 12);
+        assert_eq!(contents(&keyspaces.dedup.keyspace()).len(), 12);
     }
 
     /// Once the shard has trained a dictionary, apply stores events compressed, and

@@ -205,6 +205,15 @@ impl Watchdog {
             rotated_at: Instant::now(),
         });
     }
+
+    /// Stops watching `keyspace` (one being deleted: fjall removes its directory once
+    /// the last handle is dropped, and this one would be the last).
+    pub fn unwatch(&self, keyspace: &Keyspace) {
+        self.keyspaces
+            .lock()
+            .expect("watchdog lock")
+            .retain(|watched| watched.keyspace.name() != keyspace.name());
+    }
 }
 
 #[cfg(test)]

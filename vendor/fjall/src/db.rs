@@ -756,6 +756,16 @@ impl Database {
                             continue;
                         };
 
+                        // [trail patch] As in `recovery.rs`: tables newer than the
+                        // clear were written after it, and stay.
+                        if keyspace
+                            .tree
+                            .get_highest_persisted_seqno()
+                            .is_some_and(|persisted| persisted > batch.seqno)
+                        {
+                            continue;
+                        }
+
                         keyspace.tree.clear().ok();
 
                         persisted_seqnos.remove(keyspace_id);

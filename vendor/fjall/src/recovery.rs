@@ -214,6 +214,20 @@ pub fn recover_sealed_memtables(
                     continue;
                 };
 
+                // [trail patch] A clear is undone only over tables older than it: a
+                // table with a higher seqno was written after the clear (a flush of
+                // later writes, or an ingestion, which the journal does not record),
+                // and replaying the clear would drop it. At run time the clear
+                // replaced the tree's version at once, so tables present at recovery
+                // are either all older (that version change was lost) or all newer.
+                if handle
+                    .tree
+                    .get_highest_persisted_seqno()
+                    .is_some_and(|persisted| persisted > batch.seqno)
+                {
+                    continue;
+                }
+
                 watermarks
                     .entry(*keyspace_id)
                     .and_modify(|prev| {

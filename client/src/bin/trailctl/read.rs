@@ -129,6 +129,7 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
                 "indexed_index": shard.indexed_index,
                 "index_lag_ms": shard.index_lag_ms,
                 "index_rebuild_remaining": shard.index_rebuild_remaining,
+                "dedup_rebuilt_ids": shard.dedup_rebuilt_ids,
                 "replicas": shard.replicas.iter().map(|replica| json!({
                     "node_id": replica.node_id,
                     "matched_index": replica.matched_index,
@@ -272,6 +273,18 @@ fn status_table(status: &StatusResponse) -> String {
     for row in &rows {
         lines.push(format_row(row));
     }
+    // A repair at open is rare and worth an operator's attention (a storage fault, or
+    // a data directory written by a version that lost ids after snapshot installs).
+    for shard in &status.shards {
+        if shard.dedup_rebuilt_ids > 0 {
+            lines.push(format!(
+                "shard {}: its event-id index was missing ids at open and was rebuilt from \
+                 the events ({} ids); see the node's log",
+                shard.shard_id,
+                group_thousands(shard.dedup_rebuilt_ids)
+            ));
+        }
+    }
     lines.join("\n")
 }
 
@@ -363,6 +376,7 @@ mod tests {
                 indexed_index: 12_340,
                 index_lag_ms: 420,
                 index_rebuild_remaining: 0,
+                dedup_rebuilt_ids: 0,
                 replicas: vec![
                     ReplicaStatus {
                         node_id: 1,
