@@ -438,7 +438,7 @@ impl Client {
         loop {
             let whole = attempt == 0 || progress.pending().len() == events_count;
             // Which event of the batch each outcome of this attempt answers.
-            let sent: Vec<usize> = if whole {
+            let positions_sent: Vec<usize> = if whole {
                 (0..events_count).collect()
             } else {
                 progress.pending().to_vec()
@@ -461,7 +461,12 @@ impl Client {
                         .learn_leader(tenant_id, &route, response.metadata(), &failed);
                     let moved = names_another_leader(response.metadata(), &route);
                     let mut answer = response.into_inner();
-                    check_deduplicated_receipts(&mut answer, &sent, &mut events, &first_body)?;
+                    check_deduplicated_receipts(
+                        &mut answer,
+                        &positions_sent,
+                        &mut events,
+                        &first_body,
+                    )?;
                     // A node that is not the leader the map named, or events refused
                     // as UNAVAILABLE (an election): the map may be stale.
                     if in_split && (moved || has_unavailable_event(&answer)) {
