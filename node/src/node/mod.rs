@@ -173,6 +173,8 @@ pub struct Node {
     pub cursor_key: Arc<CursorKey>,
     /// Query scans running at once; more wait their turn (`api/query.rs`).
     pub query_permits: Arc<tokio::sync::Semaphore>,
+    /// `ListBlocks` streams open at once; more are refused (`api/proofs.rs`).
+    pub block_stream_permits: Arc<tokio::sync::Semaphore>,
     /// The secondary indexes, built behind the log (`index/`).
     pub index: NodeIndex,
     /// In a cluster: the clients this node forwards requests to shard leaders with.
@@ -347,6 +349,9 @@ pub async fn start(
         cursor_key,
         query_permits: Arc::new(tokio::sync::Semaphore::new(
             crate::api::query::QUERIES_IN_FLIGHT_MAX,
+        )),
+        block_stream_permits: Arc::new(tokio::sync::Semaphore::new(
+            crate::api::proofs::BLOCK_STREAMS_MAX,
         )),
         index,
         groups,

@@ -1,0 +1,319 @@
+//! The proof RPCs on a real single-replica shard (`api::proofs`): they pass the read
+//! barrier, and `ListBlocks` streams hold no thread while their client does not read.
+//!
+//! `proof_reads_wait_for_a_lagging_state_machine`, in steps:
+//! 1. open shard 1 of a node store in a temporary directory (openraft over fjall, its
+//!    batcher and sealer), record events of a tenant and seal them into checkpoints;
+//! 2. give the reads a handle whose applied index lags the log (the state machine of a
+//!    restarted or newly elected leader that has not applied what it acknowledged):
+//!    `GetCheckpoint`, `GetBlock`, `ListBlocks`, `GetProof` and `GetConsistencyProof`
+//!    must all wait; a replica read answers at once;
+//! 3. the applied index reaches the log: every read answers;
+//! 4. the shard's Raft stops: every leader read answers UNAVAILABLE, never a local copy.
+//!
+//! `idle_list_blocks_streams_hold_no_thread_and_are_dropped`: 100 streams whose client
+//! reads nothing leave the process's thread count as it was (each parked a blocking
+//! thread before), a stream over the bound is refused, and an idle stream ends with
+//! DEADLINE_EXCEEDED after its timeout and gives its permit back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tempfile::TempDir;
+use tokio::sync::Semaphore;
+use trail_node::api::proofs::{self, ProofReads, ReadAt};
+use trail_node::clock::SystemClock;
+use trail_node::ledger::{ActorKind, EventRecord, Outcome};
+use trail_node::shard::{
+    self, BatchLimits, SealerSettings, ShardHandle, ShardSettings, ShardTasks,
+};
+use trail_node::storage::{AppliedProgress, NodeStore};
+use trail_proto::v1;
+
+const TENANT: &str = "ten_proofs";
+
+fn event(tenant_id: &str, number: u64) -> EventRecord {
+    EventRecord {
+        event_id: format!("evt_{number}"),
+        tenant_id: tenant_id.to_string(),
+        actor_kind: ActorKind::User,
+        actor_id: "user_1".into(),
+        actor_email: String::new(),
+        actor_name: String::new(),
+        action: "doc.read".into(),
+        resource_type: "doc".into(),
+        resource_id: format!("doc_{number}"),
+        outcome: Outcome::Success,
+        occurred_at_ns: 1_700_000_000_000_000_000 + number as i64,
+        request_id: String::new(),
+        session_id: String::new(),
+        ip_address: String::new(),
+        user_agent: String::new(),
+        metadata_json: String::new(),
+        subject_id: String::new(),
+    }
+}
+
+async fn open_shard(dir: &TempDir) -> (ShardHandle, ShardTasks) {
+    let store = NodeStore::open(dir.path()).expect("open node store");
+    let settings = ShardSettings {
+        node_id: 1,
+        cluster_name: "proof-reads-test".into(),
+        snapshot_logs_since_last: 1_000,
+        limits: BatchLimits::default(),
+        sealer: SealerSettings {
+            node_id: 1,
+            seal_interval: Duration::from_secs(600),
+            checkpoint_interval: Duration::from_secs(600),
+            origin: "trail.test".into(),
+        },
+        signer: Arc::new(
+            trail_node::node::key::load_or_create(dir.path(), "trail.test").expect("key"),
+        ),
+        publisher: None,
+        peers: trail_node::consensus::network::Peers::none(1),
+    };
+    let alone = std::collections::BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
+    let (handle, tasks) = shard::open(&store, 1, &settings, &alone, 0, Arc::new(SystemClock))
+        .await
+        .expect("open shard");
+    handle
+        .raft
+        .wait(Some(Duration::from_secs(30)))
+        .state(
+            openraft::ServerState::Leader,
+            "single replica elects itself",
+        )
+        .await
+        .expect("leader");
+    (handle, tasks)
+}
+
+/// Records `blocks` blocks of 3 events each, each sealed with its own checkpoint.
+async fn record_blocks(handle: &ShardHandle, blocks: u64) {
+    for block in 0..blocks {
+        let events = (block * 3..block * 3 + 3)
+            .map(|number| event(TENANT, number))
+            .collect();
+        handle
+            .submit(events)
+            .expect("queued")
+            .await
+            .expect("answered")
+            .expect("acknowledged");
+        handle.sealer.seal_now(TENANT).await.expect("sealed");
+    }
+}
+
+fn reads(shard: &ShardHandle, at: ReadAt) -> ProofReads {
+    ProofReads {
+        shard: shard.clone(),
+        permits: Arc::new(Semaphore::new(8)),
+        at,
+    }
+}
+
+/// The five tenant reads of the proof API, each to completion (`ListBlocks` read to
+/// its end); the error of the first that fails.
+async fn every_read(reads: ProofReads) -> Result<(), tonic::Status> {
+    proofs::checkpoint_at(
+        &reads,
+        TENANT,
+        &v1::GetCheckpointRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    proofs::block_at(
+        &reads,
+        TENANT,
+        &v1::GetBlockRequest {
+            tenant_id: TENANT.into(),
+            block_index: 1,
+            with_events: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut blocks = proofs::blocks_at(
+        &reads,
+        &Arc::new(Semaphore::new(1)),
+        TENANT,
+        &v1::ListBlocksRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        },
+        Duration::from_secs(30),
+    )
+    .await?;
+    while let Some(block) = blocks.next().await {
+        block?;
+    }
+    proofs::proof_at(
+        &reads,
+        TENANT,
+        &v1::GetProofRequest {
+            tenant_id: TENANT.into(),
+            event_id: "evt_4".into(),
+            tree_size: 0,
+        },
+    )
+    .await?;
+    proofs::consistency_at(
+        &reads,
+        TENANT,
+        &v1::GetConsistencyProofRequest {
+            tenant_id: TENANT.into(),
+            from_size: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_reads_wait_for_a_lagging_state_machine() {
+    let dir = TempDir::new().expect("temporary directory");
+    let (handle, tasks) = open_shard(&dir).await;
+    record_blocks(&handle, 4).await;
+    let last_log_index = handle.raft.metrics().borrow().last_log_index;
+
+    // A state machine that has applied only the first entries of the log.
+    let lagging = ShardHandle {
+        applied: Arc::new(AppliedProgress::new(Some(1))),
+        ..handle.clone()
+    };
+    let leader_reads = tokio::spawn(every_read(reads(&lagging, ReadAt::Leader)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !leader_reads.is_finished(),
+        "a leader read answered from a state machine behind its log"
+    );
+    // A replica read is this replica as it is: it does not wait.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        every_read(reads(&lagging, ReadAt::Replica)),
+    )
+    .await
+    .expect("a replica read does not wait")
+    .expect("a replica read answers");
+
+    lagging.applied.publish(last_log_index);
+    tokio::time::timeout(Duration::from_secs(10), leader_reads)
+        .await
+        .expect("the reads answer once the log is applied")
+        .expect("task")
+        .expect("every read answers");
+
+    // A replica that can not confirm its leadership serves no leader read.
+    let _ = tasks.stop_batcher.send(());
+    let _ = tasks.stop_sealer.send(());
+    handle.raft.shutdown().await.expect("shutdown");
+    let status = every_read(reads(&handle, ReadAt::Leader))
+        .await
+        .expect_err("a stopped replica serves no leader read");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+fn thread_count() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .expect("Threads: line")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_list_blocks_streams_hold_no_thread_and_are_dropped() {
+    const STREAMS: usize = 100;
+    let dir = TempDir::new().expect("temporary directory");
+    let (handle, _tasks) = open_shard(&dir).await;
+    // More blocks than a stream's channel and one read step hold.
+    record_blocks(&handle, 12).await;
+    let reads = reads(&handle, ReadAt::Leader);
+    let request = v1::ListBlocksRequest {
+        tenant_id: TENANT.into(),
+        with_events: true,
+        ..Default::default()
+    };
+    // Warm the blocking pool up, so that its idle threads are counted before.
+    every_read(reads.clone()).await.expect("reads");
+    let threads_before = thread_count();
+
+    let permits = Arc::new(Semaphore::new(STREAMS));
+    let mut idle = Vec::new();
+    for _ in 0..STREAMS {
+        let stream =
+            proofs::blocks_at(&reads, &permits, TENANT, &request, Duration::from_secs(600))
+                .await
+                .expect("a stream under the bound");
+        idle.push(stream);
+    }
+    // Give every producer time to fill its channel and wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let threads_with_idle_streams = thread_count();
+    println!(
+        "threads: {threads_before} before, {threads_with_idle_streams} with {STREAMS} idle \
+         ListBlocks streams"
+    );
+    assert!(
+        threads_with_idle_streams < threads_before + 16,
+        "{STREAMS} idle streams took threads: {threads_before} -> {threads_with_idle_streams}"
+    );
+    let refused = proofs::blocks_at(&reads, &permits, TENANT, &request, Duration::from_secs(1))
+        .await
+        .err()
+        .expect("a stream over the bound is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        permits.available_permits(),
+        STREAMS,
+        "closed streams free their permits"
+    );
+
+    // A client that stops reading: after the idle timeout its stream ends with
+    // DEADLINE_EXCEEDED after the blocks it was sent, and its permit is free again.
+    let mut stream = proofs::blocks_at(
+        &reads,
+        &permits,
+        TENANT,
+        &request,
+        Duration::from_millis(300),
+    )
+    .await
+    .expect("a stream");
+    let first = stream.next().await.expect("a block").expect("block 0");
+    assert_eq!(first.block_index, 0);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        permits.available_permits(),
+        STREAMS,
+        "an idle stream gives its permit back"
+    );
+    let mut received = 1;
+    let mut ended = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => received += 1,
+            Err(status) => {
+                ended = Some(status);
+                break;
+            }
+        }
+    }
+    let status = ended.expect("an idle stream does not end as if complete");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(received < 12, "{received} blocks");
+}
