@@ -738,7 +738,8 @@ impl Trail for TrailService {
     ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
         forward_to_leader!(self, request, &tenant, get_checkpoint);
-        proofs::get_checkpoint(&self.node, request.into_inner())
+        let at = proofs::ReadAt::of(&request);
+        proofs::get_checkpoint(&self.node, request.into_inner(), at)
             .await
             .map(Response::new)
     }
@@ -749,7 +750,8 @@ impl Trail for TrailService {
     ) -> Result<Response<v1::GetBlockResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
         forward_to_leader!(self, request, &tenant, get_block);
-        let block = proofs::get_block(&self.node, request.into_inner()).await?;
+        let at = proofs::ReadAt::of(&request);
+        let block = proofs::get_block(&self.node, request.into_inner(), at).await?;
         Ok(Response::new(v1::GetBlockResponse { block: Some(block) }))
     }
 
@@ -773,7 +775,8 @@ impl Trail for TrailService {
             let blocks: Self::ListBlocksStream = Box::pin(blocks);
             return Ok(Response::from_parts(metadata, blocks, extensions));
         }
-        proofs::list_blocks(&self.node, request.into_inner())
+        let at = proofs::ReadAt::of(&request);
+        proofs::list_blocks(&self.node, request.into_inner(), at)
             .await
             .map(Response::new)
     }
@@ -783,8 +786,10 @@ impl Trail for TrailService {
         request: Request<v1::GetProofRequest>,
     ) -> Result<Response<v1::GetProofResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        event_id_argument(&request.get_ref().event_id)?;
         forward_to_leader!(self, request, &tenant, get_proof);
-        proofs::get_proof(&self.node, request.into_inner())
+        let at = proofs::ReadAt::of(&request);
+        proofs::get_proof(&self.node, request.into_inner(), at)
             .await
             .map(Response::new)
     }
@@ -802,7 +807,8 @@ impl Trail for TrailService {
     ) -> Result<Response<v1::GetConsistencyProofResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
         forward_to_leader!(self, request, &tenant, get_consistency_proof);
-        proofs::get_consistency_proof(&self.node, request.into_inner())
+        let at = proofs::ReadAt::of(&request);
+        proofs::get_consistency_proof(&self.node, request.into_inner(), at)
             .await
             .map(Response::new)
     }
