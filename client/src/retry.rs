@@ -236,6 +236,7 @@ mod tests {
                 seq,
                 leaf_hash: vec![0xab; 32],
                 deduplicated,
+                ingested_at_ns: 0,
             })),
         }
     }

@@ -116,6 +116,7 @@ impl Trail for TrailApi {
                     seq: receipt.seq,
                     leaf_hash: receipt.leaf_hash.to_vec(),
                     deduplicated: receipt.deduplicated,
+                    ingested_at_ns: receipt.ingested_at_ns,
                 })),
             });
         }
