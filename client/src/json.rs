@@ -94,8 +94,7 @@ pub fn parse_event(line: &str) -> Result<Event, ParseError> {
                 if !field_value.is_object() {
                     return Err(wrong_type(key, "a JSON object", field_value));
                 }
-                event.metadata_json =
-                    serde_json::to_string(field_value).expect("a JSON value always serializes");
+                event.metadata_json = raw_metadata(line)?;
             }
             "subject_id" => event.subject_id = string_field(key, field_value)?,
             _ => {
@@ -107,6 +106,26 @@ pub fn parse_event(line: &str) -> Result<Event, ParseError> {
         }
     }
     Ok(event)
+}
+
+/// The line's `metadata` object as written, byte for byte. The node hashes and stores
+/// these bytes and refuses what its readers would read differently (a repeated key, a
+/// number beyond 64 bits or a double); a parsed and re-serialized `Value` would hide
+/// those (keeping the last of two keys, rounding the number) and sort the keys.
+fn raw_metadata(line: &str) -> Result<String, ParseError> {
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        #[serde(borrow)]
+        metadata: Option<&'a serde_json::value::RawValue>,
+    }
+    let parsed: Line<'_> = serde_json::from_str(line).map_err(|error| ParseError::InvalidJson {
+        column: error.column(),
+        message: error.to_string(),
+    })?;
+    Ok(parsed
+        .metadata
+        .map(|raw| raw.get().to_string())
+        .unwrap_or_default())
 }
 
 fn parse_actor(value: &Value) -> Result<Actor, ParseError> {
@@ -263,9 +282,17 @@ struct EventJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     occurred_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Value>,
+    metadata: Option<MetadataJson<'a>>,
     #[serde(skip_serializing_if = "str::is_empty")]
     subject_id: &'a str,
+}
+
+/// Stored metadata: its JSON text spliced in as it is, or a string if it is not JSON.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum MetadataJson<'a> {
+    Raw(&'a serde_json::value::RawValue),
+    Text(&'a str),
 }
 
 #[derive(Debug, Serialize)]
@@ -323,14 +350,17 @@ fn event_json(event: &Event) -> EventJson<'_> {
         Ok(EventResult::Denied) => Some("DENIED"),
         Ok(EventResult::Unspecified) | Err(_) => None,
     };
-    // Metadata is stored as a JSON string; it is shown as the object it encodes, or as
-    // the raw string should it ever not parse.
+    // Metadata is stored as a JSON string; it is shown as the object it encodes, in the
+    // stored bytes (the ones the leaf hash covers, keys in their order), or as the raw
+    // string should it ever not parse.
     let metadata = if event.metadata_json.is_empty() {
         None
     } else {
         Some(
-            serde_json::from_str::<Value>(&event.metadata_json)
-                .unwrap_or_else(|_| Value::String(event.metadata_json.clone())),
+            match serde_json::from_str::<&serde_json::value::RawValue>(&event.metadata_json) {
+                Ok(raw) => MetadataJson::Raw(raw),
+                Err(_) => MetadataJson::Text(&event.metadata_json),
+            },
         )
     };
     EventJson {
@@ -376,7 +406,8 @@ fn stored_event_json(stored: &StoredEvent) -> StoredEventJson<'_> {
     }
 }
 
-/// An event as a JSON value in the input shape; `parse_event` reads it back.
+/// An event as a JSON value in the input shape; `parse_event` reads it back, with the
+/// metadata's keys sorted (as a `Value` holds them).
 pub fn event_to_json(event: &Event) -> Value {
     serde_json::to_value(event_json(event)).expect("event JSON serializes")
 }
@@ -553,11 +584,42 @@ mod tests {
     }
 
     #[test]
+    fn metadata_is_sent_and_shown_as_written() {
+        // A repeated key and an integer beyond 64 bits: the node refuses these, so the
+        // line's bytes go out as they are, not a re-serialization that hides them.
+        let line = r#"{"tenant_id":"ten_1","metadata":{"z":1, "x":2,"x":18446744073709551616}}"#;
+        let event = parse_event(line).unwrap();
+        assert_eq!(
+            event.metadata_json,
+            r#"{"z":1, "x":2,"x":18446744073709551616}"#
+        );
+        let stored = StoredEvent {
+            event: Some(parse_event(r#"{"metadata":{"z":1, "a":2.50}}"#).unwrap()),
+            ..StoredEvent::default()
+        };
+        let text = stored_event_to_string(&stored, false);
+        assert!(
+            text.starts_with(r#"{"metadata":{"z":1, "a":2.50},"#),
+            "{text}"
+        );
+        assert!(
+            error_text(r#"{"metadata":{},"metadata":{}}"#).contains("duplicate field `metadata`")
+        );
+    }
+
+    #[test]
     fn event_json_round_trips() {
         let event = parse_event(GOOD_LINE).unwrap();
         let value = event_to_json(&event);
         assert_eq!(value["occurred_at"], "2025-01-01T00:00:02.719812Z");
-        let again = parse_event(&value.to_string()).unwrap();
+        let mut again = parse_event(&value.to_string()).unwrap();
+        // A `Value` sorts the metadata's keys: the same object, other bytes.
+        let metadata = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+        assert_eq!(
+            metadata(&again.metadata_json),
+            metadata(&event.metadata_json)
+        );
+        again.metadata_json.clone_from(&event.metadata_json);
         assert_eq!(again, event);
     }
 
