@@ -65,7 +65,8 @@ pub const BUNDLE_SUFFIX: &str = ".proof.jsonl";
 pub enum FileFormat {
     /// One JSON object per line.
     Jsonl,
-    /// RFC 4180 CSV with a header row, rows ending in `\n`.
+    /// RFC 4180 CSV with a header row, rows ending in `\n`; formula cells escaped with
+    /// a leading `'` (docs/PROOFS.md, "The records file").
     Csv,
 }
 

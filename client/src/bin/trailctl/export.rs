@@ -51,7 +51,8 @@ const QUERY_PAGE_EVENTS: u32 = 1_000;
 pub enum FormatArg {
     /// One JSON object per line.
     Jsonl,
-    /// CSV with a header row (RFC 4180 quoting, `\n` line ends).
+    /// CSV with a header row (RFC 4180 quoting, `\n` line ends); a cell starting with
+    /// = + - @ or ' gets a ' in front, so spreadsheets show it as text.
     Csv,
 }
 
