@@ -317,3 +317,76 @@ async fn idle_list_blocks_streams_hold_no_thread_and_are_dropped() {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(received < 12, "{received} blocks");
 }
+
+/// Proofs read O(log n) nodes of the stream tree, and equal the proofs built from every
+/// block hash (the full read proofs cost before the subtree roots were kept): 150
+/// blocks, every checkpoint size, inclusion of a spread of blocks and consistency from
+/// every smaller size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_read_log_n_nodes_and_equal_full_read_proofs() {
+    use trail_node::ledger::merkle::{consistency_proof, inclusion_proof};
+    use trail_node::ledger::merkle::{try_consistency_proof, try_inclusion_proof};
+    use trail_node::shard::proofs::{all_block_hashes, stream_of, StoredTree};
+
+    const BLOCKS: u64 = 150;
+    let dir = TempDir::new().expect("temporary directory");
+    let (handle, _tasks) = open_shard(&dir).await;
+    record_blocks(&handle, BLOCKS).await;
+    let keyspaces = handle.keyspaces.clone();
+    let stream_no = stream_of(&keyspaces, TENANT, 0).expect("stream").stream_no;
+    let hashes = all_block_hashes(&keyspaces, stream_no, BLOCKS).expect("block hashes");
+    // Two reads per level at most, and the leaf itself.
+    let reads_max = |tree_size: u64| 2 * u64::from(u64::BITS - tree_size.leading_zeros()) + 2;
+    let mut most_reads = 0;
+    for tree_size in 1..=BLOCKS {
+        let leaves = &hashes[..tree_size as usize];
+        for index in (0..tree_size).step_by(7).chain([tree_size - 1]) {
+            let tree = StoredTree::new(&keyspaces, stream_no);
+            let path = try_inclusion_proof(&tree, index, tree_size).expect("inclusion");
+            assert_eq!(path, inclusion_proof(leaves, index, tree_size));
+            assert!(
+                tree.reads() <= reads_max(tree_size),
+                "{} reads",
+                tree.reads()
+            );
+            most_reads = most_reads.max(tree.reads());
+        }
+        for from_size in 0..=tree_size {
+            let tree = StoredTree::new(&keyspaces, stream_no);
+            let proof = try_consistency_proof(&tree, from_size, tree_size).expect("consistency");
+            assert_eq!(proof, consistency_proof(leaves, from_size, tree_size));
+            assert!(
+                tree.reads() <= reads_max(tree_size),
+                "{} reads",
+                tree.reads()
+            );
+        }
+    }
+    println!("a proof in a tree of {BLOCKS} blocks read at most {most_reads} nodes");
+
+    // The RPC's proofs verify against their checkpoint (checked by the server first).
+    let reads = reads(&handle, ReadAt::Leader);
+    let proof = proofs::proof_at(
+        &reads,
+        TENANT,
+        &v1::GetProofRequest {
+            tenant_id: TENANT.into(),
+            event_id: "evt_7".into(),
+            tree_size: 0,
+        },
+    )
+    .await
+    .expect("proof");
+    assert_eq!(proof.checkpoint.expect("checkpoint").tree_size, BLOCKS);
+    let block = proof.block.expect("block");
+    let path: Vec<[u8; 32]> = proof
+        .tree_path
+        .iter()
+        .map(|hash| hash.as_slice().try_into().expect("32 bytes"))
+        .collect();
+    assert_eq!(
+        path,
+        inclusion_proof(&hashes[..], block.block_index, BLOCKS),
+        "the served path is the full-read one"
+    );
+}

@@ -244,6 +244,10 @@ pub enum LedgerWrite {
         /// The block's last seq: the key that finds a seq's block.
         last_seq: u64,
         record: BlockRecord,
+        /// The roots of the stream tree's perfect subtrees this block completes, of
+        /// 2, 4, 8, ... blocks (one per trailing one bit of `block_index`): kept so
+        /// that a proof reads O(log n) nodes, not every block hash (`shard/proofs.rs`).
+        subtree_roots: Vec<[u8; 32]>,
     },
     Checkpoint {
         stream_no: u32,
@@ -622,7 +626,8 @@ fn seal_block(
     };
     let header_bytes = header.encode();
     let hash = block_hash(&header_bytes);
-    chain.blocks.push(hash);
+    let mut subtree_roots = Vec::new();
+    chain.blocks.push_completing(hash, &mut subtree_roots);
     chain.last_block_hash = hash;
     chain.last_sealed_at_ns = sealed_at_ns;
     chain.open = CompactTree::new();
@@ -636,6 +641,7 @@ fn seal_block(
             block_hash: hash,
             tree_root_after: chain.blocks.root(),
         },
+        subtree_roots,
     });
 }
 

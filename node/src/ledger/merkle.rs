@@ -13,7 +13,12 @@
 //!   subtrees (at most 64 hashes whatever the size), for the stream-level tree over block
 //!   hashes.
 //! - [`inclusion_proof`] and [`consistency_proof`]: the `PATH` (§2.1.3.1) and `PROOF` /
-//!   `SUBPROOF` (§2.1.4.1) algorithms, reading leaves through [`LeafSource`].
+//!   `SUBPROOF` (§2.1.4.1) algorithms, reading leaves through [`LeafSource`];
+//!   [`try_inclusion_proof`] and [`try_consistency_proof`] are the same algorithms
+//!   reading the roots of perfect subtrees through a fallible [`SubtreeSource`] (the
+//!   store keeps them, so a proof costs O(log n) reads instead of O(n) leaves).
+//! - [`verify_inclusion`] and [`verify_consistency`]: the verification algorithms of
+//!   §2.1.3.2 and §2.1.4.2, with which the server checks a proof before serving it.
 //!
 //! Proofs are checked by `trail_client::verify`, which was written separately from the
 //! RFC text and shares no code with this file on purpose: a bug in one is caught by the
@@ -50,11 +55,10 @@ pub fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
     if leaves.is_empty() {
         return EMPTY_TREE_ROOT;
     }
-    subtree_root(leaves, 0, leaves.len() as u64)
+    infallible(subtree_root(&FromLeaves(leaves), 0, leaves.len() as u64))
 }
 
-/// Where proof generation reads leaf hashes from. Today a slice; later the leaf store,
-/// which can also answer from cached subtree roots once that matters.
+/// Where proof generation reads leaf hashes from: a slice, or a closure.
 pub trait LeafSource {
     /// The hash of leaf `index`; the caller only asks for indices below the tree size it
     /// is proving about.
@@ -77,6 +81,46 @@ where
     }
 }
 
+/// Where proof generation reads the roots of perfect subtrees from: the subtree of
+/// `2^level` leaves that is the `index`-th of its size from the left, i.e. leaves
+/// `index * 2^level .. (index + 1) * 2^level` (level 0: the leaves). Every node of an
+/// RFC 9162 tree is such a subtree or splits into them, so a proof needs O(log n) of
+/// these reads. Reads may fail (a store); the first error ends the proof.
+pub trait SubtreeSource {
+    type Error;
+
+    /// `MTH` of the perfect subtree `(level, index)`; asked only for subtrees inside the
+    /// tree being proved about.
+    fn perfect_root(&self, level: u32, index: u64) -> Result<[u8; 32], Self::Error>;
+}
+
+/// A [`SubtreeSource`] that hashes a perfect subtree from its leaves: O(2^level).
+pub struct FromLeaves<'a, S: ?Sized>(pub &'a S);
+
+impl<S> SubtreeSource for FromLeaves<'_, S>
+where
+    S: LeafSource + ?Sized,
+{
+    type Error = std::convert::Infallible;
+
+    fn perfect_root(&self, level: u32, index: u64) -> Result<[u8; 32], Self::Error> {
+        if level == 0 {
+            return Ok(self.0.leaf(index));
+        }
+        Ok(node_hash(
+            &self.perfect_root(level - 1, 2 * index)?,
+            &self.perfect_root(level - 1, 2 * index + 1)?,
+        ))
+    }
+}
+
+fn infallible<T>(result: Result<T, std::convert::Infallible>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
+}
+
 /// The audit path of leaf `index` in the tree of the first `tree_size` leaves:
 /// `PATH(index, D[tree_size])` of RFC 9162 §2.1.3.1, leaf level first.
 ///
@@ -86,14 +130,28 @@ pub fn inclusion_proof<S>(source: &S, index: u64, tree_size: u64) -> Vec<[u8; 32
 where
     S: LeafSource + ?Sized,
 {
+    infallible(try_inclusion_proof(&FromLeaves(source), index, tree_size))
+}
+
+/// [`inclusion_proof`] from the roots of perfect subtrees: O(log n) reads (at most one
+/// sibling per level is not perfect, and it splits into at most one perfect subtree per
+/// level).
+pub fn try_inclusion_proof<S>(
+    source: &S,
+    index: u64,
+    tree_size: u64,
+) -> Result<Vec<[u8; 32]>, S::Error>
+where
+    S: SubtreeSource + ?Sized,
+{
     assert!(
         index < tree_size,
         "inclusion proof of leaf {index} asked for a tree of {tree_size} leaves"
     );
     let mut proof = Vec::new();
-    append_path(source, index, 0, tree_size, &mut proof);
+    append_path(source, index, 0, tree_size, &mut proof)?;
     assert!(proof.len() <= COMPACT_TREE_SUBTREE_ROOTS_MAX);
-    proof
+    Ok(proof)
 }
 
 /// The proof that the tree of the first `old_size` leaves is a prefix of the tree of the
@@ -106,18 +164,46 @@ pub fn consistency_proof<S>(source: &S, old_size: u64, new_size: u64) -> Vec<[u8
 where
     S: LeafSource + ?Sized,
 {
+    infallible(try_consistency_proof(
+        &FromLeaves(source),
+        old_size,
+        new_size,
+    ))
+}
+
+/// [`consistency_proof`] from the roots of perfect subtrees: O(log n) reads.
+pub fn try_consistency_proof<S>(
+    source: &S,
+    old_size: u64,
+    new_size: u64,
+) -> Result<Vec<[u8; 32]>, S::Error>
+where
+    S: SubtreeSource + ?Sized,
+{
     assert!(
         old_size <= new_size,
         "consistency proof asked from size {old_size} back to size {new_size}"
     );
     let mut proof = Vec::new();
     if old_size == 0 || old_size == new_size {
-        return proof;
+        return Ok(proof);
     }
-    append_subproof(source, old_size, 0, new_size, true, &mut proof);
+    append_subproof(source, old_size, 0, new_size, true, &mut proof)?;
     // Each level contributes at most one hash, plus the one for the old tree's own root.
     assert!(proof.len() <= COMPACT_TREE_SUBTREE_ROOTS_MAX + 1);
-    proof
+    Ok(proof)
+}
+
+/// `MTH` of the first `tree_size` leaves, from the roots of perfect subtrees: one read
+/// per set bit of `tree_size`.
+pub fn try_root_of<S>(source: &S, tree_size: u64) -> Result<[u8; 32], S::Error>
+where
+    S: SubtreeSource + ?Sized,
+{
+    if tree_size == 0 {
+        return Ok(EMPTY_TREE_ROOT);
+    }
+    subtree_root(source, 0, tree_size)
 }
 
 /// The largest power of two strictly below `count`: where RFC 9162 splits a tree.
@@ -126,42 +212,53 @@ fn split_point(count: u64) -> u64 {
     1 << (u64::BITS - 1 - (count - 1).leading_zeros())
 }
 
-/// `MTH(D[start:end])`.
-fn subtree_root<S>(source: &S, start: u64, end: u64) -> [u8; 32]
+/// `MTH(D[start:end])`, from perfect subtrees. In an RFC 9162 tree `start` is a
+/// multiple of every power of two up to the node's size, so a node of `2^k` leaves is
+/// the perfect subtree `(k, start / 2^k)`.
+fn subtree_root<S>(source: &S, start: u64, end: u64) -> Result<[u8; 32], S::Error>
 where
-    S: LeafSource + ?Sized,
+    S: SubtreeSource + ?Sized,
 {
     assert!(start < end, "empty subtree {start}..{end}");
     let count = end - start;
-    if count == 1 {
-        return source.leaf(start);
+    if count.is_power_of_two() {
+        let level = count.trailing_zeros();
+        assert_eq!(start % count, 0, "subtree {start}..{end} is not aligned");
+        return source.perfect_root(level, start >> level);
     }
     let middle = start + split_point(count);
-    node_hash(
-        &subtree_root(source, start, middle),
-        &subtree_root(source, middle, end),
-    )
+    Ok(node_hash(
+        &subtree_root(source, start, middle)?,
+        &subtree_root(source, middle, end)?,
+    ))
 }
 
 /// Appends `PATH(index - start, D[start:end])`. `index` is absolute.
-fn append_path<S>(source: &S, index: u64, start: u64, end: u64, proof: &mut Vec<[u8; 32]>)
+fn append_path<S>(
+    source: &S,
+    index: u64,
+    start: u64,
+    end: u64,
+    proof: &mut Vec<[u8; 32]>,
+) -> Result<(), S::Error>
 where
-    S: LeafSource + ?Sized,
+    S: SubtreeSource + ?Sized,
 {
     assert!(start <= index && index < end);
     let count = end - start;
     if count == 1 {
-        return;
+        return Ok(());
     }
     let middle = start + split_point(count);
     // The path inside the half that holds the leaf comes first, then that half's sibling.
     if index < middle {
-        append_path(source, index, start, middle, proof);
-        proof.push(subtree_root(source, middle, end));
+        append_path(source, index, start, middle, proof)?;
+        proof.push(subtree_root(source, middle, end)?);
     } else {
-        append_path(source, index, middle, end, proof);
-        proof.push(subtree_root(source, start, middle));
+        append_path(source, index, middle, end, proof)?;
+        proof.push(subtree_root(source, start, middle)?);
     }
+    Ok(())
 }
 
 /// Appends `SUBPROOF(old_count, D[start:end], node_is_old_root)`, where `old_count` is
@@ -175,26 +272,117 @@ fn append_subproof<S>(
     end: u64,
     node_is_old_root: bool,
     proof: &mut Vec<[u8; 32]>,
-) where
-    S: LeafSource + ?Sized,
+) -> Result<(), S::Error>
+where
+    S: SubtreeSource + ?Sized,
 {
     let count = end - start;
     assert!(0 < old_count && old_count <= count);
     if old_count == count {
         if !node_is_old_root {
-            proof.push(subtree_root(source, start, end));
+            proof.push(subtree_root(source, start, end)?);
         }
-        return;
+        return Ok(());
     }
     let split = split_point(count);
     let middle = start + split;
     if old_count <= split {
-        append_subproof(source, old_count, start, middle, node_is_old_root, proof);
-        proof.push(subtree_root(source, middle, end));
+        append_subproof(source, old_count, start, middle, node_is_old_root, proof)?;
+        proof.push(subtree_root(source, middle, end)?);
     } else {
-        append_subproof(source, old_count - split, middle, end, false, proof);
-        proof.push(subtree_root(source, start, middle));
+        append_subproof(source, old_count - split, middle, end, false, proof)?;
+        proof.push(subtree_root(source, start, middle)?);
     }
+    Ok(())
+}
+
+/// Whether `path` proves leaf `leaf` at `index` in the tree of `tree_size` leaves with
+/// root `root`: RFC 9162 §2.1.3.2.
+pub fn verify_inclusion(
+    leaf: &[u8; 32],
+    index: u64,
+    tree_size: u64,
+    path: &[[u8; 32]],
+    root: &[u8; 32],
+) -> bool {
+    if index >= tree_size {
+        return false;
+    }
+    let mut position = index;
+    let mut last = tree_size - 1;
+    let mut hash = *leaf;
+    for sibling in path {
+        if last == 0 {
+            return false;
+        }
+        if position & 1 == 1 || position == last {
+            hash = node_hash(sibling, &hash);
+            while position & 1 == 0 && position != 0 {
+                position >>= 1;
+                last >>= 1;
+            }
+        } else {
+            hash = node_hash(&hash, sibling);
+        }
+        position >>= 1;
+        last >>= 1;
+    }
+    last == 0 && hash == *root
+}
+
+/// Whether `proof` shows the tree of `old_size` leaves with root `old_root` to be a
+/// prefix of the tree of `new_size` leaves with root `new_root`: RFC 9162 §2.1.4.2
+/// (for `old_size` 0 or `new_size`, an empty proof and, for equal sizes, equal roots).
+pub fn verify_consistency(
+    old_size: u64,
+    new_size: u64,
+    old_root: &[u8; 32],
+    new_root: &[u8; 32],
+    proof: &[[u8; 32]],
+) -> bool {
+    if old_size > new_size {
+        return false;
+    }
+    if old_size == 0 {
+        return proof.is_empty();
+    }
+    if old_size == new_size {
+        return proof.is_empty() && old_root == new_root;
+    }
+    let mut path: Vec<[u8; 32]> = Vec::with_capacity(proof.len() + 1);
+    if old_size.is_power_of_two() {
+        path.push(*old_root);
+    }
+    path.extend_from_slice(proof);
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let mut old_position = old_size - 1;
+    let mut new_last = new_size - 1;
+    while old_position & 1 == 1 {
+        old_position >>= 1;
+        new_last >>= 1;
+    }
+    let mut old_hash = *first;
+    let mut new_hash = *first;
+    for node in rest {
+        if new_last == 0 {
+            return false;
+        }
+        if old_position & 1 == 1 || old_position == new_last {
+            old_hash = node_hash(node, &old_hash);
+            new_hash = node_hash(node, &new_hash);
+            while old_position & 1 == 0 && old_position != 0 {
+                old_position >>= 1;
+                new_last >>= 1;
+            }
+        } else {
+            new_hash = node_hash(&new_hash, node);
+        }
+        old_position >>= 1;
+        new_last >>= 1;
+    }
+    old_hash == *old_root && new_hash == *new_root && new_last == 0
 }
 
 /// RFC 9162 hashing for rs_merkle: `hash` is the leaf hash (0x00 prefix), and
@@ -273,6 +461,14 @@ impl CompactTree {
 
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: [u8; 32]) {
+        self.push_completing(leaf, &mut Vec::new());
+    }
+
+    /// Appends a leaf hash, and to `completed` the roots of the perfect subtrees of two
+    /// or more leaves that it completes, smallest first: for leaf `i` (counting from 0)
+    /// one per trailing one bit of `i`, the subtree of `2^level` leaves at index
+    /// `i >> level` for level 1, 2, ... (the store keeps them for O(log n) proofs).
+    pub fn push_completing(&mut self, leaf: [u8; 32], completed: &mut Vec<[u8; 32]>) {
         assert!(self.leaf_count < u64::MAX, "compact tree is full");
         // Each trailing one bit of the count is a complete subtree exactly as tall as the
         // one being carried, so the two merge, like a carry in binary addition.
@@ -284,6 +480,7 @@ impl CompactTree {
                 .pop()
                 .expect("one subtree root per set bit of the leaf count");
             carried = node_hash(&left, &carried);
+            completed.push(carried);
             remaining_count >>= 1;
         }
         self.subtree_roots.push(carried);
@@ -798,6 +995,120 @@ mod tests {
         );
     }
 
+    /// A store of perfect subtree roots as apply writes them (the leaves, and what
+    /// [`CompactTree::push_completing`] reports per leaf), counting its reads.
+    struct StoredNodes {
+        leaves: Vec<[u8; 32]>,
+        nodes: std::collections::HashMap<(u32, u64), [u8; 32]>,
+        reads: std::cell::Cell<u64>,
+    }
+
+    impl StoredNodes {
+        fn build(leaves: &[[u8; 32]]) -> StoredNodes {
+            let mut tree = CompactTree::new();
+            let mut nodes = std::collections::HashMap::new();
+            for (position, leaf) in leaves.iter().enumerate() {
+                let mut completed = Vec::new();
+                tree.push_completing(*leaf, &mut completed);
+                assert_eq!(completed.len() as u32, (position as u64).trailing_ones());
+                for (offset, root) in completed.into_iter().enumerate() {
+                    let level = offset as u32 + 1;
+                    nodes.insert((level, position as u64 >> level), root);
+                }
+            }
+            StoredNodes {
+                leaves: leaves.to_vec(),
+                nodes,
+                reads: std::cell::Cell::new(0),
+            }
+        }
+
+        fn take_reads(&self) -> u64 {
+            self.reads.replace(0)
+        }
+    }
+
+    impl SubtreeSource for StoredNodes {
+        type Error = String;
+
+        fn perfect_root(&self, level: u32, index: u64) -> Result<[u8; 32], String> {
+            self.reads.set(self.reads.get() + 1);
+            if level == 0 {
+                return Ok(self.leaves[index as usize]);
+            }
+            self.nodes
+                .get(&(level, index))
+                .copied()
+                .ok_or_else(|| format!("no node ({level}, {index})"))
+        }
+    }
+
+    /// At most two reads per level: a proof's siblings are perfect subtrees but one,
+    /// which splits into at most one perfect subtree per level.
+    fn reads_max(tree_size: u64) -> u64 {
+        2 * u64::from(u64::BITS - tree_size.leading_zeros()) + 2
+    }
+
+    #[test]
+    fn stored_nodes_give_the_same_proofs_in_log_reads_for_every_small_tree() {
+        let leaves = sample_leaves(140, 10);
+        let stored = StoredNodes::build(&leaves);
+        for new_size in 1..=140u64 {
+            assert_eq!(
+                try_root_of(&stored, new_size).unwrap(),
+                root_of(&leaves[..new_size as usize])
+            );
+            assert!(stored.take_reads() <= u64::from(new_size.count_ones()));
+            let root = root_of(&leaves[..new_size as usize]);
+            for index in 0..new_size {
+                let proof = try_inclusion_proof(&stored, index, new_size).unwrap();
+                assert!(
+                    stored.take_reads() <= reads_max(new_size),
+                    "{index} of {new_size}"
+                );
+                assert_eq!(proof, inclusion_proof(&leaves[..], index, new_size));
+                assert!(verify_inclusion(
+                    &leaves[index as usize],
+                    index,
+                    new_size,
+                    &proof,
+                    &root
+                ));
+            }
+            for old_size in 0..=new_size {
+                let proof = try_consistency_proof(&stored, old_size, new_size).unwrap();
+                assert!(
+                    stored.take_reads() <= reads_max(new_size),
+                    "{old_size} to {new_size}"
+                );
+                assert_eq!(proof, consistency_proof(&leaves[..], old_size, new_size));
+                let old_root = root_of(&leaves[..old_size as usize]);
+                assert!(
+                    verify_consistency(old_size, new_size, &old_root, &root, &proof),
+                    "{old_size} to {new_size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn verification_rejects_a_changed_proof() {
+        let leaves = sample_leaves(13, 11);
+        let root = root_of(&leaves);
+        let mut path = inclusion_proof(&leaves[..], 5, 13);
+        assert!(verify_inclusion(&leaves[5], 5, 13, &path, &root));
+        assert!(!verify_inclusion(&leaves[5], 6, 13, &path, &root));
+        assert!(!verify_inclusion(&leaves[5], 5, 4, &path, &root));
+        path[1][0] ^= 1;
+        assert!(!verify_inclusion(&leaves[5], 5, 13, &path, &root));
+        let old_root = root_of(&leaves[..6]);
+        let mut proof = consistency_proof(&leaves[..], 6, 13);
+        assert!(verify_consistency(6, 13, &old_root, &root, &proof));
+        assert!(!verify_consistency(7, 13, &old_root, &root, &proof));
+        proof.pop();
+        assert!(!verify_consistency(6, 13, &old_root, &root, &proof));
+    }
+
     proptest! {
         #[test]
         fn root_of_matches_reference(count in 0u64..300, seed in any::<u64>()) {
@@ -825,6 +1136,32 @@ mod tests {
             let leaves = sample_leaves(new_size as u64, seed);
             let old_size = ((new_size as f64 * old_fraction) as usize).min(new_size);
             check_consistency(&leaves, old_size, new_size);
+        }
+
+        /// Proofs from stored perfect subtree roots are byte-identical to proofs from
+        /// every leaf, cost O(log n) reads, and verify.
+        #[test]
+        fn stored_node_proofs_equal_leaf_proofs(
+            new_size in 1u64..5_000,
+            index_fraction in 0.0f64..1.0,
+            old_fraction in 0.0f64..=1.0,
+            seed in any::<u64>(),
+        ) {
+            let leaves = sample_leaves(new_size, seed);
+            let stored = StoredNodes::build(&leaves);
+            let root = root_of(&leaves);
+            let index = ((new_size as f64 * index_fraction) as u64).min(new_size - 1);
+            let path = try_inclusion_proof(&stored, index, new_size).unwrap();
+            prop_assert!(stored.take_reads() <= reads_max(new_size));
+            prop_assert_eq!(&path, &inclusion_proof(&leaves[..], index, new_size));
+            prop_assert!(verify_inclusion(&leaves[index as usize], index, new_size, &path, &root));
+            let old_size = ((new_size as f64 * old_fraction) as u64).min(new_size);
+            let proof = try_consistency_proof(&stored, old_size, new_size).unwrap();
+            prop_assert!(stored.take_reads() <= reads_max(new_size));
+            prop_assert_eq!(&proof, &consistency_proof(&leaves[..], old_size, new_size));
+            let old_root = try_root_of(&stored, old_size).unwrap();
+            prop_assert_eq!(old_root, root_of(&leaves[..old_size as usize]));
+            prop_assert!(verify_consistency(old_size, new_size, &old_root, &root, &proof));
         }
 
         #[test]

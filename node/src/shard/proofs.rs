@@ -6,16 +6,24 @@
 //! serves the stored bytes as they are, so that `trailctl verify` sees, and names,
 //! whatever was changed.
 //!
-//! Cost: a proof reads its block's events (at most `block_events` records) and the
-//! stream's block hashes up to the checkpoint (32 bytes per 1,024 events: 10 M events
-//! are ~10,000 hashes, ~0.3 MiB, a few ms).
+//! Cost: a proof reads its block's events (at most `block_events` records) and O(log n)
+//! nodes of the stream tree ([`StoredTree`]): apply keeps the roots of the tree's perfect
+//! subtrees beside the blocks (`CHAIN_SUBTREES`), so an inclusion or consistency proof
+//! reads at most two nodes per level (~60 point reads for a million blocks) instead of
+//! every block hash of the stream. Each proof is checked against the checkpoint's root
+//! (RFC 9162 verification) before it is served: a damaged node answers DATA_LOSS.
+//! Streams sealed before the subtree roots were kept have none stored; their nodes are
+//! hashed from the blocks below them, which costs what a proof cost before.
 
 use crate::ledger::event::DecodeError;
-use crate::ledger::merkle::{consistency_proof, inclusion_proof};
+use crate::ledger::merkle::{
+    inclusion_proof, node_hash, try_consistency_proof, try_inclusion_proof, try_root_of,
+    verify_consistency, verify_inclusion, SubtreeSource,
+};
 use crate::ledger::{block_hash, leaf_hash, BlockHeader, BlockRecord, CheckpointBody, TenantState};
 use crate::storage::{
     chain_key, chain_key_number, event_key, ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END,
-    CHAIN_CHECKPOINT,
+    CHAIN_CHECKPOINT, CHAIN_SUBTREES,
 };
 
 use super::reader::{canonical, get_event, tenant_state, ReadError};
@@ -232,8 +240,10 @@ pub fn blocks_raw(
         })
 }
 
-/// The block hashes of blocks `0..tree_size`, each checked against its header.
-fn block_hashes(
+/// The block hashes of blocks `0..tree_size`, each checked against its header: O(n)
+/// reads. Proofs read a [`StoredTree`] instead; this is the reference tests compare it
+/// with.
+pub fn all_block_hashes(
     keyspaces: &ShardKeyspaces,
     stream_no: u32,
     tree_size: u64,
@@ -265,6 +275,81 @@ fn block_hashes(
         ));
     }
     Ok(hashes)
+}
+
+/// A stream's tree as the store keeps it: the block hashes (level 0, each checked
+/// against its header) and the roots of perfect subtrees of 2, 4, 8, ... blocks, kept
+/// under the block that completes each (`CHAIN_SUBTREES`). Counts its point reads.
+pub struct StoredTree<'a> {
+    keyspaces: &'a ShardKeyspaces,
+    stream_no: u32,
+    reads: std::cell::Cell<u64>,
+}
+
+impl<'a> StoredTree<'a> {
+    pub fn new(keyspaces: &'a ShardKeyspaces, stream_no: u32) -> StoredTree<'a> {
+        StoredTree {
+            keyspaces,
+            stream_no,
+            reads: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Point reads of the keyspace so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+
+    fn get(&self, key: [u8; 13]) -> Result<Option<fjall::Slice>, ReadError> {
+        self.reads.set(self.reads.get() + 1);
+        Ok(self.keyspaces.chain.get(key)?)
+    }
+
+    /// The hash of block `index`, checked against its header.
+    fn leaf(&self, index: u64) -> Result<[u8; 32], ReadError> {
+        let location = || format!("block {index} of stream {}", self.stream_no);
+        let value = self
+            .get(chain_key(CHAIN_BLOCK, self.stream_no, index))?
+            .ok_or_else(|| corrupt(location(), "missing under a checkpoint"))?;
+        let record =
+            BlockRecord::decode(&value).map_err(|error| corrupt(location(), error.to_string()))?;
+        if block_hash(&record.header) != record.block_hash {
+            return Err(corrupt(location(), DecodeError::Checksum.to_string()));
+        }
+        Ok(record.block_hash)
+    }
+}
+
+impl SubtreeSource for StoredTree<'_> {
+    type Error = ReadError;
+
+    fn perfect_root(&self, level: u32, index: u64) -> Result<[u8; 32], ReadError> {
+        if level == 0 {
+            return self.leaf(index);
+        }
+        // Subtree (level, index) is completed by its last block.
+        let last_block = ((index + 1) << level) - 1;
+        let key = chain_key(CHAIN_SUBTREES, self.stream_no, last_block);
+        let Some(value) = self.get(key)? else {
+            // A stream sealed before subtree roots were kept: hash the two halves.
+            return Ok(node_hash(
+                &self.perfect_root(level - 1, 2 * index)?,
+                &self.perfect_root(level - 1, 2 * index + 1)?,
+            ));
+        };
+        let expected_len = 32 * last_block.trailing_ones() as usize;
+        let position = 32 * (level as usize - 1);
+        if value.len() != expected_len || position + 32 > value.len() {
+            return Err(corrupt(
+                format!(
+                    "subtree roots of block {last_block} of stream {}",
+                    self.stream_no
+                ),
+                format!("{} bytes, expected {expected_len}", value.len()),
+            ));
+        }
+        Ok(value[position..position + 32].try_into().expect("32 bytes"))
+    }
 }
 
 /// The index of the sealed block holding `seq`, if it is sealed.
@@ -348,15 +433,25 @@ pub fn inclusion(
     }
     let leaf_index = seq - block.header.first_seq;
     let block_path = inclusion_proof(leaves.as_slice(), leaf_index, leaves.len() as u64);
-    let hashes = block_hashes(keyspaces, state.stream_no, checkpoint.body.tree_size)?;
-    if crate::ledger::merkle::root_of(&hashes) != checkpoint.body.root {
+    if block_hash(&block.record.header) != block.record.block_hash {
+        return Err(corrupt(location, DecodeError::Checksum.to_string()).into());
+    }
+    let tree_size = checkpoint.body.tree_size;
+    let tree = StoredTree::new(keyspaces, state.stream_no);
+    let tree_path = try_inclusion_proof(&tree, block_index, tree_size)?;
+    if !verify_inclusion(
+        &block.record.block_hash,
+        block_index,
+        tree_size,
+        &tree_path,
+        &checkpoint.body.root,
+    ) {
         return Err(corrupt(
             format!("stream {stream}"),
-            "block hashes do not match the checkpoint's root",
+            "the stream tree's stored nodes do not lead to the checkpoint's root",
         )
         .into());
     }
-    let tree_path = inclusion_proof(hashes.as_slice(), block_index, hashes.len() as u64);
     Ok(InclusionProof {
         event: events[leaf_index as usize].clone(),
         stream,
@@ -392,7 +487,25 @@ pub fn consistency(
             to.body.tree_size
         )));
     }
-    let hashes = block_hashes(keyspaces, state.stream_no, to.body.tree_size)?;
-    let proof = consistency_proof(hashes.as_slice(), from_size, to.body.tree_size);
+    let tree = StoredTree::new(keyspaces, state.stream_no);
+    let to_size = to.body.tree_size;
+    let proof = try_consistency_proof(&tree, from_size, to_size)?;
+    // Checked before it is served: the old tree's root from the store, then the proof
+    // from it to the checkpoint's root.
+    let from_root = try_root_of(&tree, from_size)?;
+    let to_root = if from_size == to_size {
+        to.body.root
+    } else {
+        try_root_of(&tree, to_size)?
+    };
+    if to_root != to.body.root
+        || !verify_consistency(from_size, to_size, &from_root, &to.body.root, &proof)
+    {
+        return Err(corrupt(
+            format!("stream {tenant_id}/{stream_index}"),
+            "the stream tree's stored nodes do not lead to the checkpoint's root",
+        )
+        .into());
+    }
     Ok((proof, to))
 }

@@ -407,9 +407,14 @@ pub fn decode_position(value: &[u8]) -> Option<(u32, u64)> {
 pub const CHAIN_BLOCK: u8 = b'b';
 pub const CHAIN_BLOCK_END: u8 = b'e';
 pub const CHAIN_CHECKPOINT: u8 = b'c';
+/// The roots of the stream tree's perfect subtrees that block `number` completes, of 2,
+/// 4, 8, ... blocks, concatenated (32 bytes each, one per trailing one bit of the block
+/// index; absent when there are none): on average one hash per two blocks.
+pub const CHAIN_SUBTREES: u8 = b't';
 
 /// `prefix, stream_no (u32 BE), number (u64 BE)`: blocks by index, block ends by last
-/// seq, checkpoints by tree size. Each kind of a stream is one ordered range.
+/// seq, checkpoints by tree size, subtree roots by the block that completes them. Each
+/// kind of a stream is one ordered range.
 pub fn chain_key(prefix: u8, stream_no: u32, number: u64) -> [u8; 13] {
     let mut key = [0u8; 13];
     key[0] = prefix;

@@ -27,7 +27,7 @@ use super::publish::Publisher;
 use super::snapshot_name::{check_install, SnapshotName, SnapshotStamp};
 use super::{
     chain_key, decode_position, dedup_key, event_key, position_value, FeedRuns, ShardKeyspaces,
-    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
+    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT, CHAIN_SUBTREES,
 };
 use crate::consensus::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -284,12 +284,20 @@ impl Inner {
                     block_index,
                     last_seq,
                     record,
+                    subtree_roots,
                 } => {
                     batch.insert(
                         &keyspaces.chain,
                         chain_key(CHAIN_BLOCK, stream_no, block_index),
                         record.encode(),
                     );
+                    if !subtree_roots.is_empty() {
+                        batch.insert(
+                            &keyspaces.chain,
+                            chain_key(CHAIN_SUBTREES, stream_no, block_index),
+                            subtree_roots.concat(),
+                        );
+                    }
                     batch.insert(
                         &keyspaces.chain,
                         chain_key(CHAIN_BLOCK_END, stream_no, last_seq),

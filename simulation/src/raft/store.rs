@@ -974,12 +974,14 @@ fn digest_write(hasher: &mut Sha256, write: &LedgerWrite) {
             block_index,
             last_seq,
             record,
+            subtree_roots,
         } => {
             hasher.update([4]);
             hasher.update(stream_no.to_be_bytes());
             hasher.update(block_index.to_be_bytes());
             hasher.update(last_seq.to_be_bytes());
             hasher.update(record.encode());
+            hasher.update(subtree_roots.concat());
         }
         LedgerWrite::Checkpoint {
             stream_no,
