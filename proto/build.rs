@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // prost's codec plus bounds checked before a request is decoded (src/codec.rs).
+        .codec_path("crate::codec::TrailCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -36,7 +36,8 @@ pub const SNAPSHOT_LOGS_SINCE_LAST_CLUSTER: u64 = 20_000;
         traild --data-dir /var/lib/trail --grpc-addr 0.0.0.0:7400\n  \
         traild --config trail.toml               # same keys as the flags, snake_case\n  \
         traild --node-id 1 --peers 1=10.0.0.7:7400,2=10.0.0.8:7400,3=10.0.0.9:7400\n  \
-        # one node of three; then once: trailctl cluster init --shards 16 --replicas 3\n\n\
+        # one node of three (Raft between them on port 7402, which must be on a\n  \
+        # private network); then once: trailctl cluster init --shards 16 --replicas 3\n\n\
         Stop with SIGTERM or Ctrl-C: queued events are acknowledged and flushed first."
 )]
 pub struct Flags {
@@ -56,11 +57,18 @@ pub struct Flags {
     #[arg(long, env = "TRAIL_NODE_ID")]
     pub node_id: Option<u64>,
     /// Run as one node of a cluster: every node's id and gRPC address, the same list on
-    /// each node, e.g. `1=10.0.0.7:7400,2=10.0.0.8:7400,3=10.0.0.9:7400`. The metadata
-    /// group (shard 0) gets a replica on each; `trailctl cluster init` then creates the
-    /// data shards. Without it the node runs alone.
-    #[arg(long, env = "TRAIL_PEERS", value_name = "ID=HOST:PORT,...")]
+    /// each node, e.g. `1=10.0.0.7:7400,2=10.0.0.8:7400,3=10.0.0.9:7400`. A node's
+    /// peer address (Raft) follows a `/`, e.g. `1=10.0.0.7:7400/10.0.0.7:7402`;
+    /// without it it is the gRPC address's host, port + 2. The metadata group (shard
+    /// 0) gets a replica on each; `trailctl cluster init` then creates the data shards.
+    /// Without it the node runs alone and serves no Raft transport.
+    #[arg(long, env = "TRAIL_PEERS", value_name = "ID=HOST:PORT[/HOST:PORT],...")]
     pub peers: Option<String>,
+    /// Address of the peer listener of a cluster node: Raft traffic from the other
+    /// nodes only, never clients; keep it on a private network [default: the gRPC
+    /// address's host, port + 2, e.g. 127.0.0.1:7402]. Only with --peers.
+    #[arg(long, env = "TRAIL_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
     /// Name of the cluster; every Raft message carries it and a node refuses messages
     /// of another cluster [default: trail].
     #[arg(long, env = "TRAIL_CLUSTER_ID")]
@@ -128,6 +136,12 @@ pub struct Flags {
     /// helps when the recent history of busy tenants does not fit; 8 at least.
     #[arg(long, value_name = "MIB")]
     pub cache_mib: Option<u64>,
+    /// Request bytes the node holds at once over all gRPC connections, in MiB
+    /// [default: 256]. A request that would go over is answered RESOURCE_EXHAUSTED
+    /// with a retry hint before its bytes are buffered. At least 32 (one message of
+    /// the largest size accepted).
+    #[arg(long, value_name = "MIB")]
+    pub inflight_request_mib: Option<usize>,
     /// For benchmarks only: run without the indexer thread, to measure what indexing
     /// costs ingest. Queries then read every event from the store and are refused once
     /// a stream has more than 200,000 events.
@@ -136,6 +150,22 @@ pub struct Flags {
     /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
     #[arg(long, env = "TRAIL_LOG")]
     pub log: Option<String>,
+    /// Log lines on stderr: `text` for people (coloured only when stderr is a
+    /// terminal) or `json`, one object per line for log shippers [default: text].
+    #[arg(long, env = "TRAIL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How `traild` writes its log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines: time, level, target, message, fields.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`),
+    /// `target`, and the spans.
+    Json,
 }
 
 /// The same settings as a TOML file; every key is optional.
@@ -145,6 +175,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     grpc_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
     node_id: Option<u64>,
     peers: Option<String>,
     cluster_id: Option<String>,
@@ -162,7 +193,9 @@ struct FileConfig {
     index_commit_ms: Option<u64>,
     index_hold_lag_ms: Option<u64>,
     cache_mib: Option<u64>,
+    inflight_request_mib: Option<usize>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
 }
 
 /// Resolved configuration.
@@ -171,6 +204,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The peer listener (Raft from the other nodes); only a cluster node has one.
+    pub peer_addr: Option<SocketAddr>,
     pub node_id: u64,
     /// Set when the node is one of a cluster (`--peers`).
     pub cluster: Option<ClusterConfig>,
@@ -184,9 +219,12 @@ pub struct NodeConfig {
     pub index_commit_ms: u64,
     /// The storage's block cache (`--cache-mib`), in bytes.
     pub cache_bytes: u64,
+    /// `--inflight-request-mib`, in bytes (api/limits.rs).
+    pub inflight_request_bytes: usize,
     /// `--bench-index-off`: no indexer thread.
     pub index_off: bool,
     pub log: String,
+    pub log_format: LogFormat,
 }
 
 /// Blocks, sealing and checkpoints (docs/PROOFS.md).
@@ -206,9 +244,29 @@ pub struct ClusterConfig {
     /// Node id -> its gRPC `host:port` (this node's own entry is what the others
     /// dial; it may differ from `--grpc-addr`, e.g. 0.0.0.0).
     pub peers: BTreeMap<u64, String>,
+    /// Node id -> its peer listener's `host:port`, where the others send Raft
+    /// messages (never the gRPC port).
+    pub raft_addrs: BTreeMap<u64, String>,
 }
 
+/// The peer port when none is given: the gRPC port + 2 (7400 -> 7402; HTTP is + 1).
+pub const PEER_PORT_OFFSET: u16 = 2;
+
 pub const SHARDS_MAX: u32 = 256;
+
+/// Largest gRPC message, either way. A batch of 10,000 events at the largest each
+/// (~12 KiB: 128 B event id, 64 B tenant, 3 x 256 B actor id/name, subject, 320 B email,
+/// 128 B action and resource type, 3 x 256 B resource/request/session ids, 1 KiB user
+/// agent, 8 KiB metadata, plus tags) would be ~120 MB, so no limit admits every valid
+/// batch; real batches are ~5 MB (10,000 events of ~500 B), and a larger one is split
+/// by the SDK. The count of events is checked in the raw bytes before decoding
+/// (trail-proto's codec), so the decoded size is at most a few times this.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 32 << 20;
+
+/// Request bytes in flight per node when not configured (`--inflight-request-mib`):
+/// eight messages of the largest size, or ~50 batches of ~5 MB; decoded events take
+/// ~2-3 times their wire size, so ingest holds well under 1 GB for requests.
+pub const INFLIGHT_REQUEST_MIB_DEFAULT: usize = 256;
 
 /// The block cache when not configured: fjall's default is 32 MiB, which at 10 M
 /// events held a small share of the blocks queries read.
@@ -222,9 +280,30 @@ fn default_index_hold_lag_ms(index_commit_ms: u64) -> u64 {
     2 * index_commit_ms + 500
 }
 
-/// Parses `1=host:port,2=host:port`: ids 1 or more, each once, addresses `host:port`.
-pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+/// The cluster's nodes as `--peers` lists them: node id -> gRPC address, and node id
+/// -> peer (Raft) address.
+pub type PeerList = (BTreeMap<u64, String>, BTreeMap<u64, String>);
+
+/// `host:port` with a port, as `--peers` takes it.
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// The default peer address of a node reached at `grpc` (`host:port`): same host,
+/// port + [`PEER_PORT_OFFSET`].
+fn default_peer_addr(grpc: &str) -> Option<String> {
+    let (host, port) = grpc.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?.checked_add(PEER_PORT_OFFSET)?;
+    Some(format!("{host}:{port}"))
+}
+
+/// Parses `1=host:port,2=host:port/host:port`: ids 1 or more, each once, a gRPC
+/// address `host:port` and optionally, after `/`, the peer address (default: the
+/// gRPC host, port + 2).
+pub fn parse_peers(text: &str) -> anyhow::Result<PeerList> {
     let mut peers = BTreeMap::new();
+    let mut raft_addrs = BTreeMap::new();
     for item in text
         .split(',')
         .map(str::trim)
@@ -240,21 +319,41 @@ pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
         if id == 0 {
             anyhow::bail!("peers: {item:?}: node id 0 is reserved; use 1 or more");
         }
-        let addr = addr.trim();
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
+        let (addr, peer_addr) = match addr.split_once('/') {
+            Some((addr, peer_addr)) => (addr.trim(), Some(peer_addr.trim())),
+            None => (addr.trim(), None),
+        };
+        if !is_host_port(addr) {
             anyhow::bail!("peers: {item:?}: {addr:?} is not HOST:PORT");
+        }
+        let peer_addr = match peer_addr {
+            Some(peer_addr) if is_host_port(peer_addr) => peer_addr.to_string(),
+            Some(peer_addr) => {
+                anyhow::bail!("peers: {item:?}: the peer address {peer_addr:?} is not HOST:PORT")
+            }
+            None => default_peer_addr(addr).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "peers: {item:?}: port {} has no port + {PEER_PORT_OFFSET} for the peer \
+                     address; give it after a '/' (ID=HOST:PORT/HOST:PORT)",
+                    addr.rsplit_once(':').map_or("", |(_, port)| port)
+                )
+            })?,
+        };
+        if peer_addr == addr {
+            anyhow::bail!(
+                "peers: {item:?}: the peer address is the gRPC address; Raft is served on a \
+                 port of its own"
+            );
         }
         if peers.insert(id, addr.to_string()).is_some() {
             anyhow::bail!("peers: node id {id} is listed twice");
         }
+        raft_addrs.insert(id, peer_addr);
     }
     if peers.is_empty() {
         anyhow::bail!("peers: the list is empty; give ID=HOST:PORT for every node");
     }
-    Ok(peers)
+    Ok((peers, raft_addrs))
 }
 
 impl NodeConfig {
@@ -328,10 +427,21 @@ impl NodeConfig {
         if !(8..=1 << 20).contains(&cache_mib) {
             anyhow::bail!("cache_mib: {cache_mib} is out of range; use 8 to 1048576");
         }
+        let inflight_request_mib = flags
+            .inflight_request_mib
+            .or(file.inflight_request_mib)
+            .unwrap_or(INFLIGHT_REQUEST_MIB_DEFAULT);
+        let inflight_request_mib_min = GRPC_MESSAGE_BYTES_MAX >> 20;
+        if !(inflight_request_mib_min..=4_095).contains(&inflight_request_mib) {
+            anyhow::bail!(
+                "inflight_request_mib: {inflight_request_mib} is out of range; use \
+                 {inflight_request_mib_min} (one message of the largest size) to 4095"
+            );
+        }
         let cluster = match flags.peers.or(file.peers) {
             None => None,
             Some(text) => {
-                let peers = parse_peers(&text)?;
+                let (peers, raft_addrs) = parse_peers(&text)?;
                 if !peers.contains_key(&node_id) {
                     anyhow::bail!(
                         "peers: this node's id {node_id} is not in the list {text:?}; \
@@ -352,9 +462,43 @@ impl NodeConfig {
                         "cluster_id: {cluster_id:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."
                     );
                 }
-                Some(ClusterConfig { cluster_id, peers })
+                Some(ClusterConfig {
+                    cluster_id,
+                    peers,
+                    raft_addrs,
+                })
             }
         };
+        let grpc_addr = flags
+            .grpc_addr
+            .or(file.grpc_addr)
+            .unwrap_or_else(|| "127.0.0.1:7400".parse().expect("valid default"));
+        let peer_addr = match (&cluster, flags.peer_addr.or(file.peer_addr)) {
+            (None, None) => None,
+            (None, Some(_)) => anyhow::bail!(
+                "peer_addr: only a cluster node (--peers) has a peer listener; a single node \
+                 serves no Raft transport"
+            ),
+            (Some(_), Some(addr)) => Some(addr),
+            (Some(_), None) => {
+                let port = grpc_addr
+                    .port()
+                    .checked_add(PEER_PORT_OFFSET)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "peer_addr: the gRPC port {} has no port + {PEER_PORT_OFFSET}; set \
+                         --peer-addr",
+                            grpc_addr.port()
+                        )
+                    })?;
+                Some(SocketAddr::new(grpc_addr.ip(), port))
+            }
+        };
+        if peer_addr == Some(grpc_addr) {
+            anyhow::bail!(
+                "peer_addr: {grpc_addr} is the gRPC address; Raft is served on a port of its own"
+            );
+        }
         let snapshot_logs_since_last = flags
             .snapshot_logs_since_last
             .or(file.snapshot_logs_since_last)
@@ -424,10 +568,8 @@ impl NodeConfig {
                 checkpoint_origin,
             },
             data_dir,
-            grpc_addr: flags
-                .grpc_addr
-                .or(file.grpc_addr)
-                .unwrap_or_else(|| "127.0.0.1:7400".parse().expect("valid default")),
+            grpc_addr,
+            peer_addr,
             http_addr: flags
                 .http_addr
                 .or(file.http_addr)
@@ -447,10 +589,57 @@ impl NodeConfig {
             audit_reads: flags.audit_reads.or(file.audit_reads).unwrap_or(true),
             index_commit_ms,
             cache_bytes: cache_mib << 20,
+            inflight_request_bytes: inflight_request_mib << 20,
             index_off: flags.bench_index_off,
             log: flags.log.or(file.log).unwrap_or_else(|| {
                 "info,openraft=warn,actix_server=warn,fjall=warn,lsm_tree=warn".to_string()
             }),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_name_each_nodes_peer_address_or_default_to_the_grpc_port_plus_two() {
+        let (grpc, raft) =
+            parse_peers("1=10.0.0.7:7400,2=10.0.0.8:7400/10.1.0.8:9000").expect("valid");
+        assert_eq!(grpc[&1], "10.0.0.7:7400");
+        assert_eq!(raft[&1], "10.0.0.7:7402");
+        assert_eq!(grpc[&2], "10.0.0.8:7400");
+        assert_eq!(raft[&2], "10.1.0.8:9000");
+        let error = parse_peers("1=10.0.0.7:7400/10.0.0.7:7400").expect_err("same port");
+        assert!(error.to_string().starts_with("peers:"), "{error}");
+        let error = parse_peers("1=10.0.0.7:7400/nope").expect_err("no port");
+        assert!(error.to_string().contains("peer address"), "{error}");
+        let error = parse_peers("1=10.0.0.7:65535").expect_err("no port + 2");
+        assert!(error.to_string().contains("'/'"), "{error}");
+    }
+
+    #[test]
+    fn only_a_cluster_node_has_a_peer_listener() {
+        let flags = |args: &[&str]| {
+            NodeConfig::resolve(Flags::parse_from(
+                std::iter::once("traild").chain(args.iter().copied()),
+            ))
+        };
+        let single = flags(&[]).expect("single node");
+        assert_eq!(single.peer_addr, None);
+        let error = flags(&["--peer-addr", "127.0.0.1:7402"]).expect_err("single node");
+        assert!(error.to_string().starts_with("peer_addr:"), "{error}");
+        let node = flags(&["--peers", "1=127.0.0.1:7400", "--grpc-addr", "0.0.0.0:7500"])
+            .expect("cluster node");
+        assert_eq!(node.peer_addr, Some("0.0.0.0:7502".parse().unwrap()));
+        let error = flags(&[
+            "--peers",
+            "1=127.0.0.1:7400",
+            "--peer-addr",
+            "127.0.0.1:7400",
+        ])
+        .expect_err("the gRPC address");
+        assert!(error.to_string().starts_with("peer_addr:"), "{error}");
     }
 }

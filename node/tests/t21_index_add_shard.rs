@@ -422,7 +422,7 @@ fn added_shard_is_queried_correctly_and_resumes_after_restart() {
     check_queries(&shard_a, &index);
 
     // 6. A reindex covers the added shard.
-    index.request_reindex();
+    index.request_reindex().expect("no reindex running");
     shard_b.apply(&runtime, 5);
     check_queries(&shard_b, &index);
     wait_indexed(&shard_b, &index);

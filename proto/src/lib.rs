@@ -3,6 +3,8 @@
 
 #![allow(clippy::large_enum_variant)]
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("trail.v1");
 }

@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use trail_proto::v1::{self, trail_server::Trail};
 
+use crate::ledger::validate::validate_event_id;
 use crate::ledger::{
     stream_name, validate_event, validate_tenant_id, ApplyReceipt, EventRecord, FieldError,
     BATCH_EVENTS_MAX,
@@ -31,6 +32,9 @@ const TAIL_LIMIT_DEFAULT: usize = 100;
 pub struct TrailService {
     node: Node,
 }
+
+// The codec counts a batch's events before decoding it, against the same bound.
+const _: () = assert!(BATCH_EVENTS_MAX == trail_proto::codec::RECORD_BATCH_EVENTS_MAX);
 
 impl TrailService {
     pub fn new(node: Node) -> TrailService {
@@ -419,6 +423,13 @@ pub(super) fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
     validate_tenant_id(tenant_id).map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
+/// An event id a read names: ingest's rule (an id no event can have never becomes a
+/// storage key), INVALID_ARGUMENT naming `event_id`.
+fn event_id_argument(event_id: &str) -> Result<(), Status> {
+    validate_event_id("event_id", event_id)
+        .map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
 fn consistency_argument(value: i32) -> Result<Consistency, Status> {
     Consistency::from_wire(value).map_err(|error| Status::invalid_argument(error.to_string()))
 }
@@ -529,9 +540,7 @@ impl Trail for TrailService {
         forward_read!(self, request, &tenant_id, consistency, get_event);
         let replica_read = forward::is_replica_read(&request) || !consistency.needs_barrier();
         let request = request.into_inner();
-        if request.event_id.is_empty() {
-            return Err(Status::invalid_argument("event_id: is required"));
-        }
+        event_id_argument(&request.event_id)?;
         let shard = self.node.router.shard_for(&tenant_id)?;
         if !replica_read {
             shard.read_barrier().await.map_err(barrier_status)?;
@@ -539,11 +548,11 @@ impl Trail for TrailService {
         let keyspaces = shard.keyspaces.clone();
         let event_id = request.event_id.clone();
         let tenant_for_read = tenant_id.clone();
-        let found = tokio::task::spawn_blocking(move || {
+        let found = query::gated_read(&self.node, move || {
             reader::get_event(&keyspaces, &tenant_for_read, &event_id)
         })
         .await
-        .map_err(|_| Status::internal("read task failed"))?
+        .map_err(Status::unavailable)?
         .map_err(read_status)?;
         match found {
             Some(event) => Ok(Response::new(v1::GetEventResponse {
@@ -587,11 +596,11 @@ impl Trail for TrailService {
         }
         let keyspaces = shard.keyspaces.clone();
         let after_seq = request.after_seq;
-        let (events, last_seq) = tokio::task::spawn_blocking(move || {
+        let (events, last_seq) = query::gated_read(&self.node, move || {
             reader::tail(&keyspaces, &tenant_id, after_seq, limit)
         })
         .await
-        .map_err(|_| Status::internal("read task failed"))?
+        .map_err(Status::unavailable)?
         .map_err(read_status)?;
         Ok(Response::new(v1::TailResponse {
             events: events.into_iter().map(to_stored_event).collect(),
@@ -707,7 +716,10 @@ impl Trail for TrailService {
         _request: Request<v1::ReindexRequest>,
     ) -> Result<Response<v1::ReindexResponse>, Status> {
         tracing::info!("reindex requested");
-        self.node.index.request_reindex();
+        self.node
+            .index
+            .request_reindex()
+            .map_err(|running| Status::failed_precondition(running.to_string()))?;
         let events = self
             .node
             .router
@@ -727,6 +739,14 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::ListStreamsRequest>,
     ) -> Result<Response<v1::ListStreamsResponse>, Status> {
+        // The cursor is a tenant id (the last one of the previous page): ingest's rule,
+        // so it never becomes an oversized storage key.
+        let after = &request.get_ref().after_tenant_id;
+        if !after.is_empty() {
+            validate_tenant_id(after).map_err(|error| {
+                Status::invalid_argument(format!("after_tenant_id: {}", error.message))
+            })?;
+        }
         proofs::list_streams(&self.node, request.into_inner())
             .await
             .map(Response::new)

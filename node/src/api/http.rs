@@ -27,7 +27,6 @@ use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse, Responder};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::ledger::{ActorKind, Outcome};
 use crate::node::cluster::{FORWARDED_HEADER, LEADER_HEADER};
@@ -38,9 +37,6 @@ use crate::shard::ShardHandle;
 use super::audit::{ReadBy, ACTOR_HEADER};
 use super::forward::{replica_here, Consistency, FORWARDED_FOR_HEADER};
 use super::query::{self, rest_parameters, ParamError, QueryError};
-
-/// Longest event id accepted in a path (ingest's own bound).
-const EVENT_ID_BYTES_MAX: usize = crate::ledger::validate::EVENT_ID_BYTES_MAX;
 
 #[get("/health")]
 async fn health() -> impl Responder {
@@ -88,6 +84,19 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
     per_shard(&mut body, "trail_dedup_overlay_ids", "gauge", &|shard| {
         shard.keyspaces.dedup.overlay_len() as u64
     });
+    // Committed entries refused at apply (forged or corrupt: `ledger::recheck`), and
+    // Raft messages the peer listener refused (another cluster, not a member).
+    per_shard(
+        &mut body,
+        "trail_apply_refused_entries_total",
+        "counter",
+        &|shard| shard.counters.entries_refused.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        body,
+        "# TYPE trail_raft_messages_refused_total counter\ntrail_raft_messages_refused_total {}",
+        node.groups.refused_total()
+    );
     // Disk per keyspace of each shard (SST and blob files; journals are counted apart).
     let name = "trail_storage_disk_bytes";
     let _ = writeln!(body, "# TYPE {name} gauge");
@@ -289,8 +298,9 @@ async fn list_audit_logs(
         }
         Err(QueryError::Route(error)) => return route_failed(error),
     };
-    // A page of 1,000 events is a few milliseconds of JSON: off the actix thread.
-    let body = tokio::task::spawn_blocking(move || {
+    // A page of 1,000 events is a few milliseconds of JSON: off the actix thread, under
+    // the read permits.
+    let body = query::gated_read(&node, move || {
         let page = output.page;
         let events: Vec<EventJson<'_>> = page.events.iter().map(event_json).collect();
         let scanned_to = page.scanned_to.map(|(occurred_at_ns, seq)| PositionJson {
@@ -342,14 +352,9 @@ async fn get_audit_log(
         Ok(tenant_id) => tenant_id,
         Err(error) => return bad_request(error.into()),
     };
-    if event_id.len() > EVENT_ID_BYTES_MAX {
-        return bad_request(ParamError {
-            parameter: "event_id".into(),
-            message: format!(
-                "is {} bytes; event ids are at most {EVENT_ID_BYTES_MAX}",
-                event_id.len()
-            ),
-        });
+    // Ingest's rule: an id no event can have never becomes a storage key.
+    if let Err(error) = crate::ledger::validate::validate_event_id("event_id", &event_id) {
+        return bad_request(error.into());
     }
     if let Some(response) = forward_to_leader(&node, &request, &tenant_id, consistency).await {
         return response;
@@ -374,17 +379,12 @@ async fn get_audit_log(
     let keyspaces = shard.keyspaces.clone();
     let read_tenant = tenant_id.clone();
     let read_event_id = event_id.clone();
-    let found = tokio::task::spawn_blocking(move || {
+    let found = query::gated_read(&node, move || {
         reader::get_event(&keyspaces, &read_tenant, &read_event_id)
     })
     .await;
     match found {
-        Err(_) => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "read task failed",
-            None,
-        ),
+        Err(reason) => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason, None),
         Ok(Err(error)) => read_failed(error),
         Ok(Ok(None)) => error_response(
             StatusCode::NOT_FOUND,
@@ -518,12 +518,20 @@ struct EventJson<'a> {
     session_id: &'a str,
     occurred_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Value>,
+    metadata: Option<MetadataJson<'a>>,
     subject_id: &'a str,
     stream: &'a str,
     seq: u64,
     ingested_at: String,
     leaf_hash: String,
+}
+
+/// Stored metadata: its JSON text spliced in as it is, or a string if it is not JSON.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MetadataJson<'a> {
+    Raw(&'a serde_json::value::RawValue),
+    Text(&'a str),
 }
 
 #[derive(Serialize)]
@@ -548,14 +556,18 @@ struct ResourceJson<'a> {
 fn event_json(read: &ReadEvent) -> EventJson<'_> {
     let stored = &read.stored;
     let event = &stored.event;
-    // Metadata was validated as a JSON object at ingest; should a stored value ever not
-    // parse, it is shown as the string it is rather than dropped.
+    // Metadata is shown as the stored bytes, the ones the leaf hash covers: parsing and
+    // re-serializing would sort keys and rewrite numbers and escapes. It was validated
+    // as a JSON object at ingest; should a stored value ever not parse, it is shown as
+    // the string it is rather than dropped.
     let metadata = if event.metadata_json.is_empty() {
         None
     } else {
         Some(
-            serde_json::from_str::<Value>(&event.metadata_json)
-                .unwrap_or_else(|_| Value::String(event.metadata_json.clone())),
+            match serde_json::from_str::<&serde_json::value::RawValue>(&event.metadata_json) {
+                Ok(raw) => MetadataJson::Raw(raw),
+                Err(_) => MetadataJson::Text(&event.metadata_json),
+            },
         )
     };
     EventJson {
@@ -656,5 +668,31 @@ mod tests {
         assert_eq!(value["leaf_hash"], "ab".repeat(32));
         assert!(value.get("session_id").is_none());
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn metadata_is_shown_as_the_stored_bytes() {
+        let mut event = sample_event("ten_0001", "evt_1");
+        // Key order, a trailing zero, an exponent, an escape and inner spaces are all
+        // things a parse and re-serialization would change.
+        event.metadata_json = r#"{"z": 1, "a":2.50,"big":1E3,"s":"\u00e9"}"#.to_string();
+        let read = ReadEvent {
+            stored: StoredEvent {
+                stream: "ten_0001/0".into(),
+                seq: 1,
+                ingested_at_ns: 1_735_689_603_000_000_000,
+                event,
+            },
+            leaf_hash: [0; 32],
+        };
+        let text = serde_json::to_string(&event_json(&read)).unwrap();
+        assert!(
+            text.contains(r#","metadata":{"z": 1, "a":2.50,"big":1E3,"s":"\u00e9"},"#),
+            "{text}"
+        );
+        let mut not_json = read.clone();
+        not_json.stored.event.metadata_json = "not json".to_string();
+        let text = serde_json::to_string(&event_json(&not_json)).unwrap();
+        assert!(text.contains(r#","metadata":"not json","#), "{text}");
     }
 }

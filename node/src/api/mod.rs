@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod forward;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod proofs;
 pub mod query;
 

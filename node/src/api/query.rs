@@ -33,6 +33,31 @@ use serde_json::json;
 /// core keep the machine busy without starving ingest's apply of blocking threads.
 pub const QUERIES_IN_FLIGHT_MAX: usize = 8;
 
+/// Runs a read (`GetEvent`, `Tail`, a REST event or page encoding) on the blocking pool
+/// under the same permits as query scans. Request-serving reads thus hold at most
+/// [`QUERIES_IN_FLIGHT_MAX`] of the pool's threads whatever clients do, and apply and
+/// snapshot work (also on the blocking pool) always finds threads. `Err`: shutting down,
+/// or the task panicked.
+pub async fn gated_read<T, F>(node: &Node, work: F) -> Result<T, &'static str>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let permit = node
+        .query_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| "node is shutting down")?;
+    tokio::task::spawn_blocking(move || {
+        // Held as long as the work, even if the caller goes away.
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|_| "read task failed")
+}
+
 /// The filter fields: a gRPC error names them under `filter.`.
 const FILTER_FIELDS: [&str; 9] = [
     "actor_id",
@@ -169,10 +194,11 @@ pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOut
         .await
         .map_err(|_| QueryError::Unavailable("node is shutting down"))?;
     let started = Instant::now();
-    let page = tokio::task::spawn_blocking(move || {
+    let (page, tenant_known) = tokio::task::spawn_blocking(move || {
         // The permit lives as long as the scan, even if the caller goes away.
         let _permit = permit;
-        query::run(&keyspaces, &index, &query)
+        let page = query::run(&keyspaces, &index, &query)?;
+        Ok((page, tenant_exists(&keyspaces, &query.tenant_id)?))
     })
     .await
     .map_err(|_| QueryError::Unavailable("query task failed"))?
@@ -189,8 +215,10 @@ pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOut
     );
     // One record per query: its first page. Later pages continue it through a cursor
     // that only a recorded first page handed out (recording each page would also make
-    // an oldest-first read of everything chase its own records forever).
-    if !continued {
+    // an oldest-first read of everything chase its own records forever). A tenant with
+    // no events is not recorded: its record would be its first event, and a read must
+    // not create a tenant (its answer is empty, and says nothing of anyone's events).
+    if !continued && tenant_known {
         record_read(
             node,
             &tenant_id,
@@ -275,13 +303,18 @@ pub async fn count_events(
         .acquire_owned()
         .await
         .map_err(|_| QueryError::Unavailable("node is shutting down"))?;
-    let count = tokio::task::spawn_blocking(move || {
+    let (count, tenant_known) = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        query::count(&keyspaces, &index, &tenant_id, &filters)
+        let count = query::count(&keyspaces, &index, &tenant_id, &filters)?;
+        Ok((count, tenant_exists(&keyspaces, &tenant_id)?))
     })
     .await
     .map_err(|_| QueryError::Unavailable("count task failed"))?
     .map_err(QueryError::Read)?;
+    // An unknown tenant's count (0) is not recorded, as in `run`.
+    if !tenant_known {
+        return Ok(count);
+    }
     record_read(
         node,
         &audited_tenant,
@@ -334,6 +367,21 @@ pub async fn record_export(
         "time_field": time_field,
         "format": format,
     });
+    // A tenant with no events has nothing to export: no record (it would create the
+    // tenant), and no receipt.
+    let shard = node
+        .router
+        .shard_for(&input.tenant_id)
+        .map_err(Status::from)?;
+    let keyspaces = shard.keyspaces.clone();
+    let tenant_id = input.tenant_id.clone();
+    let tenant_known = tokio::task::spawn_blocking(move || tenant_exists(&keyspaces, &tenant_id))
+        .await
+        .map_err(|_| Status::unavailable("export task failed"))?
+        .map_err(read_status)?;
+    if !tenant_known {
+        return Ok(v1::RecordExportResponse { receipt: None });
+    }
     let recorded = record_read(node, &input.tenant_id, ReadKind::Export, by, details)
         .await
         .map_err(Status::unavailable)?;
@@ -342,6 +390,15 @@ pub async fn record_export(
             super::grpc::to_receipt(event_id, input.tenant_id.clone(), receipt)
         }),
     })
+}
+
+/// Whether the tenant has events in this replica of its shard (a read of one that has
+/// none is answered empty and recorded nowhere).
+fn tenant_exists(
+    keyspaces: &crate::storage::ShardKeyspaces,
+    tenant_id: &str,
+) -> Result<bool, ReadError> {
+    Ok(keyspaces.tenants.contains_key(tenant_id.as_bytes())?)
 }
 
 /// The `Count` RPC.

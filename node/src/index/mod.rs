@@ -163,6 +163,15 @@ impl IndexProgress {
     }
 }
 
+/// A reindex was asked for while one runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a reindex is running{}; wait until `status` shows index_rebuild_remaining 0 on every shard, then ask again",
+    .events_remaining.map_or(" (not started yet)".to_string(), |events| format!(" ({events} events still to index)")))]
+pub struct ReindexRunning {
+    /// Events still to index over every shard; `None`: asked for, not started yet.
+    pub events_remaining: Option<u64>,
+}
+
 /// The node's secondary indexes: the handle queries use.
 #[derive(Clone)]
 pub struct NodeIndex {
@@ -413,8 +422,35 @@ impl NodeIndex {
     /// much); `status` shows the progress. Shards added later are covered if they were
     /// added before the call; the documents of shards the payload names but this node
     /// has not added are deleted, and such a shard is rebuilt when it is added.
-    pub fn request_reindex(&self) {
-        self.shared.reindex.store(true, Ordering::SeqCst);
+    ///
+    /// Refused while one runs (asked for and not yet started, or a shard still
+    /// rebuilding, also after a restart): each reindex deletes every shard's documents,
+    /// so calls repeated faster than a rebuild would keep the indexes empty.
+    pub fn request_reindex(&self) -> Result<(), ReindexRunning> {
+        let remaining = || {
+            self.shared
+                .progress
+                .read()
+                .expect("progress lock")
+                .values()
+                .map(|progress| progress.rebuild_remaining.load(Ordering::SeqCst))
+                .sum::<u64>()
+        };
+        let events_remaining = remaining();
+        if events_remaining > 0 {
+            return Err(ReindexRunning {
+                events_remaining: Some(events_remaining),
+            });
+        }
+        // The indexer clears the flag only once every shard's reset is done (and its
+        // `rebuild_remaining` set), so a call never sees neither.
+        self.shared
+            .reindex
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .map(|_| ())
+            .map_err(|_| ReindexRunning {
+                events_remaining: None,
+            })
     }
 
     /// Commits what is indexed and stops the thread (orderly shutdown).
@@ -881,7 +917,7 @@ impl Indexer {
                     return;
                 }
             }
-            if handle.shared.reindex.swap(false, Ordering::SeqCst) {
+            if handle.shared.reindex.load(Ordering::SeqCst) {
                 let reset = self.forget_unadded(handle).and_then(|()| {
                     (0..self.shards.len())
                         .try_for_each(|position| self.reset_shard(position, handle))
@@ -890,6 +926,8 @@ impl Indexer {
                     tracing::error!(%error, "the indexer stopped");
                     return;
                 }
+                // Only now: `request_reindex` refuses while this is set.
+                handle.shared.reindex.store(false, Ordering::SeqCst);
             }
             let added = match self.round(handle) {
                 Ok(added) => added,

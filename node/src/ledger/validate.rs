@@ -169,6 +169,16 @@ pub fn validate_tenant_id(tenant_id: &str) -> Result<String, FieldError> {
     Ok(tenant_id.to_string())
 }
 
+/// An event id a read names (`GetEvent`, `GetProof`, the REST path): ingest's rule,
+/// so an id no event can have is refused before it becomes a storage key (keys over
+/// 64 KiB reach an assert inside lsm-tree). Empty is refused: a read needs an id.
+pub fn validate_event_id(field: &'static str, event_id: &str) -> Result<(), FieldError> {
+    if event_id.is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    check_token(field, event_id, EVENT_ID_BYTES_MAX)
+}
+
 fn check_tenant_id(tenant_id: &str) -> Result<(), FieldError> {
     const RULE: &str = "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit";
     if tenant_id.is_empty() {
@@ -184,6 +194,7 @@ fn check_tenant_id(tenant_id: &str) -> Result<(), FieldError> {
     let chars_ok = tenant_id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+    check_visible("tenant_id", tenant_id)?;
     if tenant_id.len() > TENANT_ID_BYTES_MAX || !first_ok || !chars_ok {
         return Err(FieldError::new(
             "tenant_id",
@@ -202,6 +213,7 @@ fn check_action(action: &str) -> Result<(), FieldError> {
     if action.is_empty() {
         return Err(FieldError::new("action", format!("is required ({RULE})")));
     }
+    check_visible("action", action)?;
     let segments_ok = action.split('.').all(|segment| {
         !segment.is_empty()
             && segment
@@ -253,7 +265,12 @@ fn validate_occurred_at(
 }
 
 /// Metadata is a small JSON object: at most 8 KiB and 8 levels deep, so one event can
-/// not blow up storage, the index or a reader's memory.
+/// not blow up storage, the index or a reader's memory. It is hashed and stored as the
+/// producer's bytes, and every reader (REST, `trailctl`, a JavaScript `JSON.parse`) must
+/// see the same object in them; so text that parsers read differently is refused: a
+/// repeated key (most keep the last, some the first), a lone UTF-16 surrogate escape
+/// (no UTF-8 spelling: parsers fail or substitute U+FFFD), and a number no 64-bit integer
+/// or finite double holds (read as infinity, zero or a rounded value).
 fn validate_metadata(metadata_json: &str) -> Result<(), FieldError> {
     if metadata_json.is_empty() {
         return Ok(());
@@ -267,53 +284,313 @@ fn validate_metadata(metadata_json: &str) -> Result<(), FieldError> {
             ),
         ));
     }
-    // Validate without building a tree of values: this runs once per ingested event.
-    serde_json::from_str::<serde::de::IgnoredAny>(metadata_json)
-        .map_err(|error| FieldError::new("metadata_json", format!("is not valid JSON: {error}")))?;
+    // Escapes and numbers first: serde_json would report a lone surrogate as "unexpected
+    // end of hex escape" and an integer beyond 64 bits not at all (it reads a double).
+    check_json_tokens(metadata_json)
+        .map_err(|message| FieldError::new("metadata_json", message))?;
     if !metadata_json.trim_start().starts_with('{') {
-        return Err(FieldError::new(
-            "metadata_json",
-            "must be a JSON object such as {\"key\": \"value\"}",
-        ));
+        // Still say so when it is not JSON at all.
+        if serde_json::from_str::<serde::de::IgnoredAny>(metadata_json).is_ok() {
+            return Err(FieldError::new(
+                "metadata_json",
+                "must be a JSON object such as {\"key\": \"value\"}",
+            ));
+        }
     }
-    let depth = json_depth(metadata_json);
-    if depth > METADATA_DEPTH_MAX {
-        return Err(FieldError::new(
-            "metadata_json",
-            format!("nests {depth} levels deep; at most {METADATA_DEPTH_MAX} are accepted"),
-        ));
+    // One pass without building a tree of values (this runs once per ingested event):
+    // syntax, nesting and repeated keys.
+    let problem = std::cell::Cell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_str(metadata_json);
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        StrictJson {
+            depth: 1,
+            problem: &problem,
+        },
+        &mut deserializer,
+    )
+    .and_then(|()| deserializer.end());
+    let Err(error) = parsed else {
+        return Ok(());
+    };
+    let at = format!("line {} column {}", error.line(), error.column());
+    let message = match problem.take() {
+        Some(JsonProblem::DuplicateKey(key)) => format!(
+            "has the key {key:?} twice in one object (at {at}); readers disagree on which \
+             value counts, so each key may appear once"
+        ),
+        Some(JsonProblem::TooDeep) => format!(
+            "nests more than {METADATA_DEPTH_MAX} levels deep (at {at}); at most \
+             {METADATA_DEPTH_MAX} are accepted"
+        ),
+        None => format!("is not valid JSON: {error}"),
+    };
+    Err(FieldError::new("metadata_json", message))
+}
+
+/// What [`StrictJson`] refused; serde_json's error carries only the position.
+#[derive(Debug)]
+enum JsonProblem {
+    DuplicateKey(String),
+    TooDeep,
+}
+
+/// Visits one JSON value and everything in it, refusing repeated keys and nesting beyond
+/// [`METADATA_DEPTH_MAX`] (`depth` counts the objects and arrays around the value,
+/// itself included). Builds nothing but one set of keys per object.
+#[derive(Clone, Copy)]
+struct StrictJson<'a> {
+    depth: usize,
+    problem: &'a std::cell::Cell<Option<JsonProblem>>,
+}
+
+impl StrictJson<'_> {
+    fn fail<E>(self, problem: JsonProblem) -> E
+    where
+        E: serde::de::Error,
+    {
+        self.problem.set(Some(problem));
+        E::custom("metadata_json")
+    }
+
+    fn enter<E>(self) -> Result<Self, E>
+    where
+        E: serde::de::Error,
+    {
+        if self.depth > METADATA_DEPTH_MAX {
+            return Err(self.fail(JsonProblem::TooDeep));
+        }
+        Ok(StrictJson {
+            depth: self.depth + 1,
+            problem: self.problem,
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictJson<'_> {
+    type Value = ();
+
+    fn deserialize<D>(self, deserializer: D) -> Result<(), D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    /// serde_json has already refused a lone surrogate escape in a string it hands over.
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A>(self, mut seq: A) -> Result<(), A::Error>
+    where
+        A: serde::de::SeqAccess<'de>,
+    {
+        let inner = self.enter()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A>(self, mut map: A) -> Result<(), A::Error>
+    where
+        A: serde::de::MapAccess<'de>,
+    {
+        let inner = self.enter()?;
+        // Keys are compared unescaped: {"a":1,"\u0061":2} repeats "a". An 8 KiB object
+        // has at most ~1,600 keys, so the set stays small.
+        let mut keys: std::collections::HashSet<std::borrow::Cow<'de, str>> =
+            std::collections::HashSet::new();
+        while let Some(key) = map.next_key_seed(JsonKey)? {
+            if keys.contains(&key) {
+                return Err(self.fail(JsonProblem::DuplicateKey(key.into_owned())));
+            }
+            keys.insert(key);
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+struct JsonKey;
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonKey {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D>(self, deserializer: D) -> Result<Self::Value, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonKey {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(key))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(key.to_string()))
+    }
+}
+
+/// Scans JSON text for what parses but does not round-trip: a `\u` escape of a UTF-16
+/// surrogate without its other half, and a number outside what readers hold exactly (an
+/// integer beyond 64 bits, a decimal that overflows a double to infinity or underflows a
+/// non-zero value to zero). Runs on any text; syntax is the parser's to judge.
+fn check_json_tokens(json: &str) -> Result<(), String> {
+    let bytes = json.as_bytes();
+    let position = |offset: usize| {
+        let before = &bytes[..offset];
+        let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |newline| newline + 1);
+        format!("line {line} column {}", offset - line_start + 1)
+    };
+    let hex_escape = |offset: usize| -> Option<u16> {
+        // `offset` is at the backslash of `\uXXXX`.
+        if bytes.get(offset..offset + 2)? != b"\\u" {
+            return None;
+        }
+        let digits = std::str::from_utf8(bytes.get(offset + 2..offset + 6)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut offset = 0;
+    let mut in_string = false;
+    while offset < bytes.len() {
+        let byte = bytes[offset];
+        if in_string {
+            match byte {
+                b'"' => in_string = false,
+                b'\\' => {
+                    if let Some(unit) = hex_escape(offset) {
+                        if (0xD800..=0xDBFF).contains(&unit) {
+                            let low = hex_escape(offset + 6);
+                            if !low.is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) {
+                                return Err(lone_surrogate(unit, &position(offset)));
+                            }
+                            offset += 12;
+                            continue;
+                        }
+                        if (0xDC00..=0xDFFF).contains(&unit) {
+                            return Err(lone_surrogate(unit, &position(offset)));
+                        }
+                        offset += 6;
+                        continue;
+                    }
+                    // Any other escape is two bytes long.
+                    offset += 2;
+                    continue;
+                }
+                _ => {}
+            }
+            offset += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            offset += 1;
+            continue;
+        }
+        if byte == b'-' || byte.is_ascii_digit() {
+            let length = bytes[offset..]
+                .iter()
+                .position(|&byte| !matches!(byte, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                .unwrap_or(bytes.len() - offset);
+            let number = &json[offset..offset + length];
+            check_json_number(number).map_err(|reason| {
+                format!(
+                    "has the number {} (at {}), which {reason}",
+                    truncated(number),
+                    position(offset)
+                )
+            })?;
+            offset += length;
+            continue;
+        }
+        offset += 1;
     }
     Ok(())
 }
 
-/// Deepest nesting of objects and arrays in a JSON text that has already been parsed
-/// successfully, counting brackets outside strings.
-fn json_depth(json: &str) -> usize {
-    let mut depth = 0usize;
-    let mut depth_max = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for byte in json.bytes() {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
+fn lone_surrogate(unit: u16, at: &str) -> String {
+    format!(
+        "has a lone UTF-16 surrogate \\u{unit:04x} (at {at}): a surrogate escape stands for \
+         a character only as a pair such as \\ud83d\\ude00, and alone has no UTF-8 spelling"
+    )
+}
+
+/// Why a JSON number token does not round-trip, if it does not.
+fn check_json_number(number: &str) -> Result<(), &'static str> {
+    let is_integer = !number.contains(['.', 'e', 'E']);
+    if is_integer {
+        if number.parse::<i64>().is_ok() || number.parse::<u64>().is_ok() {
+            return Ok(());
         }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                depth_max = depth_max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+        if number
+            .trim_start_matches('-')
+            .bytes()
+            .all(|byte| byte.is_ascii_digit())
+        {
+            return Err(
+                "is out of range: integers must lie between -9223372036854775808 \
+                        and 18446744073709551615 (64 bits)",
+            );
         }
+        // Not a JSON number at all: the parser reports it.
+        return Ok(());
     }
-    depth_max
+    let Ok(value) = number.parse::<f64>() else {
+        return Ok(());
+    };
+    if value.is_infinite() {
+        return Err("is out of range: beyond the largest double (about 1.8e308)");
+    }
+    let mantissa = number.split(['e', 'E']).next().unwrap_or(number);
+    let is_nonzero = mantissa.bytes().any(|byte| matches!(byte, b'1'..=b'9'));
+    if value == 0.0 && is_nonzero {
+        return Err(
+            "is out of range: closer to zero than the smallest double (about 4.9e-324) \
+                    and would read as 0",
+        );
+    }
+    Ok(())
 }
 
 fn check_required(field: &'static str, value: &str, bytes_max: usize) -> Result<(), FieldError> {
@@ -330,10 +607,61 @@ fn check_optional(field: &'static str, value: &str, bytes_max: usize) -> Result<
             format!("is {} bytes; at most {bytes_max} are accepted", value.len()),
         ));
     }
-    if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "contains control characters"));
+    check_visible(field, value)
+}
+
+/// Refuses characters that do not show as themselves: control characters, and Unicode
+/// format characters (general category Cf: bidi overrides and isolates, zero-width
+/// spaces and joiners, the byte order mark, ...) together with the line and paragraph
+/// separators. They make two different ids, names or actions look the same on screen
+/// ("usr_\u{202E}nimda" shows as "usr_admin"), or reorder the text around them in a log
+/// line or table.
+fn check_visible(field: &'static str, value: &str) -> Result<(), FieldError> {
+    let Some((character, kind)) = value
+        .chars()
+        .find_map(|character| invisible_kind(character).map(|kind| (character, kind)))
+    else {
+        return Ok(());
+    };
+    Err(FieldError::new(
+        field,
+        format!(
+            "contains U+{:04X} ({kind}); control and invisible format characters are \
+             refused because they make different values look alike",
+            u32::from(character)
+        ),
+    ))
+}
+
+/// What kind of character `character` is, if it is one [`check_visible`] refuses. The
+/// Cf ranges are those of Unicode 15.1 (std has no general category lookup).
+fn invisible_kind(character: char) -> Option<&'static str> {
+    if character.is_control() {
+        return Some("a control character");
     }
-    Ok(())
+    match u32::from(character) {
+        0x061C | 0x200E | 0x200F | 0x202A..=0x202E | 0x2066..=0x2069 => Some("a bidi control"),
+        0x200B..=0x200D | 0x2060 | 0xFEFF => Some("a zero-width character"),
+        0x2028 | 0x2029 => Some("a line separator"),
+        0x00AD
+        | 0x0600..=0x0605
+        | 0x06DD
+        | 0x070F
+        | 0x0890..=0x0891
+        | 0x08E2
+        | 0x180E
+        | 0x2061..=0x2064
+        | 0x206A..=0x206F
+        | 0xFFF9..=0xFFFB
+        | 0x110BD
+        | 0x110CD
+        | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A
+        | 0xE0001
+        | 0xE0020..=0xE007F => Some("an invisible format character"),
+        _ => None,
+    }
 }
 
 /// Idempotency keys: printable ASCII without spaces, so they are safe in URLs and logs.
@@ -344,6 +672,7 @@ fn check_token(field: &'static str, value: &str, bytes_max: usize) -> Result<(),
             format!("is {} bytes; at most {bytes_max} are accepted", value.len()),
         ));
     }
+    check_visible(field, value)?;
     if !value.bytes().all(|byte| byte.is_ascii_graphic()) {
         return Err(FieldError::new(
             field,
@@ -464,11 +793,137 @@ mod tests {
 
     #[test]
     fn metadata_depth_ignores_brackets_in_strings() {
-        assert_eq!(json_depth(r#"{"a":{"b":[1,{"c":2}]}}"#), 4);
-        assert_eq!(json_depth(r#"{"a":"[[[[{{{{\"]]]]"}"#), 1);
+        let mut eight = good();
+        eight.metadata_json = format!("{}1{}", r#"{"a":"#.repeat(8), "}".repeat(8));
+        assert!(validate_event(&mut eight, NOW_NS, || "gen".into()).is_ok());
+        let mut nine = good();
+        nine.metadata_json = format!(r#"{{"a":[[[[[[[[1]]]]]]]],"b":"{}"}}"#, "]".repeat(9));
+        assert_eq!(field_of(nine), "metadata_json");
         let mut event = good();
         event.metadata_json = format!(r#"{{"deep":"{}"}}"#, "[".repeat(50));
         assert!(validate_event(&mut event.clone(), NOW_NS, || "gen".into()).is_ok());
+    }
+
+    fn metadata_error(metadata_json: &str) -> String {
+        let mut event = good();
+        event.metadata_json = metadata_json.to_string();
+        let error = validate_event(&mut event, NOW_NS, || "gen".into()).unwrap_err();
+        assert_eq!(error.field, "metadata_json", "{metadata_json}: {error}");
+        error.message
+    }
+
+    #[test]
+    fn metadata_that_readers_would_read_differently_is_refused() {
+        let cases = [
+            (
+                r#"{"x":1,"x":2}"#,
+                r#"has the key "x" twice in one object (at line 1 column 10)"#,
+            ),
+            (r#"{"a":{"x":1,"y":2,"x":1}}"#, r#"has the key "x" twice"#),
+            (r#"{"a":1,"\u0061":2}"#, r#"has the key "a" twice"#),
+            (
+                r#"{"k":"\ud800"}"#,
+                r"has a lone UTF-16 surrogate \ud800 (at line 1 column 7)",
+            ),
+            (r#"{"k":"\udc00"}"#, r"has a lone UTF-16 surrogate \udc00"),
+            (
+                r#"{"k":"\ud800\u0041"}"#,
+                r"has a lone UTF-16 surrogate \ud800",
+            ),
+            (r#"{"\uDBFF":1}"#, r"has a lone UTF-16 surrogate \udbff"),
+            (
+                r#"{"n":1e400}"#,
+                "has the number 1e400 (at line 1 column 6), which is out of range",
+            ),
+            (r#"{"n":[-1.5E+309]}"#, "has the number -1.5E+309"),
+            (
+                r#"{"n":18446744073709551616}"#,
+                "has the number 18446744073709551616",
+            ),
+            (
+                r#"{"n":-9223372036854775809}"#,
+                "which is out of range: integers",
+            ),
+            (
+                "{\n \"n\": 1e-400}",
+                "has the number 1e-400 (at line 2 column 7)",
+            ),
+            ("{\"s\":\"\\ud800\"\n}", "(at line 1 column 7)"),
+        ];
+        for (metadata_json, expected) in cases {
+            let message = metadata_error(metadata_json);
+            assert!(message.starts_with(expected), "{metadata_json}: {message}");
+        }
+    }
+
+    #[test]
+    fn metadata_that_round_trips_is_accepted() {
+        let mut event = good();
+        event.metadata_json = concat!(
+            r#"{"emoji":"\ud83d\ude00","escaped":"\\ud800","u64":18446744073709551615,"#,
+            r#""i64":-9223372036854775808,"big":1.5e300,"zero":0.0,"zero_exponent":0e5,"#,
+            r#""tiny":5e-324,"same_key_in_two_objects":[{"x":1},{"x":2}],"x":{"x":null}}"#
+        )
+        .to_string();
+        validate_event(&mut event, NOW_NS, || "gen".into()).unwrap();
+    }
+
+    #[test]
+    fn invisible_characters_in_ids_names_and_actions_are_refused_by_code_point() {
+        type Setter = fn(&mut v1::Event, &str);
+        let fields: [(&str, Setter); 12] = [
+            ("tenant_id", |e, v| e.tenant_id = format!("ten{v}1")),
+            ("event_id", |e, v| e.event_id = format!("evt{v}1")),
+            ("actor.id", |e, v| {
+                e.actor.as_mut().unwrap().id = format!("usr{v}1")
+            }),
+            ("actor.name", |e, v| {
+                e.actor.as_mut().unwrap().name = format!("Ada{v}")
+            }),
+            ("actor.email", |e, v| {
+                e.actor.as_mut().unwrap().email = format!("a{v}@b.c")
+            }),
+            ("action", |e, v| e.action = format!("auth.{v}login")),
+            ("resource.type", |e, v| {
+                e.resource.as_mut().unwrap().r#type = format!("s{v}")
+            }),
+            ("resource.id", |e, v| {
+                e.resource.as_mut().unwrap().id = format!("ses{v}1")
+            }),
+            ("request_id", |e, v| e.request_id = format!("req{v}1")),
+            ("session_id", |e, v| e.session_id = format!("ses{v}1")),
+            ("subject_id", |e, v| e.subject_id = format!("usr{v}1")),
+            ("user_agent", |e, v| e.user_agent = format!("curl{v}/8")),
+        ];
+        let characters = [
+            ('\u{202E}', "U+202E (a bidi control)"),
+            ('\u{2066}', "U+2066 (a bidi control)"),
+            ('\u{200F}', "U+200F (a bidi control)"),
+            ('\u{200B}', "U+200B (a zero-width character)"),
+            ('\u{FEFF}', "U+FEFF (a zero-width character)"),
+            ('\u{2028}', "U+2028 (a line separator)"),
+            ('\u{00AD}', "U+00AD (an invisible format character)"),
+            ('\u{E0041}', "U+E0041 (an invisible format character)"),
+            ('\u{0007}', "U+0007 (a control character)"),
+            ('\u{009B}', "U+009B (a control character)"),
+        ];
+        for (field, set) in fields {
+            for (character, named) in characters {
+                let mut event = good();
+                set(&mut event, &character.to_string());
+                let error = validate_event(&mut event, NOW_NS, || "gen".into()).unwrap_err();
+                assert_eq!(error.field, field, "{error}");
+                assert!(
+                    error.message.starts_with(&format!("contains {named}")),
+                    "{error}"
+                );
+            }
+        }
+        // Visible non-ASCII text is still accepted where it was.
+        let mut event = good();
+        event.actor.as_mut().unwrap().name = "Zoë Ångström 李".into();
+        event.resource.as_mut().unwrap().id = "ünïcödé".into();
+        validate_event(&mut event, NOW_NS, || "gen".into()).unwrap();
     }
 
     #[test]
