@@ -228,6 +228,7 @@ mod tests {
                 .map(|node_id| ClusterNode {
                     node_id,
                     grpc_addr: format!("10.0.0.{node_id}:7400"),
+                    peer_addr: String::new(),
                 })
                 .collect(),
             shards: 4,

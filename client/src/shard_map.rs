@@ -242,6 +242,7 @@ mod tests {
                 .map(|node_id| ClusterNode {
                     node_id,
                     grpc_addr: format!("10.0.0.{node_id}:7400"),
+                    peer_addr: String::new(),
                 })
                 .collect(),
             shards,
@@ -348,6 +349,7 @@ mod tests {
             .map(|node_id| ClusterNode {
                 node_id,
                 grpc_addr: format!("10.0.1.{node_id}:7400"),
+                peer_addr: String::new(),
             })
             .collect();
         assert!(ShardMap::new(&crowded).is_none());

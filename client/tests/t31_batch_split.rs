@@ -359,6 +359,7 @@ async fn cluster(leaders: [u64; 4]) -> (Vec<Served>, Arc<Mutex<ClusterState>>) {
         .map(|(index, listener)| ClusterNode {
             node_id: index as u64 + 1,
             grpc_addr: listener.local_addr().unwrap().to_string(),
+            peer_addr: String::new(),
         })
         .collect();
     let state = Arc::new(Mutex::new(ClusterState {

@@ -54,7 +54,8 @@ impl Cluster {
         Cluster::start_on("trail-cluster-", specs).await
     }
 
-    /// Starts a node per spec with the same `--peers`, in a new temporary directory
+    /// Starts a node per spec with the same `--peers` (each node's gRPC and peer
+    /// address) and its own `--peer-addr`, in a new temporary directory
     /// named `dir_prefix...`: node 1 first, then the others with a copy of its
     /// `node.key`. Does not initialize the cluster.
     pub async fn start_on(dir_prefix: &str, specs: Vec<NodeSpec>) -> Cluster {
@@ -65,7 +66,16 @@ impl Cluster {
         let peers: Vec<String> = specs
             .iter()
             .enumerate()
-            .map(|(index, spec)| format!("{}={}:{}", index + 1, spec.host, spec.grpc_port))
+            .map(|(index, spec)| {
+                format!(
+                    "{}={}:{}/{}:{}",
+                    index + 1,
+                    spec.host,
+                    spec.grpc_port,
+                    spec.host,
+                    spec.peer_port
+                )
+            })
             .collect();
         let peers = peers.join(",");
         let mut nodes = Vec::with_capacity(specs.len());
@@ -78,6 +88,8 @@ impl Cluster {
                 node_id.to_string(),
                 "--peers".to_string(),
                 peers.clone(),
+                "--peer-addr".to_string(),
+                format!("{}:{}", spec.host, spec.peer_port),
             ];
             args.extend(spec.args.iter().cloned());
             nodes.push(Traild::logged(&data_dir, spec, &args));

@@ -87,6 +87,8 @@ pub struct NodeSpec {
     pub host: String,
     pub grpc_port: u16,
     pub http_port: u16,
+    /// The peer (Raft) listener's port, used when the node is one of a cluster.
+    pub peer_port: u16,
     /// A command `traild` is run through (`["ip", "netns", "exec", NS]`); it must exec
     /// `traild`, so that the child's pid is the node's. Empty: `traild` itself.
     pub command_prefix: Vec<String>,
@@ -101,6 +103,7 @@ impl NodeSpec {
             host: "127.0.0.1".to_string(),
             grpc_port: free_port(),
             http_port: free_port(),
+            peer_port: free_port(),
             command_prefix: Vec::new(),
             args: Vec::new(),
         }
@@ -113,6 +116,9 @@ pub struct Traild {
     pub data_dir: PathBuf,
     pub grpc_port: u16,
     pub http_port: u16,
+    /// The peer (Raft) port of a cluster node (the cluster harness passes
+    /// `--peer-addr`); unused by a single node.
+    pub peer_port: u16,
     /// The address it listens on and is reached at.
     pub host: String,
     command_prefix: Vec<String>,
@@ -132,6 +138,7 @@ impl Traild {
             data_dir: data_dir.to_path_buf(),
             grpc_port: spec.grpc_port,
             http_port: spec.http_port,
+            peer_port: spec.peer_port,
             host: spec.host,
             command_prefix: spec.command_prefix,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
@@ -150,6 +157,7 @@ impl Traild {
             data_dir: data_dir.to_path_buf(),
             grpc_port: spec.grpc_port,
             http_port: spec.http_port,
+            peer_port: spec.peer_port,
             host: spec.host.clone(),
             command_prefix: spec.command_prefix.clone(),
             extra_args: extra_args.to_vec(),

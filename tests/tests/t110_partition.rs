@@ -54,6 +54,7 @@ const MINORITY_NODE: u64 = 3;
 /// Every node has its own namespace, so all use the same ports.
 const GRPC_PORT: u16 = 7400;
 const HTTP_PORT: u16 = 7401;
+const PEER_PORT: u16 = 7402;
 const TENANTS_PER_SHARD: usize = 4;
 const INGEST_EVENTS: usize = 3_000;
 const INGEST_BATCH_EVENTS: usize = 100;
@@ -495,6 +496,7 @@ impl Net {
             host: self.address(node_id),
             grpc_port: GRPC_PORT,
             http_port: HTTP_PORT,
+            peer_port: PEER_PORT,
             command_prefix: ["ip", "netns", "exec", self.namespace(node_id)]
                 .map(String::from)
                 .to_vec(),

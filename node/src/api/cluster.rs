@@ -54,6 +54,7 @@ pub async fn init(
     let map = ClusterMap::place(
         &cluster.cluster_id,
         &cluster.peers,
+        &cluster.raft_addrs,
         wanted.shards,
         wanted.replicas,
         &node.signer.verifier_key(),

@@ -2,16 +2,25 @@
 //! group it hosts, and one HTTP/2 channel per peer node shared by every group that
 //! talks to it (the shape of openraft 0.10's `openraft-multi`, DESIGN.md "Cluster").
 //!
-//! Every message carries `(cluster_id, group_id, target_node)`. The receiver refuses a
-//! message for another cluster, a node it is not or a group it does not host (openraft:
-//! connecting to a wrong node can lead to data inconsistency); the sender reports the
-//! refusal, like a refused connection, as `Unreachable` (never `NetworkError`, which
-//! makes openraft retry at once and log in a loop).
+//! The service is served on a cluster node's peer listener (`--peer-addr`), never on
+//! the client port; a single node serves none. Until peers authenticate each other
+//! (mutual TLS), the peer listener must be on a private network: any sender that names
+//! a member is believed.
+//!
+//! Every message carries `(cluster_id, group_id, target_node, from_node)`. The receiver
+//! refuses a message for another cluster, a node it is not or a group it does not host
+//! (openraft: connecting to a wrong node can lead to data inconsistency), and one whose
+//! sender is not a voter or learner of the group's membership, or is not the node the
+//! openraft request itself names (its vote's node). A refusal names none of the
+//! receiver's ids (cluster id, node ids): the sender learns only what was wrong. The
+//! sender reports the refusal, like a refused connection, as `Unreachable` (never
+//! `NetworkError`, which makes openraft retry at once and log in a loop).
 //!
 //! A single node runs single-replica groups with no peers: they never send.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -44,6 +53,8 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
 #[derive(Clone, Default)]
 pub struct Groups {
     groups: Arc<RwLock<BTreeMap<ShardId, Raft>>>,
+    /// Raft messages the transport service refused (exported in `/metrics`).
+    refused: Arc<AtomicU64>,
 }
 
 impl Groups {
@@ -64,6 +75,36 @@ impl Groups {
             .expect("groups lock")
             .get(&group)
             .cloned()
+    }
+
+    /// Raft messages refused since start: another cluster or node, a group not hosted
+    /// here, a sender that is not a member.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// The node an openraft request says it is from: the candidate of a vote, the leader
+/// of an append or a snapshot.
+pub trait Sender {
+    fn sender(&self) -> Option<NodeId>;
+}
+
+impl Sender for VoteRequest<NodeId> {
+    fn sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
+
+impl Sender for AppendEntriesRequest<TypeConfig> {
+    fn sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
+
+impl Sender for InstallSnapshotRequest<TypeConfig> {
+    fn sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
     }
 }
 
@@ -294,27 +335,45 @@ impl RaftService {
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     }
 
-    /// The group the message is for, if it is for this cluster and node, and this
-    /// node hosts the group.
+    /// The group the message is for, if it is for this cluster and node, this node
+    /// hosts the group and the sender is one of the group's members. The refusals name
+    /// none of this node's ids.
     fn group(&self, request: &RaftRequest) -> Result<Raft, Status> {
         if request.cluster_id != self.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "message for cluster {:?} reached node {} of cluster {:?}",
-                request.cluster_id, self.node, self.cluster_id
-            )));
+            return Err(Status::failed_precondition("unknown cluster"));
         }
         if request.target_node != self.node {
-            return Err(Status::failed_precondition(format!(
-                "message for node {} reached node {}",
-                request.target_node, self.node
-            )));
+            return Err(Status::failed_precondition("message for another node"));
         }
-        self.groups.get(request.group_id).ok_or_else(|| {
-            Status::not_found(format!(
-                "node {} hosts no replica of shard {}",
-                self.node, request.group_id
-            ))
-        })
+        let raft = self
+            .groups
+            .get(request.group_id)
+            .ok_or_else(|| Status::not_found("no replica of that group here"))?;
+        let member = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&request.from_node)
+            .is_some();
+        if !member {
+            return Err(Status::permission_denied(
+                "the sender is not a member of the group",
+            ));
+        }
+        Ok(raft)
+    }
+
+    /// Counts and logs a refused message; the log names the sender's claims only.
+    fn refused(&self, request: &RaftRequest, status: Status) -> Status {
+        self.groups.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            group = request.group_id,
+            from_node = request.from_node,
+            reason = status.message(),
+            "raft message refused"
+        );
+        status
     }
 }
 
@@ -327,14 +386,22 @@ impl RaftService {
         call: F,
     ) -> Result<Response<RaftReply>, Status>
     where
-        Req: DeserializeOwned,
+        Req: DeserializeOwned + Sender,
         Out: Serialize,
         F: FnOnce(Raft, Req) -> Fut,
         Fut: Future<Output = Out>,
     {
         let request = request.into_inner();
-        let raft = self.group(&request)?;
-        let rpc: Req = decode(&request.payload)?;
+        let raft = self
+            .group(&request)
+            .map_err(|status| self.refused(&request, status))?;
+        let rpc: Req = decode(&request.payload).map_err(|status| self.refused(&request, status))?;
+        if rpc.sender() != Some(request.from_node) {
+            return Err(self.refused(
+                &request,
+                Status::permission_denied("the request is not from the sending node"),
+            ));
+        }
         Ok(Response::new(RaftReply {
             payload: encode(&call(raft, rpc).await),
         }))

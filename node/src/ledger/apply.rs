@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::block::{block_hash, BlockHash, BlockHeader, BlockRecord, BLOCK_EVENTS_MAX};
-use super::checkpoint::CheckpointBody;
+use super::checkpoint::{CheckpointBody, NoteVerifier};
 use super::event::{encode_canonical, leaf_hash, EventRecord, LeafHash};
 use super::merkle::CompactTree;
 
@@ -69,6 +69,10 @@ pub struct LedgerResponse {
     /// After a `Checkpoint`: how many notes were recorded and skipped.
     pub checkpoints_recorded: u32,
     pub checkpoints_skipped: u32,
+    /// The entry did not pass apply's checks (`ledger::recheck`): nothing of it was
+    /// applied, on any replica. Why, naming the item and field.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +215,12 @@ pub trait LedgerLookup {
         stream_no: u32,
         block_index: u64,
     ) -> Result<Option<[u8; 32]>, Self::Error>;
+
+    /// The key checkpoint notes must be signed with; `None` skips the signature check
+    /// (tests, the simulation).
+    fn note_verifier(&self) -> Option<&NoteVerifier> {
+        None
+    }
 }
 
 /// What apply needs of a recorded event when its id comes again.
@@ -346,6 +356,13 @@ impl Ledger {
     where
         L: LedgerLookup,
     {
+        // An entry that fails the checks applies nothing, on every replica alike.
+        if let Err(reason) = super::recheck::check_command(command, lookup.note_verifier()) {
+            return Ok(LedgerResponse {
+                refused: Some(reason),
+                ..LedgerResponse::default()
+            });
+        }
         match command {
             LedgerCommand::Append {
                 ingested_at_ns,

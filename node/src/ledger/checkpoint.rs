@@ -162,6 +162,13 @@ impl NoteSigner {
         mac.finalize().into_bytes().into()
     }
 
+    /// What checks this signer's notes (at apply: `ledger::apply`).
+    pub fn verifier(&self) -> NoteVerifier {
+        NoteVerifier {
+            key: self.key.verifying_key(),
+        }
+    }
+
     /// The signed note: text, blank line, one signature line.
     pub fn sign(&self, body: &CheckpointBody) -> String {
         let text = body.text();
@@ -173,6 +180,45 @@ impl NoteSigner {
             self.name,
             BASE64.encode(blob)
         )
+    }
+}
+
+/// Checks that a note carries a valid Ed25519 signature of the checkpoint key (the
+/// node's, or in a cluster the one every node shares). Deterministic: the same note
+/// and key give the same answer on every replica.
+#[derive(Debug, Clone)]
+pub struct NoteVerifier {
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl NoteVerifier {
+    /// Whether one signature line of `note` is the key's signature of the note's text.
+    /// The key name and id on the line are not trusted: only the signature counts, so
+    /// a renamed origin (`--checkpoint-origin`) still verifies its earlier notes.
+    pub fn verify(&self, note: &str) -> Result<(), NoteError> {
+        let blank = note
+            .find("\n\n")
+            .ok_or_else(|| NoteError("no blank line before the signatures".into()))?;
+        let (text, signatures) = (&note[..=blank], &note[blank + 2..]);
+        let signed = signatures.lines().any(|line| {
+            let Some(blob) = line
+                .strip_prefix(SIGNATURE_LINE_PREFIX)
+                .and_then(|rest| rest.rsplit(' ').next())
+                .and_then(|encoded| BASE64.decode(encoded).ok())
+            else {
+                return false;
+            };
+            // 4 bytes of key id, then the 64-byte signature.
+            blob.len() == 68
+                && ed25519_dalek::Signature::from_slice(&blob[4..]).is_ok_and(|signature| {
+                    self.key.verify_strict(text.as_bytes(), &signature).is_ok()
+                })
+        });
+        if signed {
+            Ok(())
+        } else {
+            Err(NoteError("no valid signature of the checkpoint key".into()))
+        }
     }
 }
 
@@ -221,6 +267,24 @@ mod tests {
         let key = signer.verifier_key();
         assert!(key.starts_with("trail.local+"));
         assert_eq!(key.split('+').nth(1).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn the_verifier_takes_the_keys_notes_only() {
+        let signer = NoteSigner::new("trail.local", SigningKey::from_bytes(&[3; 32])).unwrap();
+        let verifier = signer.verifier();
+        let note = signer.sign(&body());
+        verifier.verify(&note).expect("signed by the key");
+        let other = NoteSigner::new("trail.local", SigningKey::from_bytes(&[4; 32])).unwrap();
+        assert!(
+            verifier.verify(&other.sign(&body())).is_err(),
+            "another key"
+        );
+        let altered = note.replace("\n42\n", "\n43\n");
+        assert!(verifier.verify(&altered).is_err(), "an altered body");
+        let unsigned = note.split_once("\n\n").unwrap().0.to_string() + "\n\n";
+        assert!(verifier.verify(&unsigned).is_err(), "no signature line");
+        assert!(verifier.verify("no blank line").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod event;
 pub mod memory;
 pub mod merkle;
+pub mod recheck;
 pub mod routing;
 pub mod validate;
 
@@ -16,7 +17,7 @@ pub use apply::{
     LedgerResponse, LedgerWrite, RecordedLeaf, StreamChain, TenantState,
 };
 pub use block::{block_hash, BlockHeader, BlockRecord, BLOCK_EVENTS_DEFAULT};
-pub use checkpoint::{CheckpointBody, NoteSigner};
+pub use checkpoint::{CheckpointBody, NoteSigner, NoteVerifier};
 pub use event::{leaf_hash, ActorKind, EventRecord, LeafHash, Outcome, StoredEvent};
 pub use memory::{MemoryStore, Replaced};
 pub use validate::{validate_event, validate_tenant_id, FieldError, BATCH_EVENTS_MAX};

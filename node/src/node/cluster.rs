@@ -41,8 +41,12 @@ pub const LEADER_HEADER: &str = "trail-leader";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
     pub cluster_id: String,
-    /// Node id -> gRPC `host:port`.
+    /// Node id -> gRPC `host:port` (clients).
     pub nodes: BTreeMap<NodeId, String>,
+    /// Node id -> peer listener `host:port` (Raft). Empty in a map recorded before
+    /// peer listeners existed; such a map's nodes use the default (gRPC port + 2).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub raft_nodes: BTreeMap<NodeId, String>,
     pub shards: u32,
     pub replicas: u32,
     /// Replicas of data shard `s` at index `s - 1`; the first is the preferred leader.
@@ -70,6 +74,7 @@ impl ClusterMap {
     pub fn place(
         cluster_id: &str,
         nodes: &BTreeMap<NodeId, String>,
+        raft_nodes: &BTreeMap<NodeId, String>,
         shards: u32,
         replicas: u32,
         verifier_key: &str,
@@ -102,6 +107,7 @@ impl ClusterMap {
         Ok(ClusterMap {
             cluster_id: cluster_id.to_string(),
             nodes: nodes.clone(),
+            raft_nodes: raft_nodes.clone(),
             shards,
             replicas,
             placement,
@@ -133,6 +139,7 @@ impl ClusterMap {
                 .map(|(&node_id, addr)| v1::ClusterNode {
                     node_id,
                     grpc_addr: addr.clone(),
+                    peer_addr: self.raft_nodes.get(&node_id).cloned().unwrap_or_default(),
                 })
                 .collect(),
             shards: self.shards,
@@ -414,9 +421,16 @@ mod tests {
             .collect()
     }
 
+    fn raft_nodes(count: u64) -> BTreeMap<NodeId, String> {
+        (1..=count)
+            .map(|id| (id, format!("127.0.0.1:{}", 7500 + id)))
+            .collect()
+    }
+
     #[test]
     fn placement_spreads_replicas_and_leaders_evenly() {
-        let map = ClusterMap::place("trail", &nodes(3), 16, 3, "key").expect("valid");
+        let map =
+            ClusterMap::place("trail", &nodes(3), &raft_nodes(3), 16, 3, "key").expect("valid");
         assert_eq!(map.placement.len(), 16);
         let mut preferred = BTreeMap::new();
         for replicas in &map.placement {
@@ -429,7 +443,8 @@ mod tests {
         assert_eq!(preferred.values().copied().collect::<Vec<_>>(), [6, 5, 5]);
         assert_eq!(map.shards_on(2).len(), 16);
 
-        let map = ClusterMap::place("trail", &nodes(5), 10, 3, "key").expect("valid");
+        let map =
+            ClusterMap::place("trail", &nodes(5), &raft_nodes(5), 10, 3, "key").expect("valid");
         for node in 1..=5 {
             assert_eq!(map.shards_on(node).len(), 6, "node {node}");
         }
@@ -440,20 +455,34 @@ mod tests {
 
     #[test]
     fn placement_refuses_bad_sizes_naming_the_field() {
-        let error = ClusterMap::place("trail", &nodes(3), 0, 3, "k").expect_err("no shards");
+        let error = ClusterMap::place("trail", &nodes(3), &raft_nodes(3), 0, 3, "k")
+            .expect_err("no shards");
         assert!(error.starts_with("shards:"), "{error}");
-        let error = ClusterMap::place("trail", &nodes(3), 4, 2, "k").expect_err("even");
+        let error =
+            ClusterMap::place("trail", &nodes(3), &raft_nodes(3), 4, 2, "k").expect_err("even");
         assert!(error.starts_with("replicas:"), "{error}");
-        let error = ClusterMap::place("trail", &nodes(3), 4, 5, "k").expect_err("too many");
+        let error =
+            ClusterMap::place("trail", &nodes(3), &raft_nodes(3), 4, 5, "k").expect_err("too many");
         assert!(error.contains("3 nodes"), "{error}");
     }
 
     #[test]
     fn the_map_round_trips_through_its_record() {
-        let map = ClusterMap::place("trail", &nodes(3), 4, 3, "key").expect("valid");
+        let map =
+            ClusterMap::place("trail", &nodes(3), &raft_nodes(3), 4, 3, "key").expect("valid");
         let record = map.to_record(1, "trailctl");
         assert_eq!(record.tenant_id, CLUSTER_TENANT);
         let back: ClusterMap = serde_json::from_str(&record.metadata_json).expect("decodes");
         assert_eq!(back, map);
+    }
+
+    #[test]
+    fn a_map_recorded_before_peer_listeners_still_decodes() {
+        let map =
+            ClusterMap::place("trail", &nodes(3), &BTreeMap::new(), 4, 3, "key").expect("valid");
+        let json = serde_json::to_string(&map).expect("serializes");
+        assert!(!json.contains("raft_nodes"), "{json}");
+        let back: ClusterMap = serde_json::from_str(&json).expect("decodes");
+        assert!(back.raft_nodes.is_empty());
     }
 }

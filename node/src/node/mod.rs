@@ -239,7 +239,9 @@ pub async fn start(
     })?;
     let peers = match &config.cluster {
         None => Peers::none(config.node_id),
-        Some(cluster) => Peers::connect_lazy(&cluster.cluster_id, config.node_id, &cluster.peers)?,
+        Some(cluster) => {
+            Peers::connect_lazy(&cluster.cluster_id, config.node_id, &cluster.raft_addrs)?
+        }
     };
     let settings = ShardSettings {
         node_id: config.node_id,
@@ -461,6 +463,16 @@ fn check_map(map: &ClusterMap, config: &NodeConfig, signer: &NoteSigner) -> anyh
              start every node with the same list",
             cluster.peers,
             map.nodes
+        );
+    }
+    // A map recorded before peer listeners existed names none: its nodes use the
+    // default peer addresses.
+    if !map.raft_nodes.is_empty() && map.raft_nodes != cluster.raft_addrs {
+        anyhow::bail!(
+            "peers: this node's peer addresses {:?} differ from the cluster map's {:?}; \
+             start every node with the same --peers list",
+            cluster.raft_addrs,
+            map.raft_nodes
         );
     }
     let key = signer.verifier_key();

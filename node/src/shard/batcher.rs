@@ -323,7 +323,15 @@ pub async fn run(
                     )),
                     Ok(Err(_)) => Err(unavailable(shard, "raft dropped the proposal".into())),
                     Ok(Ok(Err(error))) => Err(unavailable(shard, error.to_string())),
-                    Ok(Ok(Ok(response))) => Ok(response.data.receipts),
+                    Ok(Ok(Ok(response))) => match response.data.refused {
+                        // Not applied on any replica (`ledger::recheck`): ingest
+                        // validated these events, so this is a bug, not bad input.
+                        Some(reason) => Err(unavailable(
+                            shard,
+                            format!("the entry was refused at apply: {reason}"),
+                        )),
+                        None => Ok(response.data.receipts),
+                    },
                 },
             };
             deliver(outcome, replies);

@@ -211,6 +211,8 @@ pub async fn open(
         settings.publisher.clone(),
         stamp,
     )?;
+    // Every replica checks checkpoint notes against the key they are signed with.
+    state_machine.check_notes_with(settings.signer.verifier());
     let mut log_store = LogStore::open(
         store.db.clone(),
         &keyspaces,

@@ -179,7 +179,10 @@ impl Sealer {
         match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, self.raft.client_write(command)).await {
             Err(_) => Err(self.error("timed out waiting for the log".into())),
             Ok(Err(error)) => Err(self.error(error.to_string())),
-            Ok(Ok(response)) => Ok(response.data),
+            Ok(Ok(response)) => match response.data.refused {
+                Some(reason) => Err(self.error(format!("refused at apply: {reason}"))),
+                None => Ok(response.data),
+            },
         }
     }
 

@@ -76,8 +76,37 @@ impl Publisher {
     /// A stream's directory of day files, relative to the checkpoint directory.
     pub fn stream_dir(tenant_id: &str, stream_index: u32) -> PathBuf {
         // Tenant ids are `[A-Za-z0-9_.-]`, starting with a letter or digit: safe as a
-        // path segment (no separators, never `.` or `..`).
-        PathBuf::from(tenant_id).join(stream_index.to_string())
+        // path segment (no separators, never `.` or `..`). Apply refuses any other
+        // (`ledger::recheck`); should one come all the same, it is encoded, never
+        // joined as it is: `%XX` per other byte (no tenant id holds `%`, so an encoded
+        // name is no valid id's), a digest when that is too long for a file name.
+        let safe = (1..=64).contains(&tenant_id.len())
+            && !tenant_id.starts_with('.')
+            && tenant_id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'));
+        if safe {
+            return PathBuf::from(tenant_id).join(stream_index.to_string());
+        }
+        let mut encoded = String::from("%");
+        for byte in tenant_id.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-') {
+                encoded.push(char::from(byte));
+            } else {
+                encoded.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        if encoded.len() > 200 {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(tenant_id.as_bytes());
+            encoded = digest
+                .iter()
+                .fold(String::from("%sha256-"), |mut name, byte| {
+                    name.push_str(&format!("{byte:02x}"));
+                    name
+                });
+        }
+        PathBuf::from(encoded).join(stream_index.to_string())
     }
 
     pub fn publish(&self, tenant_id: &str, stream_index: u32, tree_size: u64, note: String) {

@@ -34,8 +34,8 @@ use crate::consensus::{
 };
 use crate::ledger::event::StoredEvent;
 use crate::ledger::{
-    leaf_hash, BlockRecord, Ledger, LedgerLookup, LedgerResponse, LedgerWrite, RecordedLeaf,
-    TenantState,
+    leaf_hash, BlockRecord, Ledger, LedgerLookup, LedgerResponse, LedgerWrite, NoteVerifier,
+    RecordedLeaf, TenantState,
 };
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -84,6 +84,9 @@ pub struct ShardCounters {
     /// Event ids put back into the dedup index at open because a probe found the
     /// index missing ids it must hold (0: the index was whole). `status` shows it.
     pub dedup_rebuilt_ids: AtomicU64,
+    /// Committed entries apply refused (`ledger::recheck`): forged or corrupt; nothing
+    /// of them was applied. Exported in `/metrics`.
+    pub entries_refused: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -113,6 +116,8 @@ struct Inner {
     /// The writes of the apply in progress; empty between applies, its capacity kept
     /// (up to [`APPLY_WRITES_KEPT_MAX`]).
     writes: Vec<LedgerWrite>,
+    /// The checkpoint key apply checks notes' signatures with (`None`: not checked).
+    note_verifier: Option<Arc<NoteVerifier>>,
 }
 
 impl StateMachine {
@@ -161,6 +166,7 @@ impl StateMachine {
             stamp,
             encoder: Encoder::default(),
             writes: Vec::new(),
+            note_verifier: None,
         };
         inner.finish_interrupted_install()?;
         inner.move_dedup_index()?;
@@ -177,6 +183,12 @@ impl StateMachine {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("state machine lock")
+    }
+
+    /// From now on, apply refuses a checkpoint entry whose notes are not signed with
+    /// this key (the node's; in a cluster the key every node shares).
+    pub fn check_notes_with(&self, verifier: NoteVerifier) {
+        self.lock().note_verifier = Some(Arc::new(verifier));
     }
 
     /// The applied id and the current snapshot's last log id, as stored.
@@ -211,6 +223,7 @@ impl Inner {
                         codec: &self.keyspaces.codec,
                         dedup: &self.keyspaces.dedup,
                         chain: &self.keyspaces.chain,
+                        note_verifier: self.note_verifier.as_deref(),
                     };
                     let response =
                         self.ledger
@@ -222,6 +235,17 @@ impl Inner {
                                     &error,
                                 )
                             })?;
+                    if let Some(reason) = &response.refused {
+                        self.counters
+                            .entries_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            shard = self.keyspaces.shard,
+                            index = log_id.index,
+                            reason = reason.as_str(),
+                            "committed entry refused at apply; nothing of it applied"
+                        );
+                    }
                     responses.push(response);
                 }
                 EntryPayload::Membership(membership) => {
@@ -869,10 +893,15 @@ struct Lookup<'a> {
     codec: &'a super::EventCodec,
     dedup: &'a DedupIndex,
     chain: &'a Keyspace,
+    note_verifier: Option<&'a NoteVerifier>,
 }
 
 impl LedgerLookup for Lookup<'_> {
     type Error = fjall::Error;
+
+    fn note_verifier(&self) -> Option<&NoteVerifier> {
+        self.note_verifier
+    }
 
     fn find_event_id(
         &self,

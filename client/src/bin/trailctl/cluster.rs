@@ -60,8 +60,13 @@ pub async fn init(endpoint: &str, args: &InitArgs, timeout: Duration) -> anyhow:
             .iter()
             .filter(|shard| shard.replicas.first() == Some(&node.node_id))
             .count();
+        let peer = if node.peer_addr.is_empty() {
+            String::new()
+        } else {
+            format!(", peer {}", node.peer_addr)
+        };
         println!(
-            "  node {} ({}): {} replicas, preferred leader of {preferred}: shards {}",
+            "  node {} ({}{peer}): {} replicas, preferred leader of {preferred}: shards {}",
             node.node_id,
             node.grpc_addr,
             shards.len(),
@@ -137,8 +142,9 @@ pub enum DevClusterCommand {
     /// Start a local cluster: N traild processes on loopback ports, one data
     /// directory each under --dir, then `cluster init`.
     ///
-    /// Node i serves gRPC on --base-port + 2(i-1) and HTTP on the port after it; its
-    /// data and log (traild.log) are in DIR/node<i>. The nodes share one checkpoint
+    /// Node i serves gRPC on --base-port + 2(i-1), HTTP on the port after it and Raft
+    /// to the other nodes (its peer listener) 50 above its gRPC port; its data and log
+    /// (traild.log) are in DIR/node<i>. The nodes share one checkpoint
     /// key (node 1's), as every cluster must. Running `up` again restarts stopped
     /// nodes on the same data. traild is taken from beside trailctl, else from PATH.
     ///
@@ -152,6 +158,10 @@ pub enum DevClusterCommand {
     /// Stop the local cluster's nodes (SIGTERM; they flush first). Data is kept.
     Down(DownArgs),
 }
+
+/// A dev-cluster node's peer (Raft) port is this far above its gRPC port: clear of
+/// the gRPC and HTTP ports of up to 9 nodes (2 ports each).
+const PEER_PORT_ABOVE_GRPC: u32 = 50;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -206,9 +216,23 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     if !(1..=9).contains(&args.nodes) {
         anyhow::bail!("nodes: {} is out of range; use 1 to 9", args.nodes);
     }
+    if u32::from(args.base_port) + 2 * (args.nodes - 1) + PEER_PORT_ABOVE_GRPC > 65_535 {
+        anyhow::bail!(
+            "base_port: {} leaves no room for {} nodes' ports",
+            args.base_port,
+            args.nodes
+        );
+    }
     let grpc_port = |node: u32| args.base_port + 2 * (node as u16 - 1);
+    let peer_port = |node: u32| grpc_port(node) + PEER_PORT_ABOVE_GRPC as u16;
     let peers: Vec<String> = (1..=args.nodes)
-        .map(|node| format!("{node}=127.0.0.1:{}", grpc_port(node)))
+        .map(|node| {
+            format!(
+                "{node}=127.0.0.1:{}/127.0.0.1:{}",
+                grpc_port(node),
+                peer_port(node)
+            )
+        })
         .collect();
     let peers = peers.join(",");
     let traild = traild_binary();
@@ -248,6 +272,8 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .arg(format!("127.0.0.1:{}", grpc_port(node)))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", grpc_port(node) + 1))
+            .arg("--peer-addr")
+            .arg(format!("127.0.0.1:{}", peer_port(node)))
             .args(&args.traild_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -269,10 +295,11 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         std::fs::write(pid_file(&args.dir, node), child.id().to_string())?;
         println!(
-            "node {node}: pid {}, grpc 127.0.0.1:{}, http 127.0.0.1:{}, data {}",
+            "node {node}: pid {}, grpc 127.0.0.1:{}, http 127.0.0.1:{}, peer 127.0.0.1:{}, data {}",
             child.id(),
             grpc_port(node),
             grpc_port(node) + 1,
+            peer_port(node),
             data_dir.display()
         );
     }

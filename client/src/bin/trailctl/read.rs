@@ -403,10 +403,12 @@ mod tests {
                     ClusterNode {
                         node_id: 1,
                         grpc_addr: "10.0.0.7:7400".to_string(),
+                        peer_addr: "10.0.0.7:7402".to_string(),
                     },
                     ClusterNode {
                         node_id: 2,
                         grpc_addr: "10.0.0.8:7400".to_string(),
+                        peer_addr: "10.0.0.8:7402".to_string(),
                     },
                 ],
                 shards: 16,

@@ -1,0 +1,244 @@
+//! What apply checks of a committed entry before it changes anything: the events of an
+//! `Append` pass ingest's own validation again, tenant ids are valid, and checkpoint
+//! notes carry the checkpoint key's signature. The leader checked all of this before
+//! proposing; a replica checks again because an entry can reach it from elsewhere (a
+//! crafted `AppendEntries` on the peer port, a bug in another node).
+//!
+//! Deterministic: the decision depends on the entry's bytes and the checkpoint key only
+//! (every node of a cluster shares that key), never on a clock. So ingest's bound on
+//! `occurred_at` in the future (against the node's clock) is not checked again: a
+//! bound against the entry's own time would refuse a legitimate batch after a clock
+//! step, and a forged time breaks no chain. Every replica refuses the same entries, and
+//! a refused entry applies nothing anywhere.
+
+use trail_proto::v1;
+
+use super::apply::{CheckpointNote, LedgerCommand};
+use super::checkpoint::NoteVerifier;
+use super::event::{ActorKind, EventRecord, Outcome};
+use super::validate::{validate_event, validate_tenant_id, FieldError};
+
+/// The reserved tenant of the cluster map (shard 0): its id starts with `_`, which no
+/// producer's may, and its metadata is the map (larger than a producer's 8 KiB).
+const CLUSTER_TENANT: &str = crate::node::cluster::CLUSTER_TENANT;
+
+/// Why an entry is refused; the text names the item and the field.
+pub fn check_command(
+    command: &LedgerCommand,
+    notes_key: Option<&NoteVerifier>,
+) -> Result<(), String> {
+    match command {
+        LedgerCommand::Append { events, .. } => {
+            for (index, event) in events.iter().enumerate() {
+                check_record(event).map_err(|error| format!("event {index}: {error}"))?;
+            }
+            Ok(())
+        }
+        LedgerCommand::Seal { tenant_id, .. } => match tenant_id {
+            Some(tenant_id) => check_tenant(tenant_id).map_err(|error| format!("seal: {error}")),
+            None => Ok(()),
+        },
+        LedgerCommand::Checkpoint { notes } => {
+            for (index, CheckpointNote { tenant_id, note }) in notes.iter().enumerate() {
+                check_tenant(tenant_id).map_err(|error| format!("note {index}: {error}"))?;
+                if let Some(key) = notes_key {
+                    key.verify(note)
+                        .map_err(|error| format!("note {index}: {error}"))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_tenant(tenant_id: &str) -> Result<(), FieldError> {
+    if tenant_id == CLUSTER_TENANT {
+        return Ok(());
+    }
+    validate_tenant_id(tenant_id).map(|_| ())
+}
+
+/// Runs ingest's validation on the event as the producer would have sent it, without
+/// its clock (see the module's comment).
+fn check_record(record: &EventRecord) -> Result<(), FieldError> {
+    if record.event_id.is_empty() {
+        return Err(FieldError::new("event_id", "is required"));
+    }
+    let reserved = record.tenant_id == CLUSTER_TENANT;
+    if reserved {
+        let is_object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+            &record.metadata_json,
+        )
+        .is_ok();
+        if !is_object {
+            return Err(FieldError::new(
+                "metadata_json",
+                "the cluster map is not a JSON object",
+            ));
+        }
+    }
+    let mut event = v1::Event {
+        event_id: record.event_id.clone(),
+        // The reserved tenant passes as an ordinary id; its map as no metadata.
+        tenant_id: if reserved {
+            "cluster".to_string()
+        } else {
+            record.tenant_id.clone()
+        },
+        actor: Some(v1::Actor {
+            r#type: match record.actor_kind {
+                ActorKind::User => v1::ActorType::User,
+                ActorKind::Service => v1::ActorType::Service,
+                ActorKind::System => v1::ActorType::System,
+            } as i32,
+            id: record.actor_id.clone(),
+            email: record.actor_email.clone(),
+            name: record.actor_name.clone(),
+        }),
+        action: record.action.clone(),
+        resource: (!record.resource_type.is_empty() || !record.resource_id.is_empty()).then(|| {
+            v1::Resource {
+                r#type: record.resource_type.clone(),
+                id: record.resource_id.clone(),
+            }
+        }),
+        result: match record.outcome {
+            Outcome::Success => v1::Result::Success,
+            Outcome::Failure => v1::Result::Failure,
+            Outcome::Denied => v1::Result::Denied,
+        } as i32,
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: record.occurred_at_ns.div_euclid(1_000_000_000),
+            nanos: record.occurred_at_ns.rem_euclid(1_000_000_000) as i32,
+        }),
+        request_id: record.request_id.clone(),
+        session_id: record.session_id.clone(),
+        ip_address: record.ip_address.clone(),
+        user_agent: record.user_agent.clone(),
+        metadata_json: if reserved {
+            String::new()
+        } else {
+            record.metadata_json.clone()
+        },
+        subject_id: record.subject_id.clone(),
+    };
+    validate_event(&mut event, i64::MAX, String::new).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::event::tests::sample_event;
+    use crate::ledger::NoteSigner;
+
+    const INGESTED_AT_NS: i64 = 1_735_689_603_000_000_000;
+
+    fn append(events: Vec<EventRecord>) -> LedgerCommand {
+        LedgerCommand::Append {
+            ingested_at_ns: INGESTED_AT_NS,
+            block_events_max: 3,
+            events,
+        }
+    }
+
+    #[test]
+    fn events_ingest_accepts_pass_and_others_are_named() {
+        check_command(&append(vec![sample_event("ten_a", "e1")]), None).expect("valid");
+        let mut bad = sample_event("ten_a", "e2");
+        bad.tenant_id = "../../etc".into();
+        let error = check_command(&append(vec![sample_event("ten_a", "e1"), bad]), None)
+            .expect_err("tenant id");
+        assert!(error.starts_with("event 1: tenant_id:"), "{error}");
+        let mut bad = sample_event("ten_a", "e2");
+        bad.action = "Not An Action".into();
+        let error = check_command(&append(vec![bad]), None).expect_err("action");
+        assert!(error.starts_with("event 0: action:"), "{error}");
+        let mut bad = sample_event("ten_a", "e2");
+        bad.occurred_at_ns = 1_000;
+        let error = check_command(&append(vec![bad]), None).expect_err("before 2000");
+        assert!(error.starts_with("event 0: occurred_at:"), "{error}");
+        let mut ahead = sample_event("ten_a", "e2");
+        ahead.occurred_at_ns = INGESTED_AT_NS + 3_600_000_000_000;
+        check_command(&append(vec![ahead]), None).expect("no clock at apply");
+        let mut bad = sample_event("ten_a", "e2");
+        bad.event_id.clear();
+        assert!(check_command(&append(vec![bad]), None).is_err());
+    }
+
+    /// The checkpoint publisher's last guard (`storage/publish.rs`): whatever a tenant
+    /// id holds, its stream directory is one plain name under the checkpoint directory.
+    #[test]
+    fn a_tenant_id_never_names_a_path_outside_the_checkpoint_directory() {
+        use crate::storage::publish::Publisher;
+        use std::path::{Component, Path};
+        assert_eq!(
+            Publisher::stream_dir("ten_0001", 0),
+            Path::new("ten_0001/0")
+        );
+        assert_eq!(
+            Publisher::stream_dir("_cluster", 0),
+            Path::new("_cluster/0")
+        );
+        let long = "x/".repeat(300);
+        for tenant_id in [
+            "../escape",
+            "..",
+            ".",
+            "a/b",
+            "/abs",
+            "",
+            ".hidden",
+            "a\0b",
+            &long,
+        ] {
+            let dir = Publisher::stream_dir(tenant_id, 0);
+            let components: Vec<Component> = dir.components().collect();
+            assert_eq!(components.len(), 2, "{tenant_id:?} -> {dir:?}");
+            let Component::Normal(name) = components[0] else {
+                panic!("{tenant_id:?} -> {dir:?}");
+            };
+            let name = name.to_str().expect("ASCII");
+            assert!(name.starts_with('%') && name.len() <= 200, "{name}");
+            assert!(!name.contains('/') && !name.contains('\0'), "{name}");
+        }
+        assert_ne!(
+            Publisher::stream_dir("a/b", 0),
+            Publisher::stream_dir("a.b", 0)
+        );
+    }
+
+    #[test]
+    fn the_cluster_map_event_passes() {
+        let mut map = sample_event(CLUSTER_TENANT, "cluster-map-1");
+        map.metadata_json = format!(r#"{{"nodes":"{}"}}"#, "x".repeat(20_000));
+        check_command(&append(vec![map.clone()]), None).expect("the reserved tenant");
+        map.metadata_json = "[]".into();
+        assert!(check_command(&append(vec![map]), None).is_err());
+    }
+
+    #[test]
+    fn checkpoint_notes_need_the_keys_signature_and_a_valid_tenant() {
+        use ed25519_dalek::SigningKey;
+        let signer = NoteSigner::new("trail.local", SigningKey::from_bytes(&[3; 32])).unwrap();
+        let forger = NoteSigner::new("trail.local", SigningKey::from_bytes(&[4; 32])).unwrap();
+        let body = crate::ledger::CheckpointBody {
+            origin: "trail.local/ten_a/0".into(),
+            tree_size: 1,
+            root: [1; 32],
+            last_seq: 1,
+            time_ns: INGESTED_AT_NS,
+        };
+        let key = signer.verifier();
+        let notes = |signer: &NoteSigner, tenant_id: &str| LedgerCommand::Checkpoint {
+            notes: vec![CheckpointNote {
+                tenant_id: tenant_id.into(),
+                note: signer.sign(&body),
+            }],
+        };
+        check_command(&notes(&signer, "ten_a"), Some(&key)).expect("signed");
+        let error = check_command(&notes(&forger, "ten_a"), Some(&key)).expect_err("forged");
+        assert!(error.contains("signature"), "{error}");
+        let error = check_command(&notes(&signer, "../x"), Some(&key)).expect_err("tenant");
+        assert!(error.contains("tenant_id"), "{error}");
+    }
+}
