@@ -842,13 +842,19 @@ mod tests {
             ),
             (
                 r#"{"n":-9223372036854775809}"#,
-                "which is out of range: integers",
+                concat!(
+                    "has the number -9223372036854775809 (at line 1 column 6), which is out ",
+                    "of range: integers must lie between"
+                ),
             ),
             (
                 "{\n \"n\": 1e-400}",
                 "has the number 1e-400 (at line 2 column 7)",
             ),
-            ("{\"s\":\"\\ud800\"\n}", "(at line 1 column 7)"),
+            (
+                "{\n\"s\":\"\\ud800\"}",
+                r"has a lone UTF-16 surrogate \ud800 (at line 2 column 6)",
+            ),
         ];
         for (metadata_json, expected) in cases {
             let message = metadata_error(metadata_json);
