@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
         assert!(refused.message().starts_with("events: "), "{refused:?}");
         // Two bytes per empty event: 16 M of them in 32 MiB, counted without decoding.
-        let huge = vec![0x0a, 0x00].repeat(16 << 20);
+        let huge = [0x0a_u8, 0x00].repeat(16 << 20);
         assert_eq!(
             check_record_batch(&huge).unwrap_err().code(),
             tonic::Code::InvalidArgument

@@ -98,16 +98,27 @@ where
         let answered = self.inner.call(request);
         Box::pin(async move {
             let response = answered.await;
-            // Answered (a unary call) or streaming its answer: a unary request's bytes
-            // are no longer needed; a streaming one's later messages take their own.
-            held.lock().expect("held bytes lock").take();
+            // A unary request (its body read to the end before it was answered) is done
+            // with its bytes; a streaming one keeps its latest message's until the next
+            // one arrives or the stream ends.
+            let mut held = held.lock().expect("held bytes lock");
+            if held.body_ended {
+                held.permit.take();
+            }
             response
         })
     }
 }
 
 /// The budget taken by a request's latest message.
-type Held = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+type Held = Arc<Mutex<HeldBytes>>;
+
+#[derive(Default)]
+struct HeldBytes {
+    permit: Option<OwnedSemaphorePermit>,
+    /// The request body was read to its end.
+    body_ended: bool,
+}
 
 /// A request body that takes each message's bytes from the budget when its prefix
 /// arrives.
@@ -145,13 +156,13 @@ impl CountedBody {
             let bytes = length + GRPC_PREFIX_BYTES;
             // The previous message of a stream is decoded by now.
             let mut held = self.held.lock().expect("held bytes lock");
-            held.take();
+            held.permit.take();
             let permit = u32::try_from(bytes)
                 .ok()
                 .filter(|_| bytes <= self.layer.bytes_max)
                 .and_then(|bytes| self.layer.budget.clone().try_acquire_many_owned(bytes).ok());
             match permit {
-                Some(permit) => *held = Some(permit),
+                Some(permit) => held.permit = Some(permit),
                 None => return Err(over_budget(bytes, self.layer.bytes_max)),
             }
         }
@@ -188,8 +199,15 @@ impl HttpBody for CountedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(None) => {
+                self.held.lock().expect("held bytes lock").body_ended = true;
+                return Poll::Ready(None);
+            }
             other => return other,
         };
+        if frame.is_trailers() {
+            self.held.lock().expect("held bytes lock").body_ended = true;
+        }
         if let Some(data) = frame.data_ref() {
             if let Err(status) = self.account(data) {
                 return Poll::Ready(Some(Err(status)));
@@ -296,7 +314,6 @@ impl tokio::io::AsyncWrite for LimitedConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt;
 
     fn framed(messages: &[usize]) -> Vec<u8> {
         let mut bytes = Vec::new();
