@@ -252,21 +252,36 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
             "cluster node, waiting for `trailctl cluster init` (metadata shard only)".to_string()
         }
     };
-    println!(
-        "traild {} node {}: {shards}, data in {}",
-        env!("CARGO_PKG_VERSION"),
-        config.node_id,
-        config.data_dir.display()
-    );
-    println!("  gRPC  {}", config.grpc_addr);
-    println!(
-        "  HTTP  http://{} (REST /api/v1/tenants/{{tenant}}/audit-logs, /health, /metrics)",
-        config.http_addr
-    );
-    if let Some(addr) = config.peer_addr {
-        println!("  peer  {addr} (Raft from the other nodes; keep it on a private network)");
+    // The banner is for a person on stdout; with `--log-format json` it is one log
+    // event like every other line, so a shipper reading both streams gets JSON only.
+    if config.log_format == LogFormat::Json {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            node_id = config.node_id,
+            shards = %shards,
+            data_dir = %config.data_dir.display(),
+            grpc_addr = %config.grpc_addr,
+            http_addr = %config.http_addr,
+            peer_addr = ?config.peer_addr,
+            "ready"
+        );
+    } else {
+        println!(
+            "traild {} node {}: {shards}, data in {}",
+            env!("CARGO_PKG_VERSION"),
+            config.node_id,
+            config.data_dir.display()
+        );
+        println!("  gRPC  {}", config.grpc_addr);
+        println!(
+            "  HTTP  http://{} (REST /api/v1/tenants/{{tenant}}/audit-logs, /health, /metrics)",
+            config.http_addr
+        );
+        if let Some(addr) = config.peer_addr {
+            println!("  peer  {addr} (Raft from the other nodes; keep it on a private network)");
+        }
+        println!("ready");
     }
-    println!("ready");
 
     wait_for_signal().await;
     tracing::info!("shutting down: acknowledging queued events, then flushing");
@@ -281,7 +296,11 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
     }
     http_handle.stop(true).await;
     stopped?;
-    println!("stopped");
+    if config.log_format == LogFormat::Json {
+        tracing::info!("stopped");
+    } else {
+        println!("stopped");
+    }
     Ok(())
 }
 

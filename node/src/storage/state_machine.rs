@@ -173,6 +173,7 @@ impl StateMachine {
         inner.check_dedup_index()?;
         inner.rebuild_dedup_overlay()?;
         inner.remove_stale_snapshot_files()?;
+        inner.publish_missing_checkpoints();
         inner.publish_counters();
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
@@ -469,7 +470,19 @@ impl Inner {
     /// (`AppliedProgress`), so the log is there for as long as the old state might be.
     fn install(&mut self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), StorageError> {
         let path = self.begin_install(meta, file)?;
-        self.load_snapshot(meta, &path)
+        self.load_snapshot(meta, &path)?;
+        self.publish_missing_checkpoints();
+        Ok(())
+    }
+
+    /// Has the publisher append every checkpoint of the shard's streams that the
+    /// checkpoint directory lacks (`publish.rs`): the ones an installed snapshot
+    /// carries, and at open any a crash or a failed sync lost. Queued before any
+    /// checkpoint applied after it, so each stream's lines stay in tree-size order.
+    fn publish_missing_checkpoints(&self) {
+        if let Some(publisher) = &self.publisher {
+            publisher.publish_missing(self.keyspaces.clone());
+        }
     }
 
     /// The durable part before any state is replaced: the verified snapshot file under
