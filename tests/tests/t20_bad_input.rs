@@ -85,15 +85,79 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
             Some("event_id"),
         ),
         (event("ten_b", "good-2"), None),
+        // Metadata that readers would read differently from the hashed bytes.
+        (
+            with(event("ten_a", "x12"), |e| {
+                e.metadata_json = r#"{"role":"user","role":"admin"}"#.into()
+            }),
+            Some("metadata_json"),
+        ),
+        (
+            with(event("ten_a", "x13"), |e| {
+                e.metadata_json = r#"{"k":"\ud800"}"#.into()
+            }),
+            Some("metadata_json"),
+        ),
+        (
+            with(event("ten_a", "x14"), |e| {
+                e.metadata_json = r#"{"n":1e400}"#.into()
+            }),
+            Some("metadata_json"),
+        ),
+        (
+            with(event("ten_a", "x15"), |e| {
+                e.metadata_json = r#"{"n":18446744073709551616}"#.into()
+            }),
+            Some("metadata_json"),
+        ),
+        // Ids and names that would look like another's on screen.
+        (
+            with(event("ten_a", "x16"), |e| {
+                e.actor.as_mut().unwrap().id = "usr_\u{202E}nimda".into()
+            }),
+            Some("actor.id"),
+        ),
+        (
+            with(event("ten_a", "x17"), |e| {
+                e.actor.as_mut().unwrap().name = "Ada\u{200B}".into()
+            }),
+            Some("actor.name"),
+        ),
+        (
+            with(event("ten_a", "x18"), |e| {
+                e.resource.as_mut().unwrap().id = "\u{FEFF}ses_1".into()
+            }),
+            Some("resource.id"),
+        ),
+        (
+            with(event("ten_a", "x19"), |e| {
+                e.request_id = "req_\u{2066}1".into()
+            }),
+            Some("request_id"),
+        ),
+        (
+            with(event("ten_a", "x20"), |e| {
+                e.action = "auth.\u{200D}login".into()
+            }),
+            Some("action"),
+        ),
+        // Metadata REST must show as recorded: key order, spacing, number spelling.
+        (
+            with(event("ten_r", "good-raw"), |e| {
+                e.metadata_json = RAW_METADATA.into()
+            }),
+            None,
+        ),
     ];
+    let good_count = cases.iter().filter(|(_, field)| field.is_none()).count();
     let events: Vec<v1::Event> = cases.iter().map(|(event, _)| event.clone()).collect();
     let response = client
         .record_batch(v1::RecordBatchRequest { events })
         .await
         .expect("a batch with bad events is answered per event")
         .into_inner();
-    assert_eq!(response.accepted, 2);
-    assert_eq!(response.rejected as usize, cases.len() - 2);
+    assert_eq!(response.accepted as usize, good_count);
+    assert_eq!(response.rejected as usize, cases.len() - good_count);
     for (index, (outcome, (_, expected_field))) in response.outcomes.iter().zip(&cases).enumerate()
     {
         match (&outcome.outcome, expected_field) {
@@ -105,6 +169,25 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
                 assert_eq!(error.index as usize, index);
                 assert_eq!(error.code, "INVALID_ARGUMENT");
                 assert_eq!(&error.field, field, "case {index}: {}", error.message);
+                let named = match error.field.as_str() {
+                    "metadata_json" => [
+                        "twice",
+                        "lone UTF-16 surrogate",
+                        "out of range",
+                        "not valid JSON",
+                    ]
+                    .iter()
+                    .any(|reason| error.message.contains(reason)),
+                    // x16 to x20: the invisible characters.
+                    "actor.id" | "actor.name" | "resource.id" | "request_id" | "action"
+                        if ["x16", "x17", "x18", "x19", "x20"]
+                            .contains(&cases[index].0.event_id.as_str()) =>
+                    {
+                        error.message.contains("contains U+")
+                    }
+                    _ => true,
+                };
+                assert!(named, "case {index} says what is wrong: {}", error.message);
                 assert!(
                     error.message.starts_with(field),
                     "message names the field: {}",
@@ -226,5 +309,23 @@ async fn malformed_input_is_rejected_by_field_and_nothing_else_is_affected() {
         .expect("good event stored")
         .into_inner();
     assert_eq!(good.event.unwrap().seq, 1);
-    assert_eq!(node.status().await.events, 2);
+    assert_eq!(node.status().await.events as usize, good_count);
+
+    // REST shows metadata as the bytes that were hashed, not a re-serialization.
+    let rest = trail_tests::http_get(
+        &node.host,
+        node.http_port,
+        "/api/v1/tenants/ten_r/audit-logs/good-raw",
+    );
+    assert_eq!(rest.status, 200, "{}", rest.body);
+    assert!(
+        rest.body
+            .contains(&format!(r#""metadata":{RAW_METADATA},"#)),
+        "{}",
+        rest.body
+    );
 }
+
+/// Metadata a parse and re-serialization would change: key order, spaces, a trailing
+/// zero, an exponent, an escape.
+const RAW_METADATA: &str = r#"{"z": 1, "a":2.50,"big":1E3,"s":"\u00e9"}"#;
