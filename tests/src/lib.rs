@@ -489,3 +489,150 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[size + 2..];
     }
 }
+
+/// A codec of raw bytes both ways: what a hostile client sends (bytes encoded by hand,
+/// or not protobuf at all) and what the node answers, undecoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = prost::bytes::Bytes;
+    type Decode = prost::bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: prost::bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<prost::bytes::Bytes>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// A unary gRPC call to `path` (`/trail.v1.Trail/RecordBatch`) whose request message is
+/// `body` as it is, on a connection of its own, bounded to `timeout`.
+pub async fn grpc_raw(
+    endpoint: &str,
+    path: &str,
+    body: prost::bytes::Bytes,
+    timeout: Duration,
+) -> Result<prost::bytes::Bytes, tonic::Status> {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("valid endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("connect: {error}")))?;
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(64 << 20);
+    grpc.ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("not ready: {error}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path.to_string())
+        .expect("a valid gRPC path");
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// What [`http_raw`] read back: the status (0 when the node answered nothing before it
+/// closed the connection), headers in lower case, and the body (lossy UTF-8).
+pub struct RawHttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Sends `request` (a whole HTTP/1.x request, any bytes) on a fresh connection and reads
+/// the answer until the node closes it or `timeout` passes. Send and read errors (a node
+/// that answers and resets before the request is all sent) end the exchange, not the test.
+pub fn http_raw(host: &str, port: u16, request: &[u8], timeout: Duration) -> RawHttpResponse {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect((host, port)).expect("connect to HTTP");
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
+    stream.set_write_timeout(Some(timeout)).expect("timeout");
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 64 << 10];
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => response.extend_from_slice(&chunk[..read]),
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked"));
+    let body = if chunked && !body.is_empty() {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    RawHttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The node process's memory and threads from `/proc/<pid>/status`: (VmHWM bytes,
+/// VmRSS bytes, threads).
+pub fn process_usage(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (
+        field("VmHWM:") * 1024,
+        field("VmRSS:") * 1024,
+        field("Threads:"),
+    )
+}
