@@ -476,9 +476,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta.insert(KEY_VOTE, bytes).map_err(write_vote)?;
         // A vote must be on disk before the reply that depends on it leaves the node.
         let db = self.db.clone();
-        let synced = tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll))
-            .await
-            .expect("fsync task does not panic");
+        let synced = super::pool::run(move || db.persist(PersistMode::SyncAll)).await;
         if let Err(error) = synced {
             tracing::error!(%error, "fsync of a vote failed; stopping the node");
             std::process::exit(74);

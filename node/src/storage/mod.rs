@@ -32,6 +32,7 @@ pub mod applied;
 pub mod dedup;
 pub mod event_codec;
 pub mod log_store;
+pub mod pool;
 pub mod publish;
 pub mod recent;
 pub mod snapshot_name;

@@ -976,14 +976,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let inner = self.inner.clone();
-        let applied = tokio::task::spawn_blocking(move || {
+        // On the storage pool, never behind reads (`pool.rs`).
+        let applied = super::pool::run(move || {
             inner
                 .lock()
                 .expect("state machine lock")
                 .apply_entries(entries)
         })
-        .await
-        .expect("apply does not panic");
+        .await;
         if applied.is_err() {
             self.applied.fail();
         }
@@ -1027,14 +1027,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file = snapshot.into_std().await;
         let inner = self.inner.clone();
         let meta = meta.clone();
-        let installed = tokio::task::spawn_blocking(move || {
+        let installed = super::pool::run(move || {
             inner
                 .lock()
                 .expect("state machine lock")
                 .install(&meta, file)
         })
-        .await
-        .expect("install does not panic");
+        .await;
         if installed.is_err() {
             self.applied.fail();
         }
