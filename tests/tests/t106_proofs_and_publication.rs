@@ -257,8 +257,11 @@ async fn proofs_on_new_and_restarted_leaders_find_every_acknowledged_event() {
 }
 
 /// The lines of a node's checkpoint directory: per `tenant/stream`, tree size -> note.
-fn published(data_dir: &Path) -> BTreeMap<String, BTreeMap<u64, String>> {
-    let mut streams: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+type Published = BTreeMap<String, BTreeMap<u64, String>>;
+
+/// The lines of a node's checkpoint directory.
+fn published(data_dir: &Path) -> Published {
+    let mut streams = Published::new();
     let root = data_dir.join("checkpoints");
     let Ok(tenants) = std::fs::read_dir(&root) else {
         return streams;
@@ -390,7 +393,7 @@ async fn every_replica_publishes_every_checkpoint_after_a_snapshot_install() {
     }
     let deadline = Instant::now() + PUBLISH_WAIT;
     loop {
-        let directories: Vec<(u64, BTreeMap<String, BTreeMap<u64, String>>)> = cluster
+        let directories: Vec<(u64, Published)> = cluster
             .node_ids()
             .into_iter()
             .map(|node_id| (node_id, published(&cluster.node(node_id).data_dir)))
@@ -409,9 +412,8 @@ async fn every_replica_publishes_every_checkpoint_after_a_snapshot_install() {
                 }
             }
             if streams != &directories[0].1 {
-                let lines = |streams: &BTreeMap<String, BTreeMap<u64, String>>| -> usize {
-                    streams.values().map(BTreeMap::len).sum()
-                };
+                let lines =
+                    |streams: &Published| -> usize { streams.values().map(BTreeMap::len).sum() };
                 differences.push(format!(
                     "node {node_id}: {} lines, node {}: {} lines",
                     lines(streams),
