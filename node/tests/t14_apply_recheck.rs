@@ -1,5 +1,6 @@
 //! Apply checks what it applies (`ledger::recheck`), on the real state machine: a
-//! committed entry with an event ingest would refuse, or a checkpoint note not signed
+//! committed entry with an event no stored event can be (a tenant id that is a path, a
+//! field beyond its bound), or a checkpoint note not signed
 //! with the checkpoint key, is refused whole (a response saying why, an error log, a
 //! counter) and applies nothing, the same way on every replica; the entries around it
 //! apply as usual.
@@ -84,9 +85,9 @@ async fn run(sm: &StateMachine) -> Vec<LedgerResponse> {
     responses.push(apply(append(1, (0..3).map(|n| event("ten_a", n)).collect())).await);
     // 2: a good event and one whose tenant id is a path out of the checkpoint directory.
     responses.push(apply(append(2, vec![event("ten_a", 3), event("../../etc", 4)])).await);
-    // 3: an event whose action ingest refuses.
+    // 3: an event whose action is beyond any stored action's bound.
     let mut bad_action = event("ten_b", 5);
-    bad_action.action = "Doc Read".into();
+    bad_action.action = "doc.read".repeat(100);
     responses.push(apply(append(3, vec![bad_action])).await);
     // 4: seal ten_a's block.
     let sealed = apply(entry(
