@@ -591,8 +591,13 @@ impl NodeConfig {
             cache_bytes: cache_mib << 20,
             inflight_request_bytes: inflight_request_mib << 20,
             index_off: flags.bench_index_off,
+            // actix-http logs each malformed request a client sends (a bad header, an
+            // oversized head) as an ERROR of its dispatcher: a client could fill the log
+            // at ERROR level with them, and none is the operator's to act on.
             log: flags.log.or(file.log).unwrap_or_else(|| {
-                "info,openraft=warn,actix_server=warn,fjall=warn,lsm_tree=warn".to_string()
+                "info,openraft=warn,actix_server=warn,actix_http::h1::dispatcher=off,\
+                 fjall=warn,lsm_tree=warn"
+                    .to_string()
             }),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
         })

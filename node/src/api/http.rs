@@ -396,8 +396,26 @@ async fn get_audit_log(
     }
 }
 
-/// Anything else under `/api/v1`: a JSON 404 naming the path.
+/// Anything else under `/api/v1`: a JSON 405 (with `Allow: GET`) for another method on
+/// a path the API serves, else a JSON 404 naming the path.
 async fn no_route(request: HttpRequest) -> HttpResponse {
+    if is_api_path(request.path()) {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!(
+                "{} is not served here: the audit-log API is read-only over REST (GET); \
+                 events are recorded through gRPC (RecordBatch)",
+                request.method()
+            ),
+            None,
+        );
+        response.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return response;
+    }
     error_response(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -407,6 +425,18 @@ async fn no_route(request: HttpRequest) -> HttpResponse {
             request.path()
         ),
         None,
+    )
+}
+
+/// Whether `path` is one the API serves with GET: `/api/v1/tenants/{tenant}/audit-logs`,
+/// its `/count` and its `/{event_id}`.
+fn is_api_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "api", "v1", "tenants", tenant, "audit-logs"]
+            | ["", "api", "v1", "tenants", tenant, "audit-logs", _]
+            if !tenant.is_empty()
     )
 }
 
@@ -644,6 +674,26 @@ mod tests {
     use super::*;
     use crate::ledger::event::tests::sample_event;
     use crate::ledger::StoredEvent;
+
+    #[test]
+    fn other_methods_on_api_paths_are_told_apart_from_unknown_paths() {
+        for path in [
+            "/api/v1/tenants/ten_1/audit-logs",
+            "/api/v1/tenants/ten_1/audit-logs/",
+            "/api/v1/tenants/ten_1/audit-logs/count",
+            "/api/v1/tenants/ten_1/audit-logs/evt_1",
+        ] {
+            assert!(is_api_path(path), "{path}");
+        }
+        for path in [
+            "/api/v1/tenants//audit-logs",
+            "/api/v1/tenants/ten_1",
+            "/api/v1/tenants/ten_1/audit-logs/evt_1/more",
+            "/api/v2/tenants/ten_1/audit-logs",
+        ] {
+            assert!(!is_api_path(path), "{path}");
+        }
+    }
 
     #[test]
     fn event_json_has_the_workload_shape() {

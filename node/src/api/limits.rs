@@ -21,6 +21,8 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::Status;
 
+use crate::config::GRPC_MESSAGE_BYTES_MAX;
+
 /// The retry hint of a request refused for the in-flight budget: about the time the
 /// node takes to ack and drop a few batches of ~5 MB.
 pub const INFLIGHT_RETRY_AFTER_MS: u32 = 200;
@@ -153,6 +155,14 @@ impl CountedBody {
             self.prefix_len = 0;
             let length = u32::from_be_bytes(self.prefix[1..].try_into().expect("4 bytes")) as usize;
             self.payload_left = length;
+            if length > GRPC_MESSAGE_BYTES_MAX {
+                // Refused here, before it is buffered, with the code gRPC gives a message
+                // over the limit (tonic's decoder would say OUT_OF_RANGE once it has it).
+                return Err(Status::resource_exhausted(format!(
+                    "the message is {length} bytes; at most {GRPC_MESSAGE_BYTES_MAX} are \
+                     accepted (a batch holds at most 10,000 events: split it)"
+                )));
+            }
             let bytes = length + GRPC_PREFIX_BYTES;
             // The previous message of a stream is decoded by now.
             let mut held = self.held.lock().expect("held bytes lock");
