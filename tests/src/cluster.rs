@@ -508,13 +508,15 @@ pub fn lazy_client(endpoint: &str, timeout: Duration) -> TrailClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
-/// What a receipt said about an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a receipt said about an event, and the event as it was sent (a retry must
+/// send it again as it was: another event under the same id is refused).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Acked {
     pub tenant: String,
     pub stream: String,
     pub seq: u64,
     pub leaf_hash: Vec<u8>,
+    pub event: v1::Event,
 }
 
 /// Receipts by event id.
@@ -532,6 +534,7 @@ pub fn remember(
             stream: receipt.stream.clone(),
             seq: receipt.seq,
             leaf_hash: receipt.leaf_hash.clone(),
+            event: event.clone(),
         };
         if let Some(before) = acked.get(&event.event_id) {
             if *before != now {
