@@ -13,11 +13,12 @@ use crate::shard::BatchLimits;
 
 /// Raft entries between snapshots on a single node: a single-replica group's snapshot
 /// is only a marker (no other replica installs it), so it is cheap, and it bounds the
-/// Raft log kept on disk (was never purged at the cluster's interval: 191 bytes/event
-/// at 10 M events). Every 100 rather than 500: more of the log is deleted before its
-/// memtable is flushed, and the node wrote ~10% fewer bytes per event (1.06 against
-/// 1.17-1.19 GB per 1 M events at 64 x 20 in flight), with an ack p99 ~5 ms lower on
-/// this disk (docs/BENCHMARKS.md, "Ack latency at 64 in flight").
+/// Raft log kept on disk (at the cluster's interval a single node's log holds 191
+/// bytes/event at 10 M events). Every 100 rather than 500: more of the log is deleted
+/// before its memtable is flushed, and the node wrote ~10% fewer bytes per event (1.06
+/// against 1.17-1.19 GB per 1 M events at 64 x 20 in flight), with an ack p99 ~5 ms
+/// lower on this disk (docs/bench/history/ack-latency.md, "Ack latency at 64 in flight: where
+/// the p99 comes from").
 pub const SNAPSHOT_LOGS_SINCE_LAST_SINGLE: u64 = 100;
 /// Raft entries between snapshots in a cluster: each is a full copy of the shard.
 pub const SNAPSHOT_LOGS_SINCE_LAST_CLUSTER: u64 = 20_000;

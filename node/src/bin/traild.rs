@@ -99,11 +99,12 @@ fn init_logging(config: &NodeConfig) {
 
 /// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` says
 /// otherwise. mimalloc asks for them on its arenas (`MADV_HUGEPAGE`), so the first
-/// touch of each 2 MiB region had the kernel zero a whole huge page: at a cold start
-/// that was ~75% of the node's CPU and the first calls waited 40-80 ms instead of
+/// touch of each 2 MiB region has the kernel zero a whole huge page: at a cold start
+/// that is ~75% of the node's CPU, and the first calls wait 40-80 ms instead of
 /// ~10. Regular pages cost a fault per 4 KiB touched and more TLB misses (steady
 /// ingest takes ~8% more CPU per event), but fewer calls stall and peak RSS is a
-/// sixth lower (docs/BENCHMARKS.md, session 17). mimalloc does the same when
+/// sixth lower (docs/bench/history/ack-latency.md, "A cold node's first calls:
+/// transparent huge pages"). mimalloc does the same when
 /// `MIMALLOC_ALLOW_THP=0`, but reads that before `main`, so it cannot be set here.
 fn without_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {

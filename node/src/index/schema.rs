@@ -33,8 +33,9 @@
 //!   would select a third or more of a tenant's documents, which the time index walks
 //!   as cheaply. They are tested per document from `attrs`, next to `occurred_at`.
 //!
-//! Five terms per document rather than eight took ~10% off tantivy's time per document
-//! (docs/BENCHMARKS.md, "Ingest with indexing, session 11").
+//! Five terms per document rather than eight take ~10% off tantivy's time per document
+//! (docs/bench/history/ingest-with-indexing.md, "where the indexer's CPU goes, five
+//! terms, the time index in blocks").
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -2,9 +2,10 @@
 //! 19-byte summary, `summary.rs`) in runs of up to [`BLOCK_ENTRIES_MAX`], one fjall key
 //! per run rather than one per event.
 //!
-//! One key per event made the time index the largest part of the indexer's cost that
-//! could be taken out (docs/BENCHMARKS.md, "Ingest with indexing, session 11"): every
-//! key is a memtable insert, journal bytes, and a flush and compactions of its own.
+//! One key per event makes the time index the largest part of the indexer's cost that
+//! can be taken out (docs/bench/history/ingest-with-indexing.md, "where the indexer's
+//! CPU goes, five terms, the time index in blocks"): every key is a memtable insert,
+//! journal bytes, and a flush and compactions of its own.
 //!
 //! Invariant: a stream's blocks do not overlap. Each block is keyed by its **last**
 //! position (`storage::tindex_key`), so blocks in key order are in position order, and

@@ -130,9 +130,10 @@ impl Default for BatchLimits {
         BatchLimits {
             batch_events_max: 2_000,
             batch_bytes_max: 2 << 20,
-            // Measured (docs/BENCHMARKS.md): 1-2 slots make larger entries and gave
-            // 52-61k events/s where 4 gave 48-52k and 8 gave 49k; 2 keeps one entry
-            // filling while the other is fsynced and applied.
+            // Measured (docs/bench/history/ingest-single-node.md, "Ingest, single
+            // node"): 1-2 slots make larger entries and gave 52-61k events/s where 4
+            // gave 48-52k and 8 gave 49k; 2 keeps one entry filling while the other
+            // is fsynced and applied.
             proposals_in_flight_max: 2,
             queue_bytes_max: 32 << 20,
             queue_requests_max: 4_096,

@@ -2,12 +2,12 @@
 //!
 //! Apply must know whether a `(tenant, event_id)` was recorded before, for every
 //! event. Writing each new id into an LSM memtable and searching the memtable for each
-//! one was the largest part of apply: a random key per event, ~28% of the node's CPU
-//! at 64 x 20 (docs/BENCHMARKS.md, "Event ids behind the log"). Here apply only
-//! records an applied id in memory, in the shard's [`Overlay`]; the ids reach fjall in
-//! sorted runs written straight to table files (fjall's bulk ingestion), so the
-//! keyspace's memtable stays empty and a lookup is a hash probe in memory plus the
-//! tables' bloom filters.
+//! one would be the largest part of apply: a random key per event, ~28% of the node's
+//! CPU at 64 x 20 (docs/bench/history/ack-latency.md, "Event ids behind the log").
+//! Here apply only records an applied id in memory, in the shard's [`Overlay`]; the ids
+//! reach fjall in sorted runs written straight to table files (fjall's bulk
+//! ingestion), so the keyspace's memtable stays empty and a lookup is a hash probe in
+//! memory plus the tables' bloom filters.
 //!
 //! **Exactly once, across crashes.** Every id apply has recorded is in the overlay or
 //! in the keyspace; an id leaves the overlay only once its table is durable. The

@@ -2,10 +2,11 @@
 //! (docs/CANONICAL_ENCODING.md), as it is or compressed with zstd under a dictionary
 //! the shard trained on its own events.
 //!
-//! fjall compresses blocks with lz4 only, which left a workload event at ~205 bytes
-//! on disk (docs/BENCHMARKS.md, "Disk"). Events are small and alike: the same field
-//! layout, action names, user agents and metadata keys, over and over, which a
-//! dictionary captures and a 16 KiB lz4 block mostly does not. When a shard reaches
+//! fjall compresses blocks with lz4 only, which leaves a workload event at ~205 bytes
+//! on disk (docs/bench/history/disk-and-memory.md, "events under trained
+//! dictionaries"). Events are small and alike: the same field layout, action names,
+//! user agents and metadata keys, over and over, which a dictionary captures and a
+//! 16 KiB lz4 block mostly does not. When a shard reaches
 //! the counts of [`TRAIN_AT_EVENTS`], a thread trains a dictionary on a sample of its
 //! events; from then on apply compresses each event under the newest.
 //!
@@ -42,7 +43,8 @@ pub const TRAIN_AT_EVENTS: [u64; 2] = [5_000, 200_000];
 /// shard at once when they reach a count together. zstd's guidance is samples ~100
 /// times the dictionary, but on the workload 4,000, 8,000 and 20,000 events (~2, ~4
 /// and ~10 MB) gave dictionaries within 0.6% of each other in what they saved
-/// (docs/BENCHMARKS.md, session 15): 8,000 costs 2.5 times less than 20,000.
+/// (docs/bench/history/ack-latency.md, "Apply reads what was appended; cheaper
+/// training"): 8,000 costs 2.5 times less than 20,000.
 const TRAIN_SAMPLES_MAX: usize = 8_000;
 const TRAIN_SAMPLE_BYTES_MAX: usize = 4 << 20;
 /// zstd's own guidance for small records: ~100x smaller than the samples, and 64 KiB
@@ -50,8 +52,8 @@ const TRAIN_SAMPLE_BYTES_MAX: usize = 4 << 20;
 const DICTIONARY_BYTES_MAX: usize = 64 << 10;
 /// zstd level 1. On ~450-byte events levels 1 to 9 were within 4% in size, and level 3
 /// (zstd's default) cost ~2 s more node CPU per 1 M workload events than level 1
-/// (~6% of the node) for an events keyspace 2-10% smaller (docs/BENCHMARKS.md,
-/// session 14).
+/// (~6% of the node) for an events keyspace 2-10% smaller
+/// (docs/bench/history/ack-latency.md, "Event ids behind the log").
 const LEVEL: i32 = 1;
 /// A stored value never expands to more than this (canonical events are bounded far
 /// below it by validation): a damaged header cannot make a read allocate more.

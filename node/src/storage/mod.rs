@@ -180,7 +180,7 @@ impl NodeStore {
                     "raft_log" => {
                         options.with_kv_separation(Some(fjall::KvSeparationOptions::default()))
                     }
-                    // The bulk of the disk (docs/BENCHMARKS.md, "Disk"): events of one
+                    // The bulk of the disk (docs/BENCHMARKS.md, "Disk and memory"): events of one
                     // stream side by side compress better in larger blocks (lz4 is
                     // fjall's only codec), and on every level (fjall leaves its first
                     // two uncompressed). Reads of an event always find it, so the

@@ -1,9 +1,10 @@
 //! The storage pool: the threads that run apply, snapshot installs and vote fsyncs.
 //!
-//! These used tokio's blocking pool, which request-serving reads share. A few hundred
-//! reads parked there (a `ListBlocks` stream whose client does not read held a thread
-//! each) filled it, and every shard's apply queued behind them: acks stopped node-wide.
-//! Apply gets threads of its own here, so no read can delay it, however many there are.
+//! Not tokio's blocking pool: request-serving reads share that one, and a few hundred
+//! reads parked there (a `ListBlocks` stream whose client does not read holds a thread
+//! each) fill it, so every shard's apply would queue behind them and acks would stop
+//! node-wide. Apply gets threads of its own here, so no read can delay it, however many
+//! there are.
 //!
 //! Bounds: [`STORAGE_THREADS`] threads. openraft applies one batch of a shard at a time
 //! and saves one vote at a time, so the queue holds at most about two jobs per shard;

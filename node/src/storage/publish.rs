@@ -3,10 +3,10 @@
 //! `{tenant}/{stream index}/{YYYY-MM-DD}.jsonl`, one line per checkpoint:
 //! `{"tree_size":N,"note":"<the signed note>"}`.
 //!
-//! (One file per checkpoint, as before, cost a 4 KiB block and an inode for a ~300-byte
-//! note: with a checkpoint every 10 s, 35 MB a day per active tenant, a tenth of the
-//! data directory's bytes per event at 10 M events, and ~10% of a node's CPU in inode
-//! allocation under ingest.)
+//! (Not one file per checkpoint, which costs a 4 KiB block and an inode for a
+//! ~300-byte note: with a checkpoint every 10 s, 35 MB a day per active tenant, a
+//! tenth of the data directory's bytes per event at 10 M events, and ~10% of a node's
+//! CPU in inode allocation under ingest.)
 //!
 //! Lines are only ever appended; a file is never rewritten. A stream's checkpoints are
 //! appended in tree-size order: a checkpoint at or below the last one published (a replay
@@ -16,10 +16,10 @@
 //! fsyncs of publication never sit in the apply path; a full queue makes apply wait
 //! (the queue holds 4,096 notes, ~1 MiB). The thread appends whatever is queued (up to
 //! 1,024 notes) and then makes the lot durable: an `fdatasync` of each file appended
-//! to, and an `fsync` of each directory that got a new entry. (One `syncfs` did it in
-//! one call, but it also wrote back every dirty page of the file system, the store's
-//! table and index files included, and the journal's fsyncs, which every ingest ack
-//! waits for, queued behind those writes.)
+//! to, and an `fsync` of each directory that got a new entry. (Not one `syncfs`: it
+//! does it in one call, but it also writes back every dirty page of the file system,
+//! the store's table and index files included, and the journal's fsyncs, which every
+//! ingest ack waits for, queue behind those writes.)
 //!
 //! Durability: a line that cannot be written (an open, a read of the newest file, or a
 //! write failing: a full disk, a permission) is retried with a backoff from 10 ms up

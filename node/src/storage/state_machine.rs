@@ -56,7 +56,8 @@ const APPLY_WRITES_MAX: usize = 60_000;
 /// ~1.3 MiB per shard at most). A buffer allocated per apply came from fresh pages
 /// each time (the allocator returns large blocks to the system between applies):
 /// zeroing them and growing the vector was ~2.5% of the node's CPU at 64 x 20, all on
-/// the apply thread (docs/BENCHMARKS.md, "the p99 is the CPU queue").
+/// the apply thread (docs/bench/history/ack-latency.md, "Ack latency at 64 in flight:
+/// the p99 is the CPU queue").
 const APPLY_WRITES_KEPT_MAX: usize = 8_192;
 /// Records per fjall batch while installing a snapshot.
 const INSTALL_BATCH_RECORDS_MAX: usize = 10_000;

@@ -15,9 +15,10 @@
 //! So the node rotates memtables itself and fjall never asks: fjall's own memtable
 //! bound is set out of reach (`storage::FJALL_MEMTABLE_BYTES_OUT_OF_REACH`), and this
 //! thread looks at every registered keyspace's active memtable every [`CHECK_INTERVAL`]
-//! and rotates the ones at their bound. (A first version rotated at 3/4 of fjall's
-//! bound; when its own send waited on a full channel, fjall's requests started and the
-//! workers deadlocked again 5 minutes into the 10 M run.)
+//! and rotates the ones at their bound. (Leaving fjall's bound in place and rotating
+//! earlier, at 3/4 of it, is not enough: when the thread's own send waits on a full
+//! channel, fjall's requests start and the workers deadlock, measured 5 minutes into
+//! a 10 M-event run.)
 //! `Keyspace::rotate_memtable` rotates on the calling thread; its blocking send of the
 //! flush message comes from outside the pool, so it waits for a worker to take a message
 //! and never deadlocks. It also bounds the journals: fjall's own bound is set out of
@@ -25,9 +26,9 @@
 //! journals are over [`Bounds::journal_bytes`] it rotates the memtables that hold data
 //! and were rotated longest ago (they hold the oldest journal's writes), a few per
 //! check, so that the oldest journal can be deleted. (Rotating every non-empty memtable
-//! at once, ~9 per shard, started as many flushes together, and each flush fsyncs the
-//! journal under the lock every write takes: measured with `trailctl bench ingest
-//! --latency-log`, every ingest request in flight stalled for 60-160 ms at each such
+//! at once, ~9 per shard, would start as many flushes together, and each flush fsyncs
+//! the journal under the lock every write takes: measured with `trailctl bench ingest
+//! --latency-log`, every ingest request in flight stalls for 60-160 ms at each such
 //! round; see [`to_rotate`].)
 //!
 //! It also lets fjall delete the tables compactions replaced. fjall deletes them only
