@@ -31,12 +31,6 @@ const ALLOWED: &[(&str, &str, &str)] = &[
         "node",
         "the secret-file helper lives in node/cursor_key.rs",
     ),
-    ("ledger", "node", "CLUSTER_TENANT lives in node/cluster.rs"),
-    (
-        "node",
-        "api",
-        "the query and block-stream permit counts live in api/",
-    ),
 ];
 
 /// One reference from a module to another: the file and line that make it.

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 use trail_proto::v1;
 
-use crate::node::Node;
+use crate::node::{Node, BLOCK_STREAMS_MAX};
 use crate::shard::proofs::{self, ProofError, StoredCheckpoint};
 use crate::shard::reader::ReadError;
 use crate::shard::ShardHandle;
@@ -33,10 +33,6 @@ const LIST_BLOCKS_BUFFER: usize = 2;
 /// blocking thread for a few ms at most, and never waits for the client.
 const LIST_BLOCKS_STEP_WITH_EVENTS: usize = 2;
 const LIST_BLOCKS_STEP_HEADERS: usize = 256;
-/// `ListBlocks` streams open at once per node; more are refused (RESOURCE_EXHAUSTED).
-/// Each holds at most its buffer and one step of blocks (~4 MiB with events), so
-/// together ~128 MiB at worst, and no thread while it waits for its client.
-pub const BLOCK_STREAMS_MAX: usize = 32;
 /// A stream whose client takes no block for this long is ended with DEADLINE_EXCEEDED,
 /// so that clients that stop reading cannot hold every stream permit.
 pub const BLOCK_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -28,16 +28,11 @@ use super::forward::Consistency;
 use super::grpc::{read_status, to_stored_event};
 use serde_json::json;
 
-/// Query scans running at once on the blocking pool; more wait for a permit. A scan is
-/// CPU-bound (up to ~0.1 s of one core, see `EXAMINED_PER_REQUEST_MAX`), so a few per
-/// core keep the machine busy without starving ingest's apply of blocking threads.
-pub const QUERIES_IN_FLIGHT_MAX: usize = 8;
-
 /// Runs a read (`GetEvent`, `Tail`, a REST event or page encoding) on the blocking pool
 /// under the same permits as query scans. Request-serving reads thus hold at most
-/// [`QUERIES_IN_FLIGHT_MAX`] of the pool's threads whatever clients do, and apply and
-/// snapshot work (also on the blocking pool) always finds threads. `Err`: shutting down,
-/// or the task panicked.
+/// [`QUERIES_IN_FLIGHT_MAX`](crate::node::QUERIES_IN_FLIGHT_MAX) of the pool's threads
+/// whatever clients do, and apply and snapshot work (also on the blocking pool) always
+/// finds threads. `Err`: shutting down, or the task panicked.
 pub async fn gated_read<T, F>(node: &Node, work: F) -> Result<T, &'static str>
 where
     F: FnOnce() -> T + Send + 'static,
@@ -141,7 +136,8 @@ pub struct QueryOutput {
 }
 
 /// Runs a query: opens and checks its cursor, scans on the blocking pool (at most
-/// [`QUERIES_IN_FLIGHT_MAX`] at once), seals the next cursor.
+/// [`QUERIES_IN_FLIGHT_MAX`](crate::node::QUERIES_IN_FLIGHT_MAX) at once), seals the
+/// next cursor.
 pub async fn run(node: &Node, input: QueryInput, by: &ReadBy) -> Result<QueryOutput, QueryError> {
     let QueryInput {
         tenant_id,

@@ -15,6 +15,8 @@
 use super::apply::{CheckpointNote, LedgerCommand};
 use super::checkpoint::NoteVerifier;
 use super::event::EventRecord;
+// The cluster map's tenant: its metadata is the map (larger than a producer's 8 KiB).
+use super::routing::CLUSTER_TENANT;
 use super::validate::{
     validate_tenant_id, FieldError, ACTION_BYTES_MAX, EMAIL_BYTES_MAX, EVENT_ID_BYTES_MAX,
     ID_BYTES_MAX, METADATA_BYTES_MAX, OCCURRED_AT_NS_MIN, RESOURCE_TYPE_BYTES_MAX,
@@ -24,10 +26,6 @@ use super::validate::{
 /// An IPv6 address with a zone is at most ~60 bytes; ingest accepts only what parses
 /// as an address, so this bound is far from every stored value.
 const IP_ADDRESS_BYTES_MAX: usize = 128;
-
-/// The reserved tenant of the cluster map (shard 0): its id starts with `_`, which no
-/// producer's may, and its metadata is the map (larger than a producer's 8 KiB).
-const CLUSTER_TENANT: &str = crate::node::cluster::CLUSTER_TENANT;
 
 /// Why an entry is refused; the text names the item and the field.
 pub fn check_command(

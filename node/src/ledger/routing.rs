@@ -6,6 +6,11 @@ use sha2::{Digest, Sha256};
 
 pub type ShardId = u32;
 
+/// The reserved tenant whose stream in shard 0 holds the cluster map: its id starts
+/// with `_`, which no producer's may. Here, below both, because apply checks its
+/// events (`recheck.rs`) and the node reads and writes the map (`node/cluster.rs`).
+pub const CLUSTER_TENANT: &str = "_cluster";
+
 /// The data shard that hosts a tenant's first stream.
 ///
 /// SHA-256 rather than `DefaultHasher`: std's hasher may change between Rust releases,

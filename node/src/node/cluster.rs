@@ -21,8 +21,7 @@ use crate::ledger::{ActorKind, EventRecord, Outcome};
 use crate::shard::reader;
 use crate::storage::ShardKeyspaces;
 
-/// The reserved tenant whose stream in shard 0 holds the cluster map.
-pub const CLUSTER_TENANT: &str = "_cluster";
+pub use crate::ledger::routing::CLUSTER_TENANT;
 /// The metadata group.
 pub const META_SHARD: ShardId = 0;
 /// The event id of the first map: a second `cluster init` is deduplicated onto it.

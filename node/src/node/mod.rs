@@ -158,6 +158,18 @@ impl Router {
     }
 }
 
+/// Query scans running at once on the blocking pool; more wait for a permit. A scan is
+/// CPU-bound (up to ~0.1 s of one core, see `EXAMINED_PER_REQUEST_MAX`), so a few per
+/// core keep the machine busy without starving ingest's apply of blocking threads.
+/// `api/query.rs` takes these permits.
+pub const QUERIES_IN_FLIGHT_MAX: usize = 8;
+
+/// `ListBlocks` streams open at once per node; more are refused (RESOURCE_EXHAUSTED).
+/// Each holds at most its buffer and one step of blocks (~4 MiB with events), so
+/// together ~128 MiB at worst, and no thread while it waits for its client
+/// (`api/proofs.rs`).
+pub const BLOCK_STREAMS_MAX: usize = 32;
+
 /// A started node: the API's view of it.
 #[derive(Clone)]
 pub struct Node {
@@ -349,12 +361,8 @@ pub async fn start(
         signer,
         publisher,
         cursor_key,
-        query_permits: Arc::new(tokio::sync::Semaphore::new(
-            crate::api::query::QUERIES_IN_FLIGHT_MAX,
-        )),
-        block_stream_permits: Arc::new(tokio::sync::Semaphore::new(
-            crate::api::proofs::BLOCK_STREAMS_MAX,
-        )),
+        query_permits: Arc::new(tokio::sync::Semaphore::new(QUERIES_IN_FLIGHT_MAX)),
+        block_stream_permits: Arc::new(tokio::sync::Semaphore::new(BLOCK_STREAMS_MAX)),
         index,
         groups,
     };
