@@ -26,8 +26,9 @@ use tempfile::TempDir;
 use trail_node::consensus::{Entry, LogId};
 use trail_node::index::{IndexConfig, NodeIndex};
 use trail_node::ledger::{ActorKind, EventRecord, LedgerCommand, Outcome};
-use trail_node::shard::cursor::{tenant_digest, Cursor, CursorKey};
-use trail_node::shard::query::{self, AccessPath, ActionMatch, Filters, Order, Query};
+use trail_node::query::cursor::{tenant_digest, Cursor, CursorKey};
+use trail_node::query::{ActionMatch, Filters, Order};
+use trail_node::shard::query::{self, AccessPath, Query};
 use trail_node::storage::{NodeStore, ShardKeyspaces, StateMachine};
 
 /// Tenants per case; each case gets fresh tenant names in the shared store.

@@ -32,7 +32,8 @@ use tempfile::TempDir;
 use trail_node::consensus::{Entry, LogId};
 use trail_node::index::{shard_documents, IndexConfig, NodeIndex};
 use trail_node::ledger::{ActorKind, EventRecord, LedgerCommand, Outcome};
-use trail_node::shard::query::{self, AccessPath, ActionMatch, Filters, Order, Query};
+use trail_node::query::{ActionMatch, Filters, Order};
+use trail_node::shard::query::{self, AccessPath, Query};
 use trail_node::storage::{NodeStore, ShardKeyspaces, StateMachine};
 
 const SHARD_A: u32 = 1;

@@ -15,8 +15,8 @@ use trail_proto::v1;
 use crate::ledger::validate::{validate_event, ID_BYTES_MAX};
 use crate::ledger::{ActorKind, ApplyReceipt, Outcome};
 use crate::node::Node;
+use crate::query::{ActionMatch, Filters};
 use crate::shard::batcher::IngestError;
-use crate::shard::query::{ActionMatch, Filters};
 
 /// The header (REST) or metadata key (gRPC) naming who reads.
 pub const ACTOR_HEADER: &str = "x-trail-actor";

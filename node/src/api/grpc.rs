@@ -19,7 +19,8 @@ use crate::ledger::{
 };
 use crate::node::cluster::LEADER_HEADER;
 use crate::node::{actor::GetNodeStatus, Node};
-use crate::shard::reader::{self, ReadError, ReadEvent, TAIL_LIMIT_MAX};
+use crate::query::ReadError;
+use crate::shard::reader::{self, ReadEvent, TAIL_LIMIT_MAX};
 use crate::shard::{IngestError, ReadBarrierError};
 
 use super::forward::{self, forward_read, forward_to_leader, Consistency};

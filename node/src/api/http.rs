@@ -31,7 +31,8 @@ use serde::Serialize;
 use crate::ledger::{ActorKind, Outcome};
 use crate::node::cluster::{FORWARDED_HEADER, LEADER_HEADER};
 use crate::node::{Node, RouteError};
-use crate::shard::reader::{self, ReadError, ReadEvent};
+use crate::query::ReadError;
+use crate::shard::reader::{self, ReadEvent};
 use crate::shard::ShardHandle;
 
 use super::audit::{ReadBy, ACTOR_HEADER};

@@ -20,8 +20,8 @@ use tonic::Status;
 use trail_proto::v1;
 
 use crate::node::{Node, BLOCK_STREAMS_MAX};
+use crate::query::ReadError;
 use crate::shard::proofs::{self, ProofError, StoredCheckpoint};
-use crate::shard::reader::ReadError;
 use crate::shard::ShardHandle;
 
 use super::grpc::{barrier_status, read_status, tenant_argument};

@@ -15,12 +15,12 @@ use trail_proto::v1;
 
 use crate::ledger::{validate_tenant_id, ActorKind, FieldError, Outcome};
 use crate::node::{Node, RouteError};
-use crate::shard::cursor::{tenant_digest, Cursor};
-use crate::shard::query::{
-    self, action_filter, actor_id_filter, request_id_filter, resource_id_filter,
-    resource_type_filter, Filters, Order, Page, Query, LIMIT_DEFAULT, LIMIT_MAX,
+use crate::query::cursor::{tenant_digest, Cursor};
+use crate::query::filter::{
+    action_filter, actor_id_filter, request_id_filter, resource_id_filter, resource_type_filter,
 };
-use crate::shard::reader::ReadError;
+use crate::query::{Filters, Order, ReadError};
+use crate::shard::query::{self, Page, Query, LIMIT_DEFAULT, LIMIT_MAX};
 use crate::shard::ReadBarrierError;
 
 use super::audit::{self, record_read, ReadBy, ReadKind};
@@ -755,7 +755,7 @@ mod tests {
         assert_eq!(filters.actor_kind, Some(ActorKind::User));
         assert_eq!(
             filters.action,
-            Some(query::ActionMatch::Prefix("auth.".into()))
+            Some(crate::query::ActionMatch::Prefix("auth.".into()))
         );
         assert_eq!(filters.resource_id.as_deref(), Some("d 1"));
         assert_eq!(filters.outcome, Some(Outcome::Failure));

@@ -51,7 +51,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 
 use crate::ledger::routing::ShardId;
 use crate::ledger::{StoredEvent, TenantState};
-use crate::node::cursor_key::load_or_create_secret;
+use crate::query::cursor_key::load_or_create_secret;
 use crate::storage::{event_key, FeedRuns, ShardKeyspaces, Syncer};
 use merge::{SegmentRanges, TimeMergePolicy};
 pub use schema::{stream_value, Fields, Terms};

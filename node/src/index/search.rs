@@ -17,7 +17,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, Searcher, SegmentReader, Term};
 
 use super::schema::{AttrsTest, Fields, Terms};
-use crate::shard::query::{ActionMatch, Filters, Order};
+use crate::query::{ActionMatch, Filters, Order};
 
 /// Where a document sits in a stream's keyset order.
 pub type Position = (i64, u64);

@@ -28,7 +28,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::schema::Terms;
 use crate::ledger::EventRecord;
-use crate::shard::query::{ActionMatch, Filters};
+use crate::query::{ActionMatch, Filters};
 
 const SUMMARY_VERSION: u8 = 1;
 pub const SUMMARY_BYTES: usize = 19;

@@ -23,7 +23,7 @@
 use fjall::Keyspace;
 
 use super::summary::SUMMARY_BYTES;
-use crate::shard::reader::ReadError;
+use crate::query::ReadError;
 use crate::storage::{tindex_key, tindex_key_decode};
 
 /// Entries per block at most: 64 x 35 bytes, ~2 KiB before compression.

@@ -3,7 +3,6 @@
 
 pub mod actor;
 pub mod cluster;
-pub mod cursor_key;
 pub mod key;
 
 use std::collections::BTreeMap;
@@ -18,8 +17,9 @@ use crate::consensus::NodeId;
 use crate::index::{IndexConfig, NodeIndex};
 use crate::ledger::routing::{shard_for_tenant, ShardId};
 use crate::ledger::NoteSigner;
+use crate::query::cursor::CursorKey;
+use crate::query::cursor_key;
 use crate::shard::actor::ShardActor;
-use crate::shard::cursor::CursorKey;
 use crate::shard::{self, SealerSettings, ShardHandle, ShardSettings};
 use crate::storage::publish::Publisher;
 use crate::storage::NodeStore;

@@ -3,7 +3,6 @@
 
 pub mod actor;
 pub mod batcher;
-pub mod cursor;
 pub mod proofs;
 pub mod query;
 pub mod reader;

@@ -26,7 +26,8 @@ use crate::storage::{
     CHAIN_CHECKPOINT, CHAIN_SUBTREES,
 };
 
-use super::reader::{canonical, get_event, tenant_state, ReadError};
+use super::reader::{canonical, get_event, tenant_state};
+use crate::query::ReadError;
 
 /// A recorded checkpoint.
 #[derive(Debug, Clone)]

@@ -5,33 +5,12 @@
 //! leader before reading (cluster work).
 
 use crate::ledger::{leaf_hash, LeafHash, StoredEvent, TenantState};
+use crate::query::ReadError;
 use crate::storage::event_codec::Canonical;
 use crate::storage::{decode_position, dedup_key, event_key, ShardKeyspaces};
 
 /// Events one `tail` call returns at most.
 pub const TAIL_LIMIT_MAX: usize = 1_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("storage: {0}")]
-    Storage(#[from] fjall::Error),
-    /// A stored record failed its checks: never served, always reported.
-    #[error("corrupt record at {location}: {reason}")]
-    Corrupt { location: String, reason: String },
-    /// The query indexes are far behind the store (being rebuilt): answering would
-    /// mean reading this many events of the stream one by one.
-    #[error(
-        "the query index is being built ({events} events of this stream not indexed yet); \
-         retry shortly (`trailctl status` shows the progress)"
-    )]
-    IndexBehind { events: u64 },
-    /// The filter's index terms are shared by more events than a request reads.
-    #[error(
-        "the filter matches more than {examined} candidate events to check; narrow it \
-         (a time range, another field)"
-    )]
-    TooBroad { examined: u64 },
-}
 
 /// A stored event with its leaf hash, as reads return it.
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! The node's query-cursor key: 32 random bytes in `<data dir>/cursor.key`, created on
 //! first start with mode 0600 and refused if anyone but the owner can read it. Cursors
-//! are authenticated with HMAC-SHA-256 under it (`shard/cursor.rs`).
+//! are authenticated with HMAC-SHA-256 under it (`query/cursor.rs`).
 //!
 //! File format: one line, `hmac-sha256 <base64 of the 32-byte key>`. Losing the file
 //! only invalidates the cursors clients hold (they start their query again); it protects
@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use rand::RngCore;
 
-use crate::shard::cursor::CursorKey;
+use super::cursor::CursorKey;
 
 pub const KEY_FILE: &str = "cursor.key";
 const KEY_PREFIX: &str = "hmac-sha256 ";
@@ -84,8 +84,8 @@ fn create(path: &Path, what: &str) -> anyhow::Result<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::cursor::{tenant_digest, Cursor};
-    use crate::shard::query::Order;
+    use crate::query::cursor::{tenant_digest, Cursor};
+    use crate::query::Order;
 
     #[test]
     fn created_once_private_and_stable() {

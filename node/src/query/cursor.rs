@@ -13,20 +13,20 @@
 //! | 1 | version = 2 (version 1, before the time order, is refused) |
 //! | 1 | order: 1 newest first, 2 oldest first |
 //! | 16 | tenant digest: SHA-256("trail.cursor.tenant.v1" \|\| tenant_id), first 16 bytes |
-//! | 16 | query digest: [`super::query::Filters::digest`] of the filter and order |
+//! | 16 | query digest: [`super::filter::Filters::digest`] of the filter and order |
 //! | 4 | stream index (u32 BE) |
 //! | 8 | occurred_at (i64 BE, ns) and |
 //! | 8 | seq (u64 BE): the last position the query has considered |
 //! | 16 | HMAC-SHA-256 of the 54 bytes above, first 16 bytes |
 //!
-//! Pure: no I/O and no clock. The key is loaded by `node::cursor_key`.
+//! Pure: no I/O and no clock. The key is loaded by `query::cursor_key`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::query::Order;
+use super::filter::Order;
 use crate::ledger::FieldError;
 
 pub const CURSOR_VERSION: u8 = 2;
