@@ -19,10 +19,12 @@ use crate::ledger::{
 };
 use crate::node::cluster::LEADER_HEADER;
 use crate::node::{actor::GetNodeStatus, Node};
-use crate::query::ReadError;
-use crate::shard::reader::{self, ReadEvent, TAIL_LIMIT_MAX};
-use crate::shard::{IngestError, ReadBarrierError};
+use crate::shard::reader::{self, TAIL_LIMIT_MAX};
+use crate::shard::IngestError;
 
+use super::convert::{
+    barrier_status, read_by, read_status, tenant_argument, to_receipt, to_stored_event,
+};
 use super::forward::{self, forward_read, forward_to_leader, Consistency};
 use super::{proofs, query};
 
@@ -277,22 +279,6 @@ fn receipt_outcome(
     v1::record_outcome::Outcome::Receipt(to_receipt(event_id, tenant_id, receipt))
 }
 
-pub(super) fn to_receipt(
-    event_id: String,
-    tenant_id: String,
-    receipt: ApplyReceipt,
-) -> v1::Receipt {
-    v1::Receipt {
-        event_id,
-        tenant_id,
-        stream: receipt.stream,
-        seq: receipt.seq,
-        leaf_hash: receipt.leaf_hash.to_vec(),
-        deduplicated: receipt.deduplicated,
-        ingested_at_ns: receipt.ingested_at_ns,
-    }
-}
-
 fn rejected(index: usize, event_id: &str, error: &FieldError) -> v1::record_outcome::Outcome {
     v1::record_outcome::Outcome::Error(v1::EventError {
         index: index as u32,
@@ -342,86 +328,6 @@ fn status_of_event_error(error: &v1::EventError) -> Status {
         _ => Status::unavailable(error.message.clone()),
     };
     status
-}
-
-/// Who sent a read, for its audit record.
-pub(super) fn read_by<T>(node: &Node, request: &Request<T>) -> super::audit::ReadBy {
-    let metadata = request.metadata();
-    let text = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok());
-    super::audit::ReadBy::new(
-        text(super::audit::ACTOR_HEADER),
-        forward::client_addr(node, request),
-        text("user-agent"),
-    )
-}
-
-/// A read that could not pass its shard's linearizable read barrier: retryable.
-pub(super) fn barrier_status(error: ReadBarrierError) -> Status {
-    Status::unavailable(error.to_string())
-}
-
-pub(super) fn read_status(error: ReadError) -> Status {
-    // Corruption is reported loudly in the node's log; the caller learns only that the
-    // record can not be served.
-    tracing::error!(%error, "read failed");
-    match error {
-        ReadError::Storage(_) => Status::unavailable("storage read failed; retry"),
-        ReadError::Corrupt { .. } => {
-            Status::data_loss("a stored record failed its integrity checks")
-        }
-        error @ ReadError::IndexBehind { .. } => Status::unavailable(error.to_string()),
-        error @ ReadError::TooBroad { .. } => Status::resource_exhausted(error.to_string()),
-    }
-}
-
-pub(super) fn to_stored_event(read: ReadEvent) -> v1::StoredEvent {
-    let stored = read.stored;
-    let event = stored.event;
-    v1::StoredEvent {
-        event: Some(v1::Event {
-            event_id: event.event_id,
-            tenant_id: event.tenant_id,
-            actor: Some(v1::Actor {
-                r#type: event.actor_kind as i32,
-                id: event.actor_id,
-                email: event.actor_email,
-                name: event.actor_name,
-            }),
-            action: event.action,
-            resource: if event.resource_type.is_empty() {
-                None
-            } else {
-                Some(v1::Resource {
-                    r#type: event.resource_type,
-                    id: event.resource_id,
-                })
-            },
-            result: event.outcome as i32,
-            occurred_at: Some(timestamp(event.occurred_at_ns)),
-            request_id: event.request_id,
-            session_id: event.session_id,
-            ip_address: event.ip_address,
-            user_agent: event.user_agent,
-            metadata_json: event.metadata_json,
-            subject_id: event.subject_id,
-        }),
-        stream: stored.stream,
-        seq: stored.seq,
-        ingested_at: Some(timestamp(stored.ingested_at_ns)),
-        leaf_hash: read.leaf_hash.to_vec(),
-        log_index: 0,
-    }
-}
-
-fn timestamp(ns: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: ns.rem_euclid(1_000_000_000) as i32,
-    }
-}
-
-pub(super) fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
-    validate_tenant_id(tenant_id).map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
 /// An event id a read names: ingest's rule (an id no event can have never becomes a

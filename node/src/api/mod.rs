@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cluster;
+mod convert;
 pub mod forward;
 pub mod grpc;
 pub mod http;

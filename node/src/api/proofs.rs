@@ -24,7 +24,7 @@ use crate::query::ReadError;
 use crate::shard::proofs::{self, ProofError, StoredCheckpoint};
 use crate::shard::ShardHandle;
 
-use super::grpc::{barrier_status, read_status, tenant_argument};
+use super::convert::{barrier_status, read_status, tenant_argument};
 
 /// Blocks one `ListBlocks` call keeps in its channel (each up to ~1 MiB with events).
 const LIST_BLOCKS_BUFFER: usize = 2;

@@ -24,8 +24,8 @@ use crate::shard::query::{self, Page, Query, LIMIT_DEFAULT, LIMIT_MAX};
 use crate::shard::ReadBarrierError;
 
 use super::audit::{self, record_read, ReadBy, ReadKind};
+use super::convert::{barrier_status, read_status, timestamp, to_receipt, to_stored_event};
 use super::forward::Consistency;
-use super::grpc::{read_status, to_stored_event};
 use serde_json::json;
 
 /// Runs a read (`GetEvent`, `Tail`, a REST event or page encoding) on the blocking pool
@@ -104,7 +104,7 @@ impl From<QueryError> for Status {
             QueryError::Invalid(error) => grpc_invalid(&error),
             QueryError::Read(error) => read_status(error),
             QueryError::Unavailable(reason) => Status::unavailable(reason),
-            QueryError::Barrier(error) => super::grpc::barrier_status(error),
+            QueryError::Barrier(error) => barrier_status(error),
             QueryError::Route(error) => error.into(),
         }
     }
@@ -382,9 +382,8 @@ pub async fn record_export(
         .await
         .map_err(Status::unavailable)?;
     Ok(v1::RecordExportResponse {
-        receipt: recorded.map(|(event_id, receipt)| {
-            super::grpc::to_receipt(event_id, input.tenant_id.clone(), receipt)
-        }),
+        receipt: recorded
+            .map(|(event_id, receipt)| to_receipt(event_id, input.tenant_id.clone(), receipt)),
     })
 }
 
@@ -412,13 +411,6 @@ pub async fn count(
     .map_err(|error| grpc_invalid(&error))?;
     let count = count_events(node, input.tenant_id, input.filters, input.consistency, by).await?;
     Ok(v1::CountResponse { count })
-}
-
-fn timestamp(ns: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: ns.rem_euclid(1_000_000_000) as i32,
-    }
 }
 
 /// INVALID_ARGUMENT naming the field by its path in `QueryRequest`.
