@@ -642,7 +642,12 @@ async fn an_edited_block_header_breaks_the_chain_or_the_signed_root() {
         &[
             &format!("cannot prove event \"{middle_event}\""),
             "DATA_LOSS",
-            &format!("stream {tenant}/0: block hashes do not match the checkpoint's root"),
+            // The node builds proofs from the stream tree's stored nodes and checks them
+            // against the signed root before it serves one: an edited block breaks that.
+            &format!(
+                "stream {tenant}/0: the stream tree's stored nodes do not lead to the \
+                 checkpoint's root"
+            ),
         ],
     );
 
