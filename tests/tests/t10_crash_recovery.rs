@@ -23,11 +23,13 @@ const BATCH_EVENTS: usize = 50;
 /// Delays after which the node is killed, one per round.
 const KILL_POINTS_MS: [u64; 4] = [150, 400, 900, 1_600];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Acked {
     tenant: String,
     seq: u64,
     leaf_hash: Vec<u8>,
+    /// As sent: a retry sends it again as it was.
+    event: v1::Event,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -59,12 +61,14 @@ async fn acknowledged_events_survive_kill_9() {
                             )
                         })
                         .collect();
-                    let Ok(response) = client.record_batch(v1::RecordBatchRequest { events }).await
-                    else {
+                    let request = v1::RecordBatchRequest {
+                        events: events.clone(),
+                    };
+                    let Ok(response) = client.record_batch(request).await else {
                         return;
                     };
                     let mut acked = acked.lock().unwrap();
-                    for outcome in response.into_inner().outcomes {
+                    for (outcome, event) in response.into_inner().outcomes.into_iter().zip(events) {
                         if let Some(v1::record_outcome::Outcome::Receipt(receipt)) = outcome.outcome
                         {
                             acked.insert(
@@ -73,6 +77,7 @@ async fn acknowledged_events_survive_kill_9() {
                                     tenant: receipt.tenant_id,
                                     seq: receipt.seq,
                                     leaf_hash: receipt.leaf_hash,
+                                    event,
                                 },
                             );
                         }
@@ -157,7 +162,7 @@ async fn check(node: &Traild, acked: &BTreeMap<String, Acked>) {
     let sample: Vec<(&String, &Acked)> = acked.iter().take(200).collect();
     let events: Vec<v1::Event> = sample
         .iter()
-        .map(|(event_id, acked)| event(&acked.tenant, event_id))
+        .map(|(_, acked)| acked.event.clone())
         .collect();
     let response = client
         .record_batch(v1::RecordBatchRequest { events })
