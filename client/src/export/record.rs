@@ -226,45 +226,56 @@ pub fn render_record(
             line.push('\n');
             line
         }
-        FileFormat::Csv => {
-            let seq = event.seq.to_string();
-            let occurred_at = format_time(event.occurred_at);
-            let ingested_at = format_time(event.ingested_at);
-            let leaf = hex::encode(leaf_hash);
-            let fields: [&str; 21] = [
-                event.event_id,
-                event.tenant_id,
-                actor_type_name(event.actor_type),
-                event.actor_id,
-                event.actor_email,
-                event.actor_name,
-                event.action,
-                event.resource_type,
-                event.resource_id,
-                result_name(event.result),
-                event.ip_address,
-                event.user_agent,
-                event.request_id,
-                event.session_id,
-                &occurred_at,
-                event.metadata,
-                event.subject_id,
-                event.stream,
-                &seq,
-                &ingested_at,
-                &leaf,
-            ];
-            let mut line = String::with_capacity(fields.iter().map(|field| field.len() + 1).sum());
-            for (position, field) in fields.iter().enumerate() {
-                if position > 0 {
-                    line.push(',');
-                }
-                push_csv_field(&mut line, field);
-            }
-            line.push('\n');
-            line
-        }
+        FileFormat::Csv => render_csv(event, leaf_hash, true),
     }
+}
+
+/// A CSV record; `formula_escape` false gives the spelling of exports written before the
+/// formula escape (their cells as they are), which the verifier still accepts.
+fn render_csv(event: &CanonicalEventRef<'_>, leaf_hash: &[u8; 32], formula_escape: bool) -> String {
+    let seq = event.seq.to_string();
+    let occurred_at = format_time(event.occurred_at);
+    let ingested_at = format_time(event.ingested_at);
+    let leaf = hex::encode(leaf_hash);
+    let fields: [&str; 21] = [
+        event.event_id,
+        event.tenant_id,
+        actor_type_name(event.actor_type),
+        event.actor_id,
+        event.actor_email,
+        event.actor_name,
+        event.action,
+        event.resource_type,
+        event.resource_id,
+        result_name(event.result),
+        event.ip_address,
+        event.user_agent,
+        event.request_id,
+        event.session_id,
+        &occurred_at,
+        event.metadata,
+        event.subject_id,
+        event.stream,
+        &seq,
+        &ingested_at,
+        &leaf,
+    ];
+    let mut line = String::with_capacity(fields.iter().map(|field| field.len() + 1).sum());
+    for (position, field) in fields.iter().enumerate() {
+        if position > 0 {
+            line.push(',');
+        }
+        push_csv_field(&mut line, field, formula_escape);
+    }
+    line.push('\n');
+    line
+}
+
+/// The CSV spelling of exports written before the formula escape ([`CSV_ESCAPED_FIRST`]):
+/// accepted by the verifier beside the current one, so that such an export, kept by an
+/// auditor, still verifies.
+pub fn render_csv_unescaped(event: &CanonicalEventRef<'_>, leaf_hash: &[u8; 32]) -> String {
+    render_csv(event, leaf_hash, false)
 }
 
 /// First characters that make a spreadsheet program read a cell as a formula (OWASP,
@@ -277,8 +288,8 @@ pub const CSV_ESCAPED_FIRST: [char; 7] = ['=', '+', '-', '@', '\t', '\r', '\''];
 /// Formula escape first (a field starting with one of [`CSV_ESCAPED_FIRST`] gets a `'`
 /// in front), then RFC 4180: a field with a comma, a quote or a line break is quoted,
 /// its quotes doubled; any other field is written as it is.
-fn push_csv_field(line: &mut String, field: &str) {
-    let escaped = field.starts_with(CSV_ESCAPED_FIRST);
+fn push_csv_field(line: &mut String, field: &str, formula_escape: bool) {
+    let escaped = formula_escape && field.starts_with(CSV_ESCAPED_FIRST);
     let quoted = field.contains([',', '"', '\n', '\r']);
     if quoted {
         line.push('"');

@@ -14,8 +14,8 @@ use base64::Engine;
 
 use super::multiproof::{multiproof_root, MultiproofError};
 use super::record::{
-    borrowed, parse_record, render_record, RawRecord, ReadRecordError, RecordError, RecordReader,
-    CSV_COLUMNS,
+    borrowed, parse_record, render_csv_unescaped, render_record, RawRecord, ReadRecordError,
+    RecordError, RecordReader, CSV_COLUMNS,
 };
 use super::{
     BlockLine, BundleHead, ExportFilter, FileFormat, Selection, BUNDLE_LINE_BYTES_MAX,
@@ -982,7 +982,14 @@ impl<E: BufRead> Verifier<'_, E> {
             }));
         }
         let rendered = render_record(&borrowed(event), &leaf, self.head.file_format);
-        if rendered.strip_suffix('\n') != Some(raw.text.as_str()) {
+        let spelled = |rendered: &str| rendered.strip_suffix('\n') == Some(raw.text.as_str());
+        // A CSV export written before the formula escape has its cells as they are: the
+        // one other spelling accepted (the values, and so the hash, are the same).
+        let earlier_csv = || {
+            self.head.file_format == FileFormat::Csv
+                && spelled(&render_csv_unescaped(&borrowed(event), &leaf))
+        };
+        if !spelled(&rendered) && !earlier_csv() {
             return Err(at(ExportFailure::NotCanonical));
         }
         if event.tenant_id != self.head.tenant_id {
@@ -1218,6 +1225,12 @@ mod tests {
                 "multi\nline, \"quoted\"".to_string()
             } else {
                 "curl/8".to_string()
+            },
+            // A cell a spreadsheet would run: CSV exports escape it.
+            request_id: if seq % 3 == 2 {
+                format!("=1+{seq}")
+            } else {
+                vector_event().request_id
             },
             ..vector_event()
         }
@@ -1618,6 +1631,23 @@ mod tests {
             matches!(*error.failure, ExportFailure::NotCanonical),
             "{error}"
         );
+    }
+
+    /// A CSV export written before the formula escape (its formula cells as they are)
+    /// still verifies: the values, and so the hashes, are the same, and that spelling is
+    /// the one other the verifier accepts.
+    #[test]
+    fn a_csv_export_from_before_the_formula_escape_still_verifies() {
+        let (ledger, records, bundle) = middle(FileFormat::Csv);
+        let key = ledger.key();
+        let text = String::from_utf8(records).unwrap();
+        assert!(text.contains(",'=1+"), "formula cells are escaped: {text}");
+        assert!(verify(text.as_bytes(), &bundle, &key).is_ok());
+        let earlier = text.replace(",'=1+", ",=1+");
+        verify(earlier.as_bytes(), &bundle, &key).expect("the earlier spelling verifies");
+        // Any other respelling is still refused.
+        let respelled = text.replacen(",'=1+", ",''=1+", 1);
+        assert!(verify(respelled.as_bytes(), &bundle, &key).is_err());
     }
 
     #[test]
