@@ -586,6 +586,15 @@ impl Inner {
         Ok(recorded.into_iter().collect())
     }
 
+    /// Every stream of the shard as `(tenant_no, stream_no, next_seq)` (a copy, so the
+    /// caller may read the store while it walks them).
+    fn streams(&self) -> Vec<(u32, u32, u64)> {
+        self.ledger
+            .tenants()
+            .map(|(_, state)| (state.tenant_no, state.stream_no, state.next_seq))
+            .collect()
+    }
+
     /// Calls `each` with the dedup key and position of every event of `stream_no`
     /// (tenant `tenant_no`) with a seq in `seqs`, in seq order.
     fn for_each_event_id(
@@ -700,12 +709,7 @@ impl Inner {
         let _replacing = dedup.begin_replace();
         let fresh = dedup.fresh_keyspace().map_err(write_state_machine)?;
         let mut load = DedupIndex::bulk_load(fresh.clone());
-        let streams: Vec<(u32, u32, u64)> = self
-            .ledger
-            .tenants()
-            .map(|(_, state)| (state.tenant_no, state.stream_no, state.next_seq))
-            .collect();
-        for (tenant_no, stream_no, next_seq) in streams {
+        for (tenant_no, stream_no, next_seq) in self.streams() {
             self.for_each_event_id(tenant_no, stream_no, 1..next_seq, |key, position| {
                 load.add(&key, &position).map_err(write_state_machine)
             })?;
@@ -733,12 +737,7 @@ impl Inner {
     fn rebuild_dedup_overlay(&mut self) -> Result<(), StorageError> {
         let recorded = self.recorded_dedup_frontier()?;
         let mut ids = Vec::new();
-        let streams: Vec<(u32, u32, u64)> = self
-            .ledger
-            .tenants()
-            .map(|(_, state)| (state.tenant_no, state.stream_no, state.next_seq))
-            .collect();
-        for (tenant_no, stream_no, next_seq) in streams {
+        for (tenant_no, stream_no, next_seq) in self.streams() {
             let from = recorded.get(&stream_no).copied().unwrap_or(1);
             self.for_each_event_id(tenant_no, stream_no, from..next_seq, |key, position| {
                 ids.push((key, position));
