@@ -394,12 +394,16 @@ impl<F: Files> Publishing<'_, F> {
                 }
             }
         }
-        tracing::info!(
-            shard = keyspaces.shard,
-            streams = walked_streams,
-            checkpoints = published,
-            "published the checkpoints the checkpoint directory lacked"
-        );
+        // Nothing to say at an ordinary start: only a directory that lacked lines (an
+        // install, a crash between apply and publication) is news.
+        if published > 0 {
+            tracing::info!(
+                shard = keyspaces.shard,
+                streams = walked_streams,
+                checkpoints = published,
+                "published the checkpoints the checkpoint directory lacked"
+            );
+        }
         Ok(())
     }
 
