@@ -632,6 +632,18 @@ fn seal_block(
     let chain = &mut state.chain;
     let count = chain.open.len();
     assert!(count > 0, "only a non-empty block is sealed");
+    assert!(
+        count <= u64::from(BLOCK_EVENTS_MAX),
+        "a block holds at most BLOCK_EVENTS_MAX events"
+    );
+    assert!(state.next_seq > count, "a block's first seq is 1 or more");
+    // The chain link: the first block follows nothing (zeros), every other one the
+    // hash of a sealed block (never zeros).
+    assert_eq!(
+        chain.blocks.len() == 0,
+        chain.last_block_hash == [0u8; 32],
+        "the first block, and only it, links to zeros"
+    );
     let header = BlockHeader {
         stream: stream_name(tenant_id, 0),
         block_index: chain.blocks.len(),
@@ -645,6 +657,11 @@ fn seal_block(
     let hash = block_hash(&header_bytes);
     let mut subtree_roots = Vec::new();
     chain.blocks.push_completing(hash, &mut subtree_roots);
+    assert_eq!(
+        chain.blocks.len(),
+        header.block_index + 1,
+        "the stream tree has one leaf per sealed block"
+    );
     chain.last_block_hash = hash;
     chain.last_sealed_at_ns = sealed_at_ns;
     chain.open = CompactTree::new();
