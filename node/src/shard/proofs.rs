@@ -8,7 +8,7 @@
 //!
 //! Cost: a proof reads its block's events (at most `block_events` records) and O(log n)
 //! nodes of the stream tree ([`StoredTree`]): apply keeps the roots of the tree's perfect
-//! subtrees beside the blocks (`CHAIN_SUBTREES`), so an inclusion or consistency proof
+//! subtrees beside the blocks (`ShardKeyspaces::subtree_roots`), so an inclusion or consistency proof
 //! reads at most two nodes per level (~60 point reads for a million blocks) instead of
 //! every block hash of the stream. Each proof is checked against the checkpoint's root
 //! (RFC 9162 verification) before it is served: a damaged node answers DATA_LOSS.
@@ -21,10 +21,7 @@ use crate::ledger::merkle::{
     verify_consistency, verify_inclusion, SubtreeSource,
 };
 use crate::ledger::{block_hash, leaf_hash, BlockHeader, BlockRecord, CheckpointBody, TenantState};
-use crate::storage::{
-    chain_key, chain_key_number, event_key, ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END,
-    CHAIN_CHECKPOINT, CHAIN_SUBTREES,
-};
+use crate::storage::{ShardKeyspaces, StoredValue};
 
 use super::reader::{canonical, get_event, tenant_state};
 use crate::query::ReadError;
@@ -129,20 +126,10 @@ pub fn checkpoint(
 ) -> Result<Option<StoredCheckpoint>, ReadError> {
     let stream_no = state.stream_no;
     let found = if tree_size == 0 {
-        keyspaces
-            .chain
-            .range(
-                chain_key(CHAIN_CHECKPOINT, stream_no, 0)
-                    ..=chain_key(CHAIN_CHECKPOINT, stream_no, u64::MAX),
-            )
-            .next_back()
-            .map(|guard| guard.into_inner())
-            .transpose()?
-            .map(|(key, value)| (chain_key_number(&key).unwrap_or(0), value))
+        keyspaces.latest_checkpoint_note(stream_no)?
     } else {
         keyspaces
-            .chain
-            .get(chain_key(CHAIN_CHECKPOINT, stream_no, tree_size))?
+            .checkpoint_note(stream_no, tree_size)?
             .map(|value| (tree_size, value))
     };
     let Some((size, value)) = found else {
@@ -167,10 +154,7 @@ pub fn block(
     stream_no: u32,
     block_index: u64,
 ) -> Result<Option<SealedBlock>, ReadError> {
-    let Some(bytes) = keyspaces
-        .chain
-        .get(chain_key(CHAIN_BLOCK, stream_no, block_index))?
-    else {
+    let Some(bytes) = keyspaces.block_record(stream_no, block_index)? else {
         return Ok(None);
     };
     decode_block(stream_no, block_index, &bytes).map(Some)
@@ -198,14 +182,12 @@ pub fn block_events_raw(
     stream_no: u32,
     header: &BlockHeader,
 ) -> Result<Vec<Vec<u8>>, ReadError> {
-    let start = event_key(stream_no, header.first_seq);
-    let end = event_key(stream_no, header.last_seq());
     keyspaces
-        .events
-        .range(start..=end)
-        .map(|guard| {
-            let (key, value) = guard.into_inner()?;
-            let canonical = canonical(keyspaces, || format!("event key {key:02x?}"), value)?;
+        .event_values(stream_no, header.first_seq..=header.last_seq())
+        .map(|item| {
+            let (seq, value) = item?;
+            let canonical =
+                canonical(keyspaces, || format!("stream {stream_no} seq {seq}"), value)?;
             Ok(canonical.into_vec())
         })
         .collect()
@@ -220,11 +202,9 @@ pub fn blocks_raw(
     to: u64,
 ) -> impl Iterator<Item = Result<(u64, BlockRecord), ReadError>> + '_ {
     keyspaces
-        .chain
-        .range(chain_key(CHAIN_BLOCK, stream_no, from)..chain_key(CHAIN_BLOCK, stream_no, to))
-        .map(move |guard| {
-            let (key, value) = guard.into_inner()?;
-            let index = chain_key_number(&key).unwrap_or(u64::MAX);
+        .block_records(stream_no, from, to)
+        .map(move |item| {
+            let (index, value) = item?;
             let location = format!("block {index} of stream {stream_no}");
             if value.len() < 64 {
                 return Err(corrupt(location, "record shorter than its hashes"));
@@ -280,7 +260,7 @@ pub fn all_block_hashes(
 
 /// A stream's tree as the store keeps it: the block hashes (level 0, each checked
 /// against its header) and the roots of perfect subtrees of 2, 4, 8, ... blocks, kept
-/// under the block that completes each (`CHAIN_SUBTREES`). Counts its point reads.
+/// under the block that completes each (`ShardKeyspaces::subtree_roots`). Counts its point reads.
 pub struct StoredTree<'a> {
     keyspaces: &'a ShardKeyspaces,
     stream_no: u32,
@@ -301,16 +281,18 @@ impl<'a> StoredTree<'a> {
         self.reads.get()
     }
 
-    fn get(&self, key: [u8; 13]) -> Result<Option<fjall::Slice>, ReadError> {
+    /// Counts one point read of the chain.
+    fn count_read(&self) {
         self.reads.set(self.reads.get() + 1);
-        Ok(self.keyspaces.chain.get(key)?)
     }
 
     /// The hash of block `index`, checked against its header.
     fn leaf(&self, index: u64) -> Result<[u8; 32], ReadError> {
         let location = || format!("block {index} of stream {}", self.stream_no);
+        self.count_read();
         let value = self
-            .get(chain_key(CHAIN_BLOCK, self.stream_no, index))?
+            .keyspaces
+            .block_record(self.stream_no, index)?
             .ok_or_else(|| corrupt(location(), "missing under a checkpoint"))?;
         let record =
             BlockRecord::decode(&value).map_err(|error| corrupt(location(), error.to_string()))?;
@@ -330,8 +312,10 @@ impl SubtreeSource for StoredTree<'_> {
         }
         // Subtree (level, index) is completed by its last block.
         let last_block = ((index + 1) << level) - 1;
-        let key = chain_key(CHAIN_SUBTREES, self.stream_no, last_block);
-        let Some(value) = self.get(key)? else {
+        self.count_read();
+        let found: Option<StoredValue> =
+            self.keyspaces.subtree_roots(self.stream_no, last_block)?;
+        let Some(value) = found else {
             // A stream sealed before subtree roots were kept: hash the two halves.
             return Ok(node_hash(
                 &self.perfect_root(level - 1, 2 * index)?,
@@ -359,16 +343,7 @@ fn block_of_seq(
     stream_no: u32,
     seq: u64,
 ) -> Result<Option<u64>, ReadError> {
-    let first = keyspaces
-        .chain
-        .range(
-            chain_key(CHAIN_BLOCK_END, stream_no, seq)
-                ..=chain_key(CHAIN_BLOCK_END, stream_no, u64::MAX),
-        )
-        .next()
-        .map(|guard| guard.into_inner())
-        .transpose()?;
-    Ok(first.and_then(|(_, value)| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?))))
+    Ok(keyspaces.block_of_seq(stream_no, seq)?)
 }
 
 /// Inclusion proof of `(tenant, event_id)` in the checkpoint of `tree_size` (0: the

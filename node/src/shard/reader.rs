@@ -1,4 +1,5 @@
-//! Reads of one shard's committed state, straight from fjall.
+//! Reads of one shard's committed state, through the store's typed reads
+//! (`storage::shard_store`).
 //!
 //! Single-replica groups acknowledge only after apply, so every acknowledged event is
 //! visible here (read-your-writes). Replicated groups add a read-index check on the
@@ -7,7 +8,7 @@
 use crate::ledger::{leaf_hash, LeafHash, StoredEvent, TenantState};
 use crate::query::ReadError;
 use crate::storage::event_codec::Canonical;
-use crate::storage::{decode_position, dedup_key, event_key, ShardKeyspaces};
+use crate::storage::{ShardKeyspaces, StoredValue};
 
 /// Events one `tail` call returns at most.
 pub const TAIL_LIMIT_MAX: usize = 1_000;
@@ -23,7 +24,7 @@ pub fn tenant_state(
     keyspaces: &ShardKeyspaces,
     tenant_id: &str,
 ) -> Result<Option<TenantState>, ReadError> {
-    match keyspaces.tenants.get(tenant_id.as_bytes())? {
+    match keyspaces.tenant_record(tenant_id)? {
         None => Ok(None),
         Some(bytes) => TenantState::decode(&bytes)
             .map(Some)
@@ -42,16 +43,9 @@ pub fn get_event(
     let Some(tenant) = tenant_state(keyspaces, tenant_id)? else {
         return Ok(None);
     };
-    let Some(position) = keyspaces
-        .dedup
-        .get(&dedup_key(tenant.tenant_no, event_id))?
-    else {
+    let Some((stream_no, seq)) = keyspaces.event_position(tenant.tenant_no, event_id)? else {
         return Ok(None);
     };
-    let (stream_no, seq) = decode_position(&position).ok_or_else(|| ReadError::Corrupt {
-        location: format!("dedup entry of {tenant_id}/{event_id}"),
-        reason: "position is not 12 bytes".into(),
-    })?;
     let event = read_event(keyspaces, stream_no, seq)?;
     // A dedup entry must point at the event it names, in the tenant it names.
     if event.stored.event.tenant_id != tenant_id || event.stored.event.event_id != event_id {
@@ -75,14 +69,14 @@ pub fn tail(
     };
     let last_seq = tenant.next_seq - 1;
     let limit = limit.min(TAIL_LIMIT_MAX);
-    let start = event_key(tenant.stream_no, after_seq.saturating_add(1));
-    let end = event_key(tenant.stream_no, u64::MAX);
     let mut events = Vec::with_capacity(limit.min(64));
     let first_seq = after_seq.saturating_add(1);
-    let guards = keyspaces.events.range(start..=end).take(limit);
-    for (expected_seq, guard) in (first_seq..).zip(guards) {
-        let (key, value) = guard.into_inner()?;
-        let event = decode(keyspaces, &key, value)?;
+    let values = keyspaces
+        .event_values(tenant.stream_no, first_seq..=u64::MAX)
+        .take(limit);
+    for (expected_seq, item) in (first_seq..).zip(values) {
+        let (seq, value) = item?;
+        let event = decode(keyspaces, tenant.stream_no, seq, value)?;
         // Seqs are gap-free: a hole means lost data and is reported, not skipped.
         if event.stored.seq != expected_seq {
             return Err(ReadError::Corrupt {
@@ -100,22 +94,20 @@ fn read_event(
     stream_no: u32,
     seq: u64,
 ) -> Result<ReadEvent, ReadError> {
-    let key = event_key(stream_no, seq);
     let value = keyspaces
-        .events
-        .get(key)?
+        .event_value(stream_no, seq)?
         .ok_or_else(|| ReadError::Corrupt {
             location: format!("stream {stream_no} seq {seq}"),
             reason: "event is missing".into(),
         })?;
-    decode(keyspaces, &key, value)
+    decode(keyspaces, stream_no, seq, value)
 }
 
 /// The canonical bytes of a stored event value (`storage::event_codec`).
 pub fn canonical(
     keyspaces: &ShardKeyspaces,
     location: impl FnOnce() -> String,
-    value: fjall::Slice,
+    value: StoredValue,
 ) -> Result<Canonical, ReadError> {
     keyspaces
         .codec
@@ -126,20 +118,23 @@ pub fn canonical(
         })
 }
 
+/// Decodes the value stored under `seq` of stream `stream_no` and checks that it is
+/// that event.
 fn decode(
     keyspaces: &ShardKeyspaces,
-    key: &[u8],
-    value: fjall::Slice,
+    stream_no: u32,
+    seq: u64,
+    value: StoredValue,
 ) -> Result<ReadEvent, ReadError> {
-    let value = canonical(keyspaces, || format!("event key {key:02x?}"), value)?;
+    let location = || format!("stream {stream_no} seq {seq}");
+    let value = canonical(keyspaces, location, value)?;
     let stored = StoredEvent::decode_canonical(&value).map_err(|error| ReadError::Corrupt {
-        location: format!("event key {key:02x?}"),
+        location: location(),
         reason: error.to_string(),
     })?;
-    let seq_in_key = u64::from_be_bytes(key[4..12].try_into().expect("event keys are 12 bytes"));
-    if stored.seq != seq_in_key {
+    if stored.seq != seq {
         return Err(ReadError::Corrupt {
-            location: format!("event key {key:02x?}"),
+            location: location(),
             reason: format!("record says seq {}", stored.seq),
         });
     }

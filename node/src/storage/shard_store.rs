@@ -1,0 +1,139 @@
+//! Typed reads of one shard's committed state: the seam between the keyspaces (and
+//! their key layouts, `storage/mod.rs`) and the code that serves reads (`shard/`).
+//! Callers name streams, seqs, blocks and tenants; only this module builds and parses
+//! keys. Values come back as stored (a [`StoredValue`]: no copy), and decoding them
+//! stays with the caller, which knows what a damaged record means for its answer.
+
+use std::ops::RangeInclusive;
+
+use super::{
+    chain_key, chain_key_number, decode_position, dedup_key, event_key, ShardKeyspaces,
+    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT, CHAIN_SUBTREES,
+};
+
+/// Why a read of the store failed (the engine's I/O or journal error).
+pub type StoreError = fjall::Error;
+
+/// A value as the store holds it: shared bytes, cheap to clone, dereferences to `[u8]`.
+pub type StoredValue = fjall::Slice;
+
+impl ShardKeyspaces {
+    /// The tenant's state record (bincode `TenantState`), if the tenant exists.
+    pub fn tenant_record(&self, tenant_id: &str) -> Result<Option<StoredValue>, StoreError> {
+        self.tenants.get(tenant_id.as_bytes())
+    }
+
+    /// Where the tenant's event id was recorded, `(stream_no, seq)`: the dedup probe
+    /// (the overlay first, then the dedup keyspace).
+    pub fn event_position(
+        &self,
+        tenant_no: u32,
+        event_id: &str,
+    ) -> Result<Option<(u32, u64)>, StoreError> {
+        Ok(self
+            .dedup
+            .get(&dedup_key(tenant_no, event_id))?
+            .and_then(|position| decode_position(&position)))
+    }
+
+    /// The stored value of event `seq` of the stream (canonical, or compressed:
+    /// `event_codec`).
+    pub fn event_value(&self, stream_no: u32, seq: u64) -> Result<Option<StoredValue>, StoreError> {
+        self.events.get(event_key(stream_no, seq))
+    }
+
+    /// The stored events of the stream with seqs in `seqs`, in seq order (reversible),
+    /// each with the seq its key names.
+    pub fn event_values(
+        &self,
+        stream_no: u32,
+        seqs: RangeInclusive<u64>,
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, StoredValue), StoreError>> + 'static {
+        let (first, last) = seqs.into_inner();
+        self.events
+            .range(event_key(stream_no, first)..=event_key(stream_no, last))
+            .map(|guard| {
+                let (key, value) = guard.into_inner()?;
+                let seq =
+                    u64::from_be_bytes(key[4..12].try_into().expect("event keys are 12 bytes"));
+                Ok((seq, value))
+            })
+    }
+
+    /// The signed checkpoint note of exactly `tree_size` of the stream.
+    pub fn checkpoint_note(
+        &self,
+        stream_no: u32,
+        tree_size: u64,
+    ) -> Result<Option<StoredValue>, StoreError> {
+        self.chain
+            .get(chain_key(CHAIN_CHECKPOINT, stream_no, tree_size))
+    }
+
+    /// The stream's newest checkpoint note, with its tree size.
+    pub fn latest_checkpoint_note(
+        &self,
+        stream_no: u32,
+    ) -> Result<Option<(u64, StoredValue)>, StoreError> {
+        self.chain
+            .range(
+                chain_key(CHAIN_CHECKPOINT, stream_no, 0)
+                    ..=chain_key(CHAIN_CHECKPOINT, stream_no, u64::MAX),
+            )
+            .next_back()
+            .map(|guard| guard.into_inner())
+            .transpose()
+            .map(|found| found.map(|(key, value)| (chain_key_number(&key).unwrap_or(0), value)))
+    }
+
+    /// The stored `BlockRecord` of block `block_index` of the stream.
+    pub fn block_record(
+        &self,
+        stream_no: u32,
+        block_index: u64,
+    ) -> Result<Option<StoredValue>, StoreError> {
+        self.chain
+            .get(chain_key(CHAIN_BLOCK, stream_no, block_index))
+    }
+
+    /// The stored block records `from..to` of the stream, in order, with their indexes.
+    pub fn block_records(
+        &self,
+        stream_no: u32,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = Result<(u64, StoredValue), StoreError>> + 'static {
+        self.chain
+            .range(chain_key(CHAIN_BLOCK, stream_no, from)..chain_key(CHAIN_BLOCK, stream_no, to))
+            .map(|guard| {
+                let (key, value) = guard.into_inner()?;
+                Ok((chain_key_number(&key).unwrap_or(u64::MAX), value))
+            })
+    }
+
+    /// The roots of the perfect subtrees block `last_block` completes (32 bytes each),
+    /// if the store keeps them for that block.
+    pub fn subtree_roots(
+        &self,
+        stream_no: u32,
+        last_block: u64,
+    ) -> Result<Option<StoredValue>, StoreError> {
+        self.chain
+            .get(chain_key(CHAIN_SUBTREES, stream_no, last_block))
+    }
+
+    /// The index of the sealed block holding `seq`, if it is sealed (`None` also when
+    /// the stored index is not 8 bytes).
+    pub fn block_of_seq(&self, stream_no: u32, seq: u64) -> Result<Option<u64>, StoreError> {
+        let first = self
+            .chain
+            .range(
+                chain_key(CHAIN_BLOCK_END, stream_no, seq)
+                    ..=chain_key(CHAIN_BLOCK_END, stream_no, u64::MAX),
+            )
+            .next()
+            .map(|guard| guard.into_inner())
+            .transpose()?;
+        Ok(first.and_then(|(_, value)| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?))))
+    }
+}
