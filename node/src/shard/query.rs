@@ -29,7 +29,7 @@ use crate::ledger::StoredEvent;
 use crate::ledger::{leaf_hash, stream_name};
 use crate::query::{ActionMatch, Filters, Order, ReadError};
 use crate::storage::event_codec::Canonical;
-use crate::storage::{event_key, ShardKeyspaces};
+use crate::storage::ShardKeyspaces;
 
 /// Events per page when the request does not say.
 pub const LIMIT_DEFAULT: usize = 50;
@@ -343,8 +343,7 @@ impl StreamReader<'_> {
         let location = || format!("stream {} seq {seq}", self.stream);
         let value = self
             .keyspaces
-            .events
-            .get(event_key(self.stream_no, seq))?
+            .event_value(self.stream_no, seq)?
             .ok_or_else(|| ReadError::Corrupt {
                 location: location(),
                 reason: "event is missing".into(),
@@ -388,12 +387,8 @@ impl StreamReader<'_> {
         }
         let mut matches = Vec::new();
         let mut expected = from;
-        for guard in self
-            .keyspaces
-            .events
-            .range(event_key(self.stream_no, from)..=event_key(self.stream_no, last))
-        {
-            let (_, value) = guard.into_inner()?;
+        for item in self.keyspaces.event_values(self.stream_no, from..=last) {
+            let (_, value) = item?;
             let value = canonical(
                 self.keyspaces,
                 || format!("stream {} seq {expected}", self.stream),
