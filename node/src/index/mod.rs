@@ -52,7 +52,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 use crate::ledger::routing::ShardId;
 use crate::ledger::{StoredEvent, TenantState};
 use crate::query::cursor_key::load_or_create_secret;
-use crate::storage::{event_key, FeedRuns, ShardKeyspaces, Syncer};
+use crate::storage::{FeedRuns, ShardKeyspaces, Syncer};
 use merge::{SegmentRanges, TimeMergePolicy};
 pub use schema::{stream_value, Fields, Terms};
 use search::{IndexView, SegmentColumns};
@@ -640,8 +640,8 @@ impl ShardIndexer {
             Some(through) => {
                 // Indexed: every seq below the first one the unread feed names.
                 let mut first_unread: HashMap<u32, u64> = HashMap::new();
-                for guard in keyspaces.feed.range((through + 1).to_be_bytes()..) {
-                    let (_, value) = guard.into_inner()?;
+                for entry in keyspaces.feed_entries(through + 1..) {
+                    let (_, value) = entry?;
                     let feed = FeedRuns::decode(&value)
                         .ok_or_else(|| anyhow::anyhow!("shard {}: bad feed entry", shard.id))?;
                     if feed.reset {
@@ -663,11 +663,8 @@ impl ShardIndexer {
                 // Everything in the store now is the backlog; the feed after it is new,
                 // and the feed up to it is deleted once the backlog is committed.
                 keyspaces.tindex.clear()?;
-                for guard in keyspaces.feed.range(..=applied.to_be_bytes()) {
-                    let key = guard.key()?;
-                    shard
-                        .read_keys
-                        .push(u64::from_be_bytes(key.as_ref().try_into()?));
+                for index in keyspaces.feed_indexes(..=applied) {
+                    shard.read_keys.push(index?);
                 }
                 for (stream_no, next_seq) in streams {
                     shard.next.insert(stream_no, 1);
@@ -706,9 +703,8 @@ impl ShardIndexer {
     fn scan(keyspaces: &ShardKeyspaces) -> anyhow::Result<(HashMap<u32, u64>, Backlog, Vec<u64>)> {
         let applied = last_feed_key(keyspaces)?;
         let mut read_keys = Vec::new();
-        for guard in keyspaces.feed.range(..=applied.to_be_bytes()) {
-            let key = guard.key()?;
-            read_keys.push(u64::from_be_bytes(key.as_ref().try_into()?));
+        for index in keyspaces.feed_indexes(..=applied) {
+            read_keys.push(index?);
         }
         let mut next = HashMap::new();
         let mut backlog = Backlog::default();
@@ -721,12 +717,11 @@ impl ShardIndexer {
 
     /// `ingested_at` of the first event of the first feed entry not read yet.
     fn first_unread_ingested_at(&self) -> Option<i64> {
-        let guard = self
+        let (_, value) = self
             .keyspaces
-            .feed
-            .range((self.read_through + 1).to_be_bytes()..)
-            .next()?;
-        let (_, value) = guard.into_inner().ok()?;
+            .feed_entries(self.read_through + 1..)
+            .next()?
+            .ok()?;
         let &(stream_no, first_seq, _) = FeedRuns::decode(&value)?.runs.first()?;
         ingested_at(&self.keyspaces, stream_no, first_seq).ok()?
     }
@@ -830,7 +825,7 @@ fn ingested_at(
     stream_no: u32,
     seq: u64,
 ) -> anyhow::Result<Option<i64>> {
-    let Some(value) = keyspaces.events.get(event_key(stream_no, seq))? else {
+    let Some(value) = keyspaces.event_value(stream_no, seq)? else {
         return Ok(None);
     };
     let value = keyspaces.codec.canonical(value)?;
@@ -859,8 +854,8 @@ pub fn shard_documents(fields: &Fields, shard: ShardId) -> RangeQuery {
 /// `(stream_no, next_seq)` of every stream of a shard.
 fn streams_of(keyspaces: &ShardKeyspaces) -> anyhow::Result<Vec<(u32, u64)>> {
     let mut streams = Vec::new();
-    for guard in keyspaces.tenants.iter() {
-        let (key, value) = guard.into_inner()?;
+    for record in keyspaces.tenant_records() {
+        let (key, value) = record?;
         let state = TenantState::decode(&value).ok_or_else(|| {
             anyhow::anyhow!(
                 "shard {}: tenant {} does not decode",
@@ -876,8 +871,8 @@ fn streams_of(keyspaces: &ShardKeyspaces) -> anyhow::Result<Vec<(u32, u64)>> {
 /// Whether a feed key at or before `through` is a reset. Normally there is none: the
 /// keys a commit covers are deleted after it (a crash in between leaves some).
 fn reset_through(keyspaces: &ShardKeyspaces, through: u64) -> anyhow::Result<bool> {
-    for guard in keyspaces.feed.range(..=through.to_be_bytes()) {
-        let (_, value) = guard.into_inner()?;
+    for entry in keyspaces.feed_entries(..=through) {
+        let (_, value) = entry?;
         if FeedRuns::decode(&value).is_some_and(|feed| feed.reset) {
             return Ok(true);
         }
@@ -888,13 +883,7 @@ fn reset_through(keyspaces: &ShardKeyspaces, through: u64) -> anyhow::Result<boo
 /// The last feed key of a shard (0 when the feed is empty): everything applied so far
 /// that the indexes need is at or before it.
 fn last_feed_key(keyspaces: &ShardKeyspaces) -> anyhow::Result<u64> {
-    match keyspaces.feed.last_key_value() {
-        None => Ok(0),
-        Some(guard) => {
-            let (key, _) = guard.into_inner()?;
-            Ok(u64::from_be_bytes(key.as_ref().try_into()?))
-        }
-    }
+    keyspaces.last_feed_index()
 }
 
 impl Indexer {
@@ -1093,13 +1082,8 @@ impl Indexer {
         }
         let start = self.shards[position].read_through + 1;
         let mut entries = Vec::new();
-        for guard in self.shards[position]
-            .keyspaces
-            .feed
-            .range(start.to_be_bytes()..)
-        {
-            let (key, value) = guard.into_inner()?;
-            let key = u64::from_be_bytes(key.as_ref().try_into()?);
+        for entry in self.shards[position].keyspaces.feed_entries(start..) {
+            let (key, value) = entry?;
             let feed = FeedRuns::decode(&value).ok_or_else(|| {
                 anyhow::anyhow!("shard {}: bad feed entry {key}", self.shards[position].id)
             })?;
@@ -1203,15 +1187,11 @@ impl Indexer {
         let shard = &mut self.shards[position];
         let mut expected = from;
         let mut stopped_at = None;
-        for guard in shard
-            .keyspaces
-            .events
-            .range(event_key(stream_no, from)..event_key(stream_no, end))
-        {
+        for item in shard.keyspaces.event_values(stream_no, from..end) {
             if expected - from >= budget {
                 break;
             }
-            let (_, value) = guard.into_inner()?;
+            let (_, value) = item?;
             let value = shard.keyspaces.codec.canonical(value)?;
             let stored = StoredEvent::decode_canonical(&value).map_err(|error| {
                 anyhow::anyhow!(

@@ -4,7 +4,7 @@
 //! keys. Values come back as stored (a [`StoredValue`]: no copy), and decoding them
 //! stays with the caller, which knows what a damaged record means for its answer.
 
-use std::ops::RangeInclusive;
+use std::ops::{Bound, RangeBounds};
 
 use super::{
     chain_key, chain_key_number, decode_position, dedup_key, event_key, ShardKeyspaces,
@@ -47,17 +47,19 @@ impl ShardKeyspaces {
     pub fn event_values(
         &self,
         stream_no: u32,
-        seqs: RangeInclusive<u64>,
+        seqs: impl RangeBounds<u64>,
     ) -> impl DoubleEndedIterator<Item = Result<(u64, StoredValue), StoreError>> + 'static {
-        let (first, last) = seqs.into_inner();
-        self.events
-            .range(event_key(stream_no, first)..=event_key(stream_no, last))
-            .map(|guard| {
-                let (key, value) = guard.into_inner()?;
-                let seq =
-                    u64::from_be_bytes(key[4..12].try_into().expect("event keys are 12 bytes"));
-                Ok((seq, value))
-            })
+        let key = |bound: Bound<&u64>, unbounded: u64| match bound {
+            Bound::Included(&seq) => Bound::Included(event_key(stream_no, seq)),
+            Bound::Excluded(&seq) => Bound::Excluded(event_key(stream_no, seq)),
+            Bound::Unbounded => Bound::Included(event_key(stream_no, unbounded)),
+        };
+        let keys = (key(seqs.start_bound(), 0), key(seqs.end_bound(), u64::MAX));
+        self.events.range(keys).map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            let seq = u64::from_be_bytes(key[4..12].try_into().expect("event keys are 12 bytes"));
+            Ok((seq, value))
+        })
     }
 
     /// The signed checkpoint note of exactly `tree_size` of the stream.
@@ -136,4 +138,59 @@ impl ShardKeyspaces {
             .transpose()?;
         Ok(first.and_then(|(_, value)| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?))))
     }
+
+    /// `(tenant id, tenant state record)` of every tenant of the shard.
+    pub fn tenant_records(
+        &self,
+    ) -> impl Iterator<Item = Result<(StoredValue, StoredValue), StoreError>> + 'static {
+        self.tenants.iter().map(|guard| guard.into_inner())
+    }
+
+    /// The feed entries ([`super::FeedRuns`], encoded) with applied index in `indexes`,
+    /// in order, with their indexes.
+    pub fn feed_entries(
+        &self,
+        indexes: impl RangeBounds<u64>,
+    ) -> impl Iterator<Item = anyhow::Result<(u64, StoredValue)>> + 'static {
+        self.feed.range(feed_keys(indexes)).map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            Ok((feed_index(&key)?, value))
+        })
+    }
+
+    /// The applied indexes of the feed entries in `indexes`, in order (the values are
+    /// not read).
+    pub fn feed_indexes(
+        &self,
+        indexes: impl RangeBounds<u64>,
+    ) -> impl Iterator<Item = anyhow::Result<u64>> + 'static {
+        self.feed
+            .range(feed_keys(indexes))
+            .map(|guard| feed_index(&guard.key()?))
+    }
+
+    /// The applied index of the last feed entry (0 when the feed is empty).
+    pub fn last_feed_index(&self) -> anyhow::Result<u64> {
+        match self.feed.last_key_value() {
+            None => Ok(0),
+            Some(guard) => {
+                let (key, _) = guard.into_inner()?;
+                feed_index(&key)
+            }
+        }
+    }
+}
+
+/// Feed keys are the applied log index, u64 BE.
+fn feed_keys(indexes: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+    let key = |bound: Bound<&u64>| match bound {
+        Bound::Included(index) => Bound::Included(index.to_be_bytes()),
+        Bound::Excluded(index) => Bound::Excluded(index.to_be_bytes()),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (key(indexes.start_bound()), key(indexes.end_bound()))
+}
+
+fn feed_index(key: &[u8]) -> anyhow::Result<u64> {
+    Ok(u64::from_be_bytes(key.try_into()?))
 }
