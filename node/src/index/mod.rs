@@ -1269,10 +1269,10 @@ impl Indexer {
         entries.sort_by_key(|(position, stream_no, _)| (*position, *stream_no));
         for run in entries.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let (position, stream_no, _) = run[0];
-            let tindex = &self.shards[position].keyspaces.tindex;
+            let keyspaces = &self.shards[position].keyspaces;
             let new = run.iter().map(|(_, _, entry)| *entry).collect();
-            for (key, value) in time_blocks::plan(tindex, stream_no, new)? {
-                batch.insert(tindex, key, value);
+            for (last, value) in time_blocks::plan(keyspaces, stream_no, new)? {
+                keyspaces.insert_time_block(&mut batch, stream_no, last, value);
             }
         }
         batch.commit()?;

@@ -1,5 +1,5 @@
 //! The time index's blocks: a stream's entries (`occurred_at, seq`, and the event's
-//! 19-byte summary, `summary.rs`) in runs of up to [`BLOCK_ENTRIES_MAX`], one fjall key
+//! 19-byte summary, `summary.rs`) in runs of up to [`BLOCK_ENTRIES_MAX`], one stored key
 //! per run rather than one per event.
 //!
 //! One key per event makes the time index the largest part of the indexer's cost that
@@ -8,9 +8,9 @@
 //! journal bytes, and a flush and compactions of its own.
 //!
 //! Invariant: a stream's blocks do not overlap. Each block is keyed by its **last**
-//! position (`storage::tindex_key`), so blocks in key order are in position order, and
-//! the block that holds (or would hold) a position is the first one whose key is not
-//! below it. The indexer keeps the invariant when it writes ([`plan`]): entries past
+//! position (`ShardKeyspaces::time_blocks`), so blocks in key order are in position
+//! order, and the block that holds (or would hold) a position is the first one whose
+//! key is not below it. The indexer keeps the invariant when it writes ([`plan`]): entries past
 //! the stream's last block make new blocks; an entry that arrives late (below the last
 //! block's end: `occurred_at` out of order across commits, or an event indexed again
 //! after a crash) is merged into the block that would hold it, which is rewritten
@@ -20,11 +20,9 @@
 //! A walk ([`Walk`]) reads the blocks that can hold a position of a range, in order,
 //! and yields their entries in order.
 
-use fjall::Keyspace;
-
 use super::summary::SUMMARY_BYTES;
 use crate::query::ReadError;
-use crate::storage::{tindex_key, tindex_key_decode};
+use crate::storage::{ShardKeyspaces, StoreError, TimeBlock};
 
 /// Entries per block at most: 64 x 35 bytes, ~2 KiB before compression.
 pub const BLOCK_ENTRIES_MAX: usize = 64;
@@ -78,44 +76,34 @@ pub fn decode(value: &[u8]) -> Option<Vec<Entry>> {
     )
 }
 
-/// Above every key of the stream (keys are 20 bytes).
-fn stream_end(stream_no: u32) -> Vec<u8> {
-    let mut end = stream_no.to_be_bytes().to_vec();
-    end.extend([0xFF; 17]);
-    end
-}
+/// A block to write: its last position (its key) and its encoding.
+pub type BlockWrite = ((i64, u64), Vec<u8>);
 
-fn block_key(stream_no: u32, last: &Entry) -> [u8; 20] {
-    tindex_key(stream_no, last.occurred_at_ns, last.seq)
-}
-
-/// The keys and values to write for `entries`, new to one stream's blocks (any order,
-/// duplicates allowed). Reads the blocks late entries fall into.
+/// The blocks to write for `entries`, new to one stream's blocks (any order,
+/// duplicates allowed), each as its last position and its encoding. Reads the blocks
+/// late entries fall into.
 pub fn plan(
-    keyspace: &Keyspace,
+    keyspaces: &ShardKeyspaces,
     stream_no: u32,
     mut entries: Vec<Entry>,
-) -> anyhow::Result<Vec<([u8; 20], Vec<u8>)>> {
+) -> anyhow::Result<Vec<BlockWrite>> {
     entries.sort_unstable_by_key(Entry::position);
     entries.dedup_by_key(|entry| entry.position());
-    let stream_end = stream_end(stream_no);
     let mut writes = Vec::new();
     let mut rest = &entries[..];
     while let Some(first) = rest.first() {
         // The block that would hold `first`: the first whose last position is not below.
-        let from = tindex_key(stream_no, first.occurred_at_ns, first.seq);
-        let holder = keyspace
-            .range(from.to_vec()..stream_end.clone())
+        let holder = keyspaces
+            .time_blocks(stream_no, first.position(), None)
             .next()
-            .map(|guard| guard.into_inner())
             .transpose()?;
-        let Some((key, value)) = holder else {
+        let Some((end, value)) = holder else {
             // Past the last block: new blocks.
-            push_blocks(&mut writes, stream_no, rest);
+            push_blocks(&mut writes, rest);
             break;
         };
-        let end = tindex_key_decode(&key, stream_no).ok_or_else(|| {
-            anyhow::anyhow!("time index of stream {stream_no}: bad key {key:02x?}")
+        let end = end.ok_or_else(|| {
+            anyhow::anyhow!("time index of stream {stream_no}: a key is not a time-index key")
         })?;
         let old = decode(&value).ok_or_else(|| {
             anyhow::anyhow!("time index of stream {stream_no}: bad block at {end:?}")
@@ -130,24 +118,24 @@ pub fn plan(
         merged.sort_by_key(Entry::position);
         merged.dedup_by_key(|entry| entry.position());
         // The last block keeps the old key: its last position is the old block's end.
-        push_blocks(&mut writes, stream_no, &merged);
+        push_blocks(&mut writes, &merged);
         rest = &rest[taken..];
     }
     Ok(writes)
 }
 
 /// Blocks of `entries` (in position order), at most [`BLOCK_ENTRIES_MAX`] each.
-fn push_blocks(writes: &mut Vec<([u8; 20], Vec<u8>)>, stream_no: u32, entries: &[Entry]) {
+fn push_blocks(writes: &mut Vec<BlockWrite>, entries: &[Entry]) {
     for chunk in entries.chunks(BLOCK_ENTRIES_MAX) {
         let last = chunk.last().expect("chunks are not empty");
-        writes.push((block_key(stream_no, last), encode(chunk)));
+        writes.push((last.position(), encode(chunk)));
     }
 }
 
 /// The entries of one stream with positions in `[low, high)`, in order (newest first
 /// when `descending`).
 pub struct Walk {
-    blocks: Box<dyn Iterator<Item = fjall::Guard>>,
+    blocks: Box<dyn Iterator<Item = Result<TimeBlock, StoreError>>>,
     stream_no: u32,
     low: (i64, u64),
     high: (i64, u64),
@@ -157,29 +145,28 @@ pub struct Walk {
     next: usize,
     /// A first block to read before `blocks` (the descending walk's block holding
     /// `high`).
-    first: Option<fjall::Guard>,
+    first: Option<Result<TimeBlock, StoreError>>,
     done: bool,
 }
 
 impl Walk {
     pub fn new(
-        keyspace: &Keyspace,
+        keyspaces: &ShardKeyspaces,
         stream_no: u32,
         low: (i64, u64),
         high: (i64, u64),
         descending: bool,
     ) -> Walk {
-        let low_key = tindex_key(stream_no, low.0, low.1).to_vec();
-        let high_key = tindex_key(stream_no, high.0, high.1).to_vec();
-        let stream_end = stream_end(stream_no);
-        let (blocks, first): (Box<dyn Iterator<Item = fjall::Guard>>, _) = if descending {
+        type Blocks = Box<dyn Iterator<Item = Result<TimeBlock, StoreError>>>;
+        let (blocks, first): (Blocks, _) = if descending {
             // The block holding `high` ends at or after it; those ending in [low, high)
             // follow, last first.
-            let first = keyspace.range(high_key.clone()..stream_end).next();
-            (Box::new(keyspace.range(low_key..high_key).rev()), first)
+            let first = keyspaces.time_blocks(stream_no, high, None).next();
+            let blocks = keyspaces.time_blocks(stream_no, low, Some(high)).rev();
+            (Box::new(blocks), first)
         } else {
             // From the block holding `low` on, until one ends at or after `high`.
-            (Box::new(keyspace.range(low_key..stream_end)), None)
+            (Box::new(keyspaces.time_blocks(stream_no, low, None)), None)
         };
         Walk {
             blocks,
@@ -194,14 +181,13 @@ impl Walk {
         }
     }
 
-    fn load(&mut self, guard: fjall::Guard) -> Result<(), ReadError> {
-        let (key, value) = guard.into_inner()?;
+    fn load(&mut self, block: Result<TimeBlock, StoreError>) -> Result<(), ReadError> {
+        let (end, value) = block?;
         let corrupt = |reason: String| ReadError::Corrupt {
             location: format!("time index of stream {}", self.stream_no),
             reason,
         };
-        let end = tindex_key_decode(&key, self.stream_no)
-            .ok_or_else(|| corrupt(format!("key {key:02x?} is not a time-index key")))?;
+        let end = end.ok_or_else(|| corrupt("a key is not a time-index key".into()))?;
         let mut entries =
             decode(&value).ok_or_else(|| corrupt(format!("the block ending at {end:?}")))?;
         if !self.descending && end >= self.high {
@@ -227,12 +213,12 @@ impl Iterator for Walk {
                 self.next += 1;
                 return Some(Ok(*entry));
             }
-            let guard = match self.first.take() {
-                Some(guard) => guard,
+            let block = match self.first.take() {
+                Some(block) => block,
                 None if self.done => return None,
                 None => self.blocks.next()?,
             };
-            if let Err(error) = self.load(guard) {
+            if let Err(error) = self.load(block) {
                 self.done = true;
                 self.current.clear();
                 return Some(Err(error));
@@ -244,8 +230,26 @@ impl Iterator for Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fjall::{Database, KeyspaceCreateOptions};
+    use crate::storage::NodeStore;
     use proptest::prelude::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+
+    /// A shard of its own for each case, in one store: opening a store per case would
+    /// be most of the test's time.
+    fn fresh_shard() -> (&'static NodeStore, ShardKeyspaces) {
+        static STORE: OnceLock<(tempfile::TempDir, NodeStore)> = OnceLock::new();
+        static NEXT_SHARD: AtomicU32 = AtomicU32::new(0);
+        let (_, store) = STORE.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = NodeStore::open(dir.path()).unwrap();
+            (dir, store)
+        });
+        let shard = store
+            .shard(NEXT_SHARD.fetch_add(1, Ordering::Relaxed))
+            .unwrap();
+        (store, shard)
+    }
 
     fn entry(occurred_at_ns: i64, seq: u64) -> Entry {
         Entry {
@@ -288,15 +292,13 @@ mod tests {
             rounds in rounds(),
             ranges in prop::collection::vec((0i64..45, 0u64..300, 0i64..45, 0u64..300), 8),
         ) {
-            let dir = tempfile::tempdir().unwrap();
-            let db = Database::builder(dir.path()).open().unwrap();
-            let keyspace = db.keyspace("tindex", KeyspaceCreateOptions::default).unwrap();
+            let (store, shard) = fresh_shard();
             // Two neighbouring streams with the same positions.
             let streams = [1u32, 2];
             let mut model: std::collections::BTreeMap<(u32, i64, u64), Entry> =
                 Default::default();
             for (round_no, round) in rounds.into_iter().enumerate() {
-                let mut batch = db.batch();
+                let mut batch = store.db.batch();
                 for stream_no in streams {
                     let new: Vec<Entry> = round
                         .0
@@ -315,17 +317,17 @@ mod tests {
                     for entry in &new {
                         model.insert((stream_no, entry.occurred_at_ns, entry.seq), *entry);
                     }
-                    for (key, value) in plan(&keyspace, stream_no, new).unwrap() {
-                        batch.insert(&keyspace, key, value);
+                    for (last, value) in plan(&shard, stream_no, new).unwrap() {
+                        shard.insert_time_block(&mut batch, stream_no, last, value);
                     }
                 }
                 batch.commit().unwrap();
                 for stream_no in [0u32, 1, 2, 3] {
                     // Blocks in key order are in position order and do not overlap.
                     let mut last_end = None;
-                    for guard in keyspace.prefix(stream_no.to_be_bytes()) {
-                        let (key, value) = guard.into_inner().unwrap();
-                        let end = tindex_key_decode(&key, stream_no).unwrap();
+                    for block in shard.time_blocks(stream_no, (i64::MIN, 0), None) {
+                        let (end, value) = block.unwrap();
+                        let end = end.unwrap();
                         let entries = decode(&value).unwrap();
                         prop_assert_eq!(entries.last().unwrap().position(), end);
                         prop_assert!(entries.windows(2).all(|w| w[0].position() < w[1].position()));
@@ -341,11 +343,11 @@ mod tests {
                             .range((stream_no, low.0, low.1)..(stream_no, high.0, high.1).max((stream_no, low.0, low.1)))
                             .map(|(_, entry)| *entry)
                             .collect();
-                        let ascending: Vec<Entry> = Walk::new(&keyspace, stream_no, low, high, false)
+                        let ascending: Vec<Entry> = Walk::new(&shard, stream_no, low, high, false)
                             .collect::<Result<_, _>>()
                             .unwrap();
                         prop_assert_eq!(&ascending, &expected, "ascending {:?}..{:?}", low, high);
-                        let mut descending: Vec<Entry> = Walk::new(&keyspace, stream_no, low, high, true)
+                        let mut descending: Vec<Entry> = Walk::new(&shard, stream_no, low, high, true)
                             .collect::<Result<_, _>>()
                             .unwrap();
                         descending.reverse();

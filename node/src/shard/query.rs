@@ -526,7 +526,7 @@ impl StreamReader<'_> {
         let limit = self.query.limit;
         let (low, high) = position_range(bounds);
         let walk = Walk::new(
-            &self.keyspaces.tindex,
+            self.keyspaces,
             self.stream_no,
             low,
             high,

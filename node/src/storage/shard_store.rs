@@ -7,8 +7,9 @@
 use std::ops::{Bound, RangeBounds};
 
 use super::{
-    chain_key, chain_key_number, decode_position, dedup_key, event_key, ShardKeyspaces,
-    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT, CHAIN_SUBTREES,
+    chain_key, chain_key_number, decode_position, dedup_key, event_key, tindex_key,
+    tindex_key_decode, ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT,
+    CHAIN_SUBTREES,
 };
 
 /// Why a read of the store failed (the engine's I/O or journal error).
@@ -16,6 +17,14 @@ pub type StoreError = fjall::Error;
 
 /// A value as the store holds it: shared bytes, cheap to clone, dereferences to `[u8]`.
 pub type StoredValue = fjall::Slice;
+
+/// A block of the time index as stored: the last position `(occurred_at_ns, seq)` its
+/// key names (`None` when the key is not a time-index key of the stream), and its
+/// encoded entries (`index::time_blocks`).
+pub type TimeBlock = (Option<(i64, u64)>, StoredValue);
+
+/// A batch of writes the indexer commits at once (`NodeStore::db`'s `batch()`).
+pub type WriteBatch = fjall::OwnedWriteBatch;
 
 impl ShardKeyspaces {
     /// The tenant's state record (bincode `TenantState`), if the tenant exists.
@@ -179,6 +188,48 @@ impl ShardKeyspaces {
             }
         }
     }
+}
+
+/// Time-index reads and writes. Blocks are keyed by their last position, so key order
+/// is position order within a stream.
+impl ShardKeyspaces {
+    /// The stream's time-index blocks whose last position is in `from..to` (`None`:
+    /// to the stream's end), in position order; reversible.
+    pub fn time_blocks(
+        &self,
+        stream_no: u32,
+        from: (i64, u64),
+        to: Option<(i64, u64)>,
+    ) -> impl DoubleEndedIterator<Item = Result<TimeBlock, StoreError>> + 'static {
+        let start = tindex_key(stream_no, from.0, from.1).to_vec();
+        let end = match to {
+            Some((occurred_at_ns, seq)) => tindex_key(stream_no, occurred_at_ns, seq).to_vec(),
+            None => time_stream_end(stream_no),
+        };
+        self.tindex.range(start..end).map(move |guard| {
+            let (key, value) = guard.into_inner()?;
+            Ok((tindex_key_decode(&key, stream_no), value))
+        })
+    }
+
+    /// Adds to `batch` the write of a time-index block of the stream ending at `last`
+    /// (replacing the block stored under that end, if any).
+    pub fn insert_time_block(
+        &self,
+        batch: &mut WriteBatch,
+        stream_no: u32,
+        last: (i64, u64),
+        value: Vec<u8>,
+    ) {
+        batch.insert(&self.tindex, tindex_key(stream_no, last.0, last.1), value);
+    }
+}
+
+/// A key above every time-index key of the stream.
+fn time_stream_end(stream_no: u32) -> Vec<u8> {
+    let mut end = stream_no.to_be_bytes().to_vec();
+    end.extend([0xFF; 17]);
+    end
 }
 
 /// Feed keys are the applied log index, u64 BE.
