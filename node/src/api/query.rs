@@ -393,7 +393,7 @@ fn tenant_exists(
     keyspaces: &crate::storage::ShardKeyspaces,
     tenant_id: &str,
 ) -> Result<bool, ReadError> {
-    Ok(keyspaces.tenants.contains_key(tenant_id.as_bytes())?)
+    Ok(keyspaces.has_tenant(tenant_id)?)
 }
 
 /// The `Count` RPC.

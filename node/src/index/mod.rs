@@ -662,7 +662,7 @@ impl ShardIndexer {
             None => {
                 // Everything in the store now is the backlog; the feed after it is new,
                 // and the feed up to it is deleted once the backlog is committed.
-                keyspaces.tindex.clear()?;
+                keyspaces.clear_time_index()?;
                 for index in keyspaces.feed_indexes(..=applied) {
                     shard.read_keys.push(index?);
                 }
@@ -1312,7 +1312,7 @@ impl Indexer {
         for shard in &mut self.shards {
             if !shard.rebuilding() {
                 for key in shard.read_keys.drain(..) {
-                    batch.remove(&shard.keyspaces.feed, key.to_be_bytes());
+                    shard.keyspaces.remove_feed_entry(&mut batch, key);
                 }
                 shard.committed_through = shard.read_through;
             }

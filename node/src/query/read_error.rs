@@ -6,7 +6,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("storage: {0}")]
-    Storage(#[from] fjall::Error),
+    Storage(#[from] crate::storage::StoreError),
     /// A stored record failed its checks: never served, always reported.
     #[error("corrupt record at {location}: {reason}")]
     Corrupt { location: String, reason: String },

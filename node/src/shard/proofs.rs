@@ -93,19 +93,9 @@ pub fn tenants_after(
     after: &str,
     limit: usize,
 ) -> Result<Vec<(String, TenantState)>, ReadError> {
-    use std::ops::Bound;
-    let start = if after.is_empty() {
-        Bound::Unbounded
-    } else {
-        Bound::Excluded(after.as_bytes().to_vec())
-    };
     let mut tenants = Vec::new();
-    for guard in keyspaces
-        .tenants
-        .range::<Vec<u8>, _>((start, Bound::Unbounded))
-        .take(limit)
-    {
-        let (key, value) = guard.into_inner()?;
+    for record in keyspaces.tenant_records_after(after).take(limit) {
+        let (key, value) = record?;
         let tenant_id = String::from_utf8_lossy(&key).into_owned();
         let state = TenantState::decode(&value).ok_or_else(|| {
             corrupt(

@@ -148,6 +148,27 @@ impl ShardKeyspaces {
         Ok(first.and_then(|(_, value)| Some(u64::from_be_bytes(value.as_ref().try_into().ok()?))))
     }
 
+    /// Whether the shard holds the tenant.
+    pub fn has_tenant(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        self.tenants.contains_key(tenant_id.as_bytes())
+    }
+
+    /// `(tenant id, tenant state record)` of the tenants whose ids sort after `after`
+    /// (every tenant when it is empty), in id order.
+    pub fn tenant_records_after(
+        &self,
+        after: &str,
+    ) -> impl Iterator<Item = Result<(StoredValue, StoredValue), StoreError>> + 'static {
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.as_bytes().to_vec())
+        };
+        self.tenants
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .map(|guard| guard.into_inner())
+    }
+
     /// `(tenant id, tenant state record)` of every tenant of the shard.
     pub fn tenant_records(
         &self,
@@ -176,6 +197,16 @@ impl ShardKeyspaces {
         self.feed
             .range(feed_keys(indexes))
             .map(|guard| feed_index(&guard.key()?))
+    }
+
+    /// Adds to `batch` the removal of feed entry `index` (the indexes cover it).
+    pub fn remove_feed_entry(&self, batch: &mut WriteBatch, index: u64) {
+        batch.remove(&self.feed, index.to_be_bytes());
+    }
+
+    /// Drops the whole time index of the shard (a rebuild).
+    pub fn clear_time_index(&self) -> Result<(), StoreError> {
+        self.tindex.clear()
     }
 
     /// The applied index of the last feed entry (0 when the feed is empty).
