@@ -312,6 +312,9 @@ pub fn check_startable(
     }
 }
 
+/// `stream_no (u32 BE), seq (u64 BE)`. Public (like [`chain_key`]) only for the tamper
+/// tests, which damage a stopped node's records on purpose; the node reads through
+/// `shard_store`.
 pub fn event_key(stream_no: u32, seq: u64) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..4].copy_from_slice(&stream_no.to_be_bytes());
@@ -330,7 +333,7 @@ const DEDUP_ULID: u8 = 0x02;
 /// else its text. A packed id is exactly one text, so two ids never share a key. A
 /// random UUID is 36 hex characters that lz4 barely shrinks: packed, the keyspace
 /// takes ~15 bytes less per event.
-pub fn dedup_key(tenant_no: u32, event_id: &str) -> Vec<u8> {
+fn dedup_key(tenant_no: u32, event_id: &str) -> Vec<u8> {
     let packed = canonical_uuid(event_id)
         .map(|bytes| (DEDUP_UUID, bytes))
         .or_else(|| canonical_ulid(event_id).map(|bytes| (DEDUP_ULID, bytes)));
@@ -351,7 +354,7 @@ pub fn dedup_key(tenant_no: u32, event_id: &str) -> Vec<u8> {
 
 /// The key a dedup key of an earlier layout (the id always as text) has now; `None`
 /// when it is the same.
-pub fn repacked_dedup_key(key: &[u8]) -> Option<Vec<u8>> {
+fn repacked_dedup_key(key: &[u8]) -> Option<Vec<u8>> {
     let (tenant_no, id) = key.split_first_chunk::<4>()?;
     let id = std::str::from_utf8(id).ok()?;
     let repacked = dedup_key(u32::from_be_bytes(*tenant_no), id);
@@ -393,11 +396,11 @@ fn canonical_ulid(text: &str) -> Option<[u8; 16]> {
     (ulid.to_string() == text).then(|| ulid.to_bytes())
 }
 
-pub fn position_value(stream_no: u32, seq: u64) -> [u8; 12] {
+fn position_value(stream_no: u32, seq: u64) -> [u8; 12] {
     event_key(stream_no, seq)
 }
 
-pub fn decode_position(value: &[u8]) -> Option<(u32, u64)> {
+fn decode_position(value: &[u8]) -> Option<(u32, u64)> {
     if value.len() != 12 {
         return None;
     }
@@ -409,11 +412,11 @@ pub fn decode_position(value: &[u8]) -> Option<(u32, u64)> {
 /// Key prefixes of the `chain` keyspace.
 pub const CHAIN_BLOCK: u8 = b'b';
 pub const CHAIN_BLOCK_END: u8 = b'e';
-pub const CHAIN_CHECKPOINT: u8 = b'c';
+const CHAIN_CHECKPOINT: u8 = b'c';
 /// The roots of the stream tree's perfect subtrees that block `number` completes, of 2,
 /// 4, 8, ... blocks, concatenated (32 bytes each, one per trailing one bit of the block
 /// index; absent when there are none): on average one hash per two blocks.
-pub const CHAIN_SUBTREES: u8 = b't';
+const CHAIN_SUBTREES: u8 = b't';
 
 /// `prefix, stream_no (u32 BE), number (u64 BE)`: blocks by index, block ends by last
 /// seq, checkpoints by tree size, subtree roots by the block that completes them. Each
@@ -427,7 +430,7 @@ pub fn chain_key(prefix: u8, stream_no: u32, number: u64) -> [u8; 13] {
 }
 
 /// The number at the end of a chain key.
-pub fn chain_key_number(key: &[u8]) -> Option<u64> {
+fn chain_key_number(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(5..13)?.try_into().ok()?))
 }
 
@@ -501,16 +504,16 @@ impl FeedRuns {
 }
 
 /// `occurred_at` as a key part that sorts like the number (sign bit flipped).
-pub fn time_key_part(occurred_at_ns: i64) -> [u8; 8] {
+fn time_key_part(occurred_at_ns: i64) -> [u8; 8] {
     ((occurred_at_ns as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-pub fn time_key_part_decode(bytes: [u8; 8]) -> i64 {
+fn time_key_part_decode(bytes: [u8; 8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
 /// A time-index key: `stream_no, occurred_at, seq` (20 bytes) of a block's last entry.
-pub fn tindex_key(stream_no: u32, occurred_at_ns: i64, seq: u64) -> [u8; 20] {
+fn tindex_key(stream_no: u32, occurred_at_ns: i64, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
     key[..4].copy_from_slice(&stream_no.to_be_bytes());
     key[4..12].copy_from_slice(&time_key_part(occurred_at_ns));
@@ -519,7 +522,7 @@ pub fn tindex_key(stream_no: u32, occurred_at_ns: i64, seq: u64) -> [u8; 20] {
 }
 
 /// `(occurred_at, seq)` of a time-index key of the expected stream.
-pub fn tindex_key_decode(key: &[u8], stream_no: u32) -> Option<(i64, u64)> {
+fn tindex_key_decode(key: &[u8], stream_no: u32) -> Option<(i64, u64)> {
     if key.len() != 20 || key[..4] != stream_no.to_be_bytes() {
         return None;
     }
