@@ -252,13 +252,8 @@ impl Store {
         // Every request id in one term: a request-id page or count reads past the other
         // requests' events, as it does in production once a bucket holds several.
         config.request_bucket_bits = 0;
-        let index = NodeIndex::open(
-            &store.db,
-            &store.syncer,
-            std::slice::from_ref(&keyspaces),
-            config,
-        )
-        .expect("open index");
+        let index =
+            NodeIndex::open(&store, std::slice::from_ref(&keyspaces), config).expect("open index");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

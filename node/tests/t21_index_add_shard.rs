@@ -314,13 +314,7 @@ fn open_index(store: &NodeStore, shard: &Shard, commit_interval: Duration) -> No
     let mut config = IndexConfig::new(&store.data_dir);
     config.commit_interval = commit_interval;
     config.poll_interval = Duration::from_millis(1);
-    NodeIndex::open(
-        &store.db,
-        &store.syncer,
-        std::slice::from_ref(&shard.keyspaces),
-        config,
-    )
-    .expect("open index")
+    NodeIndex::open(store, std::slice::from_ref(&shard.keyspaces), config).expect("open index")
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -326,8 +326,7 @@ pub async fn start(
         .map(|(handle, _)| handle.keyspaces.clone())
         .collect();
     let index = NodeIndex::open(
-        &store.db,
-        &store.syncer,
+        &store,
         &shard_keyspaces,
         IndexConfig {
             commit_interval: Duration::from_millis(config.index_commit_ms),

@@ -221,6 +221,24 @@ impl ShardKeyspaces {
     }
 }
 
+/// Makes [`WriteBatch`]es over any of the node's keyspaces (one journal write each): a
+/// handle on the node's database, cheap to clone.
+#[derive(Clone)]
+pub struct Batches(fjall::Database);
+
+impl Batches {
+    pub fn batch(&self) -> WriteBatch {
+        self.0.batch()
+    }
+}
+
+impl super::NodeStore {
+    /// A maker of write batches over this store's keyspaces.
+    pub fn batches(&self) -> Batches {
+        Batches(self.db.clone())
+    }
+}
+
 /// Time-index reads and writes. Blocks are keyed by their last position, so key order
 /// is position order within a stream.
 impl ShardKeyspaces {
