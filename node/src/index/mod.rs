@@ -51,7 +51,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Te
 use crate::ledger::routing::ShardId;
 use crate::ledger::{StoredEvent, TenantState};
 use crate::query::cursor_key::load_or_create_secret;
-use crate::storage::{Batches, FeedRuns, NodeStore, ShardKeyspaces, Syncer};
+use crate::storage::{FeedRuns, NodeStore, ShardKeyspaces, StoreDb, Syncer};
 use merge::{SegmentRanges, TimeMergePolicy};
 pub use schema::{stream_value, Fields, Terms};
 use search::{IndexView, SegmentColumns};
@@ -273,7 +273,7 @@ impl NodeIndex {
         });
         let handle = NodeIndex { shared };
         let mut indexer = Indexer {
-            batches: store.batches(),
+            db: store.store_db(),
             syncer: store.syncer.clone(),
             pending: Pending {
                 writer,
@@ -515,7 +515,7 @@ fn remove_index_files(dir: &Path) -> std::io::Result<()> {
 
 /// The indexer thread's state.
 struct Indexer {
-    batches: Batches,
+    db: StoreDb,
     /// Makes the time index's keys durable before each tantivy commit.
     syncer: Syncer,
     /// What the events added since the last commit made.
@@ -1262,7 +1262,7 @@ impl Indexer {
     /// Makes the added events durable and visible, then drops the feed keys covered.
     fn commit(&mut self, handle: &NodeIndex) -> anyhow::Result<()> {
         // 1. Time keys, durable before the tantivy commit that names them covered.
-        let mut batch = self.batches.batch();
+        let mut batch = self.db.batch();
         let entries = &mut self.pending.time_keys;
         entries.sort_by_key(|(position, stream_no, _)| (*position, *stream_no));
         for run in entries.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
@@ -1306,7 +1306,7 @@ impl Indexer {
         }
         handle.publish(self.visible()?);
         // 4. The feed keys now covered.
-        let mut batch = self.batches.batch();
+        let mut batch = self.db.batch();
         for shard in &mut self.shards {
             if !shard.rebuilding() {
                 for key in shard.read_keys.drain(..) {

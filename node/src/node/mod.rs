@@ -201,8 +201,8 @@ impl Node {
         self.actor.send(actor::StopNode).await?;
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.stop()).await?;
-        let db = self.store.db.clone();
-        tokio::task::spawn_blocking(move || db.persist(fjall::PersistMode::SyncAll)).await??;
+        let db = self.store.store_db();
+        tokio::task::spawn_blocking(move || db.sync_all()).await??;
         Ok(())
     }
 }
@@ -596,7 +596,7 @@ fn check_layout(store: &NodeStore, config: &NodeConfig) -> anyhow::Result<u32> {
                 None => {
                     meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
                     meta.insert(KEY_CLUSTER_ID, cluster.cluster_id.as_bytes())?;
-                    store.db.persist(fjall::PersistMode::SyncAll)?;
+                    store.store_db().sync_all()?;
                 }
             }
             Ok(0)
@@ -617,14 +617,14 @@ fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Resul
             let shards = requested.unwrap_or(SHARDS_DEFAULT);
             meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
             meta.insert(KEY_SHARD_COUNT, shards.to_be_bytes())?;
-            store.db.persist(fjall::PersistMode::SyncAll)?;
+            store.store_db().sync_all()?;
             Ok(shards)
         }
         Some(bytes) => {
             let found = format.unwrap_or(1);
             if found == DATA_FORMAT_UPGRADABLE {
                 meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
-                store.db.persist(fjall::PersistMode::SyncAll)?;
+                store.store_db().sync_all()?;
                 tracing::info!(from = found, to = DATA_FORMAT, "upgraded the data format");
             } else if found != DATA_FORMAT {
                 anyhow::bail!(

@@ -51,7 +51,7 @@ use crate::ledger::routing::ShardId;
 pub use applied::AppliedProgress;
 pub use event_codec::EventCodec;
 pub use log_store::LogStore;
-pub use shard_store::{Batches, StoreError, StoredValue, TimeBlock, WriteBatch};
+pub use shard_store::{StoreDb, StoreError, StoredValue, TimeBlock, WriteBatch};
 pub use state_machine::StateMachine;
 pub use syncer::Syncer;
 use watchdog::Watchdog;

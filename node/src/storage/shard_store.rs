@@ -221,21 +221,26 @@ impl ShardKeyspaces {
     }
 }
 
-/// Makes [`WriteBatch`]es over any of the node's keyspaces (one journal write each): a
-/// handle on the node's database, cheap to clone.
+/// A handle on the node's database (cheap to clone): [`WriteBatch`]es over any of its
+/// keyspaces (one journal write each), and fsyncs of everything written.
 #[derive(Clone)]
-pub struct Batches(fjall::Database);
+pub struct StoreDb(fjall::Database);
 
-impl Batches {
+impl StoreDb {
     pub fn batch(&self) -> WriteBatch {
         self.0.batch()
+    }
+
+    /// Makes everything written so far durable (journal fsync).
+    pub fn sync_all(&self) -> Result<(), StoreError> {
+        self.0.persist(fjall::PersistMode::SyncAll)
     }
 }
 
 impl super::NodeStore {
-    /// A maker of write batches over this store's keyspaces.
-    pub fn batches(&self) -> Batches {
-        Batches(self.db.clone())
+    /// A handle on this store's database.
+    pub fn store_db(&self) -> StoreDb {
+        StoreDb(self.db.clone())
     }
 }
 
