@@ -210,8 +210,6 @@ impl Node {
 /// What a cluster's cursor key is derived under (`NoteSigner::derive_secret`).
 const CLUSTER_CURSOR_KEY_LABEL: &[u8] = b"query-cursor";
 
-const KEY_SHARD_COUNT: &[u8] = b"shard_count";
-const KEY_FORMAT: &[u8] = b"format";
 /// The on-disk format this build reads and writes. 1: events without blocks (first
 /// builds); 2: blocks, stream trees and checkpoints; 3: the index feed and time index
 /// (a format-2 directory is upgraded in place: its indexes are built at start; an
@@ -554,17 +552,13 @@ async fn watch_cluster_map(node: Node, settings: ShardSettings) {
     let _ = node.actor.send(AddShards(opened)).await;
 }
 
-const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
-
 /// A data directory is either a single node's or a cluster node's, for good: the
 /// single node's shards are single-replica groups placed by its own shard count.
 /// Returns the single node's shard count (0 in a cluster).
 fn check_layout(store: &NodeStore, config: &NodeConfig) -> anyhow::Result<u32> {
     let meta = store.node_meta()?;
-    let stored_cluster = meta
-        .get(KEY_CLUSTER_ID)?
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-    let has_shards = meta.get(KEY_SHARD_COUNT)?.is_some();
+    let stored_cluster = meta.cluster_id()?;
+    let has_shards = meta.has_shard_count()?;
     match (&config.cluster, stored_cluster) {
         (None, None) => check_shard_count(store, config.shards),
         (None, Some(cluster_id)) => anyhow::bail!(
@@ -594,8 +588,8 @@ fn check_layout(store: &NodeStore, config: &NodeConfig) -> anyhow::Result<u32> {
                 ),
                 Some(_) => {}
                 None => {
-                    meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
-                    meta.insert(KEY_CLUSTER_ID, cluster.cluster_id.as_bytes())?;
+                    meta.set_data_format(DATA_FORMAT)?;
+                    meta.set_cluster_id(&cluster.cluster_id)?;
                     store.store_db().sync_all()?;
                 }
             }
@@ -608,22 +602,19 @@ fn check_layout(store: &NodeStore, config: &NodeConfig) -> anyhow::Result<u32> {
 fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Result<u32> {
     const SHARDS_DEFAULT: u32 = 4;
     let meta = store.node_meta()?;
-    let format = match meta.get(KEY_FORMAT)? {
-        Some(bytes) => Some(u32::from_be_bytes(bytes.as_ref().try_into()?)),
-        None => None,
-    };
-    match meta.get(KEY_SHARD_COUNT)? {
-        None => {
+    let format = meta.data_format()?;
+    match meta.has_shard_count()? {
+        false => {
             let shards = requested.unwrap_or(SHARDS_DEFAULT);
-            meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
-            meta.insert(KEY_SHARD_COUNT, shards.to_be_bytes())?;
+            meta.set_data_format(DATA_FORMAT)?;
+            meta.set_shard_count(shards)?;
             store.store_db().sync_all()?;
             Ok(shards)
         }
-        Some(bytes) => {
+        true => {
             let found = format.unwrap_or(1);
             if found == DATA_FORMAT_UPGRADABLE {
-                meta.insert(KEY_FORMAT, DATA_FORMAT.to_be_bytes())?;
+                meta.set_data_format(DATA_FORMAT)?;
                 store.store_db().sync_all()?;
                 tracing::info!(from = found, to = DATA_FORMAT, "upgraded the data format");
             } else if found != DATA_FORMAT {
@@ -634,7 +625,9 @@ fn check_shard_count(store: &NodeStore, requested: Option<u32>) -> anyhow::Resul
                     store.data_dir.display()
                 );
             }
-            let stored = u32::from_be_bytes(bytes.as_ref().try_into()?);
+            let stored = meta
+                .shard_count()?
+                .ok_or_else(|| anyhow::anyhow!("shard_count: recorded, then not found"))?;
             let shards = requested.unwrap_or(stored);
             if stored != shards {
                 anyhow::bail!(

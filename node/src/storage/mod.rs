@@ -51,7 +51,7 @@ use crate::ledger::routing::ShardId;
 pub use applied::AppliedProgress;
 pub use event_codec::EventCodec;
 pub use log_store::LogStore;
-pub use shard_store::{StoreDb, StoreError, StoredValue, TimeBlock, WriteBatch};
+pub use shard_store::{NodeMeta, StoreDb, StoreError, StoredValue, TimeBlock, WriteBatch};
 pub use state_machine::StateMachine;
 pub use syncer::Syncer;
 use watchdog::Watchdog;
@@ -162,13 +162,13 @@ impl NodeStore {
 
     /// The node's own small keyspace (`node`: layout, format), watched like the
     /// shards' (so it never holds an old journal back).
-    pub fn node_meta(&self) -> anyhow::Result<Keyspace> {
+    pub fn node_meta(&self) -> anyhow::Result<shard_store::NodeMeta> {
         let keyspace = self.db.keyspace("node", || {
             KeyspaceCreateOptions::default().max_memtable_size(FJALL_MEMTABLE_BYTES_OUT_OF_REACH)
         })?;
         self.watchdog
             .watch(keyspace.clone(), MEMTABLE_BYTES_MAX_SMALL);
-        Ok(keyspace)
+        Ok(shard_store::NodeMeta(keyspace))
     }
 
     pub fn shard(&self, shard: ShardId) -> anyhow::Result<ShardKeyspaces> {

@@ -244,6 +244,58 @@ impl super::NodeStore {
     }
 }
 
+/// The node's own records (the `node` keyspace): its data format, a single node's
+/// shard count, a cluster node's cluster id.
+pub struct NodeMeta(pub(super) fjall::Keyspace);
+
+const NODE_FORMAT: &[u8] = b"format";
+const NODE_SHARD_COUNT: &[u8] = b"shard_count";
+const NODE_CLUSTER_ID: &[u8] = b"cluster_id";
+
+impl NodeMeta {
+    /// The data format the directory was written in, if recorded.
+    pub fn data_format(&self) -> anyhow::Result<Option<u32>> {
+        self.u32_at(NODE_FORMAT)
+    }
+
+    pub fn set_data_format(&self, format: u32) -> Result<(), StoreError> {
+        self.0.insert(NODE_FORMAT, format.to_be_bytes())
+    }
+
+    /// Whether a single node's shard count is recorded (read without decoding it).
+    pub fn has_shard_count(&self) -> Result<bool, StoreError> {
+        Ok(self.0.get(NODE_SHARD_COUNT)?.is_some())
+    }
+
+    /// A single node's shard count, if recorded.
+    pub fn shard_count(&self) -> anyhow::Result<Option<u32>> {
+        self.u32_at(NODE_SHARD_COUNT)
+    }
+
+    pub fn set_shard_count(&self, shards: u32) -> Result<(), StoreError> {
+        self.0.insert(NODE_SHARD_COUNT, shards.to_be_bytes())
+    }
+
+    /// A cluster node's cluster id, if recorded (lossy UTF-8).
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .0
+            .get(NODE_CLUSTER_ID)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    pub fn set_cluster_id(&self, cluster_id: &str) -> Result<(), StoreError> {
+        self.0.insert(NODE_CLUSTER_ID, cluster_id.as_bytes())
+    }
+
+    fn u32_at(&self, key: &[u8]) -> anyhow::Result<Option<u32>> {
+        match self.0.get(key)? {
+            Some(bytes) => Ok(Some(u32::from_be_bytes(bytes.as_ref().try_into()?))),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Time-index reads and writes. Blocks are keyed by their last position, so key order
 /// is position order within a stream.
 impl ShardKeyspaces {
