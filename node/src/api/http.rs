@@ -83,7 +83,7 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
     // Event ids applied and not yet in the dedup index's tables (storage/dedup.rs):
     // bounded per shard; at the bound apply waits for the ingest thread.
     per_shard(&mut body, "trail_dedup_overlay_ids", "gauge", &|shard| {
-        shard.keyspaces.dedup.overlay_len() as u64
+        shard.keyspaces.dedup_overlay_len() as u64
     });
     // Committed entries refused at apply (forged or corrupt: `ledger::recheck`), and
     // Raft messages the peer listener refused (another cluster, not a member).

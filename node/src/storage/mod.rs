@@ -229,20 +229,23 @@ impl NodeStore {
     }
 }
 
-/// Handles to one shard's keyspaces. Cheap to clone; readers use it directly.
+/// Handles to one shard's keyspaces. Cheap to clone. Code outside `storage/` reads and
+/// writes the state machine's keyspaces through `shard_store`'s typed methods only
+/// (they are private here); the raft keyspaces are public for the log store's crash
+/// tests.
 #[derive(Clone)]
 pub struct ShardKeyspaces {
     pub shard: ShardId,
     pub raft_log: Keyspace,
     pub raft_meta: Keyspace,
-    pub events: Keyspace,
+    events: Keyspace,
     /// In the node's dedup database, with the ids not yet in it (`dedup.rs`).
-    pub dedup: Arc<dedup::DedupIndex>,
-    pub tenants: Keyspace,
-    pub chain: Keyspace,
-    pub sm_meta: Keyspace,
-    pub feed: Keyspace,
-    pub tindex: Keyspace,
+    dedup: Arc<dedup::DedupIndex>,
+    tenants: Keyspace,
+    chain: Keyspace,
+    sm_meta: Keyspace,
+    feed: Keyspace,
+    tindex: Keyspace,
     /// How `events` values are compressed (one per open shard, shared by its clones).
     pub codec: Arc<EventCodec>,
     /// The latest applied batches' events, for the indexer (`recent.rs`).

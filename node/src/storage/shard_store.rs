@@ -45,6 +45,11 @@ impl ShardKeyspaces {
             .and_then(|position| decode_position(&position)))
     }
 
+    /// Event ids applied and not yet in the dedup database's tables (a metric).
+    pub fn dedup_overlay_len(&self) -> usize {
+        self.dedup.overlay_len()
+    }
+
     /// The stored value of event `seq` of the stream (canonical, or compressed:
     /// `event_codec`).
     pub fn event_value(&self, stream_no: u32, seq: u64) -> Result<Option<StoredValue>, StoreError> {
