@@ -640,7 +640,7 @@ fn seal_block(
     // The chain link: the first block follows nothing (zeros), every other one the
     // hash of a sealed block (never zeros).
     assert_eq!(
-        chain.blocks.len() == 0,
+        chain.blocks.is_empty(),
         chain.last_block_hash == [0u8; 32],
         "the first block, and only it, links to zeros"
     );
