@@ -8,74 +8,14 @@
 //! `--nocapture`, in a debug and a release build): the barrier alone on an idle shard,
 //! a read with and without it, and the barrier while writes are in flight.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
+use support::{event, open_single_shard};
 use tempfile::TempDir;
-use trail_node::clock::SystemClock;
-use trail_node::ledger::{ActorKind, EventRecord, Outcome};
 use trail_node::shard::reader;
-use trail_node::shard::{
-    self, BatchLimits, ReadBarrierError, SealerSettings, ShardHandle, ShardSettings, ShardTasks,
-};
-use trail_node::storage::NodeStore;
-
-fn event(tenant_id: &str, number: u64) -> EventRecord {
-    EventRecord {
-        event_id: format!("evt_{number}"),
-        tenant_id: tenant_id.to_string(),
-        actor_kind: ActorKind::User,
-        actor_id: "user_1".into(),
-        actor_email: String::new(),
-        actor_name: String::new(),
-        action: "doc.read".into(),
-        resource_type: "doc".into(),
-        resource_id: format!("doc_{number}"),
-        outcome: Outcome::Success,
-        occurred_at_ns: 1_700_000_000_000_000_000 + number as i64,
-        request_id: String::new(),
-        session_id: String::new(),
-        ip_address: String::new(),
-        user_agent: String::new(),
-        metadata_json: String::new(),
-        subject_id: String::new(),
-    }
-}
-
-async fn open_shard(dir: &TempDir) -> (ShardHandle, ShardTasks) {
-    let store = NodeStore::open(dir.path()).expect("open node store");
-    let settings = ShardSettings {
-        node_id: 1,
-        cluster_name: "barrier-test".into(),
-        snapshot_logs_since_last: 1_000,
-        limits: BatchLimits::default(),
-        sealer: SealerSettings {
-            node_id: 1,
-            seal_interval: Duration::from_secs(60),
-            checkpoint_interval: Duration::from_secs(60),
-            origin: "trail.test".into(),
-        },
-        signer: Arc::new(
-            trail_node::node::key::load_or_create(dir.path(), "trail.test").expect("key"),
-        ),
-        publisher: None,
-        peers: trail_node::consensus::network::Peers::none(1),
-    };
-    let alone = std::collections::BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
-    let (handle, tasks) = shard::open(&store, 1, &settings, &alone, 0, Arc::new(SystemClock))
-        .await
-        .expect("open shard");
-    handle
-        .raft
-        .wait(Some(Duration::from_secs(30)))
-        .state(
-            openraft::ServerState::Leader,
-            "single replica elects itself",
-        )
-        .await
-        .expect("leader");
-    (handle, tasks)
-}
+use trail_node::shard::{ReadBarrierError, ShardHandle};
 
 async fn write(handle: &ShardHandle, tenant_id: &str, numbers: std::ops::Range<u64>) {
     let events = numbers.map(|number| event(tenant_id, number)).collect();
@@ -101,7 +41,7 @@ fn micros(total: Duration, calls: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_after_the_barrier_see_acknowledged_writes_and_it_is_cheap() {
     let dir = TempDir::new().expect("temporary directory");
-    let (handle, tasks) = open_shard(&dir).await;
+    let (handle, tasks) = open_single_shard(&dir, "barrier-test").await;
     let tenant = "ten_barrier";
 
     for round in 0..20u64 {

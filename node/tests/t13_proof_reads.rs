@@ -16,79 +16,21 @@
 //! thread before), a stream over the bound is refused, and an idle stream ends with
 //! DEADLINE_EXCEEDED after its timeout and gives its permit back.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use support::{event, open_single_shard};
 use tempfile::TempDir;
 use tokio::sync::Semaphore;
 use trail_node::api::proofs::{self, ProofReads, ReadAt};
-use trail_node::clock::SystemClock;
-use trail_node::ledger::{ActorKind, EventRecord, Outcome};
-use trail_node::shard::{
-    self, BatchLimits, SealerSettings, ShardHandle, ShardSettings, ShardTasks,
-};
-use trail_node::storage::{AppliedProgress, NodeStore};
+use trail_node::shard::ShardHandle;
+use trail_node::storage::AppliedProgress;
 use trail_proto::v1;
 
 const TENANT: &str = "ten_proofs";
-
-fn event(tenant_id: &str, number: u64) -> EventRecord {
-    EventRecord {
-        event_id: format!("evt_{number}"),
-        tenant_id: tenant_id.to_string(),
-        actor_kind: ActorKind::User,
-        actor_id: "user_1".into(),
-        actor_email: String::new(),
-        actor_name: String::new(),
-        action: "doc.read".into(),
-        resource_type: "doc".into(),
-        resource_id: format!("doc_{number}"),
-        outcome: Outcome::Success,
-        occurred_at_ns: 1_700_000_000_000_000_000 + number as i64,
-        request_id: String::new(),
-        session_id: String::new(),
-        ip_address: String::new(),
-        user_agent: String::new(),
-        metadata_json: String::new(),
-        subject_id: String::new(),
-    }
-}
-
-async fn open_shard(dir: &TempDir) -> (ShardHandle, ShardTasks) {
-    let store = NodeStore::open(dir.path()).expect("open node store");
-    let settings = ShardSettings {
-        node_id: 1,
-        cluster_name: "proof-reads-test".into(),
-        snapshot_logs_since_last: 1_000,
-        limits: BatchLimits::default(),
-        sealer: SealerSettings {
-            node_id: 1,
-            seal_interval: Duration::from_secs(600),
-            checkpoint_interval: Duration::from_secs(600),
-            origin: "trail.test".into(),
-        },
-        signer: Arc::new(
-            trail_node::node::key::load_or_create(dir.path(), "trail.test").expect("key"),
-        ),
-        publisher: None,
-        peers: trail_node::consensus::network::Peers::none(1),
-    };
-    let alone = std::collections::BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
-    let (handle, tasks) = shard::open(&store, 1, &settings, &alone, 0, Arc::new(SystemClock))
-        .await
-        .expect("open shard");
-    handle
-        .raft
-        .wait(Some(Duration::from_secs(30)))
-        .state(
-            openraft::ServerState::Leader,
-            "single replica elects itself",
-        )
-        .await
-        .expect("leader");
-    (handle, tasks)
-}
 
 /// Records `blocks` blocks of 3 events each, each sealed with its own checkpoint.
 async fn record_blocks(handle: &ShardHandle, blocks: u64) {
@@ -177,7 +119,7 @@ async fn every_read(reads: ProofReads) -> Result<(), tonic::Status> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proof_reads_wait_for_a_lagging_state_machine() {
     let dir = TempDir::new().expect("temporary directory");
-    let (handle, tasks) = open_shard(&dir).await;
+    let (handle, tasks) = open_single_shard(&dir, "proof-reads-test").await;
     record_blocks(&handle, 4).await;
     let last_log_index = handle.raft.metrics().borrow().last_log_index;
 
@@ -233,7 +175,7 @@ fn thread_count() -> usize {
 async fn idle_list_blocks_streams_hold_no_thread_and_are_dropped() {
     const STREAMS: usize = 100;
     let dir = TempDir::new().expect("temporary directory");
-    let (handle, _tasks) = open_shard(&dir).await;
+    let (handle, _tasks) = open_single_shard(&dir, "proof-reads-test").await;
     // More blocks than a stream's channel and one read step hold.
     record_blocks(&handle, 12).await;
     let reads = reads(&handle, ReadAt::Leader);
@@ -330,7 +272,7 @@ async fn proofs_read_log_n_nodes_and_equal_full_read_proofs() {
 
     const BLOCKS: u64 = 150;
     let dir = TempDir::new().expect("temporary directory");
-    let (handle, _tasks) = open_shard(&dir).await;
+    let (handle, _tasks) = open_single_shard(&dir, "proof-reads-test").await;
     record_blocks(&handle, BLOCKS).await;
     let keyspaces = handle.keyspaces.clone();
     let stream_no = stream_of(&keyspaces, TENANT, 0).expect("stream").stream_no;

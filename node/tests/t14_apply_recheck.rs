@@ -5,42 +5,22 @@
 //! counter) and applies nothing, the same way on every replica; the entries around it
 //! apply as usual.
 
+mod support;
+
 use std::sync::atomic::Ordering;
 
 use ed25519_dalek::SigningKey;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
+use support::event;
 use tempfile::TempDir;
 use trail_node::consensus::{Entry, LogId};
 use trail_node::ledger::{
-    ActorKind, CheckpointBody, CheckpointNote, EventRecord, LedgerCommand, LedgerResponse,
-    NoteSigner, Outcome,
+    CheckpointBody, CheckpointNote, EventRecord, LedgerCommand, LedgerResponse, NoteSigner,
 };
 use trail_node::storage::{NodeStore, StateMachine};
 
 const INGESTED_AT_NS: i64 = 1_700_000_000_000_000_000;
-
-fn event(tenant_id: &str, number: u64) -> EventRecord {
-    EventRecord {
-        event_id: format!("evt_{number}"),
-        tenant_id: tenant_id.to_string(),
-        actor_kind: ActorKind::User,
-        actor_id: "user_1".into(),
-        actor_email: String::new(),
-        actor_name: String::new(),
-        action: "doc.read".into(),
-        resource_type: "doc".into(),
-        resource_id: format!("doc_{number}"),
-        outcome: Outcome::Success,
-        occurred_at_ns: INGESTED_AT_NS - 1_000,
-        request_id: String::new(),
-        session_id: String::new(),
-        ip_address: String::new(),
-        user_agent: String::new(),
-        metadata_json: String::new(),
-        subject_id: String::new(),
-    }
-}
 
 fn entry(index: u64, command: LedgerCommand) -> Entry {
     Entry {
