@@ -578,10 +578,10 @@ mod tests {
     use super::*;
 
     /// fjall journals a clear but not an ingestion, and replayed the clear at every
-    /// open over the tables written after it: ingested ones, and flushed ones of later
-    /// writes (vendor/fjall/PATCHES.md, patch 6). Clear, then three keys written by
-    /// ingestion or by inserts that are flushed, reopen: the three keys are there
-    /// (0 without the patch), and a key cleared before is gone.
+    /// open over the tables ingested after it (vendor/fjall/PATCHES.md, patch 6). Clear,
+    /// then three keys written by ingestion, reopen: the three keys are there (0 without
+    /// the patch), and a key cleared before is gone. The same with inserts flushed to a
+    /// table (which kept its keys without the patch too) guards the patch's rule.
     #[test]
     fn fjall_keeps_tables_written_after_a_clear_across_reopens() {
         #[derive(Clone, Copy, Debug)]

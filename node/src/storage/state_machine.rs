@@ -1777,8 +1777,9 @@ mod tests {
                 .unwrap();
             keyspaces.dedup.wait_ingested();
             assert_eq!(contents(&keyspaces.dedup.keyspace()).len(), 200);
-            // The installed records reach tables before the journal holding the
-            // install's clears is gone (fjall replayed a clear over such tables).
+            // The installed records reach tables while the journal still holds the
+            // install's clears, which every open replays (vendor/fjall/PATCHES.md,
+            // patch 6): they must not drop these tables.
             for keyspace in [&keyspaces.events, &keyspaces.tenants, &keyspaces.chain] {
                 keyspace.rotate_memtable_and_wait().unwrap();
             }
