@@ -451,13 +451,22 @@ pub fn http_get(host: &str, port: u16, path: &str) -> HttpResponse {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read response");
     let text = String::from_utf8(response).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    assert!(text.contains("\r\n\r\n"), "headers end");
+    let response = parse_http_response(&text);
+    assert_ne!(response.status, 0, "status line");
+    response
+}
+
+/// An HTTP/1.x answer: the status (0 when there is no status line), headers in lower
+/// case, and the body (de-chunked).
+fn parse_http_response(text: &str) -> HttpResponse {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
-        .expect("status line");
+        .unwrap_or(0);
     let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
@@ -465,7 +474,7 @@ pub fn http_get(host: &str, port: u16, path: &str) -> HttpResponse {
     let chunked = headers
         .iter()
         .any(|(name, value)| name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
+    let body = if chunked && !body.is_empty() {
         dechunk(body)
     } else {
         body.to_string()
@@ -567,11 +576,7 @@ pub async fn grpc_raw(
 
 /// What [`http_raw`] read back: the status (0 when the node answered nothing before it
 /// closed the connection), headers in lower case, and the body (lossy UTF-8).
-pub struct RawHttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
+pub type RawHttpResponse = HttpResponse;
 
 /// Sends `request` (a whole HTTP/1.x request, any bytes) on a fresh connection and reads
 /// the answer until the node closes it or `timeout` passes. Send and read errors (a node
@@ -591,31 +596,7 @@ pub fn http_raw(host: &str, port: u16, request: &[u8], timeout: Duration) -> Raw
             Ok(read) => response.extend_from_slice(&chunk[..read]),
         }
     }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(name, value)| name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked"));
-    let body = if chunked && !body.is_empty() {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    RawHttpResponse {
-        status,
-        headers,
-        body,
-    }
+    parse_http_response(&String::from_utf8_lossy(&response))
 }
 
 /// The node process's memory and threads from `/proc/<pid>/status`: (VmHWM bytes,
