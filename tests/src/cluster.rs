@@ -896,3 +896,23 @@ impl<'a> Comparison<'a> {
         }
     }
 }
+
+/// `per_shard` tenants on each of `shards` data shards (`{prefix}_{n}`, the first found
+/// for each shard), by shard.
+pub fn tenants_per_shard(prefix: &str, shards: u32, per_shard: usize) -> Vec<String> {
+    let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let mut number = 0;
+    while by_shard.len() < shards as usize
+        || by_shard.values().any(|tenants| tenants.len() < per_shard)
+    {
+        let tenant = format!("{prefix}_{number}");
+        let tenants = by_shard
+            .entry(shard_for_tenant(&tenant, shards))
+            .or_default();
+        if tenants.len() < per_shard {
+            tenants.push(tenant);
+        }
+        number += 1;
+    }
+    by_shard.into_values().flatten().collect()
+}

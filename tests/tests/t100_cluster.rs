@@ -55,8 +55,8 @@ use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
 use trail_proto::v1::trail_client::TrailClient;
 use trail_tests::cluster::{
-    record_until_acked, remember, Acked, AckedMap, NodeClient, Retries, BATCH_RETRY_TIMEOUT,
-    TAIL_PAGE_EVENTS,
+    record_until_acked, remember, tenants_per_shard, Acked, AckedMap, NodeClient, Retries,
+    BATCH_RETRY_TIMEOUT, TAIL_PAGE_EVENTS,
 };
 use trail_tests::{event, events_of, run_checked, Cluster, Traild};
 
@@ -289,7 +289,7 @@ async fn writes_need_a_majority() {
         cluster.dir().display()
     ));
 
-    let tenants = one_tenant_per_shard("maj");
+    let tenants = tenants_per_shard("maj", SHARDS, 1);
     let clients = cluster.clients(&cluster.node_ids(), RPC_TIMEOUT);
     let retries = Retries::default();
     let mut acked = AckedMap::new();
@@ -886,7 +886,7 @@ async fn check_rest_through_every_node(
     clients: &[NodeClient],
     retries: &Retries,
 ) {
-    let tenants = one_tenant_per_shard("rest");
+    let tenants = tenants_per_shard("rest", SHARDS, 1);
     let events: Vec<v1::Event> = tenants
         .iter()
         .flat_map(|tenant| events_of(tenant, "r", 3))
@@ -968,19 +968,6 @@ async fn check_rest_through_every_node(
         "only {forwarded} of {} REST reads were forwarded",
         tenants.len() * 3 * cluster.nodes.len()
     );
-}
-
-fn one_tenant_per_shard(prefix: &str) -> Vec<String> {
-    let mut by_shard = BTreeMap::new();
-    let mut number = 0;
-    while by_shard.len() < SHARDS as usize {
-        let tenant = format!("{prefix}_{number}");
-        by_shard
-            .entry(shard_for_tenant(&tenant, SHARDS))
-            .or_insert(tenant);
-        number += 1;
-    }
-    by_shard.into_values().collect()
 }
 
 /// The `count` tenants with the most events.

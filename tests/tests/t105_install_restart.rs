@@ -35,12 +35,14 @@
 //!
 //! Node logs are `<dir>/node<i>/traild.log`; the directory is kept when the test fails.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
-use trail_tests::cluster::{record_until_acked, remember, Acked, AckedMap, NodeClient, Retries};
+use trail_tests::cluster::{
+    record_until_acked, remember, tenants_per_shard, Acked, AckedMap, NodeClient, Retries,
+};
 use trail_tests::{events_of, replica_read, Cluster, Traild};
 
 const NODES: usize = 3;
@@ -86,7 +88,7 @@ async fn a_replica_that_installed_a_snapshot_keeps_its_event_ids_across_a_restar
     ));
 
     // Old events: what node 3 must still know after the install and the restart.
-    let tenants = tenants_per_shard("old", TENANTS_PER_SHARD);
+    let tenants = tenants_per_shard("old", SHARDS, TENANTS_PER_SHARD);
     let old_events: Vec<v1::Event> = tenants
         .iter()
         .flat_map(|tenant| events_of(tenant, "old", OLD_EVENTS_PER_TENANT))
@@ -415,25 +417,6 @@ async fn wait_new_leader(node: &Traild, shard: u32, old_leader: u64) -> u64 {
 /// Shard `shard`'s preferred leader in a cluster of [`NODES`] with [`REPLICAS`] each.
 fn preferred_leader(shard: u32) -> u64 {
     u64::from(shard - 1) % NODES as u64 + 1
-}
-
-/// `per_shard` tenants `prefix_N` on each data shard, shard by shard.
-fn tenants_per_shard(prefix: &str, per_shard: usize) -> Vec<String> {
-    let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    let mut number = 0;
-    while by_shard.len() < SHARDS as usize
-        || by_shard.values().any(|tenants| tenants.len() < per_shard)
-    {
-        let tenant = format!("{prefix}_{number}");
-        let tenants = by_shard
-            .entry(shard_for_tenant(&tenant, SHARDS))
-            .or_default();
-        if tenants.len() < per_shard {
-            tenants.push(tenant);
-        }
-        number += 1;
-    }
-    by_shard.into_values().flatten().collect()
 }
 
 fn get_event_request(event: &v1::Event) -> v1::GetEventRequest {

@@ -27,9 +27,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
-use trail_tests::cluster::{record_until_acked, remember, AckedMap, NodeClient, Retries};
+use trail_tests::cluster::{
+    record_until_acked, remember, tenants_per_shard, AckedMap, NodeClient, Retries,
+};
 use trail_tests::{events_of, Cluster, Traild};
 
 const NODES: usize = 3;
@@ -45,26 +46,6 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a read is retried while it answers UNAVAILABLE (a shard electing).
 const READ_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 const PUBLISH_WAIT: Duration = Duration::from_secs(30);
-
-fn tenants_per_shard(prefix: &str) -> Vec<String> {
-    let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    let mut number = 0;
-    while by_shard.len() < SHARDS as usize
-        || by_shard
-            .values()
-            .any(|tenants| tenants.len() < TENANTS_PER_SHARD)
-    {
-        let tenant = format!("{prefix}_{number}");
-        let tenants = by_shard
-            .entry(shard_for_tenant(&tenant, SHARDS))
-            .or_default();
-        if tenants.len() < TENANTS_PER_SHARD {
-            tenants.push(tenant);
-        }
-        number += 1;
-    }
-    by_shard.into_values().flatten().collect()
-}
 
 /// `call` until it answers other than UNAVAILABLE (a shard electing, a node down), for
 /// up to [`READ_RETRY_TIMEOUT`].
@@ -200,7 +181,7 @@ async fn proofs_on_new_and_restarted_leaders_find_every_acknowledged_event() {
     let mut cluster = Cluster::start(NODES).await;
     cluster.init(SHARDS, REPLICAS).await;
     cluster.wait_leaders(SHARDS, LEADERS_TIMEOUT).await;
-    let tenants = tenants_per_shard("proof");
+    let tenants = tenants_per_shard("proof", SHARDS, TENANTS_PER_SHARD);
     let retries = Retries::default();
     let mut acked = AckedMap::new();
     let mut recorded: Vec<v1::Event> = Vec::new();
@@ -337,7 +318,7 @@ async fn every_replica_publishes_every_checkpoint_after_a_snapshot_install() {
         Cluster::start_with_args(NODES, &["--snapshot-logs-since-last", &interval]).await;
     cluster.init(SHARDS, REPLICAS).await;
     cluster.wait_leaders(SHARDS, LEADERS_TIMEOUT).await;
-    let tenants = tenants_per_shard("pub");
+    let tenants = tenants_per_shard("pub", SHARDS, TENANTS_PER_SHARD);
     let retries = Retries::default();
     let all = cluster.clients(&cluster.node_ids(), RPC_TIMEOUT);
     let events: Vec<v1::Event> = tenants
