@@ -35,17 +35,39 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type LogState = openraft::storage::LogState<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 
-/// Raft timing for a node that hosts many groups.
-///
-/// openraft 0.9 does not coalesce heartbeats: every group sends its own. At the default
-/// 50 ms heartbeat, 200 groups with 2 followers each would be 8,000 RPCs/s at idle; at
-/// 500 ms it is 800/s. Elections must be well above the heartbeat.
-pub fn raft_config(cluster_name: &str, snapshot_logs_since_last: u64) -> openraft::Config {
+/// A group's Raft timers, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_ms: (u64, u64),
+}
+
+impl Default for RaftTiming {
+    /// Timing for a node that hosts many groups.
+    ///
+    /// openraft 0.9 does not coalesce heartbeats: every group sends its own. At the
+    /// default 50 ms heartbeat, 200 groups with 2 followers each would be 8,000 RPCs/s at
+    /// idle; at 500 ms it is 800/s. Elections must be well above the heartbeat.
+    fn default() -> RaftTiming {
+        RaftTiming {
+            heartbeat_ms: 500,
+            election_ms: (1_500, 3_000),
+        }
+    }
+}
+
+/// The Raft configuration of a group with `timing` (a node's default, or the faster
+/// timers of the simulation's real-disk mode).
+pub fn raft_config(
+    cluster_name: &str,
+    snapshot_logs_since_last: u64,
+    timing: RaftTiming,
+) -> openraft::Config {
     let config = openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 500,
-        election_timeout_min: 1_500,
-        election_timeout_max: 3_000,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_ms.0,
+        election_timeout_max: timing.election_ms.1,
         install_snapshot_timeout: 10_000,
         // A Trail entry is a group-committed batch of up to a few thousand events, so a
         // few hundred entries per AppendEntries is plenty.
@@ -54,7 +76,7 @@ pub fn raft_config(cluster_name: &str, snapshot_logs_since_last: u64) -> openraf
         max_in_snapshot_log_to_keep: 0,
         ..Default::default()
     };
-    config.validate().expect("static raft config is valid")
+    config.validate().expect("raft timing is valid")
 }
 
 /// How long a client write may wait for its commit before the caller gives up.

@@ -17,6 +17,12 @@
 //! `NetworkError`, which makes openraft retry at once and log in a loop).
 //!
 //! A single node runs single-replica groups with no peers: they never send.
+//!
+//! The wire is a seam: [`PeerTransport`] carries one encoded message to a peer and
+//! brings its reply back. `traild` uses [`GrpcTransport`] (tonic channels); the
+//! simulation plugs in an in-memory router with faults that hands each message to the
+//! target node's [`RaftService::handle`]. Everything above the wire (encoding, the
+//! receiver's checks, openraft's calls, error mapping) is this module's, in both.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -117,28 +123,70 @@ pub struct Peers {
 struct PeersInner {
     cluster_id: String,
     from: NodeId,
+    transport: Arc<dyn PeerTransport>,
+}
+
+/// Which of the transport service's calls a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftCall {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+/// A boxed future a [`PeerTransport`] answers with.
+pub type TransportFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<RaftReply, Status>> + Send>>;
+
+/// How one node's Raft messages reach its peers: sends `request` (already addressed:
+/// cluster, group, target and sending node) to node `target` and returns its reply, or
+/// the status of a refusal or a failure to deliver. The deadline is the caller's.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Whether `target` is a node this transport can reach at all.
+    fn knows(&self, target: NodeId) -> bool;
+
+    fn send(
+        &self,
+        target: NodeId,
+        call: RaftCall,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> TransportFuture;
+}
+
+/// No peers: a single node's transport, which never sends.
+struct NoPeers;
+
+impl PeerTransport for NoPeers {
+    fn knows(&self, _target: NodeId) -> bool {
+        false
+    }
+
+    fn send(
+        &self,
+        target: NodeId,
+        _call: RaftCall,
+        _request: RaftRequest,
+        _timeout: Duration,
+    ) -> TransportFuture {
+        Box::pin(std::future::ready(Err(Status::unavailable(format!(
+            "node {target} is not a peer"
+        )))))
+    }
+}
+
+/// `traild`'s transport: one lazy HTTP/2 channel per peer node, shared by its groups.
+pub struct GrpcTransport {
     channels: BTreeMap<NodeId, Channel>,
 }
 
-impl Peers {
-    /// No peers: single-replica groups on one node.
-    pub fn none(from: NodeId) -> Peers {
-        Peers {
-            inner: Arc::new(PeersInner {
-                cluster_id: String::new(),
-                from,
-                channels: BTreeMap::new(),
-            }),
-        }
-    }
-
-    /// Lazy channels to every other node (`addrs`: node id -> gRPC `host:port`);
+impl GrpcTransport {
+    /// Lazy channels to every node of `addrs` but `from` (node id -> gRPC `host:port`);
     /// nothing connects until a group sends.
     pub fn connect_lazy(
-        cluster_id: &str,
         from: NodeId,
         addrs: &BTreeMap<NodeId, String>,
-    ) -> anyhow::Result<Peers> {
+    ) -> anyhow::Result<GrpcTransport> {
         let mut channels = BTreeMap::new();
         for (&node, addr) in addrs {
             if node == from {
@@ -155,13 +203,71 @@ impl Peers {
                 .keep_alive_while_idle(true);
             channels.insert(node, endpoint.connect_lazy());
         }
-        Ok(Peers {
-            inner: Arc::new(PeersInner {
-                cluster_id: cluster_id.to_string(),
-                from,
-                channels,
-            }),
+        Ok(GrpcTransport { channels })
+    }
+}
+
+impl PeerTransport for GrpcTransport {
+    fn knows(&self, target: NodeId) -> bool {
+        self.channels.contains_key(&target)
+    }
+
+    fn send(
+        &self,
+        target: NodeId,
+        call: RaftCall,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> TransportFuture {
+        let Some(channel) = self.channels.get(&target).cloned() else {
+            return NoPeers.send(target, call, request, timeout);
+        };
+        Box::pin(async move {
+            let mut client = RaftTransportClient::new(channel)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+            let mut request = Request::new(request);
+            request.set_timeout(timeout);
+            let reply = match call {
+                RaftCall::AppendEntries => client.append_entries(request).await,
+                RaftCall::Vote => client.vote(request).await,
+                RaftCall::InstallSnapshot => client.install_snapshot(request).await,
+            };
+            reply.map(Response::into_inner)
         })
+    }
+}
+
+impl Peers {
+    /// No peers: single-replica groups on one node.
+    pub fn none(from: NodeId) -> Peers {
+        Peers::over(String::new(), from, Arc::new(NoPeers))
+    }
+
+    /// Lazy gRPC channels to every other node (`addrs`: node id -> gRPC `host:port`);
+    /// nothing connects until a group sends.
+    pub fn connect_lazy(
+        cluster_id: &str,
+        from: NodeId,
+        addrs: &BTreeMap<NodeId, String>,
+    ) -> anyhow::Result<Peers> {
+        let transport = GrpcTransport::connect_lazy(from, addrs)?;
+        Ok(Peers::over(
+            cluster_id.to_string(),
+            from,
+            Arc::new(transport),
+        ))
+    }
+
+    /// The peers of node `from` of cluster `cluster_id`, reached through `transport`.
+    pub fn over(cluster_id: String, from: NodeId, transport: Arc<dyn PeerTransport>) -> Peers {
+        Peers {
+            inner: Arc::new(PeersInner {
+                cluster_id,
+                from,
+                transport,
+            }),
+        }
     }
 
     /// The network of one group on this node.
@@ -218,37 +324,35 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 
 impl Connection {
     /// Sends one request; the reply is the receiver's openraft result.
-    async fn call<Req, Resp, E, F, Fut>(
+    async fn call<Req, Resp, E>(
         &self,
         rpc: &Req,
         option: &RPCOption,
-        send: F,
+        call: RaftCall,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
-        F: FnOnce(RaftTransportClient<Channel>, Request<RaftRequest>) -> Fut,
-        Fut: Future<Output = Result<Response<RaftReply>, Status>>,
     {
-        let Some(channel) = self.peers.inner.channels.get(&self.target).cloned() else {
+        let inner = &self.peers.inner;
+        if !inner.transport.knows(self.target) {
             return Err(unreachable(format!(
                 "node {} is not a peer of node {}",
-                self.target, self.peers.inner.from
+                self.target, inner.from
             )));
-        };
-        let mut request = Request::new(RaftRequest {
-            cluster_id: self.peers.inner.cluster_id.clone(),
+        }
+        let request = RaftRequest {
+            cluster_id: inner.cluster_id.clone(),
             group_id: self.group,
             target_node: self.target,
-            from_node: self.peers.inner.from,
+            from_node: inner.from,
             payload: encode(rpc),
-        });
-        request.set_timeout(option.hard_ttl());
-        let client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        let reply = match tokio::time::timeout(option.hard_ttl(), send(client, request)).await {
+        };
+        let sent = inner
+            .transport
+            .send(self.target, call, request, option.hard_ttl());
+        let reply = match tokio::time::timeout(option.hard_ttl(), sent).await {
             Err(_elapsed) => {
                 return Err(RPCError::Network(NetworkError::new(&TransportError(
                     format!("node {}: deadline exceeded", self.target),
@@ -264,7 +368,7 @@ impl Connection {
                     status.message()
                 )))
             }
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
         };
         let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.payload)
             .map_err(|error| {
@@ -285,10 +389,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&rpc, &option, |mut client, request| async move {
-            client.append_entries(request).await
-        })
-        .await
+        self.call(&rpc, &option, RaftCall::AppendEntries).await
     }
 
     async fn install_snapshot(
@@ -299,10 +400,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(&rpc, &option, |mut client, request| async move {
-            client.install_snapshot(request).await
-        })
-        .await
+        self.call(&rpc, &option, RaftCall::InstallSnapshot).await
     }
 
     async fn vote(
@@ -310,10 +408,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(&rpc, &option, |mut client, request| async move {
-            client.vote(request).await
-        })
-        .await
+        self.call(&rpc, &option, RaftCall::Vote).await
     }
 
     fn backoff(&self) -> Backoff {
@@ -379,19 +474,48 @@ impl RaftService {
 
 impl RaftService {
     /// Decodes the openraft request of a message for a group here, runs it, and
-    /// answers its result.
+    /// answers its result: what the gRPC service does with every message it receives,
+    /// and what an in-memory transport calls directly.
+    pub async fn handle(&self, call: RaftCall, request: RaftRequest) -> Result<RaftReply, Status> {
+        match call {
+            RaftCall::AppendEntries => {
+                self.serve(
+                    request,
+                    |raft, rpc: AppendEntriesRequest<TypeConfig>| async move {
+                        raft.append_entries(rpc).await
+                    },
+                )
+                .await
+            }
+            RaftCall::Vote => {
+                self.serve(request, |raft, rpc: VoteRequest<NodeId>| async move {
+                    raft.vote(rpc).await
+                })
+                .await
+            }
+            RaftCall::InstallSnapshot => {
+                self.serve(
+                    request,
+                    |raft, rpc: InstallSnapshotRequest<TypeConfig>| async move {
+                        raft.install_snapshot(rpc).await
+                    },
+                )
+                .await
+            }
+        }
+    }
+
     async fn serve<Req, Out, F, Fut>(
         &self,
-        request: Request<RaftRequest>,
+        request: RaftRequest,
         call: F,
-    ) -> Result<Response<RaftReply>, Status>
+    ) -> Result<RaftReply, Status>
     where
         Req: DeserializeOwned + Sender,
         Out: Serialize,
         F: FnOnce(Raft, Req) -> Fut,
         Fut: Future<Output = Out>,
     {
-        let request = request.into_inner();
         let raft = self
             .group(&request)
             .map_err(|status| self.refused(&request, status))?;
@@ -402,9 +526,9 @@ impl RaftService {
                 Status::permission_denied("the request is not from the sending node"),
             ));
         }
-        Ok(Response::new(RaftReply {
+        Ok(RaftReply {
             payload: encode(&call(raft, rpc).await),
-        }))
+        })
     }
 }
 
@@ -414,29 +538,23 @@ impl RaftTransport for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.serve(request, |raft, rpc: AppendEntriesRequest<TypeConfig>| async move {
-            raft.append_entries(rpc).await
-        })
-        .await
+        self.handle(RaftCall::AppendEntries, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        self.serve(request, |raft, rpc: VoteRequest<NodeId>| async move {
-            raft.vote(rpc).await
-        })
-        .await
+        self.handle(RaftCall::Vote, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        self.serve(
-            request,
-            |raft, rpc: InstallSnapshotRequest<TypeConfig>| async move {
-                raft.install_snapshot(rpc).await
-            },
-        )
-        .await
+        self.handle(RaftCall::InstallSnapshot, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

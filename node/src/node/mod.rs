@@ -260,6 +260,7 @@ pub async fn start(
             .as_ref()
             .map_or_else(|| "trail".to_string(), |cluster| cluster.cluster_id.clone()),
         snapshot_logs_since_last: config.snapshot_logs_since_last,
+        raft_timing: crate::consensus::RaftTiming::default(),
         limits: config.limits,
         sealer: SealerSettings {
             node_id: config.node_id,

@@ -35,6 +35,7 @@ pub struct ShardSettings {
     pub node_id: NodeId,
     pub cluster_name: String,
     pub snapshot_logs_since_last: u64,
+    pub raft_timing: consensus::RaftTiming,
     pub limits: BatchLimits,
     pub sealer: SealerSettings,
     pub signer: Arc<NoteSigner>,
@@ -228,6 +229,7 @@ pub async fn open(
     let config = Arc::new(consensus::raft_config(
         &format!("{}-shard-{shard}", settings.cluster_name),
         settings.snapshot_logs_since_last,
+        settings.raft_timing,
     ));
     let raft = Raft::new(
         settings.node_id,

@@ -46,6 +46,7 @@ pub async fn open_single_shard(dir: &TempDir, cluster_name: &str) -> (ShardHandl
         node_id: 1,
         cluster_name: cluster_name.into(),
         snapshot_logs_since_last: 1_000,
+        raft_timing: Default::default(),
         limits: BatchLimits::default(),
         sealer: SealerSettings {
             node_id: 1,
