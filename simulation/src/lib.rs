@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod disk;
 pub mod raft;
 pub mod turmoil;
 

@@ -2,13 +2,16 @@
 //! `--seeds A..B` runs many in parallel; `--replay N --trace` prints the trace of one.
 //! `--harness raft` (the default) runs openraft groups with the ledger under faults;
 //! `--harness turmoil` runs them on three simulated hosts talking tonic gRPC over
-//! turmoil's TCP; `--harness ledger` runs the ledger-level model without Raft.
+//! turmoil's TCP; `--harness ledger` runs the ledger-level model without Raft;
+//! `--harness disk` runs the node's own shards on fjall in temporary directories.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+use trail_node::storage::faults::StorageBug;
+use trail_sim::disk;
 use trail_sim::raft::{self, PlantedBug};
 use trail_sim::turmoil;
 use trail_sim::{run, RunOptions};
@@ -22,6 +25,10 @@ enum Harness {
     Turmoil,
     /// The ledger apply code on three replicas, without Raft.
     Ledger,
+    /// The node's own shard (openraft over node/src/storage on fjall, batcher, sealer,
+    /// peer network) on three replicas in temporary directories, with process crashes
+    /// (not deterministic: fjall has threads of its own).
+    Disk,
 }
 
 #[derive(Parser)]
@@ -45,9 +52,10 @@ struct Args {
     /// Which harness runs.
     #[arg(long, value_enum, default_value_t = Harness::Raft)]
     harness: Harness,
-    /// Plant a bug the checkers must catch (raft harness): ack-before-fsync,
+    /// Plant a bug the checkers must catch. Raft harness: ack-before-fsync,
     /// apply-twice-after-restart, skip-seq, seal-order, stale-read, skip-checksum,
-    /// fsync-error-ignored, wipe-in-place.
+    /// fsync-error-ignored, wipe-in-place. Disk harness (in the node's storage code):
+    /// clear-dedup-on-install, install-skips-marker, overlay-not-rebuilt-at-open.
     #[arg(long, value_name = "NAME")]
     planted_bug: Option<String>,
     /// Raft harness: length of the safety phase in virtual ms (default: the seed's).
@@ -95,7 +103,25 @@ enum Outcome {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let planted = match args.planted_bug.as_deref() {
+    let storage_bug = match (args.harness, args.planted_bug.as_deref()) {
+        (Harness::Disk, Some(name)) => match StorageBug::parse(name) {
+            Some(bug) => Some(bug),
+            None => {
+                let names: Vec<&str> = StorageBug::ALL.iter().map(|bug| bug.name()).collect();
+                eprintln!(
+                    "--planted-bug: unknown storage bug {name:?}; one of {}",
+                    names.join(", ")
+                );
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let planted = match args
+        .planted_bug
+        .as_deref()
+        .filter(|_| args.harness != Harness::Disk)
+    {
         None => None,
         Some(name) => match PlantedBug::parse(name) {
             Some(bug) => Some(bug),
@@ -149,6 +175,27 @@ fn main() -> std::process::ExitCode {
                     },
                     Err(panic) => Outcome::Failed {
                         message: panic_message(&panic),
+                        trace: Vec::new(),
+                    },
+                }
+            }
+            Harness::Disk => {
+                let options = disk::DiskOptions {
+                    safety_ms: args.safety_ms,
+                    keep_trace: args.trace,
+                    planted: storage_bug,
+                };
+                match std::panic::catch_unwind(|| disk::run_seed(seed, &options)) {
+                    Ok(Ok(summary)) => Outcome::Passed {
+                        summary,
+                        trace: Vec::new(),
+                    },
+                    Ok(Err((message, trace))) => Outcome::Failed {
+                        message: format!("seed {seed}: {message}"),
+                        trace,
+                    },
+                    Err(panic) => Outcome::Failed {
+                        message: format!("seed {seed}: panicked: {}", panic_message(&panic)),
                         trace: Vec::new(),
                     },
                 }
@@ -248,6 +295,9 @@ fn main() -> std::process::ExitCode {
         if args.harness == Harness::Turmoil {
             command.push_str(" --harness turmoil");
         }
+        if args.harness == Harness::Disk {
+            command.push_str(" --harness disk");
+        }
         if args.harness == Harness::Ledger {
             command.push_str(" --harness ledger");
             if args.steps != 200 {
@@ -255,6 +305,9 @@ fn main() -> std::process::ExitCode {
             }
         }
         if let Some(bug) = planted {
+            command.push_str(&format!(" --planted-bug {}", bug.name()));
+        }
+        if let Some(bug) = storage_bug {
             command.push_str(&format!(" --planted-bug {}", bug.name()));
         }
         if args.openraft_read_index {

@@ -31,6 +31,7 @@
 pub mod applied;
 pub mod dedup;
 pub mod event_codec;
+pub mod faults;
 pub mod log_store;
 pub mod pool;
 pub mod publish;
@@ -105,6 +106,8 @@ pub struct NodeStore {
     pub dedup: dedup::DedupStore,
     pub data_dir: PathBuf,
     watchdog: Watchdog,
+    /// Planted bugs and crash points of the simulation; none in `traild`.
+    faults: faults::StoreFaults,
 }
 
 impl NodeStore {
@@ -116,6 +119,15 @@ impl NodeStore {
 
     /// Opens (or creates) the node's database with a block cache of `cache_bytes`.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<NodeStore> {
+        NodeStore::open_with_faults(data_dir, cache_bytes, faults::StoreFaults::none())
+    }
+
+    /// Opens (or creates) the node's database with the simulation's `faults`.
+    pub fn open_with_faults(
+        data_dir: &Path,
+        cache_bytes: u64,
+        faults: faults::StoreFaults,
+    ) -> anyhow::Result<NodeStore> {
         if data_dir.exists() && !data_dir.is_dir() {
             anyhow::bail!(
                 "data directory {}: is a file, not a directory",
@@ -157,6 +169,7 @@ impl NodeStore {
             dedup,
             data_dir: data_dir.to_path_buf(),
             watchdog,
+            faults,
         })
     }
 
@@ -224,6 +237,7 @@ impl NodeStore {
                     .join("snapshots")
                     .join(format!("shard-{shard}")),
             ),
+            faults: self.faults.clone(),
         };
         Ok(keyspaces)
     }
@@ -254,6 +268,8 @@ pub struct ShardKeyspaces {
     /// The node's fsync thread: what makes the journal durable without holding its
     /// lock (`syncer.rs`).
     pub syncer: Syncer,
+    /// The simulation's planted bugs and crash points (`faults.rs`); none in `traild`.
+    pub faults: faults::StoreFaults,
 }
 
 impl ShardKeyspaces {

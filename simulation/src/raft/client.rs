@@ -337,7 +337,7 @@ impl Client {
     }
 }
 
-fn event(tenant: &str, event_id: &str, rng: &mut StdRng) -> EventRecord {
+pub(crate) fn event(tenant: &str, event_id: &str, rng: &mut StdRng) -> EventRecord {
     let user = rng.gen_range(0..5u32);
     EventRecord {
         event_id: event_id.to_string(),

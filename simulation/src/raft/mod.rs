@@ -16,7 +16,7 @@
 //! the same trace hash (`tests/determinism.rs`).
 
 pub mod check;
-mod client;
+pub(crate) mod client;
 pub mod net;
 pub mod record;
 mod repair;
