@@ -19,7 +19,7 @@
 //! sorted run, then records the frontier in `sm_meta`.
 //! At open (after a crash too) the state machine puts the ids of every event at or
 //! after the recorded frontier back in the overlay, from the events themselves
-//! (`state_machine.rs`, `rebuild_dedup_overlay`). An id ingested
+//! (`install.rs`, `rebuild_dedup_overlay`). An id ingested
 //! but not yet covered by the recorded frontier is then in both, which is harmless: a
 //! key has one value.
 //!
@@ -460,7 +460,7 @@ impl DedupStore {
 }
 
 /// Where the ingest thread records a shard's frontier once a generation is durable:
-/// in the shard's `sm_meta` (`state_machine.rs` reads it at open).
+/// in the shard's `sm_meta` (`install.rs` reads it at open).
 pub const KEY_FRONTIER: &[u8] = b"dedup_frontier";
 /// The name of the shard's current dedup keyspace, in its `sm_meta`: recorded by the
 /// batch that finishes replacing the index (absent: `sN.dedup`).
