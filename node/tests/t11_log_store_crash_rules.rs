@@ -13,8 +13,8 @@
 //!   a read after a truncate never returns an entry the log no longer holds.
 //!
 //! Steps: open a node store in a temporary directory and shard 1's state machine and log
-//! store on it; drive them through openraft's storage traits as openraft does; look at
-//! the raw `raft_log` / `raft_meta` keyspaces for what is in the journal.
+//! store on it; drive them through openraft's storage traits as openraft does; ask the
+//! log store what is in the journal (`journaled_entry`, `journaled_purge`).
 
 use std::time::Duration;
 
@@ -23,11 +23,10 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuild
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 use trail_node::consensus::{Entry, LogId};
-use trail_node::storage::{LogStore, NodeStore, ShardKeyspaces, StateMachine};
+use trail_node::storage::{LogStore, NodeStore, StateMachine};
 
 struct Shard {
     _dir: TempDir,
-    keyspaces: ShardKeyspaces,
     log: LogStore,
     sm: StateMachine,
 }
@@ -44,12 +43,7 @@ fn open_shard() -> Shard {
         sm.applied.clone(),
     )
     .expect("log store");
-    Shard {
-        _dir: dir,
-        keyspaces,
-        log,
-        sm,
-    }
+    Shard { _dir: dir, log, sm }
 }
 
 fn log_id(index: u64) -> LogId {
@@ -74,19 +68,16 @@ fn indexes(entries: &[Entry]) -> Vec<u64> {
 impl Shard {
     /// Is the entry at `index` in the journal (whatever openraft sees)?
     fn journaled(&self, index: u64) -> bool {
-        self.keyspaces
-            .raft_log
-            .contains_key(index.to_be_bytes())
-            .expect("read raft_log")
+        self.log
+            .journaled_entry(index)
+            .expect("read the journaled log")
     }
 
     /// The purged id as journaled.
     fn journaled_purge(&self) -> Option<LogId> {
-        self.keyspaces
-            .raft_meta
-            .get(b"purged")
-            .expect("read raft_meta")
-            .map(|bytes| bincode::deserialize(&bytes).expect("purged id"))
+        self.log
+            .journaled_purge()
+            .expect("read the journaled purge")
     }
 
     async fn apply(&mut self, indexes: std::ops::RangeInclusive<u64>) {

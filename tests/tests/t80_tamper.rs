@@ -22,9 +22,9 @@
 //! 7. a kept checkpoint with an edited root, size or signature, or signed by another key;
 //! 8. one tenant's proof presented as another's, and another tenant's event asked for.
 //!
-//! The store is opened with the node stopped (its own fjall options do not matter for
-//! reads and point writes), edited, persisted with `SyncAll` and closed before the
-//! restart. The tests run `target/<profile>/traild` and `trailctl` as built: the harness
+//! The store is opened with the node stopped through `storage::tamper` (the node's own
+//! storage options do not matter for reads and point writes), edited, made durable and
+//! closed before the restart. The tests run `target/<profile>/traild` and `trailctl` as built: the harness
 //! builds them only when missing, so build them first after changing them
 //! (`cargo build -p trail-client -p trail-node`).
 
@@ -278,55 +278,32 @@ async fn node_with(tenant: &str, events: usize) -> (tempfile::TempDir, Traild, S
 mod store {
     use std::path::Path;
 
-    use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-    use trail_node::ledger::{block_hash, BlockHeader, BlockRecord, TenantState};
-    use trail_node::storage::{chain_key, event_key, CHAIN_BLOCK, CHAIN_BLOCK_END};
+    use trail_node::ledger::{block_hash, BlockHeader, BlockRecord};
+    use trail_node::storage::tamper::StoppedStream;
 
-    /// One tenant's stream in a stopped node's fjall database.
+    /// One tenant's stream in a stopped node's database: the raw edits are storage's
+    /// (`storage::tamper`), the block-level ones are here.
     pub struct Store {
-        db: Database,
-        events: Keyspace,
-        chain: Keyspace,
-        stream_no: u32,
+        stream: StoppedStream,
     }
 
     impl Store {
-        /// Opens `<data_dir>/db` and finds the shard holding `tenant` (its key in
-        /// `sN.tenants`) and its stream number.
+        /// Opens `<data_dir>/db` and finds the shard holding `tenant` and its stream
+        /// number.
         pub fn open(data_dir: &Path, tenant: &str) -> Store {
-            let db = Database::builder(data_dir.join("db"))
-                .open()
-                .expect("open the stopped node's database");
-            let keyspace = |name: String| {
-                db.keyspace(&name, KeyspaceCreateOptions::default)
-                    .unwrap_or_else(|error| panic!("keyspace {name}: {error}"))
-            };
-            for shard in 1..=super::SHARDS {
-                let tenants = keyspace(format!("s{shard}.tenants"));
-                let Some(bytes) = tenants.get(tenant.as_bytes()).expect("read tenants") else {
-                    continue;
-                };
-                let state: TenantState = bincode::deserialize(&bytes).expect("TenantState");
-                return Store {
-                    events: keyspace(format!("s{shard}.events")),
-                    chain: keyspace(format!("s{shard}.chain")),
-                    stream_no: state.stream_no,
-                    db,
-                };
+            Store {
+                stream: StoppedStream::open(data_dir, super::SHARDS, tenant),
             }
-            panic!("tenant {tenant} is on no shard");
         }
 
         /// The stream's sealed block headers, by index.
         pub fn blocks(&self) -> Vec<BlockHeader> {
-            let from = chain_key(CHAIN_BLOCK, self.stream_no, 0);
-            let to = chain_key(CHAIN_BLOCK, self.stream_no, u64::MAX);
-            self.chain
-                .range(from..=to)
+            self.stream
+                .block_records()
+                .iter()
                 .enumerate()
-                .map(|(index, guard)| {
-                    let (_, value) = guard.into_inner().expect("read chain");
-                    let record = BlockRecord::decode(&value).expect("untampered record");
+                .map(|(index, value)| {
+                    let record = BlockRecord::decode(value).expect("untampered record");
                     let header = BlockHeader::decode(&record.header).expect("header");
                     assert_eq!(header.block_index, index as u64);
                     header
@@ -335,39 +312,25 @@ mod store {
         }
 
         pub fn event(&self, seq: u64) -> Vec<u8> {
-            self.events
-                .get(event_key(self.stream_no, seq))
-                .expect("read event")
-                .unwrap_or_else(|| panic!("no event at seq {seq}"))
-                .to_vec()
+            self.stream.event(seq)
         }
 
         pub fn set_event(&self, seq: u64, bytes: &[u8]) {
-            self.events
-                .insert(event_key(self.stream_no, seq), bytes)
-                .expect("write event");
+            self.stream.set_event(seq, bytes);
         }
 
         pub fn remove_event(&self, seq: u64) {
-            self.events
-                .remove(event_key(self.stream_no, seq))
-                .expect("remove event");
+            self.stream.remove_event(seq);
         }
 
         /// The stored record bytes of block `index` (block_hash | tree_root_after |
         /// header).
         pub fn block_record(&self, index: u64) -> Vec<u8> {
-            self.chain
-                .get(chain_key(CHAIN_BLOCK, self.stream_no, index))
-                .expect("read block")
-                .expect("block exists")
-                .to_vec()
+            self.stream.block_record(index)
         }
 
         pub fn set_block_record(&self, index: u64, bytes: &[u8]) {
-            self.chain
-                .insert(chain_key(CHAIN_BLOCK, self.stream_no, index), bytes)
-                .expect("write block");
+            self.stream.set_block_record(index, bytes);
         }
 
         /// Edits block `index`'s header as a careful attacker would: the stored
@@ -397,24 +360,14 @@ mod store {
                 for seq in header.first_seq..=header.last_seq() {
                     self.remove_event(seq);
                 }
-                self.chain
-                    .remove(chain_key(
-                        CHAIN_BLOCK_END,
-                        self.stream_no,
-                        header.last_seq(),
-                    ))
-                    .expect("remove block end");
-                self.chain
-                    .remove(chain_key(CHAIN_BLOCK, self.stream_no, header.block_index))
-                    .expect("remove block");
+                self.stream
+                    .remove_block(header.block_index, header.last_seq());
             }
         }
 
         /// Makes the edits durable and closes the database.
         pub fn close(self) {
-            self.db
-                .persist(PersistMode::SyncAll)
-                .expect("persist the edits");
+            self.stream.close();
         }
     }
 }

@@ -102,12 +102,11 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
     let name = "trail_storage_disk_bytes";
     let _ = writeln!(body, "# TYPE {name} gauge");
     for shard in node.router.shards() {
-        for (keyspace, handle) in shard.keyspaces.named() {
+        for (keyspace, bytes) in shard.keyspaces.disk_bytes() {
             let _ = writeln!(
                 body,
-                "{name}{{shard=\"{}\",keyspace=\"{keyspace}\"}} {}",
+                "{name}{{shard=\"{}\",keyspace=\"{keyspace}\"}} {bytes}",
                 shard.shard,
-                handle.disk_space()
             );
         }
     }
@@ -115,23 +114,17 @@ async fn metrics(node: web::Data<Node>) -> impl Responder {
     // The storage engine's memory and journal: memtables are bounded per keyspace
     // (storage/mod.rs) and journals are deleted once every keyspace flushed past
     // them, so these stay bounded; a climb means flushes are not keeping up.
-    let db = &node.store.db;
+    let storage = node.store.metrics();
     for (name, value) in [
         ("trail_process_resident_memory_bytes", memory.rss_bytes),
         (
             "trail_process_peak_resident_memory_bytes",
             memory.peak_rss_bytes,
         ),
-        ("trail_storage_memtable_bytes", db.write_buffer_size()),
-        (
-            "trail_storage_journal_bytes",
-            db.journal_disk_space().unwrap_or(0),
-        ),
-        ("trail_storage_journals", db.journal_count() as u64),
-        (
-            "trail_storage_flushes_pending",
-            db.outstanding_flushes() as u64,
-        ),
+        ("trail_storage_memtable_bytes", storage.memtable_bytes),
+        ("trail_storage_journal_bytes", storage.journal_bytes),
+        ("trail_storage_journals", storage.journals),
+        ("trail_storage_flushes_pending", storage.flushes_pending),
     ] {
         let _ = writeln!(body, "# TYPE {name} gauge");
         let _ = writeln!(body, "{name} {value}");

@@ -298,7 +298,7 @@ mod tests {
             let mut model: std::collections::BTreeMap<(u32, i64, u64), Entry> =
                 Default::default();
             for (round_no, round) in rounds.into_iter().enumerate() {
-                let mut batch = store.db.batch();
+                let mut batch = store.store_db().batch();
                 for stream_no in streams {
                     let new: Vec<Entry> = round
                         .0

@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock};
 use fjall::{Keyspace, Slice};
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DDict};
 
-use super::ShardKeyspaces;
+use super::{ShardKeyspaces, StoredValue};
 use crate::ledger::event::CANONICAL_VERSION;
 
 /// First byte of a compressed value (a canonical encoding starts with its version).
@@ -184,7 +184,11 @@ impl EventCodec {
     }
 
     /// The canonical bytes of a stored value.
-    pub fn canonical(&self, value: Slice) -> Result<Canonical, CodecError> {
+    pub fn canonical<V>(&self, value: V) -> Result<Canonical, CodecError>
+    where
+        V: Into<StoredValue>,
+    {
+        let value: Slice = value.into().0;
         match value.first() {
             None => Err(CodecError::Empty),
             Some(&CANONICAL_VERSION) => Ok(Canonical::Stored(value)),

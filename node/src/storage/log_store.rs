@@ -284,6 +284,23 @@ impl LogStore {
         self.lock().pending_purge
     }
 
+    /// Whether the entry at `index` is in the journal, whatever openraft sees (a purge
+    /// may wait for the state machine). For the crash-rule tests
+    /// (`node/tests/t11_log_store_crash_rules.rs`), which check what reaches the journal
+    /// and when.
+    #[doc(hidden)]
+    pub fn journaled_entry(&self, index: u64) -> Result<bool, StorageError> {
+        self.log
+            .contains_key(index.to_be_bytes())
+            .map_err(read_logs)
+    }
+
+    /// The purged id as journaled (see [`LogStore::journaled_entry`]).
+    #[doc(hidden)]
+    pub fn journaled_purge(&self) -> Result<Option<LogId>, StorageError> {
+        read_meta(&self.meta, KEY_PURGED)
+    }
+
     /// A run of consecutive entries of `[start, end)`, cut at the first missing entry.
     /// With `Head::Exact` the run must begin at `start` (else it is empty); with
     /// `Head::FirstPresent` it begins at the first entry present in the range. Entries

@@ -43,6 +43,8 @@ mod snapshot_file;
 pub mod snapshot_name;
 pub mod state_machine;
 pub mod syncer;
+#[doc(hidden)]
+pub mod tamper;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -98,6 +100,20 @@ fn opened(data_dir: &Path, result: fjall::Result<Database>) -> anyhow::Result<Da
         error => anyhow::Error::new(error)
             .context(format!("opening the storage in {}", data_dir.display())),
     })
+}
+
+/// The storage engine's memory and journal at one moment. Memtables are bounded per
+/// keyspace and journals are deleted once every keyspace flushed past them, so these
+/// stay bounded; a climb means flushes are not keeping up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageMetrics {
+    /// Bytes in memtables, active and sealed, of every keyspace.
+    pub memtable_bytes: u64,
+    /// Bytes of journal files on disk (0 when they cannot be listed).
+    pub journal_bytes: u64,
+    pub journals: u64,
+    /// Sealed memtables waiting for their flush.
+    pub flushes_pending: u64,
 }
 
 /// The node's storage: the fjall database and the fsync coalescer in front of it.
@@ -176,6 +192,16 @@ impl NodeStore {
         })
     }
 
+    /// The storage engine's memory and journal, for the metrics endpoint.
+    pub fn metrics(&self) -> StorageMetrics {
+        StorageMetrics {
+            memtable_bytes: self.db.write_buffer_size(),
+            journal_bytes: self.db.journal_disk_space().unwrap_or(0),
+            journals: self.db.journal_count() as u64,
+            flushes_pending: self.db.outstanding_flushes() as u64,
+        }
+    }
+
     /// The node's own small keyspace (`node`: layout, format), watched like the
     /// shards' (so it never holds an old journal back).
     pub fn node_meta(&self) -> anyhow::Result<shard_store::NodeMeta> {
@@ -247,14 +273,13 @@ impl NodeStore {
 }
 
 /// Handles to one shard's keyspaces. Cheap to clone. Code outside `storage/` reads and
-/// writes the state machine's keyspaces through `shard_store`'s typed methods only
-/// (they are private here); the raft keyspaces are public for the log store's crash
-/// tests.
+/// writes them through typed methods only (`shard_store`, `LogStore`): the keyspaces
+/// are private here.
 #[derive(Clone)]
 pub struct ShardKeyspaces {
     pub shard: ShardId,
-    pub raft_log: Keyspace,
-    pub raft_meta: Keyspace,
+    raft_log: Keyspace,
+    raft_meta: Keyspace,
     events: Keyspace,
     /// In the node's dedup database, with the ids not yet in it (`dedup.rs`).
     dedup: Arc<dedup::DedupIndex>,
@@ -278,7 +303,7 @@ pub struct ShardKeyspaces {
 impl ShardKeyspaces {
     /// Each keyspace with its name (`sN.<name>` in the database; the dedup keyspace's
     /// is `sN.dedup[.generation]`, in the dedup database).
-    pub fn named(&self) -> [(&'static str, Keyspace); 9] {
+    fn named(&self) -> [(&'static str, Keyspace); 9] {
         [
             ("raft_log", self.raft_log.clone()),
             ("raft_meta", self.raft_meta.clone()),
@@ -290,6 +315,13 @@ impl ShardKeyspaces {
             ("feed", self.feed.clone()),
             ("tindex", self.tindex.clone()),
         ]
+    }
+
+    /// The disk space of each keyspace (its SST and blob files; journals are counted
+    /// apart, [`StorageMetrics`]), with the keyspace's name.
+    pub fn disk_bytes(&self) -> [(&'static str, u64); 9] {
+        self.named()
+            .map(|(name, keyspace)| (name, keyspace.disk_space()))
     }
 }
 
@@ -334,10 +366,8 @@ pub fn check_startable(
     }
 }
 
-/// `stream_no (u32 BE), seq (u64 BE)`. Public (like [`chain_key`]) only for the tamper
-/// tests, which damage a stopped node's records on purpose; the node reads through
-/// `shard_store`.
-pub fn event_key(stream_no: u32, seq: u64) -> [u8; 12] {
+/// `stream_no (u32 BE), seq (u64 BE)`.
+fn event_key(stream_no: u32, seq: u64) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..4].copy_from_slice(&stream_no.to_be_bytes());
     key[4..].copy_from_slice(&seq.to_be_bytes());
@@ -432,8 +462,8 @@ fn decode_position(value: &[u8]) -> Option<(u32, u64)> {
 }
 
 /// Key prefixes of the `chain` keyspace.
-pub const CHAIN_BLOCK: u8 = b'b';
-pub const CHAIN_BLOCK_END: u8 = b'e';
+const CHAIN_BLOCK: u8 = b'b';
+const CHAIN_BLOCK_END: u8 = b'e';
 const CHAIN_CHECKPOINT: u8 = b'c';
 /// The roots of the stream tree's perfect subtrees that block `number` completes, of 2,
 /// 4, 8, ... blocks, concatenated (32 bytes each, one per trailing one bit of the block
@@ -443,7 +473,7 @@ const CHAIN_SUBTREES: u8 = b't';
 /// `prefix, stream_no (u32 BE), number (u64 BE)`: blocks by index, block ends by last
 /// seq, checkpoints by tree size, subtree roots by the block that completes them. Each
 /// kind of a stream is one ordered range.
-pub fn chain_key(prefix: u8, stream_no: u32, number: u64) -> [u8; 13] {
+fn chain_key(prefix: u8, stream_no: u32, number: u64) -> [u8; 13] {
     let mut key = [0u8; 13];
     key[0] = prefix;
     key[1..5].copy_from_slice(&stream_no.to_be_bytes());

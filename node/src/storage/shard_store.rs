@@ -12,24 +12,92 @@ use super::{
     CHAIN_SUBTREES,
 };
 
-/// Why a read of the store failed (the engine's I/O or journal error).
-pub type StoreError = fjall::Error;
+/// Why a read or write of the store failed: the engine's I/O or journal error, kept
+/// whole (as its `source`) for the logs.
+#[derive(Debug)]
+pub struct StoreError(fjall::Error);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, formatter)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<fjall::Error> for StoreError {
+    fn from(error: fjall::Error) -> StoreError {
+        StoreError(error)
+    }
+}
 
 /// A value as the store holds it: shared bytes, cheap to clone, dereferences to `[u8]`.
-pub type StoredValue = fjall::Slice;
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredValue(pub(super) fjall::Slice);
+
+impl std::ops::Deref for StoredValue {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for StoredValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoredValue {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, formatter)
+    }
+}
+
+impl From<fjall::Slice> for StoredValue {
+    fn from(slice: fjall::Slice) -> StoredValue {
+        StoredValue(slice)
+    }
+}
+
+/// `(key, value)` of a keyspace read, as the seam's types.
+fn stored_pair(
+    pair: fjall::Result<(fjall::Slice, fjall::Slice)>,
+) -> Result<(StoredValue, StoredValue), StoreError> {
+    let (key, value) = pair?;
+    Ok((StoredValue(key), StoredValue(value)))
+}
+
+/// A value read from a keyspace, as the seam's types.
+fn stored(value: fjall::Result<Option<fjall::Slice>>) -> Result<Option<StoredValue>, StoreError> {
+    Ok(value?.map(StoredValue))
+}
 
 /// A block of the time index as stored: the last position `(occurred_at_ns, seq)` its
 /// key names (`None` when the key is not a time-index key of the stream), and its
 /// encoded entries (`index::time_blocks`).
 pub type TimeBlock = (Option<(i64, u64)>, StoredValue);
 
-/// A batch of writes the indexer commits at once (`NodeStore::db`'s `batch()`).
-pub type WriteBatch = fjall::OwnedWriteBatch;
+/// A batch of writes the indexer commits at once ([`StoreDb::batch`]): only this
+/// module's methods add writes to it, so its keys are always storage's own.
+pub struct WriteBatch(fjall::OwnedWriteBatch);
+
+impl WriteBatch {
+    /// Writes the batch (one journal write; durable at the next fsync).
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit()?)
+    }
+}
 
 impl ShardKeyspaces {
     /// The tenant's state record (bincode `TenantState`), if the tenant exists.
     pub fn tenant_record(&self, tenant_id: &str) -> Result<Option<StoredValue>, StoreError> {
-        self.tenants.get(tenant_id.as_bytes())
+        stored(self.tenants.get(tenant_id.as_bytes()))
     }
 
     /// Where the tenant's event id was recorded, `(stream_no, seq)`: the dedup probe
@@ -53,7 +121,7 @@ impl ShardKeyspaces {
     /// The stored value of event `seq` of the stream (canonical, or compressed:
     /// `event_codec`).
     pub fn event_value(&self, stream_no: u32, seq: u64) -> Result<Option<StoredValue>, StoreError> {
-        self.events.get(event_key(stream_no, seq))
+        stored(self.events.get(event_key(stream_no, seq)))
     }
 
     /// The stored events of the stream with seqs in `seqs`, in seq order (reversible),
@@ -72,7 +140,7 @@ impl ShardKeyspaces {
         self.events.range(keys).map(|guard| {
             let (key, value) = guard.into_inner()?;
             let seq = u64::from_be_bytes(key[4..12].try_into().expect("event keys are 12 bytes"));
-            Ok((seq, value))
+            Ok((seq, StoredValue(value)))
         })
     }
 
@@ -82,8 +150,10 @@ impl ShardKeyspaces {
         stream_no: u32,
         tree_size: u64,
     ) -> Result<Option<StoredValue>, StoreError> {
-        self.chain
-            .get(chain_key(CHAIN_CHECKPOINT, stream_no, tree_size))
+        stored(
+            self.chain
+                .get(chain_key(CHAIN_CHECKPOINT, stream_no, tree_size)),
+        )
     }
 
     /// The stream's newest checkpoint note, with its tree size.
@@ -97,7 +167,7 @@ impl ShardKeyspaces {
                     ..=chain_key(CHAIN_CHECKPOINT, stream_no, u64::MAX),
             )
             .next_back()
-            .map(|guard| guard.into_inner())
+            .map(|guard| stored_pair(guard.into_inner()))
             .transpose()
             .map(|found| found.map(|(key, value)| (chain_key_number(&key).unwrap_or(0), value)))
     }
@@ -108,8 +178,10 @@ impl ShardKeyspaces {
         stream_no: u32,
         block_index: u64,
     ) -> Result<Option<StoredValue>, StoreError> {
-        self.chain
-            .get(chain_key(CHAIN_BLOCK, stream_no, block_index))
+        stored(
+            self.chain
+                .get(chain_key(CHAIN_BLOCK, stream_no, block_index)),
+        )
     }
 
     /// The stored block records `from..to` of the stream, in order, with their indexes.
@@ -123,7 +195,10 @@ impl ShardKeyspaces {
             .range(chain_key(CHAIN_BLOCK, stream_no, from)..chain_key(CHAIN_BLOCK, stream_no, to))
             .map(|guard| {
                 let (key, value) = guard.into_inner()?;
-                Ok((chain_key_number(&key).unwrap_or(u64::MAX), value))
+                Ok((
+                    chain_key_number(&key).unwrap_or(u64::MAX),
+                    StoredValue(value),
+                ))
             })
     }
 
@@ -134,8 +209,10 @@ impl ShardKeyspaces {
         stream_no: u32,
         last_block: u64,
     ) -> Result<Option<StoredValue>, StoreError> {
-        self.chain
-            .get(chain_key(CHAIN_SUBTREES, stream_no, last_block))
+        stored(
+            self.chain
+                .get(chain_key(CHAIN_SUBTREES, stream_no, last_block)),
+        )
     }
 
     /// The index of the sealed block holding `seq`, if it is sealed (`None` also when
@@ -155,7 +232,7 @@ impl ShardKeyspaces {
 
     /// Whether the shard holds the tenant.
     pub fn has_tenant(&self, tenant_id: &str) -> Result<bool, StoreError> {
-        self.tenants.contains_key(tenant_id.as_bytes())
+        Ok(self.tenants.contains_key(tenant_id.as_bytes())?)
     }
 
     /// `(tenant id, tenant state record)` of the tenants whose ids sort after `after`
@@ -171,14 +248,16 @@ impl ShardKeyspaces {
         };
         self.tenants
             .range::<Vec<u8>, _>((start, Bound::Unbounded))
-            .map(|guard| guard.into_inner())
+            .map(|guard| stored_pair(guard.into_inner()))
     }
 
     /// `(tenant id, tenant state record)` of every tenant of the shard.
     pub fn tenant_records(
         &self,
     ) -> impl Iterator<Item = Result<(StoredValue, StoredValue), StoreError>> + 'static {
-        self.tenants.iter().map(|guard| guard.into_inner())
+        self.tenants
+            .iter()
+            .map(|guard| stored_pair(guard.into_inner()))
     }
 
     /// The feed entries ([`super::FeedRuns`], encoded) with applied index in `indexes`,
@@ -189,7 +268,7 @@ impl ShardKeyspaces {
     ) -> impl Iterator<Item = anyhow::Result<(u64, StoredValue)>> + 'static {
         self.feed.range(feed_keys(indexes)).map(|guard| {
             let (key, value) = guard.into_inner()?;
-            Ok((feed_index(&key)?, value))
+            Ok((feed_index(&key)?, StoredValue(value)))
         })
     }
 
@@ -206,12 +285,12 @@ impl ShardKeyspaces {
 
     /// Adds to `batch` the removal of feed entry `index` (the indexes cover it).
     pub fn remove_feed_entry(&self, batch: &mut WriteBatch, index: u64) {
-        batch.remove(&self.feed, index.to_be_bytes());
+        batch.0.remove(&self.feed, index.to_be_bytes());
     }
 
     /// Drops the whole time index of the shard (a rebuild).
     pub fn clear_time_index(&self) -> Result<(), StoreError> {
-        self.tindex.clear()
+        Ok(self.tindex.clear()?)
     }
 
     /// The applied index of the last feed entry (0 when the feed is empty).
@@ -233,12 +312,12 @@ pub struct StoreDb(fjall::Database);
 
 impl StoreDb {
     pub fn batch(&self) -> WriteBatch {
-        self.0.batch()
+        WriteBatch(self.0.batch())
     }
 
     /// Makes everything written so far durable (journal fsync).
     pub fn sync_all(&self) -> Result<(), StoreError> {
-        self.0.persist(fjall::PersistMode::SyncAll)
+        Ok(self.0.persist(fjall::PersistMode::SyncAll)?)
     }
 }
 
@@ -264,7 +343,7 @@ impl NodeMeta {
     }
 
     pub fn set_data_format(&self, format: u32) -> Result<(), StoreError> {
-        self.0.insert(NODE_FORMAT, format.to_be_bytes())
+        Ok(self.0.insert(NODE_FORMAT, format.to_be_bytes())?)
     }
 
     /// Whether a single node's shard count is recorded (read without decoding it).
@@ -278,7 +357,7 @@ impl NodeMeta {
     }
 
     pub fn set_shard_count(&self, shards: u32) -> Result<(), StoreError> {
-        self.0.insert(NODE_SHARD_COUNT, shards.to_be_bytes())
+        Ok(self.0.insert(NODE_SHARD_COUNT, shards.to_be_bytes())?)
     }
 
     /// A cluster node's cluster id, if recorded (lossy UTF-8).
@@ -290,7 +369,7 @@ impl NodeMeta {
     }
 
     pub fn set_cluster_id(&self, cluster_id: &str) -> Result<(), StoreError> {
-        self.0.insert(NODE_CLUSTER_ID, cluster_id.as_bytes())
+        Ok(self.0.insert(NODE_CLUSTER_ID, cluster_id.as_bytes())?)
     }
 
     fn u32_at(&self, key: &[u8]) -> anyhow::Result<Option<u32>> {
@@ -319,7 +398,7 @@ impl ShardKeyspaces {
         };
         self.tindex.range(start..end).map(move |guard| {
             let (key, value) = guard.into_inner()?;
-            Ok((tindex_key_decode(&key, stream_no), value))
+            Ok((tindex_key_decode(&key, stream_no), StoredValue(value)))
         })
     }
 
@@ -332,7 +411,9 @@ impl ShardKeyspaces {
         last: (i64, u64),
         value: Vec<u8>,
     ) {
-        batch.insert(&self.tindex, tindex_key(stream_no, last.0, last.1), value);
+        batch
+            .0
+            .insert(&self.tindex, tindex_key(stream_no, last.0, last.1), value);
     }
 }
 
