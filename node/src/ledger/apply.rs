@@ -181,6 +181,49 @@ impl TenantState {
     pub fn last_sealed_seq(&self) -> u64 {
         self.next_seq - 1 - self.chain.open.len()
     }
+
+    /// Panics unless the stream's state is one apply can produce: its events are seqs
+    /// `1..next_seq` with no gap, the sealed blocks hold the first of them (each block
+    /// 1 to [`BLOCK_EVENTS_MAX`] events) and the open block the rest, fewer than a
+    /// full block; only the first block links to zeros; checkpoints cover sealed
+    /// blocks only. O(1): checked for every tenant a storage batch writes, before the
+    /// state is stored.
+    fn assert_invariants(&self, tenant_id: &str) {
+        let chain = &self.chain;
+        let open = chain.open.len();
+        let blocks = chain.blocks.len();
+        assert!(
+            self.next_seq >= 1,
+            "seq continuity: tenant {tenant_id} has next seq {}, seqs start at 1",
+            self.next_seq
+        );
+        assert!(
+            open < self.next_seq && open < u64::from(BLOCK_EVENTS_MAX),
+            "block bounds: tenant {tenant_id} has an open block of {open} events with next \
+             seq {} (a block holds at most {BLOCK_EVENTS_MAX}, a full one is sealed at once)",
+            self.next_seq
+        );
+        let sealed_events = self.last_sealed_seq();
+        assert!(
+            blocks <= sealed_events
+                && sealed_events <= blocks.saturating_mul(u64::from(BLOCK_EVENTS_MAX)),
+            "block bounds: tenant {tenant_id} has {sealed_events} sealed events in {blocks} \
+             blocks (each holds 1 to {BLOCK_EVENTS_MAX})"
+        );
+        assert_eq!(
+            blocks == 0,
+            chain.last_block_hash == [0u8; 32],
+            "chain link: tenant {tenant_id} has {blocks} sealed blocks and last block hash \
+             {}; the first block, and only it, links to zeros",
+            hex::encode(chain.last_block_hash)
+        );
+        assert!(
+            chain.checkpointed_size <= blocks,
+            "checkpoint bounds: tenant {tenant_id} has a checkpoint of tree size {} over {blocks} \
+             sealed blocks",
+            chain.checkpointed_size
+        );
+    }
 }
 
 /// Names a tenant's stream in receipts and reads: `"{tenant}/{index}"`.
@@ -336,6 +379,7 @@ impl Ledger {
     pub fn seal_batch(&mut self, writes: &mut Vec<LedgerWrite>) {
         for tenant_id in std::mem::take(&mut self.dirty_tenants) {
             let state = self.tenants[&tenant_id].clone();
+            state.assert_invariants(&tenant_id);
             writes.push(LedgerWrite::Tenant { tenant_id, state });
         }
     }
@@ -381,6 +425,9 @@ impl Ledger {
                         writes,
                     )?);
                 }
+                if cfg!(debug_assertions) {
+                    self.assert_seqs_continue(&receipts);
+                }
                 Ok(LedgerResponse {
                     receipts,
                     ..LedgerResponse::default()
@@ -397,6 +444,38 @@ impl Ledger {
                 writes,
             )),
             LedgerCommand::Checkpoint { notes } => self.apply_checkpoints(lookup, notes, writes),
+        }
+    }
+
+    /// Seq continuity over one `Append`: per stream, the seqs of the events it recorded
+    /// (duplicates aside) follow each other, the last one being the stream's last seq.
+    /// Costs a map entry per stream and a probe per event, so it runs in debug builds
+    /// (tests, the simulation); release builds check each tenant's state per storage
+    /// batch (`TenantState::assert_invariants`).
+    fn assert_seqs_continue(&self, receipts: &[ApplyReceipt]) {
+        let mut last_seqs: HashMap<&str, u64> = HashMap::new();
+        for receipt in receipts.iter().filter(|receipt| !receipt.deduplicated) {
+            if let Some(previous) = last_seqs.insert(&receipt.stream, receipt.seq) {
+                assert_eq!(
+                    receipt.seq,
+                    previous + 1,
+                    "seq continuity: stream {} recorded seq {} after seq {previous}",
+                    receipt.stream,
+                    receipt.seq
+                );
+            }
+        }
+        for (stream, last_seq) in last_seqs {
+            let tenant_id = stream
+                .strip_suffix("/0")
+                .expect("streams are named tenant/0");
+            let next_seq = self.tenants[tenant_id].next_seq;
+            assert_eq!(
+                next_seq,
+                last_seq + 1,
+                "seq continuity: stream {stream} recorded seq {last_seq} last, its next seq is \
+                 {next_seq}"
+            );
         }
     }
 
@@ -485,6 +564,13 @@ impl Ledger {
                 response.checkpoints_skipped += 1;
                 continue;
             };
+            assert!(
+                state.chain.checkpointed_size < tree_size && tree_size <= state.chain.blocks.len(),
+                "checkpoint bounds: stream {stream} records a checkpoint of tree size {tree_size} \
+                 after one of {} over {} sealed blocks",
+                state.chain.checkpointed_size,
+                state.chain.blocks.len()
+            );
             state.chain.checkpointed_size = tree_size;
             writes.push(LedgerWrite::Checkpoint {
                 stream_no: state.stream_no,
@@ -532,7 +618,21 @@ impl Ledger {
             return Ok(duplicate_receipt(stream, seq, recorded, event));
         }
 
+        // Seq continuity: the stream holds seqs 1..next_seq, so the event gets the last
+        // seq + 1, and the open block (the seqs just before it) has room for it. Per
+        // event: debug builds only; `TenantState::assert_invariants` checks the same per
+        // storage batch in release builds.
         let seq = state.next_seq;
+        debug_assert!(
+            seq >= 1 && state.chain.open.len() < seq,
+            "seq continuity: stream {stream} gives seq {seq} after an open block of {} events",
+            state.chain.open.len()
+        );
+        debug_assert!(
+            state.chain.open.len() < u64::from(BLOCK_EVENTS_MAX),
+            "block bounds: stream {stream} has a full open block of {} events",
+            state.chain.open.len()
+        );
         let ingested_at_ns = ingested_at_ns.max(state.last_ingested_at_ns);
         state.last_ingested_at_ns = ingested_at_ns;
         let mut canonical = Vec::with_capacity(event.size_bytes() + stream.len());
@@ -631,18 +731,33 @@ fn seal_block(
 ) {
     let chain = &mut state.chain;
     let count = chain.open.len();
-    assert!(count > 0, "only a non-empty block is sealed");
+    assert!(
+        count > 0,
+        "block bounds: tenant {tenant_id} seals an empty block {}",
+        chain.blocks.len()
+    );
     assert!(
         count <= u64::from(BLOCK_EVENTS_MAX),
-        "a block holds at most BLOCK_EVENTS_MAX events"
+        "block bounds: tenant {tenant_id} seals block {} of {count} events, more than \
+         {BLOCK_EVENTS_MAX}",
+        chain.blocks.len()
     );
-    assert!(state.next_seq > count, "a block's first seq is 1 or more");
+    assert!(
+        state.next_seq > count,
+        "seq continuity: tenant {tenant_id} seals block {} of {count} events before next seq \
+         {} (its first seq would be below 1)",
+        chain.blocks.len(),
+        state.next_seq
+    );
     // The chain link: the first block follows nothing (zeros), every other one the
     // hash of a sealed block (never zeros).
     assert_eq!(
         chain.blocks.is_empty(),
         chain.last_block_hash == [0u8; 32],
-        "the first block, and only it, links to zeros"
+        "chain link: tenant {tenant_id} seals block {} after block hash {}; the first \
+         block, and only it, links to zeros",
+        chain.blocks.len(),
+        hex::encode(chain.last_block_hash)
     );
     let header = BlockHeader {
         stream: stream_name(tenant_id, 0),
@@ -660,7 +775,10 @@ fn seal_block(
     assert_eq!(
         chain.blocks.len(),
         header.block_index + 1,
-        "the stream tree has one leaf per sealed block"
+        "block bounds: tenant {tenant_id}'s stream tree has {} leaves after block {}, one \
+         per sealed block",
+        chain.blocks.len(),
+        header.block_index
     );
     chain.last_block_hash = hash;
     chain.last_sealed_at_ns = sealed_at_ns;

@@ -150,6 +150,14 @@ where
     );
     let mut proof = Vec::new();
     append_path(source, index, 0, tree_size, &mut proof)?;
+    let expected = inclusion_path_len(index, tree_size);
+    assert_eq!(
+        proof.len(),
+        expected,
+        "inclusion proof of leaf {index} in a tree of {tree_size} leaves has {} hashes, the \
+         sizes imply {expected}",
+        proof.len()
+    );
     assert!(proof.len() <= COMPACT_TREE_SUBTREE_ROOTS_MAX);
     Ok(proof)
 }
@@ -189,9 +197,41 @@ where
         return Ok(proof);
     }
     append_subproof(source, old_size, 0, new_size, true, &mut proof)?;
+    let expected = consistency_path_len(old_size, new_size);
+    assert_eq!(
+        proof.len(),
+        expected,
+        "consistency proof from size {old_size} to size {new_size} has {} hashes, the sizes \
+         imply {expected}",
+        proof.len()
+    );
     // Each level contributes at most one hash, plus the one for the old tree's own root.
     assert!(proof.len() <= COMPACT_TREE_SUBTREE_ROOTS_MAX + 1);
     Ok(proof)
+}
+
+/// How many hashes the inclusion proof of leaf `index` in a tree of `tree_size` leaves
+/// holds: one per level below the node where the paths to `index` and to the last
+/// leaf part (`inner`), plus one per left sibling above it (`border`), as RFC 9162
+/// §2.1.3.2's verifier consumes them. `index < tree_size`.
+fn inclusion_path_len(index: u64, tree_size: u64) -> usize {
+    let inner = u64::BITS - (index ^ (tree_size - 1)).leading_zeros();
+    let border = index.checked_shr(inner).unwrap_or(0).count_ones();
+    (inner + border) as usize
+}
+
+/// How many hashes the consistency proof from `old_size` to `new_size` leaves holds
+/// (`old_size <= new_size`): none when either tree is the other or empty; else the
+/// inclusion path of the old tree's last leaf above the largest perfect subtree that
+/// ends it, plus that subtree's root unless it is the whole old tree (RFC 9162
+/// §2.1.4.2).
+fn consistency_path_len(old_size: u64, new_size: u64) -> usize {
+    if old_size == 0 || old_size == new_size {
+        return 0;
+    }
+    let shift = old_size.trailing_zeros() as usize;
+    let seed = usize::from(!old_size.is_power_of_two());
+    inclusion_path_len(old_size - 1, new_size) - shift + seed
 }
 
 /// `MTH` of the first `tree_size` leaves, from the roots of perfect subtrees: one read
@@ -244,7 +284,10 @@ fn append_path<S>(
 where
     S: SubtreeSource + ?Sized,
 {
-    assert!(start <= index && index < end);
+    assert!(
+        start <= index && index < end,
+        "inclusion path of leaf {index} asked in subtree {start}..{end}"
+    );
     let count = end - start;
     if count == 1 {
         return Ok(());
@@ -277,7 +320,10 @@ where
     S: SubtreeSource + ?Sized,
 {
     let count = end - start;
-    assert!(0 < old_count && old_count <= count);
+    assert!(
+        0 < old_count && old_count <= count,
+        "consistency subproof of {old_count} old leaves asked in subtree {start}..{end}"
+    );
     if old_count == count {
         if !node_is_old_root {
             proof.push(subtree_root(source, start, end)?);
@@ -487,7 +533,9 @@ impl CompactTree {
         self.leaf_count += 1;
         assert_eq!(
             self.subtree_roots.len(),
-            self.leaf_count.count_ones() as usize
+            self.leaf_count.count_ones() as usize,
+            "a compact tree of {} leaves keeps one subtree root per set bit of its size",
+            self.leaf_count
         );
     }
 
@@ -932,6 +980,30 @@ mod tests {
         // 1023 leaves are ten complete subtrees (512 + 256 + ... + 1), none of them the
         // old root, plus the one new leaf beside the last.
         assert_eq!(consistency_proof(&leaves[..], 1023, 1024).len(), 11);
+    }
+
+    /// Every proof over trees of up to 64 leaves holds as many hashes as its sizes imply
+    /// (the proof functions assert it; here over every index and size pair).
+    #[test]
+    fn proof_lengths_are_what_the_sizes_imply() {
+        let leaves: Vec<[u8; 32]> = (0u8..64)
+            .map(|n| super::super::event::leaf_hash(&[n]))
+            .collect();
+        assert_eq!(inclusion_path_len(0, 1), 0);
+        assert_eq!(inclusion_path_len(0, 7), 3);
+        assert_eq!(inclusion_path_len(6, 7), 2);
+        assert_eq!(consistency_path_len(4, 7), 1);
+        assert_eq!(consistency_path_len(3, 7), 4);
+        for tree_size in 1..=leaves.len() as u64 {
+            for index in 0..tree_size {
+                let proof = inclusion_proof(leaves.as_slice(), index, tree_size);
+                assert_eq!(proof.len(), inclusion_path_len(index, tree_size));
+            }
+            for old_size in 0..=tree_size {
+                let proof = consistency_proof(leaves.as_slice(), old_size, tree_size);
+                assert_eq!(proof.len(), consistency_path_len(old_size, tree_size));
+            }
+        }
     }
 
     #[test]

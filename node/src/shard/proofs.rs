@@ -397,12 +397,35 @@ pub fn inclusion(
     if crate::ledger::merkle::root_of(&leaves) != block.header.merkle_root {
         return Err(corrupt(location, "events do not hash to the block's root").into());
     }
+    // The block was found by the seq's index entry; a header whose seqs do not hold
+    // the seq is damage, not a proof of another event.
+    if seq < block.header.first_seq || seq > block.header.last_seq() {
+        return Err(corrupt(
+            location,
+            format!(
+                "the index finds seq {seq} here, the header holds seqs {}..={}",
+                block.header.first_seq,
+                block.header.last_seq()
+            ),
+        )
+        .into());
+    }
     let leaf_index = seq - block.header.first_seq;
+    assert!(
+        leaf_index < leaves.len() as u64,
+        "tree size: inclusion proof of seq {seq} at leaf {leaf_index} of a block of {} events",
+        leaves.len()
+    );
     let block_path = inclusion_proof(leaves.as_slice(), leaf_index, leaves.len() as u64);
     if block_hash(&block.record.header) != block.record.block_hash {
         return Err(corrupt(location, DecodeError::Checksum.to_string()).into());
     }
     let tree_size = checkpoint.body.tree_size;
+    assert!(
+        block_index < tree_size,
+        "tree size: inclusion proof of block {block_index} in the checkpoint of tree size \
+         {tree_size} of stream {stream}"
+    );
     let tree = StoredTree::new(keyspaces, state.stream_no);
     let tree_path = try_inclusion_proof(&tree, block_index, tree_size)?;
     if !verify_inclusion(
@@ -455,6 +478,11 @@ pub fn consistency(
     }
     let tree = StoredTree::new(keyspaces, state.stream_no);
     let to_size = to.body.tree_size;
+    assert!(
+        from_size <= to_size,
+        "tree size: consistency proof from size {from_size} to the checkpoint of size \
+         {to_size} of stream {tenant_id}/{stream_index}"
+    );
     let proof = try_consistency_proof(&tree, from_size, to_size)?;
     // Checked before it is served: the old tree's root from the store, then the proof
     // from it to the checkpoint's root.
