@@ -13,6 +13,9 @@
 //!    [`ALLOWED`], and fail listing each component of two or more modules with every
 //!    edge inside it and the lines that make it.
 //!
+//! `api_submodules_import_each_other_in_no_cycle` does the same for the submodules of
+//! `node/src/api` (references `crate::api::m`, `super::m` from a file of `api/`).
+//!
 //! The other tests check the scanner itself on small sources.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,12 +33,14 @@ const ALLOWED: &[(&str, &str, &str)] = &[];
 /// One reference from a module to another: the file and line that make it.
 type Evidence = BTreeMap<(String, String), Vec<String>>;
 
-/// The top-level modules one file refers to, with the line of each reference.
-/// `file_path` is the file's module path (`["shard", "query"]` for `shard/query.rs`);
-/// inline `mod x { .. }` blocks extend it, so `super::` chains resolve where they stand.
+/// The modules of `root` (the crate root when empty, `["api"]` for the submodules of
+/// `api/`) one file refers to, with the line of each reference. `file_path` is the
+/// file's module path (`["shard", "query"]` for `shard/query.rs`); inline `mod x { .. }`
+/// blocks extend it, so `super::` chains resolve where they stand.
 fn references(
     source: &str,
     file_path: &[String],
+    root: &[String],
     modules: &BTreeSet<String>,
 ) -> Vec<(String, usize)> {
     let tokens = tokens(source);
@@ -89,11 +94,20 @@ fn references(
                 braces.pop();
             }
             Token::Ident(name) if name == "crate" && is(k + 1, &Token::PathSep) => {
-                found.extend(
-                    targets(&tokens, k + 2, modules)
-                        .into_iter()
-                        .map(|m| (m, *line)),
-                );
+                // `crate::` then the root's segments, each followed by `::`.
+                let mut j = k + 2;
+                let mut under_root = true;
+                for segment in root {
+                    if ident(j) == Some(segment.as_str()) && is(j + 1, &Token::PathSep) {
+                        j += 2;
+                    } else {
+                        under_root = false;
+                        break;
+                    }
+                }
+                if under_root {
+                    found.extend(targets(&tokens, j, modules).into_iter().map(|m| (m, *line)));
+                }
             }
             Token::Ident(name)
                 if name == "super"
@@ -107,7 +121,7 @@ fn references(
                     depth.pop();
                     j += 2;
                 }
-                if depth.is_empty() {
+                if depth == root {
                     found.extend(targets(&tokens, j, modules).into_iter().map(|m| (m, *line)));
                 }
             }
@@ -168,13 +182,16 @@ fn module_path(src: &Path, file: &Path) -> Vec<String> {
     path
 }
 
-/// Every reference between top-level modules of `src`, with its lines.
-fn module_graph(src: &Path) -> (BTreeSet<String>, Evidence) {
+/// Every reference between the modules of `root` (top-level modules of `src` when
+/// empty), with its lines.
+fn module_graph(src: &Path, root: &[String]) -> (BTreeSet<String>, Evidence) {
     let mut modules = BTreeSet::new();
-    for entry in std::fs::read_dir(src).expect("node/src") {
+    let mut dir_of_root = src.to_path_buf();
+    dir_of_root.extend(root);
+    for entry in std::fs::read_dir(&dir_of_root).expect("a module directory") {
         let path = entry.expect("directory entry").path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "lib.rs" || name == "bin" {
+        if name == "lib.rs" || name == "mod.rs" || name == "bin" {
             continue;
         }
         if path.is_dir() {
@@ -186,16 +203,16 @@ fn module_graph(src: &Path) -> (BTreeSet<String>, Evidence) {
     let mut evidence = Evidence::new();
     for module in &modules {
         let mut files = Vec::new();
-        let dir = src.join(module);
+        let dir = dir_of_root.join(module);
         if dir.is_dir() {
             rust_files(&dir, &mut files);
         } else {
-            files.push(src.join(format!("{module}.rs")));
+            files.push(dir_of_root.join(format!("{module}.rs")));
         }
         for file in files {
             let source = std::fs::read_to_string(&file).expect("readable source");
             let path = module_path(src, &file);
-            for (target, line) in references(&source, &path, &modules) {
+            for (target, line) in references(&source, &path, root, &modules) {
                 if &target == module {
                     continue;
                 }
@@ -279,13 +296,47 @@ fn cycles(modules: &BTreeSet<String>, edges: &BTreeSet<(String, String)>) -> Vec
 #[test]
 fn top_level_modules_import_each_other_in_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let (modules, evidence) = module_graph(&src);
+    let (modules, evidence) = module_graph(&src, &[]);
     assert!(
         modules.len() >= 8 && modules.contains("ledger") && modules.contains("api"),
         "modules found under {}: {modules:?}",
         src.display()
     );
-    for (from, to, why) in ALLOWED {
+    let report = cycles_report(&modules, &evidence, ALLOWED);
+    assert!(
+        report.is_empty(),
+        "top-level modules of node/src import each other; move what both need down a \
+         layer:\n{report}"
+    );
+}
+
+/// The submodules of `api/` form layers too: headers, parameters and conversions at
+/// the bottom, forwarding and ingest above them, the gRPC and HTTP services on top.
+#[test]
+fn api_submodules_import_each_other_in_no_cycle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let (modules, evidence) = module_graph(&src, &["api".to_string()]);
+    assert!(
+        modules.contains("grpc") && modules.contains("ingest") && modules.contains("forward"),
+        "modules found under {}: {modules:?}",
+        src.join("api").display()
+    );
+    let report = cycles_report(&modules, &evidence, &[]);
+    assert!(
+        report.is_empty(),
+        "submodules of node/src/api import each other; move what both need into a lower \
+         module (headers.rs, params.rs, convert.rs):\n{report}"
+    );
+}
+
+/// Each cycle of the graph (less the `allowed` edges, which must exist) with every edge
+/// inside it and the lines that make it; empty when there is none.
+fn cycles_report(
+    modules: &BTreeSet<String>,
+    evidence: &Evidence,
+    allowed: &[(&str, &str, &str)],
+) -> String {
+    for (from, to, why) in allowed {
         assert!(
             evidence.contains_key(&(from.to_string(), to.to_string())),
             "allowed edge {from} -> {to} ({why}) no longer exists: remove it from ALLOWED"
@@ -293,10 +344,10 @@ fn top_level_modules_import_each_other_in_no_cycle() {
     }
     let edges: BTreeSet<(String, String)> = evidence
         .keys()
-        .filter(|(from, to)| !ALLOWED.iter().any(|(a, b, _)| from == a && to == b))
+        .filter(|(from, to)| !allowed.iter().any(|(a, b, _)| from == a && to == b))
         .cloned()
         .collect();
-    let components = cycles(&modules, &edges);
+    let components = cycles(modules, &edges);
     let mut report = String::new();
     for component in &components {
         report.push_str(&format!("cycle among {}:\n", component.join(", ")));
@@ -312,11 +363,7 @@ fn top_level_modules_import_each_other_in_no_cycle() {
             }
         }
     }
-    assert!(
-        components.is_empty(),
-        "top-level modules of node/src import each other; move what both need down a \
-         layer:\n{report}"
-    );
+    report
 }
 
 fn modules_of(names: &[&str]) -> BTreeSet<String> {
@@ -347,7 +394,7 @@ mod tests {
 #[cfg(test)]
 use crate::node::Node;
 "##;
-    let found = references(source, &path_of(&["index", "merge"]), &modules);
+    let found = references(source, &path_of(&["index", "merge"]), &[], &modules);
     let names: Vec<&str> = found.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["index", "ledger", "shard", "shard"], "{found:?}");
     assert_eq!(found[0].1, 4, "the line of the first reference");
@@ -364,9 +411,39 @@ mod inner {
     use super::super::Sibling;
 }
 ";
-    let found = references(source, &path_of(&["storage", "state_machine"]), &modules);
+    let found = references(
+        source,
+        &path_of(&["storage", "state_machine"]),
+        &[],
+        &modules,
+    );
     let names: Vec<&str> = found.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["ledger", "shard"], "{found:?}");
+}
+
+#[test]
+fn references_between_submodules_resolve_under_their_parent() {
+    let modules = modules_of(&["forward", "query", "headers"]);
+    let source = "
+use super::query::ParamError;
+use super::{headers, forward};
+use crate::api::headers::ACTOR_HEADER;
+use crate::query::Filters;
+use crate::node::Node;
+fn f() { $crate::api::forward::call(); }
+";
+    let found = references(
+        source,
+        &path_of(&["api", "audit"]),
+        &path_of(&["api"]),
+        &modules,
+    );
+    let names: Vec<&str> = found.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["query", "headers", "forward", "headers", "forward"],
+        "{found:?}"
+    );
 }
 
 #[test]

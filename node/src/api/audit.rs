@@ -18,8 +18,6 @@ use crate::node::Node;
 use crate::query::{ActionMatch, Filters};
 use crate::shard::batcher::IngestError;
 
-/// The header (REST) or metadata key (gRPC) naming who reads.
-pub const ACTOR_HEADER: &str = "x-trail-actor";
 const USER_AGENT_BYTES_MAX: usize = 512;
 
 /// Who read, as far as the node can tell.

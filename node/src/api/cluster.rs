@@ -36,7 +36,7 @@ pub async fn init(
              --peers must be running; retry",
         ));
     };
-    if leader != node.config.node_id && !forward::was_forwarded(&request) {
+    if leader != node.config.node_id && !super::headers::was_forwarded(&request) {
         let forwarder = node.forwarder.as_ref().expect("a cluster node forwards");
         let target = forward::Target {
             node: leader,

@@ -1,18 +1,22 @@
-//! Conversions and request helpers the gRPC surfaces share (`grpc.rs`, `query.rs`,
-//! `proofs.rs`): stored events and receipts to wire messages, read and barrier errors
-//! to statuses, a tenant argument, and who sent a read (from the request's headers).
+//! Conversions and request helpers the gRPC surfaces share (`grpc.rs`, `ingest.rs`,
+//! `query.rs`, `proofs.rs`): stored events and receipts to wire messages, read, barrier
+//! and event errors to statuses, the tenant, event id and consistency arguments, and
+//! who sent a read (from the request's headers).
 
 use tonic::{Request, Status};
 use trail_proto::v1;
 
+use crate::ledger::validate::validate_event_id;
 use crate::ledger::{validate_tenant_id, ApplyReceipt};
 use crate::node::Node;
 use crate::query::ReadError;
 use crate::shard::reader::ReadEvent;
 use crate::shard::ReadBarrierError;
 
-use super::audit::{ReadBy, ACTOR_HEADER};
+use super::audit::ReadBy;
 use super::forward;
+use super::headers::ACTOR_HEADER;
+use super::params::Consistency;
 
 pub(super) fn to_receipt(
     event_id: String,
@@ -108,4 +112,28 @@ pub(super) fn timestamp(ns: i64) -> prost_types::Timestamp {
 
 pub(super) fn tenant_argument(tenant_id: &str) -> Result<String, Status> {
     validate_tenant_id(tenant_id).map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+/// The status of a single event's error, for `Record` (one event, one answer).
+pub(super) fn status_of_event_error(error: &v1::EventError) -> Status {
+    let status = match error.code.as_str() {
+        "INVALID_ARGUMENT" => Status::invalid_argument(error.message.clone()),
+        "RESOURCE_EXHAUSTED" => Status::resource_exhausted(error.message.clone()),
+        "FAILED_PRECONDITION" => Status::failed_precondition(error.message.clone()),
+        "ALREADY_EXISTS" => Status::already_exists(error.message.clone()),
+        _ => Status::unavailable(error.message.clone()),
+    };
+    status
+}
+
+/// An event id a read names: ingest's rule (an id no event can have never becomes a
+/// storage key), INVALID_ARGUMENT naming `event_id`.
+pub(super) fn event_id_argument(event_id: &str) -> Result<(), Status> {
+    validate_event_id("event_id", event_id)
+        .map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+/// A read's `consistency` field, INVALID_ARGUMENT naming it when unknown.
+pub(super) fn consistency_argument(value: i32) -> Result<Consistency, Status> {
+    Consistency::from_wire(value).map_err(|error| Status::invalid_argument(error.to_string()))
 }

@@ -13,15 +13,12 @@ use tonic::{Request, Response, Status};
 use trail_proto::v1::trail_client::TrailClient;
 
 use crate::consensus::NodeId;
-use crate::ledger::validate::FieldError;
 use crate::node::cluster::{FORWARDED_HEADER, LEADER_HEADER};
 use crate::node::Node;
-use trail_proto::v1;
 
-use super::query::ParamError;
+use super::headers::{ACTOR_HEADER, FORWARDED_FOR_HEADER};
+use super::params::Consistency;
 
-/// The client address a forwarding node saw (trusted from peer nodes only).
-pub const FORWARDED_FOR_HEADER: &str = "trail-forwarded-for";
 /// How long a forwarded call may take at most (the caller's own deadline usually ends
 /// it first: dropping the call cancels the forwarded one).
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -31,71 +28,6 @@ pub struct Target {
     pub node: NodeId,
     pub endpoint: String,
     pub client: TrailClient<Channel>,
-}
-
-/// Request metadata asking for this node's own replica, as it is now: no forwarding
-/// and no read barrier (a follower's copy may lag). For operators and tests that
-/// compare replicas; `GetEvent`, `Tail` and the block reads honour it.
-pub const REPLICA_READ_HEADER: &str = "trail-replica-read";
-
-/// Whether the request must be served where it is: forwarded once already, or a read
-/// of this replica.
-pub fn was_forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED_HEADER) || is_replica_read(request)
-}
-
-pub fn is_replica_read<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(REPLICA_READ_HEADER)
-}
-
-/// How fresh a read must be: `ReadConsistency` in gRPC, `consistency=` in REST.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// On the shard's leader after a read-index check: every write acknowledged before
-    /// the read began is seen.
-    #[default]
-    Strong,
-    /// On the replica of the node asked, as far as it has applied; forwarded to the
-    /// leader only by a node without a replica of the shard.
-    Eventual,
-}
-
-impl Consistency {
-    pub fn from_wire(value: i32) -> Result<Consistency, FieldError> {
-        match v1::ReadConsistency::try_from(value) {
-            Ok(v1::ReadConsistency::Unspecified | v1::ReadConsistency::Strong) => {
-                Ok(Consistency::Strong)
-            }
-            Ok(v1::ReadConsistency::Eventual) => Ok(Consistency::Eventual),
-            Err(_) => Err(FieldError::new(
-                "consistency",
-                format!("unknown value {value}: expected STRONG (the default) or EVENTUAL"),
-            )),
-        }
-    }
-
-    /// The REST parameter: absent, `strong` or `eventual`, any case.
-    pub fn from_rest(text: &str) -> Result<Consistency, ParamError> {
-        if text.is_empty() || text.eq_ignore_ascii_case("strong") {
-            Ok(Consistency::Strong)
-        } else if text.eq_ignore_ascii_case("eventual") {
-            Ok(Consistency::Eventual)
-        } else {
-            Err(ParamError {
-                parameter: "consistency".into(),
-                message: format!(
-                    "{:?} is not accepted; use strong (the default: the leader answers, \
-                     read-your-writes) or eventual (any replica answers, may lag)",
-                    text.chars().take(64).collect::<String>()
-                ),
-            })
-        }
-    }
-
-    /// Whether the read waits for the shard's read barrier (it then runs on the leader).
-    pub fn needs_barrier(self) -> bool {
-        self == Consistency::Strong
-    }
 }
 
 /// Whether a read is answered by this node's own replica, not forwarded: an eventual
@@ -135,7 +67,7 @@ pub fn onward<T>(node: &Node, request: Request<T>) -> Request<T> {
         .map(str::to_string);
     let (metadata, _, message) = request.into_parts();
     let mut onward = Request::new(message);
-    for key in [super::audit::ACTOR_HEADER, "user-agent"] {
+    for key in [ACTOR_HEADER, "user-agent"] {
         if let Some(value) = metadata.get(key) {
             onward.metadata_mut().insert(key, value.clone());
         }
@@ -229,7 +161,7 @@ pub fn trusted_client_addr(
 /// otherwise falls through to the local handling that follows.
 macro_rules! forward_to_leader {
     ($service:expr, $request:ident, $tenant:expr, $method:ident) => {
-        let forwarded = $crate::api::forward::was_forwarded(&$request);
+        let forwarded = $crate::api::headers::was_forwarded(&$request);
         if let Some(target) = $crate::api::forward::target(&$service.node, $tenant, forwarded) {
             return $crate::api::forward::call(
                 &$service.node,

@@ -35,9 +35,11 @@ use crate::query::ReadError;
 use crate::shard::reader::{self, ReadEvent};
 use crate::shard::ShardHandle;
 
-use super::audit::{ReadBy, ACTOR_HEADER};
-use super::forward::{replica_here, Consistency, FORWARDED_FOR_HEADER};
-use super::query::{self, rest_parameters, ParamError, QueryError};
+use super::audit::ReadBy;
+use super::forward::replica_here;
+use super::headers::{ACTOR_HEADER, FORWARDED_FOR_HEADER};
+use super::params::{Consistency, ParamError};
+use super::query::{self, rest_parameters, QueryError};
 
 #[get("/health")]
 async fn health() -> impl Responder {

@@ -6,8 +6,11 @@ pub mod cluster;
 mod convert;
 pub mod forward;
 pub mod grpc;
+pub mod headers;
 pub mod http;
+pub mod ingest;
 pub mod limits;
+pub mod params;
 pub mod proofs;
 pub mod query;
 

@@ -50,7 +50,7 @@ pub enum ReadAt {
 
 impl ReadAt {
     pub fn of<T>(request: &tonic::Request<T>) -> ReadAt {
-        if super::forward::is_replica_read(request) {
+        if super::headers::is_replica_read(request) {
             ReadAt::Replica
         } else {
             ReadAt::Leader

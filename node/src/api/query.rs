@@ -25,7 +25,7 @@ use crate::shard::ReadBarrierError;
 
 use super::audit::{self, record_read, ReadBy, ReadKind};
 use super::convert::{barrier_status, read_status, timestamp, to_receipt, to_stored_event};
-use super::forward::Consistency;
+use super::params::{Consistency, ParamError};
 use serde_json::json;
 
 /// Runs a read (`GetEvent`, `Tail`, a REST event or page encoding) on the blocking pool
@@ -525,27 +525,6 @@ fn grpc_time(
 // ---------------------------------------------------------------------------
 // REST
 // ---------------------------------------------------------------------------
-
-/// A bad REST request: the parameter (or path segment) and what would be accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{parameter}: {message}")]
-pub struct ParamError {
-    pub parameter: String,
-    pub message: String,
-}
-
-impl From<FieldError> for ParamError {
-    fn from(error: FieldError) -> Self {
-        ParamError {
-            // The tenant is a path segment in REST, `{tenant}`.
-            parameter: match error.field {
-                "tenant_id" => "tenant".to_string(),
-                field => field.to_string(),
-            },
-            message: error.message,
-        }
-    }
-}
 
 /// Reads a REST query string strictly: every parameter must be one of
 /// `accepted`, given at most once. Empty values count as absent (`?actor_id=` is no
