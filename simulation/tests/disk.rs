@@ -15,6 +15,41 @@
 use trail_node::storage::faults::StorageBug;
 use trail_sim::disk::{run_seed, DiskOptions};
 
+/// Seeds run at once.
+const PARALLEL: u64 = 4;
+
+/// Runs `seeds` in chunks of [`PARALLEL`], in order; stops after the first chunk with
+/// a failure if `stop_at_failure`. Returns the failures `(seed, message, trace)`.
+fn run_seeds(
+    seeds: std::ops::Range<u64>,
+    options: &DiskOptions,
+    stop_at_failure: bool,
+) -> Vec<(u64, String, Vec<String>)> {
+    let mut failures = Vec::new();
+    let mut start = seeds.start;
+    while start < seeds.end {
+        let chunk = start..(start + PARALLEL).min(seeds.end);
+        start = chunk.end;
+        let outcomes: Vec<_> = std::thread::scope(|scope| {
+            let runs: Vec<_> = chunk
+                .map(|seed| scope.spawn(move || (seed, run_seed(seed, options))))
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().expect("a seed's thread"))
+                .collect()
+        });
+        for (seed, outcome) in outcomes {
+            if let Err((message, trace)) = outcome {
+                failures.push((seed, message, trace));
+            }
+        }
+        if stop_at_failure && !failures.is_empty() {
+            break;
+        }
+    }
+    failures
+}
+
 #[test]
 fn disk_seeds_pass_every_invariant() {
     let seeds: u64 = std::env::var("TRAIL_DISK_SEEDS")

@@ -48,6 +48,22 @@ impl StorageBug {
     }
 }
 
+/// The crash points of the storage code, each with how many times a replica
+/// typically passes it in a simulated run (an armed point fires at a pass drawn up to
+/// that many): a point passed by every apply is armed further off than one passed once
+/// per install.
+pub const CRASH_POINTS: &[(&str, u32)] = &[
+    ("apply.committed", 200),
+    ("install.file_kept", 1),
+    ("install.marked", 1),
+    ("install.cleared", 1),
+    ("install.records", 1),
+    ("install.ids_ingested", 1),
+    ("install.committed", 1),
+    ("install.durable", 1),
+    ("dedup_rebuild.ingested", 1),
+];
+
 /// The panic payload of a crash point that fired: the harness treats the replica as a
 /// process that died there.
 #[derive(Debug, Clone, Copy)]
@@ -63,15 +79,13 @@ pub struct StoreFaults {
 #[cfg(feature = "sim-faults")]
 struct FaultPlan {
     planted: Option<StorageBug>,
-    crash: Mutex<CrashPoints>,
+    crash: Mutex<CrashPoint>,
 }
 
 #[cfg(feature = "sim-faults")]
-struct CrashPoints {
-    /// splitmix64 state: the draws of this store's crash points.
-    state: u64,
-    /// Probability that a crash point, when passed, fires.
-    rate: f64,
+struct CrashPoint {
+    /// The armed point and the passes left before it fires.
+    armed: Option<(&'static str, u32)>,
     /// The point that fired; every later point fires too (the process is dead).
     fired: Option<&'static str>,
 }
@@ -82,18 +96,14 @@ impl StoreFaults {
         StoreFaults::default()
     }
 
-    /// `planted` (if any), and crash points that each fire with probability
-    /// `crash_rate` when passed, drawn from `seed`.
+    /// `planted` (if any), and `armed`: a crash point (one of [`CRASH_POINTS`]) that
+    /// fires at its `n`-th pass, `n >= 1`.
     #[cfg(feature = "sim-faults")]
-    pub fn new(planted: Option<StorageBug>, crash_rate: f64, seed: u64) -> StoreFaults {
+    pub fn new(planted: Option<StorageBug>, armed: Option<(&'static str, u32)>) -> StoreFaults {
         StoreFaults {
             plan: Some(Arc::new(FaultPlan {
                 planted,
-                crash: Mutex::new(CrashPoints {
-                    state: seed,
-                    rate: crash_rate,
-                    fired: None,
-                }),
+                crash: Mutex::new(CrashPoint { armed, fired: None }),
             })),
         }
     }
@@ -114,21 +124,26 @@ impl StoreFaults {
         }
     }
 
-    /// A point where the process may die: with the seed's probability, this panics with
-    /// [`CrashPointReached`] (and so does every later point of this store).
+    /// A point where the process may die: if this point is armed and this is its
+    /// pass, this panics with [`CrashPointReached`] (and so does every later point of
+    /// this store).
     #[inline]
     pub fn crash_point(&self, point: &'static str) {
         #[cfg(feature = "sim-faults")]
         if let Some(plan) = &self.plan {
-            let mut crash = plan.crash.lock().expect("crash points lock");
-            let fires = crash.fired.is_some() || {
-                crash.state = crash.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = crash.state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^= z >> 31;
-                ((z >> 11) as f64 / (1u64 << 53) as f64) < crash.rate
-            };
+            debug_assert!(
+                CRASH_POINTS.iter().any(|(name, _)| *name == point),
+                "crash point {point} is listed in CRASH_POINTS"
+            );
+            let mut crash = plan.crash.lock().expect("crash point lock");
+            let fires = crash.fired.is_some()
+                || match &mut crash.armed {
+                    Some((armed, passes)) if *armed == point => {
+                        *passes = passes.saturating_sub(1);
+                        *passes == 0
+                    }
+                    _ => false,
+                };
             if fires {
                 crash.fired.get_or_insert(point);
                 drop(crash);
@@ -143,7 +158,7 @@ impl StoreFaults {
     pub fn disarm(&self) {
         #[cfg(feature = "sim-faults")]
         if let Some(plan) = &self.plan {
-            plan.crash.lock().expect("crash points lock").rate = 0.0;
+            plan.crash.lock().expect("crash point lock").armed = None;
         }
     }
 
@@ -153,7 +168,7 @@ impl StoreFaults {
         {
             self.plan
                 .as_ref()
-                .and_then(|plan| plan.crash.lock().expect("crash points lock").fired)
+                .and_then(|plan| plan.crash.lock().expect("crash point lock").fired)
         }
         #[cfg(not(feature = "sim-faults"))]
         {

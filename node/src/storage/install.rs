@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use fjall::PersistMode;
 
 use super::dedup::{DedupIndex, KEY_DEDUP_KEYSPACE, KEY_FRONTIER};
+use super::faults::StorageBug;
 use super::migrate::put_dedup_layout;
 use super::snapshot_file::{
     check_snapshot_file, format_error, keep_snapshot_file, read_chunk, read_header, read_snapshot,
@@ -32,7 +33,7 @@ use crate::ledger::event::StoredEvent;
 use crate::ledger::TenantState;
 
 /// Present while a received snapshot replaces the state (see `Inner::install`).
-const KEY_INSTALLING: &[u8] = b"installing";
+pub(super) const KEY_INSTALLING: &[u8] = b"installing";
 /// Records per fjall batch while installing a snapshot.
 const INSTALL_BATCH_RECORDS_MAX: usize = 10_000;
 /// Events whose ids the check at open looks up in the dedup index
@@ -92,16 +93,21 @@ impl Inner {
         check_snapshot_file(&mut file, meta)?;
         let path = self.snapshot_path(meta);
         keep_snapshot_file(&mut file, &path)?;
-        self.keyspaces
-            .sm_meta
-            .insert(
-                KEY_INSTALLING,
-                bincode::serialize(meta).expect("meta serializes"),
-            )
-            .map_err(write_snapshot_fjall)?;
+        let faults = &self.keyspaces.faults;
+        faults.crash_point("install.file_kept");
+        if !faults.planted(StorageBug::InstallSkipsMarker) {
+            self.keyspaces
+                .sm_meta
+                .insert(
+                    KEY_INSTALLING,
+                    bincode::serialize(meta).expect("meta serializes"),
+                )
+                .map_err(write_snapshot_fjall)?;
+        }
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(write_snapshot_fjall)?;
+        faults.crash_point("install.marked");
         Ok(path)
     }
 
@@ -143,6 +149,8 @@ impl Inner {
         // reset entry (with the installed state) makes the indexer rebuild the shard.
         keyspaces.feed.clear().map_err(write_snapshot_fjall)?;
         keyspaces.recent.clear();
+        let faults = &keyspaces.faults;
+        faults.crash_point("install.cleared");
 
         let file = std::fs::File::open(path).map_err(read_snapshot)?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -163,7 +171,9 @@ impl Inner {
             let keyspace = match tag {
                 TAG_EVENTS => &keyspaces.events,
                 TAG_DEDUP => {
-                    ids.add(&key, &value).map_err(write_snapshot_fjall)?;
+                    if !faults.planted(StorageBug::ClearDedupOnInstall) {
+                        ids.add(&key, &value).map_err(write_snapshot_fjall)?;
+                    }
                     continue;
                 }
                 TAG_TENANTS => {
@@ -181,9 +191,11 @@ impl Inner {
                 std::mem::replace(&mut batch, self.db.batch())
                     .commit()
                     .map_err(write_snapshot_fjall)?;
+                faults.crash_point("install.records");
             }
         }
         ids.finish().map_err(write_snapshot_fjall)?;
+        faults.crash_point("install.ids_ingested");
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         let applied = self.last_applied.map_or(0, |log_id| log_id.index);
@@ -206,9 +218,11 @@ impl Inner {
         );
         batch.remove(&keyspaces.sm_meta, KEY_INSTALLING);
         batch.commit().map_err(write_snapshot_fjall)?;
+        faults.crash_point("install.committed");
         self.db
             .persist(PersistMode::SyncAll)
             .map_err(write_snapshot_fjall)?;
+        faults.crash_point("install.durable");
         keyspaces
             .dedup
             .replace_keyspace(fresh_ids)
@@ -399,6 +413,7 @@ impl Inner {
         }
         let loaded = load.loaded;
         load.finish().map_err(write_state_machine)?;
+        self.keyspaces.faults.crash_point("dedup_rebuild.ingested");
         let mut batch = self.db.batch();
         put_dedup_layout(&mut batch, &self.keyspaces.sm_meta, &self.ledger.frontier());
         batch.insert(

@@ -12,6 +12,7 @@
 //! (`snapshot_file.rs`), installs of received snapshots and the dedup index's checks
 //! at open (`install.rs`), and the migrations of earlier layouts (`migrate.rs`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,13 +31,14 @@ use super::snapshot_file::{
 };
 use super::snapshot_name::{SnapshotName, SnapshotStamp};
 use super::{
-    chain_key, decode_position, dedup_key, event_key, position_value, FeedRuns, ShardKeyspaces,
-    CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT, CHAIN_SUBTREES,
+    chain_key, decode_position, dedup_key, event_key, position_value, FeedRuns, NodeStore,
+    ShardKeyspaces, CHAIN_BLOCK, CHAIN_BLOCK_END, CHAIN_CHECKPOINT, CHAIN_SUBTREES,
 };
 use crate::consensus::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::ledger::event::StoredEvent;
+use crate::ledger::routing::ShardId;
 use crate::ledger::{
     leaf_hash, BlockRecord, Ledger, LedgerLookup, LedgerResponse, LedgerWrite, NoteVerifier,
     RecordedLeaf, TenantState,
@@ -153,7 +155,13 @@ impl StateMachine {
         inner.finish_interrupted_install()?;
         inner.move_dedup_index()?;
         inner.check_dedup_index()?;
-        inner.rebuild_dedup_overlay()?;
+        if !inner
+            .keyspaces
+            .faults
+            .planted(super::faults::StorageBug::OverlayNotRebuiltAtOpen)
+        {
+            inner.rebuild_dedup_overlay()?;
+        }
         inner.remove_stale_snapshot_files()?;
         inner.publish_missing_checkpoints();
         inner.publish_counters();
@@ -333,6 +341,7 @@ impl Inner {
         }
         self.put_applied(&mut batch);
         batch.commit().map_err(write_state_machine)?;
+        keyspaces.faults.crash_point("apply.committed");
         keyspaces.dedup.record(ids, || self.ledger.frontier());
         keyspaces.recent.push(applied, recent);
         if let Some(publisher) = &self.publisher {
@@ -710,6 +719,47 @@ pub(super) fn load_ledger(tenants: &Keyspace) -> Result<Ledger, StorageError> {
         states.push((tenant_id, state));
     }
     Ok(Ledger::from_tenants(states))
+}
+
+/// A shard's state machine as its store holds it, read without opening it (which
+/// would finish an interrupted install and start the dedup index's work). For
+/// checkers: the simulation compares replicas that opened at the same applied index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedState {
+    pub applied_index: Option<u64>,
+    /// An install was interrupted; opening the state machine finishes it.
+    pub install_marked: bool,
+    /// Each tenant's recorded state, as stored.
+    pub tenants: BTreeMap<String, Vec<u8>>,
+}
+
+impl NodeStore {
+    /// Shard `shard`'s [`RecordedState`].
+    pub fn recorded_state(&self, shard: ShardId) -> Result<RecordedState, StorageError> {
+        let open = |name: &str| {
+            self.db
+                .keyspace(
+                    &format!("s{shard}.{name}"),
+                    fjall::KeyspaceCreateOptions::default,
+                )
+                .map_err(read_state_machine)
+        };
+        let sm_meta = open("sm_meta")?;
+        let applied: Option<LogId> = read_meta(&sm_meta, KEY_APPLIED)?.flatten();
+        let install_marked = sm_meta
+            .contains_key(super::install::KEY_INSTALLING)
+            .map_err(read_state_machine)?;
+        let mut tenants = BTreeMap::new();
+        for guard in open("tenants")?.iter() {
+            let (key, value) = guard.into_inner().map_err(read_state_machine)?;
+            tenants.insert(String::from_utf8_lossy(&key).into_owned(), value.to_vec());
+        }
+        Ok(RecordedState {
+            applied_index: applied.map(|log_id| log_id.index),
+            install_marked,
+            tenants,
+        })
+    }
 }
 
 pub(super) fn read_meta<T: serde::de::DeserializeOwned>(

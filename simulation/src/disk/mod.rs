@@ -28,12 +28,15 @@
 pub mod transport;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use trail_node::clock::SystemClock;
 use trail_node::consensus::network::{Groups, Peers, RaftService};
@@ -42,12 +45,16 @@ use trail_node::ledger::{EventRecord, LeafHash, NoteSigner};
 use trail_node::shard::{
     self, reader, BatchLimits, IngestError, SealerSettings, ShardHandle, ShardSettings, ShardTasks,
 };
-use trail_node::storage::faults::{CrashPointReached, StorageBug, StoreFaults};
+use trail_node::storage::faults::{CrashPointReached, StorageBug, StoreFaults, CRASH_POINTS};
 use trail_node::storage::NodeStore;
 
 use transport::{Faults, Router};
 
 const SHARD: u32 = 1;
+/// How long the healed cluster may take to converge or to acknowledge a batch: far
+/// above what it needs (well under a second), so that a slow, shared machine (CI runs
+/// four seeds at once beside other tests) is not taken for a stuck cluster.
+const HEALED_PATIENCE: Duration = Duration::from_secs(60);
 const CLUSTER: &str = "sim-disk";
 
 /// What a run may be asked to change.
@@ -79,8 +86,8 @@ pub struct DiskPlan {
     pub drop: f64,
     pub delay_us: (u64, u64),
     pub block_events_max: u32,
-    /// Probability that a crash point of the storage code (`storage/faults.rs`), when
-    /// passed, kills the replica there.
+    /// Probability that a replica's incarnation has a crash point of the storage code
+    /// armed (`storage/faults.rs`): it dies there, at a pass drawn by the seed.
     pub crash_point_rate: f64,
 }
 
@@ -111,8 +118,8 @@ impl DiskPlan {
             },
             delay_us: (0, rng.gen_range(0..3_000)),
             block_events_max: rng.gen_range(2..=16),
-            crash_point_rate: if rng.gen_bool(0.7) {
-                rng.gen_range(0.01..0.2)
+            crash_point_rate: if rng.gen_bool(0.8) {
+                rng.gen_range(0.3..1.0)
             } else {
                 0.0
             },
@@ -136,6 +143,8 @@ struct Replica {
     /// When a replica that is down starts again.
     restart_at: Option<Instant>,
     restarts: u64,
+    /// Starts so far, the first included (each incarnation draws its own crash points).
+    incarnations: u64,
 }
 
 /// An acknowledged event: where it was recorded.
@@ -143,6 +152,8 @@ struct Replica {
 struct Ack {
     seq: u64,
     leaf_hash: LeafHash,
+    /// A receipt said the event was appended (not deduplicated).
+    appended: bool,
 }
 
 /// What clients learned, shared by them and the checkers.
@@ -154,10 +165,15 @@ struct Book {
     sent: Vec<Vec<EventRecord>>,
     /// Violations seen during the run.
     violations: Vec<String>,
+    /// The tenant states a replica opened with, by applied index: the ledger is
+    /// deterministic, so every replica that opens at an index must hold the same.
+    opened: BTreeMap<u64, (NodeId, [u8; 32])>,
     trace: Vec<String>,
     appended: u64,
     deduplicated: u64,
     refused: u64,
+    /// Replicas that died at a crash point, by point.
+    crash_points: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Clone)]
@@ -175,6 +191,44 @@ impl Shared {
     fn trace(&self, line: String) {
         let at = self.started.elapsed().as_millis();
         self.book().trace.push(format!("{at:>6} ms {line}"));
+    }
+
+    /// Compares the state machine a replica opens with what any replica opened with at
+    /// the same applied index (an install that a crash interrupted and that nothing
+    /// finishes shows here: its replica opens at its old index with another state).
+    fn check_opened(&self, node: NodeId, store: &NodeStore) -> anyhow::Result<()> {
+        let recorded = store.recorded_state(SHARD)?;
+        let Some(applied) = recorded.applied_index else {
+            return Ok(());
+        };
+        // Opening finishes a marked install: the state before that is no state.
+        if recorded.install_marked {
+            return Ok(());
+        }
+        let mut digest = Sha256::new();
+        for (tenant, state) in &recorded.tenants {
+            digest.update((tenant.len() as u64).to_be_bytes());
+            digest.update(tenant.as_bytes());
+            digest.update((state.len() as u64).to_be_bytes());
+            digest.update(state);
+        }
+        let digest: [u8; 32] = digest.finalize().into();
+        let mut book = self.book();
+        match book.opened.get(&applied) {
+            Some(&(first, seen)) if seen != digest => {
+                let violation = format!(
+                    "node {node} opened at applied index {applied} with tenant states unlike those node {first} opened with at that index ({} tenants)",
+                    recorded.tenants.len()
+                );
+                book.trace.push(violation.clone());
+                book.violations.push(violation);
+            }
+            Some(_) => {}
+            None => {
+                book.opened.insert(applied, (node, digest));
+            }
+        }
+        Ok(())
     }
 
     fn handles(&self) -> Vec<(NodeId, ShardHandle)> {
@@ -228,6 +282,7 @@ async fn run(seed: u64, options: &DiskOptions) -> Result<String, (String, Vec<St
             running: None,
             restart_at: None,
             restarts: 0,
+            incarnations: 0,
         })
         .collect();
     let shared = Shared {
@@ -295,12 +350,18 @@ async fn run(seed: u64, options: &DiskOptions) -> Result<String, (String, Vec<St
     let book = shared.book();
     let restarts: u64 = replicas.iter().map(|replica| replica.restarts).sum();
     let (delivered, lost) = router.counts();
+    let crash_points: Vec<String> = book
+        .crash_points
+        .iter()
+        .map(|(point, count)| format!("{point} x{count}"))
+        .collect();
     let summary = format!(
-        "{} events acknowledged ({} appended, {} deduplicated, {} refused), {restarts} restarts, {delivered} messages ({lost} lost)",
+        "{} events acknowledged ({} appended, {} deduplicated, {} refused), {restarts} restarts, died at crash points: [{}], {delivered} messages ({lost} lost)",
         book.acked.len(),
         book.appended,
         book.deduplicated,
         book.refused,
+        crash_points.join(", "),
     );
     if options.keep_trace {
         for line in &book.trace {
@@ -324,19 +385,24 @@ struct Context {
 }
 
 impl Context {
-    /// Opens the replica's data directory and starts its shard, as `traild` does.
+    /// Opens the replica's data directory and starts its shard, as `traild` does. A
+    /// replica that dies at a crash point while it opens is down again (its restart
+    /// scheduled), which is no error.
     async fn start(&self, replica: &mut Replica) -> anyhow::Result<()> {
         let healed = self.healed.load(std::sync::atomic::Ordering::Relaxed);
-        let faults = StoreFaults::new(
-            self.planted,
-            if healed {
-                0.0
-            } else {
-                self.plan.crash_point_rate
-            },
-            self.seed ^ (replica.node << 32) ^ replica.restarts,
-        );
+        replica.incarnations += 1;
+        let armed = {
+            let mut rng = StdRng::seed_from_u64(
+                self.seed ^ (replica.node << 32) ^ (replica.incarnations << 40),
+            );
+            (!healed && rng.gen_bool(self.plan.crash_point_rate)).then(|| {
+                let (point, passes_max) = CRASH_POINTS[rng.gen_range(0..CRASH_POINTS.len())];
+                (point, rng.gen_range(1..=passes_max))
+            })
+        };
+        let faults = StoreFaults::new(self.planted, armed);
         let store = open_store(&replica.dir, faults.clone()).await?;
+        self.shared.check_opened(replica.node, &store)?;
         let peers = Peers::over(
             CLUSTER.to_string(),
             replica.node,
@@ -366,8 +432,24 @@ impl Context {
             .iter()
             .map(|&node| (node, format!("sim-{node}")))
             .collect();
-        let (handle, tasks) =
-            shard::open(&store, SHARD, &settings, &members, 0, Arc::new(SystemClock)).await?;
+        let opening = shard::open(&store, SHARD, &settings, &members, 0, Arc::new(SystemClock));
+        let (handle, tasks) = match AssertUnwindSafe(opening).catch_unwind().await {
+            Ok(opened) => opened?,
+            Err(panic) => match panic.downcast_ref::<CrashPointReached>() {
+                Some(CrashPointReached(point)) => {
+                    drop(store);
+                    *self.shared.book().crash_points.entry(point).or_default() += 1;
+                    replica.restart_at =
+                        Some(Instant::now() + Duration::from_millis(self.plan.down_ms.0));
+                    self.shared.trace(format!(
+                        "node {} died at crash point {point} while opening",
+                        replica.node
+                    ));
+                    return Ok(());
+                }
+                None => std::panic::resume_unwind(panic),
+            },
+        };
         let groups = Groups::default();
         groups.insert(SHARD, handle.raft.clone());
         self.router.attach(
@@ -409,7 +491,10 @@ impl Context {
             running
                 .faults
                 .crashed_at()
-                .map(|point| format!("at crash point {point}"))
+                .map(|point| {
+                    *self.shared.book().crash_points.entry(point).or_default() += 1;
+                    format!("at crash point {point}")
+                })
                 .or(fatal.then(|| "of a fatal Raft error".to_string()))
         });
         if let Some(how) = died {
@@ -624,6 +709,7 @@ fn record(shared: &Shared, batch: &[EventRecord], receipts: &[trail_node::ledger
         let ack = Ack {
             seq: receipt.seq,
             leaf_hash: receipt.leaf_hash,
+            appended: false,
         };
         if receipt.conflict {
             let violation = format!(
@@ -632,23 +718,48 @@ fn record(shared: &Shared, batch: &[EventRecord], receipts: &[trail_node::ledger
             );
             book.violations.push(violation);
         }
-        match book.acked.get(&key) {
-            Some(first) if *first != ack || !receipt.deduplicated => {
-                let violation = format!(
-                    "event {}/{} acknowledged at seq {}, then answered at seq {} (deduplicated: {}): recorded twice",
-                    key.0, key.1, first.seq, ack.seq, receipt.deduplicated
+        match book.acked.get_mut(&key) {
+            // Receipts of one event reach their clients in any order (a retry's
+            // deduplicated receipt may come before the original one), but all name the
+            // same position, and only one says the event was appended.
+            Some(first) if first.seq != ack.seq || first.leaf_hash != ack.leaf_hash => {
+                let violation =
+                    format!(
+                    "event {}/{} acknowledged at seq {}, then answered at seq {}{}: recorded twice",
+                    key.0,
+                    key.1,
+                    first.seq,
+                    ack.seq,
+                    if first.leaf_hash != ack.leaf_hash { " with another leaf hash" } else { "" }
                 );
                 book.trace.push(violation.clone());
                 book.violations.push(violation);
             }
-            Some(_) => book.deduplicated += 1,
+            Some(first) if first.appended && !receipt.deduplicated => {
+                let violation = format!(
+                    "event {}/{} was answered as appended twice (seq {})",
+                    key.0, key.1, ack.seq
+                );
+                book.trace.push(violation.clone());
+                book.violations.push(violation);
+            }
+            Some(first) => {
+                first.appended |= !receipt.deduplicated;
+                book.deduplicated += 1;
+            }
             None => {
                 if receipt.deduplicated {
                     book.deduplicated += 1;
                 } else {
                     book.appended += 1;
                 }
-                book.acked.insert(key, ack);
+                book.acked.insert(
+                    key,
+                    Ack {
+                        appended: !receipt.deduplicated,
+                        ..ack
+                    },
+                );
             }
         }
     }
@@ -670,8 +781,10 @@ async fn resend_acknowledged(shared: &Shared) -> Result<(), String> {
             .collect()
     };
     for batch in batches {
-        if !submit(shared, batch, Duration::from_secs(10)).await {
-            return Err("the healed cluster did not acknowledge a batch within 10 s".into());
+        if !submit(shared, batch, HEALED_PATIENCE).await {
+            return Err(format!(
+                "the healed cluster did not acknowledge a batch within {HEALED_PATIENCE:?}"
+            ));
         }
     }
     Ok(())
@@ -679,7 +792,7 @@ async fn resend_acknowledged(shared: &Shared) -> Result<(), String> {
 
 /// Waits until every replica has applied the leader's whole log.
 async fn converge(replicas: &[Replica]) -> Result<(), String> {
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + HEALED_PATIENCE;
     loop {
         let metrics: Vec<_> = replicas
             .iter()
@@ -713,7 +826,7 @@ async fn converge(replicas: &[Replica]) -> Result<(), String> {
                 })
                 .collect();
             return Err(format!(
-                "the healed cluster did not converge within 30 s: {}",
+                "the healed cluster did not converge within {HEALED_PATIENCE:?}: {}",
                 states.join("; ")
             ));
         }
