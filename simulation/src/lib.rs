@@ -1,6 +1,7 @@
 //! trail-sim: deterministic simulation of Trail.
 //!
-//! Three harnesses, one seed per run, the same trace hash every time:
+//! Four harnesses, one seed per run; the first three give the same trace hash every
+//! time:
 //! - [`raft`]: real openraft groups running the real ledger apply code over in-memory
 //!   disks with a crash model and disk faults and a faulty in-memory network, on one
 //!   paused current-thread runtime, with continuous checkers (the default of the CLI);
@@ -10,7 +11,11 @@
 //! - this module's [`run`]: the ledger's apply logic (`trail_node::ledger`, the very
 //!   code the server runs) on three replicas of one shard without Raft, with a seeded
 //!   workload of batches, client retries (duplicate event ids) and replica crashes
-//!   that lose everything not yet committed to their store; checkers after every step.
+//!   that lose everything not yet committed to their store; checkers after every step;
+//! - [`disk`], the real-disk mode: the node's own shard code (openraft over
+//!   `node/src/storage` on fjall) on three replicas in temporary directories, with
+//!   process crashes, storage crash points and network faults (not deterministic:
+//!   fjall has threads of its own).
 //!
 //! See `docs/SIMULATION.md`.
 
