@@ -1,15 +1,18 @@
-//! Nothing outside `node/src/storage/` names the storage engine or a key layout
-//! (docs/ARCHITECTURE.md, "Layers"): the rest of the node reads and writes
+//! Nothing outside `node/src/storage/` names the storage engine, its database or a key
+//! layout (docs/ARCHITECTURE.md, "Layers"): the rest of the node reads and writes
 //! through storage's typed methods, so the engine and the layouts can change (or be
 //! simulated) behind them.
 //!
 //! `no_module_outside_storage_names_the_engine_or_a_key_layout`, in steps:
 //! 1. list the key-encoding functions of `storage/`: every `fn` defined there whose name
 //!    ends in `_key` or holds `_key_` (`event_key`, `chain_key`, `tindex_key_decode`, ..);
-//! 2. read every other source file of `node/src`, comments and string and char literals
-//!    dropped (`support/source_scan.rs`), test code included;
-//! 3. fail listing each line that names `fjall`, or calls or imports one of those
-//!    functions.
+//! 2. read every other source file of `node/src` and every file of `node/tests`,
+//!    comments and string and char literals dropped (`support/source_scan.rs`), test
+//!    code included;
+//! 3. fail listing each line that names `fjall`, calls or imports one of those
+//!    functions, or reads a field `db` of anything but `self` (`store.db`: the node's
+//!    database is a private field of `NodeStore`; a type of its own may hold a `db`,
+//!    as the indexer holds its `StoreDb`).
 //!
 //! The other test checks the scan itself on small sources.
 
@@ -43,9 +46,14 @@ fn key_encodings(source: &str) -> BTreeSet<String> {
     found
 }
 
-/// The lines of a source that name the engine, or call or import one of `encodings`
+/// The field through which the node's database would be reached (`NodeStore::db`,
+/// private to storage).
+const DATABASE_FIELD: &str = "db";
+
+/// The lines of a source that name the engine, call or import one of `encodings`
 /// (the name followed by `(`, after `::` or in a `use`: a local variable of the same
-/// name is no use of the function), with the name.
+/// name is no use of the function), or read a `db` field of another value than
+/// `self`, with the name.
 fn violations(source: &str, encodings: &BTreeSet<String>) -> Vec<(usize, String)> {
     let tokens = tokens(source);
     let mut found = Vec::new();
@@ -64,7 +72,13 @@ fn violations(source: &str, encodings: &BTreeSet<String>) -> Vec<(usize, String)
         }
         let called = tokens.get(k + 1).map(|(next, _)| next) == Some(&Token::Punct('('));
         let in_path = k > 0 && tokens[k - 1].0 == Token::PathSep;
-        if name == ENGINE || (encodings.contains(name) && (called || in_path || in_use)) {
+        let is_field = k > 0 && tokens[k - 1].0 == Token::Punct('.');
+        let of_self = k > 1 && tokens[k - 2].0 == Token::Ident("self".to_string());
+        let database_field = name == DATABASE_FIELD && is_field && !of_self;
+        if name == ENGINE
+            || database_field
+            || (encodings.contains(name) && (called || in_path || in_use))
+        {
             found.push((*line, name.clone()));
         }
     }
@@ -87,21 +101,23 @@ fn no_module_outside_storage_names_the_engine_or_a_key_layout() {
         "key encodings found under {}: {encodings:?}",
         storage.display()
     );
+    let node = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    rust_files(&node.join("tests"), &mut files);
     let mut report = String::new();
     for file in files.iter().filter(|file| !file.starts_with(&storage)) {
         let source = std::fs::read_to_string(file).expect("readable source");
         for (line, name) in violations(&source, &encodings) {
-            let shown = file.strip_prefix(&src).unwrap().display();
+            let shown = file.strip_prefix(node).unwrap().display();
             report.push_str(&format!("  {shown}:{line}: {name}\n"));
         }
     }
     assert!(
         report.is_empty(),
-        "code outside node/src/storage/ names the storage engine or a key encoding; \
-         read and write through storage's typed methods (add one there if needed):\n\
-         {report}"
+        "code outside node/src/storage/ names the storage engine, its database or a key \
+         encoding; read and write through storage's typed methods (add one there if \
+         needed):\n{report}"
     );
 }
 
@@ -124,6 +140,7 @@ const TEXT: &str = "fjall::Keyspace event_key(1, 2)";
 fn f() { let key = crate::storage::event_key(1, 2); sort_by_key(key); }
 use crate::storage::{event_key, tindex_key_decode};
 fn g() { let event_key = (1, 2); pending.get(&event_key); tindex_key_decode(&k); }
+fn h() { StateMachine::open(store.db.clone()); self.db.batch(); let db = 1; db; }
 "#;
     assert_eq!(
         violations(outside, &encodings),
@@ -133,6 +150,7 @@ fn g() { let event_key = (1, 2); pending.get(&event_key); tindex_key_decode(&k);
             (6, "event_key".to_string()),
             (6, "tindex_key_decode".to_string()),
             (7, "tindex_key_decode".to_string()),
+            (8, "db".to_string()),
         ]
     );
 }

@@ -17,13 +17,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FjallBuilder 
         let dir = TempDir::new().expect("temporary directory");
         let store = NodeStore::open(dir.path()).expect("open node store");
         let keyspaces = store.shard(1).expect("open shard keyspaces");
-        let state_machine = StateMachine::open(store.db.clone(), &keyspaces, None)?;
-        let log_store = LogStore::open(
-            store.db.clone(),
-            &keyspaces,
-            store.syncer.clone(),
-            state_machine.applied.clone(),
-        )?;
+        let state_machine = StateMachine::open(&store, &keyspaces, None)?;
+        let log_store = LogStore::open(&store, &keyspaces, state_machine.applied.clone())?;
         Ok((dir, log_store, state_machine))
     }
 }

@@ -35,14 +35,8 @@ fn open_shard() -> Shard {
     let dir = TempDir::new().expect("temporary directory");
     let store = NodeStore::open(dir.path()).expect("open node store");
     let keyspaces = store.shard(1).expect("shard keyspaces");
-    let sm = StateMachine::open(store.db.clone(), &keyspaces, None).expect("state machine");
-    let log = LogStore::open(
-        store.db.clone(),
-        &keyspaces,
-        store.syncer.clone(),
-        sm.applied.clone(),
-    )
-    .expect("log store");
+    let sm = StateMachine::open(&store, &keyspaces, None).expect("state machine");
+    let log = LogStore::open(&store, &keyspaces, sm.applied.clone()).expect("log store");
     Shard { _dir: dir, log, sm }
 }
 

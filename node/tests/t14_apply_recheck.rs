@@ -49,7 +49,7 @@ fn replica() -> (TempDir, StateMachine) {
     let dir = TempDir::new().expect("temporary directory");
     let store = NodeStore::open(dir.path()).expect("open node store");
     let keyspaces = store.shard(1).expect("shard keyspaces");
-    let sm = StateMachine::open(store.db.clone(), &keyspaces, None).expect("state machine");
+    let sm = StateMachine::open(&store, &keyspaces, None).expect("state machine");
     sm.check_notes_with(signer(1).verifier());
     (dir, sm)
 }

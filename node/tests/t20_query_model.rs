@@ -245,7 +245,7 @@ impl Store {
         let store = NodeStore::open(dir.path()).expect("open node store");
         let keyspaces = store.shard(1).expect("open shard keyspaces");
         let state_machine =
-            StateMachine::open(store.db.clone(), &keyspaces, None).expect("open state machine");
+            StateMachine::open(&store, &keyspaces, None).expect("open state machine");
         let mut config = IndexConfig::new(dir.path());
         config.commit_interval = std::time::Duration::from_millis(3);
         config.poll_interval = std::time::Duration::from_millis(1);

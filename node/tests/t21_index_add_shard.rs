@@ -61,7 +61,7 @@ impl Shard {
     fn open(store: &NodeStore, id: u32) -> Shard {
         let keyspaces = store.shard(id).expect("open shard keyspaces");
         let state_machine =
-            StateMachine::open(store.db.clone(), &keyspaces, None).expect("open state machine");
+            StateMachine::open(store, &keyspaces, None).expect("open state machine");
         Shard {
             keyspaces,
             state_machine,

@@ -205,20 +205,11 @@ pub async fn open(
         shard,
         epoch,
     };
-    let state_machine = StateMachine::open_stamped(
-        store.db.clone(),
-        &keyspaces,
-        settings.publisher.clone(),
-        stamp,
-    )?;
+    let state_machine =
+        StateMachine::open_stamped(store, &keyspaces, settings.publisher.clone(), stamp)?;
     // Every replica checks checkpoint notes against the key they are signed with.
     state_machine.check_notes_with(settings.signer.verifier());
-    let mut log_store = LogStore::open(
-        store.db.clone(),
-        &keyspaces,
-        store.syncer.clone(),
-        state_machine.applied.clone(),
-    )?;
+    let mut log_store = LogStore::open(store, &keyspaces, state_machine.applied.clone())?;
     let (applied_id, snapshot_id) = state_machine.applied_and_snapshot()?;
     let log_state = openraft::storage::RaftLogStorage::get_log_state(&mut log_store).await?;
     crate::storage::check_startable(&log_state, applied_id, snapshot_id).map_err(|problem| {

@@ -81,7 +81,7 @@ pub type Frontier = Vec<(u32, u64)>;
 /// fixes that; this index does not depend on the patch).
 pub struct DedupIndex {
     /// The dedup database (snapshots of the keyspace are taken on it).
-    pub db: Database,
+    pub(super) db: Database,
     /// The keyspace the ids are in; replaced whole by [`DedupIndex::replace_keyspace`].
     keyspace: RwLock<Keyspace>,
     /// The shard's `sm_meta` (node database), where the recorded frontier is.
@@ -139,12 +139,12 @@ impl DedupIndex {
     }
 
     /// The keyspace the ingested ids are in now (a handle: cheap).
-    pub fn keyspace(&self) -> Keyspace {
+    pub(super) fn keyspace(&self) -> Keyspace {
         self.keyspace.read().expect("dedup keyspace lock").clone()
     }
 
     /// The position of an id in the keyspace alone (not the overlay).
-    pub fn get_ingested(&self, key: &[u8]) -> Result<Option<Position>, fjall::Error> {
+    pub(super) fn get_ingested(&self, key: &[u8]) -> Result<Option<Position>, fjall::Error> {
         let keyspace = self.keyspace.read().expect("dedup keyspace lock");
         Ok(keyspace.get(key)?.map(|value| {
             value
@@ -155,7 +155,7 @@ impl DedupIndex {
     }
 
     /// The position of a recorded id: in the overlay, or in the keyspace.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Position>, fjall::Error> {
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<Position>, fjall::Error> {
         {
             let overlay = self.overlay();
             let found = std::iter::once(&overlay.open)
@@ -268,7 +268,7 @@ impl DedupIndex {
     /// A new, empty keyspace for this shard's ids, named after the current one's
     /// generation plus one. One left by an interrupted replacement under that name is
     /// deleted first (it may hold part of a load).
-    pub fn fresh_keyspace(&self) -> fjall::Result<Keyspace> {
+    pub(super) fn fresh_keyspace(&self) -> fjall::Result<Keyspace> {
         let current = self.keyspace();
         let (shard_prefix, generation) = split_keyspace_name(&current.name()[..])
             .expect("a dedup keyspace name is sN.dedup[.generation]");
@@ -283,7 +283,7 @@ impl DedupIndex {
     /// Makes `fresh` the index's keyspace and deletes the one it replaces. The caller
     /// has durably recorded `fresh`'s name ([`KEY_DEDUP_KEYSPACE`]) and holds the guard
     /// of [`DedupIndex::begin_replace`].
-    pub fn replace_keyspace(&self, fresh: Keyspace) -> fjall::Result<()> {
+    pub(super) fn replace_keyspace(&self, fresh: Keyspace) -> fjall::Result<()> {
         self.watchdog.watch(fresh.clone(), MEMTABLE_BYTES_MAX);
         let old = std::mem::replace(
             &mut *self.keyspace.write().expect("dedup keyspace lock"),
@@ -298,7 +298,7 @@ impl DedupIndex {
     /// A bulk load of ids into `keyspace` outside the ingest thread (the move of an
     /// earlier layout at open into the current keyspace, a snapshot install or a
     /// rebuild into a fresh one).
-    pub fn bulk_load(keyspace: Keyspace) -> BulkLoad {
+    pub(super) fn bulk_load(keyspace: Keyspace) -> BulkLoad {
         BulkLoad {
             keyspace,
             run: Vec::new(),
@@ -325,7 +325,7 @@ pub struct BulkLoad {
 }
 
 impl BulkLoad {
-    pub fn add(&mut self, key: &[u8], value: &[u8]) -> fjall::Result<()> {
+    pub(super) fn add(&mut self, key: &[u8], value: &[u8]) -> fjall::Result<()> {
         let position = value.try_into().map_err(|_| {
             fjall::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -342,7 +342,7 @@ impl BulkLoad {
     }
 
     /// Ingests what is left; the ids are durable when this returns.
-    pub fn finish(mut self) -> fjall::Result<()> {
+    pub(super) fn finish(mut self) -> fjall::Result<()> {
         self.ingest()
     }
 
@@ -361,7 +361,7 @@ impl BulkLoad {
 /// The node's event-id database and its ingest thread.
 #[derive(Clone)]
 pub struct DedupStore {
-    pub db: Database,
+    pub(super) db: Database,
     queue: IngestQueue,
     watchdog: Watchdog,
 }
@@ -419,7 +419,7 @@ impl DedupStore {
     /// recorded in the same `sm_meta`. The shard's other dedup keyspaces are leftovers
     /// of an interrupted replacement (or the replaced one of a crash just after it was
     /// recorded) and are deleted.
-    pub fn shard(&self, shard: u32, sm_meta: Keyspace) -> anyhow::Result<Arc<DedupIndex>> {
+    pub(super) fn shard(&self, shard: u32, sm_meta: Keyspace) -> anyhow::Result<Arc<DedupIndex>> {
         let prefix = format!("s{shard}.dedup");
         let name = match sm_meta.get(KEY_DEDUP_KEYSPACE)? {
             Some(name) => String::from_utf8(name.to_vec())

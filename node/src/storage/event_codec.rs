@@ -26,7 +26,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use fjall::{Keyspace, Slice};
+use fjall::Keyspace;
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DDict};
 
 use super::{ShardKeyspaces, StoredValue};
@@ -103,14 +103,14 @@ impl std::fmt::Debug for EventCodec {
 
 /// Canonical bytes of a stored value: the value itself, or what it expanded to.
 pub enum Canonical {
-    Stored(Slice),
+    Stored(StoredValue),
     Expanded(Vec<u8>),
 }
 
 impl Canonical {
     pub fn into_vec(self) -> Vec<u8> {
         match self {
-            Canonical::Stored(slice) => slice.to_vec(),
+            Canonical::Stored(value) => value.to_vec(),
             Canonical::Expanded(bytes) => bytes,
         }
     }
@@ -121,7 +121,7 @@ impl Deref for Canonical {
 
     fn deref(&self) -> &[u8] {
         match self {
-            Canonical::Stored(slice) => slice,
+            Canonical::Stored(value) => value,
             Canonical::Expanded(bytes) => bytes,
         }
     }
@@ -135,7 +135,7 @@ thread_local! {
 
 impl EventCodec {
     /// The shard's dictionaries as `sm_meta` holds them.
-    pub fn load(sm_meta: &Keyspace) -> anyhow::Result<EventCodec> {
+    pub(super) fn load(sm_meta: &Keyspace) -> anyhow::Result<EventCodec> {
         let mut dictionaries = Vec::new();
         for guard in sm_meta.prefix(DICTIONARY_KEY_PREFIX) {
             let (key, value) = guard.into_inner()?;
@@ -188,7 +188,7 @@ impl EventCodec {
     where
         V: Into<StoredValue>,
     {
-        let value: Slice = value.into().0;
+        let value: StoredValue = value.into();
         match value.first() {
             None => Err(CodecError::Empty),
             Some(&CANONICAL_VERSION) => Ok(Canonical::Stored(value)),
@@ -368,6 +368,7 @@ fn trial(dictionary: &[u8], samples: &[u8], sizes: &[usize]) -> anyhow::Result<(
 
 #[cfg(test)]
 mod tests {
+    use fjall::Slice;
     use tempfile::TempDir;
 
     use super::*;

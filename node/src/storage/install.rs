@@ -635,7 +635,7 @@ mod tests {
             Some(1)
         );
 
-        let mut reopened = StateMachine::open(store.db.clone(), &keyspaces, None).expect("reopen");
+        let mut reopened = StateMachine::open(&store, &keyspaces, None).expect("reopen");
         assert_eq!(reopened.applied_state().await.unwrap().0, meta.last_log_id);
         assert_eq!(reopened.applied.applied_index(), Some(2));
         assert_eq!(
@@ -690,7 +690,7 @@ mod tests {
             let source_store = NodeStore::open(source_dir.path()).expect("node store");
             let source_keyspaces = source_store.shard(source_stamp.shard).expect("keyspaces");
             let mut source = StateMachine::open_stamped(
-                source_store.db.clone(),
+                &source_store,
                 &source_keyspaces,
                 None,
                 source_stamp.clone(),
@@ -704,13 +704,8 @@ mod tests {
             let dir = TempDir::new().unwrap();
             let store = NodeStore::open(dir.path()).expect("node store");
             let keyspaces = store.shard(1).expect("keyspaces");
-            let mut target = StateMachine::open_stamped(
-                store.db.clone(),
-                &keyspaces,
-                None,
-                stamp("trail", 1, 3),
-            )
-            .unwrap();
+            let mut target =
+                StateMachine::open_stamped(&store, &keyspaces, None, stamp("trail", 1, 3)).unwrap();
             target.apply([append(1, "ten_c", 100..103)]).await.unwrap();
             let before = contents(&keyspaces.events);
             let receiving = receive(&mut target, snapshot.snapshot).await;

@@ -35,7 +35,7 @@ use fjall::{Database, Keyspace, PersistMode};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 
-use super::{AppliedProgress, ShardKeyspaces, Syncer};
+use super::{AppliedProgress, NodeStore, ShardKeyspaces, Syncer};
 use crate::consensus::{Entry, LogId, LogState, NodeId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -201,12 +201,12 @@ impl State {
 }
 
 impl LogStore {
-    /// Opens the log of a shard whose state machine reports to `applied`
-    /// (`StateMachine::applied`).
+    /// Opens the log of a shard of `store` (its `keyspaces`) whose state machine
+    /// reports to `applied` (`StateMachine::applied`); appends are made durable by
+    /// `store`'s fsync thread.
     pub fn open(
-        db: Database,
+        store: &NodeStore,
         keyspaces: &ShardKeyspaces,
-        syncer: Syncer,
         applied: Arc<AppliedProgress>,
     ) -> Result<LogStore, StorageError> {
         let log = keyspaces.raft_log.clone();
@@ -229,10 +229,10 @@ impl LogStore {
             unread: Unread::default(),
         };
         Ok(LogStore {
-            db,
+            db: store.db.clone(),
             log,
             meta,
-            syncer,
+            syncer: store.syncer.clone(),
             applied,
             state: Arc::new(Mutex::new(state)),
             compaction: Arc::default(),

@@ -119,7 +119,9 @@ pub struct StorageMetrics {
 /// The node's storage: the fjall database and the fsync coalescer in front of it.
 #[derive(Clone)]
 pub struct NodeStore {
-    pub db: Database,
+    /// Private to `storage/`: code outside reads and writes through typed methods
+    /// ([`NodeStore::store_db`], [`NodeStore::shard`], [`NodeStore::node_meta`]).
+    db: Database,
     pub syncer: Syncer,
     /// The event-id indexes, in a database of their own (`dedup.rs`).
     pub dedup: dedup::DedupStore,

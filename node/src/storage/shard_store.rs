@@ -29,6 +29,7 @@ impl std::error::Error for StoreError {
     }
 }
 
+// Public as every trait impl is; only `storage/` holds fjall errors to convert (t01).
 impl From<fjall::Error> for StoreError {
     fn from(error: fjall::Error) -> StoreError {
         StoreError(error)
@@ -59,6 +60,7 @@ impl std::fmt::Debug for StoredValue {
     }
 }
 
+// Public as every trait impl is; only `storage/` holds fjall slices to convert (t01).
 impl From<fjall::Slice> for StoredValue {
     fn from(slice: fjall::Slice) -> StoredValue {
         StoredValue(slice)

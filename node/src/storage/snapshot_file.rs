@@ -101,7 +101,7 @@ pub(super) fn write_snapshot_file(
                     .codec
                     .canonical(value)
                     .map_err(|error| write_snapshot_fjall(error.into()))?,
-                _ => super::event_codec::Canonical::Stored(value),
+                _ => super::event_codec::Canonical::Stored(value.into()),
             };
             writer.write_all(&[tag]).map_err(write_snapshot)?;
             write_chunk(&mut writer, &key)?;

@@ -107,7 +107,7 @@ pub(super) struct Inner {
 impl StateMachine {
     /// Opens a single node's replica (cluster `trail`, epoch 0).
     pub fn open(
-        db: Database,
+        store: &NodeStore,
         keyspaces: &ShardKeyspaces,
         publisher: Option<Publisher>,
     ) -> Result<StateMachine, StorageError> {
@@ -116,13 +116,14 @@ impl StateMachine {
             shard: keyspaces.shard,
             epoch: 0,
         };
-        Self::open_stamped(db, keyspaces, publisher, stamp)
+        Self::open_stamped(store, keyspaces, publisher, stamp)
     }
 
     /// Opens a replica whose snapshots carry `stamp` (and which refuses to install one
     /// of another cluster or group, or an earlier epoch: `storage::snapshot_name`).
+    /// `keyspaces` are `store`'s, of the shard `stamp` names.
     pub fn open_stamped(
-        db: Database,
+        store: &NodeStore,
         keyspaces: &ShardKeyspaces,
         publisher: Option<Publisher>,
         stamp: SnapshotStamp,
@@ -138,7 +139,7 @@ impl StateMachine {
             last_applied.map(|log_id| log_id.index),
         ));
         let mut inner = Inner {
-            db,
+            db: store.db.clone(),
             keyspaces: keyspaces.clone(),
             ledger,
             last_applied,
@@ -786,7 +787,7 @@ pub(super) fn write_state_machine(error: fjall::Error) -> StorageError {
 /// and `snapshot_file.rs`): entries of sample events, a shard on a temporary
 /// directory, snapshots built and received, keyspace contents.
 #[cfg(test)]
-pub(crate) mod test_support {
+pub(super) mod test_support {
     use openraft::{CommittedLeaderId, EntryPayload};
     use tempfile::TempDir;
 
@@ -829,7 +830,7 @@ pub(crate) mod test_support {
     pub(crate) fn open(dir: &TempDir) -> (NodeStore, ShardKeyspaces, StateMachine) {
         let store = NodeStore::open(dir.path()).expect("node store");
         let keyspaces = store.shard(1).expect("keyspaces");
-        let sm = StateMachine::open(store.db.clone(), &keyspaces, None).expect("state machine");
+        let sm = StateMachine::open(&store, &keyspaces, None).expect("state machine");
         (store, keyspaces, sm)
     }
 

@@ -39,7 +39,7 @@ pub struct Syncer {
 
 impl Syncer {
     /// Starts the fsync thread for `db`, whose files are in `db_dir`.
-    pub fn start(db: Database, db_dir: &Path) -> Syncer {
+    pub(super) fn start(db: Database, db_dir: &Path) -> Syncer {
         let (sender, receiver) = mpsc::sync_channel::<SyncDone>(SYNC_QUEUE_MAX);
         let journals = Journals::new(db_dir);
         std::thread::Builder::new()

@@ -116,7 +116,7 @@ pub struct Bounds {
 }
 
 impl Watchdog {
-    pub fn start(db: &Database, bounds: Bounds) -> Watchdog {
+    pub(super) fn start(db: &Database, bounds: Bounds) -> Watchdog {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let watchdog = Watchdog {
             keyspaces: Arc::default(),
@@ -199,7 +199,7 @@ impl Watchdog {
     }
 
     /// Rotates `keyspace`'s memtable from now on before it holds `memtable_bytes_max`.
-    pub fn watch(&self, keyspace: Keyspace, memtable_bytes_max: u64) {
+    pub(super) fn watch(&self, keyspace: Keyspace, memtable_bytes_max: u64) {
         self.keyspaces.lock().expect("watchdog lock").push(Watched {
             keyspace,
             memtable_bytes_max,
@@ -209,7 +209,7 @@ impl Watchdog {
 
     /// Stops watching `keyspace` (one being deleted: fjall removes its directory once
     /// the last handle is dropped, and this one would be the last).
-    pub fn unwatch(&self, keyspace: &Keyspace) {
+    pub(super) fn unwatch(&self, keyspace: &Keyspace) {
         self.keyspaces
             .lock()
             .expect("watchdog lock")
