@@ -458,6 +458,27 @@ impl Trail for FakeNode {
     ) -> Result<Response<trail_proto::v1::ClusterInitResponse>, Status> {
         Err(Status::unimplemented("fake node"))
     }
+
+    async fn create_api_key(
+        &self,
+        _: Request<trail_proto::v1::CreateApiKeyRequest>,
+    ) -> Result<Response<trail_proto::v1::CreateApiKeyResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
+
+    async fn list_api_keys(
+        &self,
+        _: Request<trail_proto::v1::ListApiKeysRequest>,
+    ) -> Result<Response<trail_proto::v1::ListApiKeysResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        _: Request<trail_proto::v1::RevokeApiKeyRequest>,
+    ) -> Result<Response<trail_proto::v1::RevokeApiKeyResponse>, Status> {
+        Err(Status::unimplemented("fake node"))
+    }
 }
 
 async fn serve(ledger: Ledger) -> (SocketAddr, FakeNode) {

@@ -30,11 +30,12 @@ use trail_client::{Client, ClientOptions, EncodedBatch, Error, Event, RetryPolic
 use trail_proto::v1::record_outcome::Outcome;
 use trail_proto::v1::trail_server::{Trail, TrailServer};
 use trail_proto::v1::{
-    Block, ClusterInitRequest, ClusterInitResponse, GetBlockRequest, GetBlockResponse,
-    GetCheckpointRequest, GetCheckpointResponse, GetConsistencyProofRequest,
-    GetConsistencyProofResponse, GetEventRequest, GetEventResponse, GetProofRequest,
-    GetProofResponse, ListBlocksRequest, ListStreamsRequest, ListStreamsResponse, Receipt,
-    RecordBatchRequest, RecordBatchResponse, RecordOutcome, RecordRequest, RecordResponse,
+    Block, ClusterInitRequest, ClusterInitResponse, CreateApiKeyRequest, CreateApiKeyResponse,
+    GetBlockRequest, GetBlockResponse, GetCheckpointRequest, GetCheckpointResponse,
+    GetConsistencyProofRequest, GetConsistencyProofResponse, GetEventRequest, GetEventResponse,
+    GetProofRequest, GetProofResponse, ListApiKeysRequest, ListApiKeysResponse, ListBlocksRequest,
+    ListStreamsRequest, ListStreamsResponse, Receipt, RecordBatchRequest, RecordBatchResponse,
+    RecordOutcome, RecordRequest, RecordResponse, RevokeApiKeyRequest, RevokeApiKeyResponse,
     StatusRequest, StatusResponse, TailRequest, TailResponse,
 };
 
@@ -266,6 +267,27 @@ impl Trail for FakeNode {
         &self,
         _: Request<ClusterInitRequest>,
     ) -> Result<Response<ClusterInitResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn create_api_key(
+        &self,
+        _: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_api_keys(
+        &self,
+        _: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        _: Request<RevokeApiKeyRequest>,
+    ) -> Result<Response<RevokeApiKeyResponse>, Status> {
         unimplemented()
     }
 }

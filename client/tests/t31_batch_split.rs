@@ -310,6 +310,27 @@ impl Trail for FakeNode {
     ) -> Result<Response<ClusterInitResponse>, Status> {
         unimplemented()
     }
+
+    async fn create_api_key(
+        &self,
+        _: Request<trail_proto::v1::CreateApiKeyRequest>,
+    ) -> Result<Response<trail_proto::v1::CreateApiKeyResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_api_keys(
+        &self,
+        _: Request<trail_proto::v1::ListApiKeysRequest>,
+    ) -> Result<Response<trail_proto::v1::ListApiKeysResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        _: Request<trail_proto::v1::RevokeApiKeyRequest>,
+    ) -> Result<Response<trail_proto::v1::RevokeApiKeyResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// A fake node serving on a loopback port until the test ends.

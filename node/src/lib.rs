@@ -10,6 +10,7 @@
 //! - [`node`]: the node actor, routing and startup.
 //! - [`api`]: gRPC and HTTP.
 
+pub mod access;
 pub mod api;
 pub mod clock;
 pub mod config;

@@ -67,7 +67,8 @@ pub fn onward<T>(node: &Node, request: Request<T>) -> Request<T> {
         .map(str::to_string);
     let (metadata, _, message) = request.into_parts();
     let mut onward = Request::new(message);
-    for key in [ACTOR_HEADER, "user-agent"] {
+    // The caller's token goes on: the leader authenticates the request again.
+    for key in [ACTOR_HEADER, "user-agent", super::auth::AUTHORIZATION] {
         if let Some(value) = metadata.get(key) {
             onward.metadata_mut().insert(key, value.clone());
         }

@@ -21,7 +21,9 @@ use super::convert::{
 use super::forward::{self, forward_read, forward_to_leader};
 use super::headers;
 use super::ingest::{self, BatchError};
+use super::{auth, keys};
 use super::{proofs, query};
+use crate::access::Role;
 
 /// Batches a `RecordStream` may have in processing at once (per stream).
 const STREAM_BATCHES_IN_FLIGHT_MAX: usize = 1;
@@ -51,6 +53,16 @@ fn batch_status(error: BatchError) -> Status {
     }
 }
 
+/// The caller's `authorization` value, passed on with the parts of a batch forwarded
+/// to other leaders.
+fn authorization_of<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(auth::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string)
+}
+
 type RecordStreamOut =
     Pin<Box<dyn Stream<Item = Result<v1::RecordBatchResponse, Status>> + Send + 'static>>;
 
@@ -66,18 +78,27 @@ impl Trail for TrailService {
             .as_ref()
             .map(|event| event.tenant_id.clone())
             .unwrap_or_default();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Ingest,
+            Some(&tenant),
+            "record events",
+        )?;
         if validate_tenant_id(&tenant).is_ok() {
             forward_to_leader!(self, request, &tenant, record);
         }
         let forwarded = headers::was_forwarded(&request);
+        let authorization = authorization_of(&request);
         let event = request
             .into_inner()
             .event
             .ok_or_else(|| Status::invalid_argument("event: is required"))?;
-        let response = ingest::record_batch(&self.node, vec![event], forwarded)
-            .await
-            .map_err(batch_status)?
-            .response;
+        let response =
+            ingest::record_batch(&self.node, vec![event], forwarded, authorization.as_deref())
+                .await
+                .map_err(batch_status)?
+                .response;
         let outcome = response
             .outcomes
             .into_iter()
@@ -106,10 +127,25 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::RecordBatchRequest>,
     ) -> Result<Response<v1::RecordBatchResponse>, Status> {
+        let principal = auth::caller(&self.node, request.metadata())?;
+        auth::authorize_tenants(
+            &principal,
+            request
+                .get_ref()
+                .events
+                .iter()
+                .map(|event| event.tenant_id.as_str()),
+        )?;
         let forwarded = headers::was_forwarded(&request);
-        let recorded = ingest::record_batch(&self.node, request.into_inner().events, forwarded)
-            .await
-            .map_err(batch_status)?;
+        let authorization = authorization_of(&request);
+        let recorded = ingest::record_batch(
+            &self.node,
+            request.into_inner().events,
+            forwarded,
+            authorization.as_deref(),
+        )
+        .await
+        .map_err(batch_status)?;
         let mut response = Response::new(recorded.response);
         if let Some(value) = recorded.sole_leader.and_then(|leader| leader.parse().ok()) {
             response.metadata_mut().insert(LEADER_HEADER, value);
@@ -123,7 +159,11 @@ impl Trail for TrailService {
         &self,
         request: Request<Streaming<v1::RecordBatchRequest>>,
     ) -> Result<Response<Self::RecordStreamStream>, Status> {
+        // Authenticated once, when the stream opens; each batch's tenants are
+        // authorized as it arrives.
+        let principal = auth::caller(&self.node, request.metadata())?;
         let forwarded = headers::was_forwarded(&request);
+        let authorization = authorization_of(&request);
         let mut incoming = request.into_inner();
         let node = self.node.clone();
         // One response per request batch, in order. The channel bound is the stream's
@@ -132,10 +172,21 @@ impl Trail for TrailService {
         tokio::spawn(async move {
             while let Some(batch) = incoming.next().await {
                 let response = match batch {
-                    Ok(batch) => ingest::record_batch(&node, batch.events, forwarded)
+                    Ok(batch) => match auth::authorize_tenants(
+                        &principal,
+                        batch.events.iter().map(|event| event.tenant_id.as_str()),
+                    ) {
+                        Ok(()) => ingest::record_batch(
+                            &node,
+                            batch.events,
+                            forwarded,
+                            authorization.as_deref(),
+                        )
                         .await
                         .map(|recorded| recorded.response)
                         .map_err(batch_status),
+                        Err(status) => Err(status),
+                    },
                     Err(status) => Err(status),
                 };
                 let stop = response.is_err();
@@ -154,6 +205,13 @@ impl Trail for TrailService {
         request: Request<v1::GetEventRequest>,
     ) -> Result<Response<v1::GetEventResponse>, Status> {
         let tenant_id = tenant_argument(&request.get_ref().tenant_id)?;
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Read,
+            Some(&tenant_id),
+            "read events",
+        )?;
         let consistency = consistency_argument(request.get_ref().consistency)?;
         forward_read!(self, request, &tenant_id, consistency, get_event);
         let replica_read = headers::is_replica_read(&request) || !consistency.needs_barrier();
@@ -188,6 +246,13 @@ impl Trail for TrailService {
         request: Request<v1::TailRequest>,
     ) -> Result<Response<v1::TailResponse>, Status> {
         let tenant_id = tenant_argument(&request.get_ref().tenant_id)?;
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Read,
+            Some(&tenant_id),
+            "tail events",
+        )?;
         let consistency = consistency_argument(request.get_ref().consistency)?;
         forward_read!(self, request, &tenant_id, consistency, tail);
         let replica_read = headers::is_replica_read(&request) || !consistency.needs_barrier();
@@ -228,8 +293,15 @@ impl Trail for TrailService {
 
     async fn status(
         &self,
-        _request: Request<v1::StatusRequest>,
+        request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Admin,
+            None,
+            "read the node's status",
+        )?;
         let status = self
             .node
             .actor
@@ -296,6 +368,13 @@ impl Trail for TrailService {
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<v1::QueryResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Read,
+            Some(&tenant),
+            "query events",
+        )?;
         let consistency = consistency_argument(request.get_ref().consistency)?;
         forward_read!(self, request, &tenant, consistency, query);
         let by = read_by(&self.node, &request);
@@ -309,6 +388,13 @@ impl Trail for TrailService {
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Read,
+            Some(&tenant),
+            "count events",
+        )?;
         let consistency = consistency_argument(request.get_ref().consistency)?;
         forward_read!(self, request, &tenant, consistency, count);
         let by = read_by(&self.node, &request);
@@ -322,6 +408,13 @@ impl Trail for TrailService {
         request: Request<v1::RecordExportRequest>,
     ) -> Result<Response<v1::RecordExportResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Audit,
+            Some(&tenant),
+            "export events",
+        )?;
         forward_to_leader!(self, request, &tenant, record_export);
         let by = read_by(&self.node, &request);
         query::record_export(&self.node, request.into_inner(), &by)
@@ -331,8 +424,15 @@ impl Trail for TrailService {
 
     async fn reindex(
         &self,
-        _request: Request<v1::ReindexRequest>,
+        request: Request<v1::ReindexRequest>,
     ) -> Result<Response<v1::ReindexResponse>, Status> {
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Admin,
+            None,
+            "reindex the node",
+        )?;
         tracing::info!("reindex requested");
         self.node
             .index
@@ -359,6 +459,13 @@ impl Trail for TrailService {
     ) -> Result<Response<v1::ListStreamsResponse>, Status> {
         // The cursor is a tenant id (the last one of the previous page): ingest's rule,
         // so it never becomes an oversized storage key.
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Audit,
+            None,
+            "list every tenant's streams",
+        )?;
         let after = &request.get_ref().after_tenant_id;
         if !after.is_empty() {
             validate_tenant_id(after).map_err(|error| {
@@ -375,6 +482,13 @@ impl Trail for TrailService {
         request: Request<v1::GetCheckpointRequest>,
     ) -> Result<Response<v1::GetCheckpointResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Audit,
+            Some(&tenant),
+            "read checkpoints",
+        )?;
         forward_to_leader!(self, request, &tenant, get_checkpoint);
         let at = proofs::ReadAt::of(&request);
         proofs::get_checkpoint(&self.node, request.into_inner(), at)
@@ -387,6 +501,13 @@ impl Trail for TrailService {
         request: Request<v1::GetBlockRequest>,
     ) -> Result<Response<v1::GetBlockResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Audit,
+            Some(&tenant),
+            "read blocks",
+        )?;
         forward_to_leader!(self, request, &tenant, get_block);
         let at = proofs::ReadAt::of(&request);
         let block = proofs::get_block(&self.node, request.into_inner(), at).await?;
@@ -400,6 +521,13 @@ impl Trail for TrailService {
         request: Request<v1::ListBlocksRequest>,
     ) -> Result<Response<Self::ListBlocksStream>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Audit,
+            Some(&tenant),
+            "read blocks",
+        )?;
         let forwarded = headers::was_forwarded(&request);
         if let Some(target) = forward::target(&self.node, &tenant, forwarded) {
             let response = forward::call(
@@ -424,6 +552,13 @@ impl Trail for TrailService {
         request: Request<v1::GetProofRequest>,
     ) -> Result<Response<v1::GetProofResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Audit,
+            Some(&tenant),
+            "read proofs",
+        )?;
         event_id_argument(&request.get_ref().event_id)?;
         forward_to_leader!(self, request, &tenant, get_proof);
         let at = proofs::ReadAt::of(&request);
@@ -436,7 +571,35 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::ClusterInitRequest>,
     ) -> Result<Response<v1::ClusterInitResponse>, Status> {
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Admin,
+            None,
+            "initialize the cluster",
+        )?;
         super::cluster::init(&self.node, request).await
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<v1::CreateApiKeyRequest>,
+    ) -> Result<Response<v1::CreateApiKeyResponse>, Status> {
+        keys::create(&self.node, request).await
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<v1::ListApiKeysRequest>,
+    ) -> Result<Response<v1::ListApiKeysResponse>, Status> {
+        keys::list(&self.node, request).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<v1::RevokeApiKeyRequest>,
+    ) -> Result<Response<v1::RevokeApiKeyResponse>, Status> {
+        keys::revoke(&self.node, request).await
     }
 
     async fn get_consistency_proof(
@@ -444,6 +607,13 @@ impl Trail for TrailService {
         request: Request<v1::GetConsistencyProofRequest>,
     ) -> Result<Response<v1::GetConsistencyProofResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
+        auth::authorize(
+            &self.node,
+            request.metadata(),
+            Role::Audit,
+            Some(&tenant),
+            "read proofs",
+        )?;
         forward_to_leader!(self, request, &tenant, get_consistency_proof);
         let at = proofs::ReadAt::of(&request);
         proofs::get_consistency_proof(&self.node, request.into_inner(), at)

@@ -28,6 +28,7 @@ use actix_web::{get, web, HttpRequest, HttpResponse, Responder};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
+use crate::access::Role;
 use crate::ledger::{ActorKind, Outcome};
 use crate::node::cluster::{FORWARDED_HEADER, LEADER_HEADER};
 use crate::node::{Node, RouteError};
@@ -47,7 +48,16 @@ async fn health() -> impl Responder {
 }
 
 #[get("/metrics")]
-async fn metrics(node: web::Data<Node>) -> impl Responder {
+async fn metrics(node: web::Data<Node>, request: HttpRequest) -> HttpResponse {
+    if let Err(answer) = super::auth::authorize_http(
+        &node,
+        &request,
+        Role::Admin,
+        None,
+        "read the node's metrics",
+    ) {
+        return *answer;
+    }
     let mut body = String::new();
     let per_shard =
         |body: &mut String, name: &str, kind: &str, value: &dyn Fn(&ShardHandle) -> u64| {
@@ -166,6 +176,15 @@ async fn count_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
+    if let Err(answer) = super::auth::authorize_http(
+        &node,
+        &request,
+        Role::Read,
+        Some(&input.tenant_id),
+        "count events",
+    ) {
+        return *answer;
+    }
     if let Some(response) =
         forward_to_leader(&node, &request, &input.tenant_id, input.consistency).await
     {
@@ -271,6 +290,15 @@ async fn list_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
+    if let Err(answer) = super::auth::authorize_http(
+        &node,
+        &request,
+        Role::Read,
+        Some(&input.tenant_id),
+        "query events",
+    ) {
+        return *answer;
+    }
     if let Some(response) =
         forward_to_leader(&node, &request, &input.tenant_id, input.consistency).await
     {
@@ -337,6 +365,11 @@ async fn get_audit_log(
     request: HttpRequest,
 ) -> HttpResponse {
     let (tenant, event_id) = path.into_inner();
+    if let Err(answer) =
+        super::auth::authorize_http(&node, &request, Role::Read, Some(&tenant), "read events")
+    {
+        return *answer;
+    }
     let consistency =
         match rest_parameters(request.query_string(), &["consistency"]).and_then(|mut values| {
             Consistency::from_rest(&values.remove("consistency").unwrap_or_default())

@@ -57,11 +57,14 @@ pub struct Recorded {
 
 /// Records a batch; never fails as a whole except for a malformed batch. In a
 /// cluster, the events of shards led elsewhere go to their leaders (one call per
-/// leader node, unless the batch was `forwarded` here already).
+/// leader node, unless the batch was `forwarded` here already), with the caller's
+/// `authorization` (its token, which each leader checks again). The caller has
+/// authorized the batch's tenants (`api/auth.rs`).
 pub async fn record_batch(
     node: &Node,
     events: Vec<v1::Event>,
     forwarded: bool,
+    authorization: Option<&str>,
 ) -> Result<Recorded, BatchError> {
     if events.is_empty() {
         return Err(BatchError::Empty);
@@ -127,10 +130,18 @@ pub async fn record_batch(
         );
     }
     let forwarded_parts = by_leader.len();
+    let authorization: Option<tonic::metadata::AsciiMetadataValue> =
+        authorization.and_then(|value| value.parse().ok());
     let remote = by_leader
         .into_values()
         .map(|(target, positions, events)| {
-            let request = forward::onward(node, Request::new(v1::RecordBatchRequest { events }));
+            let mut request =
+                forward::onward(node, Request::new(v1::RecordBatchRequest { events }));
+            if let Some(value) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert(super::auth::AUTHORIZATION, value.clone());
+            }
             async move {
                 let node = target.node;
                 let mut client = target.client;

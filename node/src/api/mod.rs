@@ -2,6 +2,7 @@
 //! REST query API).
 
 pub mod audit;
+pub mod auth;
 pub mod cluster;
 mod convert;
 pub mod forward;
@@ -9,6 +10,7 @@ pub mod grpc;
 pub mod headers;
 pub mod http;
 pub mod ingest;
+pub mod keys;
 pub mod limits;
 pub mod params;
 pub mod proofs;

@@ -243,7 +243,7 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
     };
 
     let shards = match (&config.cluster, node.router.map()) {
-        (None, _) => format!("{shard_count} shards"),
+        (None, _) => format!("{} shards", shard_count.saturating_sub(1)),
         (Some(_), Some(map)) => format!(
             "cluster node, {} of {} data shards here",
             shard_count.saturating_sub(1),
@@ -280,6 +280,13 @@ async fn serve(config: NodeConfig, arbiter: actix_rt::ArbiterHandle) -> anyhow::
         );
         if let Some(addr) = config.peer_addr {
             println!("  peer  {addr} (Raft from the other nodes; keep it on a private network)");
+        }
+        let token_file = node::keys::admin_token_path(&config.data_dir);
+        if token_file.exists() {
+            println!(
+                "  admin token in {} (trailctl --token-file {0}; keep it secret)",
+                token_file.display()
+            );
         }
         println!("ready");
     }

@@ -16,7 +16,7 @@ use super::apply::{CheckpointNote, LedgerCommand};
 use super::checkpoint::NoteVerifier;
 use super::event::EventRecord;
 // The cluster map's tenant: its metadata is the map (larger than a producer's 8 KiB).
-use super::routing::CLUSTER_TENANT;
+use super::routing::{is_reserved_tenant, CLUSTER_TENANT};
 use super::validate::{
     validate_tenant_id, FieldError, ACTION_BYTES_MAX, EMAIL_BYTES_MAX, EVENT_ID_BYTES_MAX,
     ID_BYTES_MAX, METADATA_BYTES_MAX, OCCURRED_AT_NS_MIN, RESOURCE_TYPE_BYTES_MAX,
@@ -57,7 +57,7 @@ pub fn check_command(
 }
 
 fn check_tenant(tenant_id: &str) -> Result<(), FieldError> {
-    if tenant_id == CLUSTER_TENANT {
+    if is_reserved_tenant(tenant_id) {
         return Ok(());
     }
     validate_tenant_id(tenant_id).map(|_| ())
@@ -73,10 +73,10 @@ fn check_tenant(tenant_id: &str) -> Result<(), FieldError> {
 /// only, forking it from the others. These bounds never change. Cost: a length check per
 /// field, no copy and no parse on the apply path.
 fn check_record(record: &EventRecord) -> Result<(), FieldError> {
-    let reserved = record.tenant_id == CLUSTER_TENANT;
-    if !reserved {
+    if !is_reserved_tenant(&record.tenant_id) {
         validate_tenant_id(&record.tenant_id)?;
     }
+    let reserved = record.tenant_id == CLUSTER_TENANT;
     if record.event_id.is_empty() {
         return Err(FieldError::new("event_id", "is required"));
     }

@@ -11,6 +11,15 @@ pub type ShardId = u32;
 /// events (`recheck.rs`) and the node reads and writes the map (`node/cluster.rs`).
 pub const CLUSTER_TENANT: &str = "_cluster";
 
+/// The reserved tenant whose stream in shard 0 holds the API keys' creations and
+/// revocations (`access/`): who had access when is kept like any tenant's history.
+pub const ACCESS_TENANT: &str = "_access";
+
+/// Whether `tenant_id` is one of the node's own streams, which only the node writes.
+pub fn is_reserved_tenant(tenant_id: &str) -> bool {
+    tenant_id == CLUSTER_TENANT || tenant_id == ACCESS_TENANT
+}
+
 /// The data shard that hosts a tenant's first stream.
 ///
 /// SHA-256 rather than `DefaultHasher`: std's hasher may change between Rust releases,

@@ -213,6 +213,9 @@ pub struct Forwarder {
     http: HttpClient,
     /// What was forwarded (exported in `/metrics`).
     pub counters: Arc<ForwardCounters>,
+    /// `Bearer <the nodes' own credential>`, for the calls a node makes of its own
+    /// (`access::key::Token::node_credential`).
+    node_authorization: String,
 }
 
 /// Requests and events this node sent on to other nodes' leaders.
@@ -250,7 +253,11 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 const FORWARD_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 impl Forwarder {
-    pub fn new(node: NodeId, addrs: &BTreeMap<NodeId, String>) -> Forwarder {
+    pub fn new(
+        node: NodeId,
+        addrs: &BTreeMap<NodeId, String>,
+        credential: &crate::access::Token,
+    ) -> Forwarder {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -265,6 +272,7 @@ impl Forwarder {
             http_bases: Arc::default(),
             http,
             counters: Arc::default(),
+            node_authorization: format!("Bearer {}", credential.reveal()),
         }
     }
 
@@ -320,6 +328,9 @@ impl Forwarder {
             .ok_or_else(|| format!("node {node} is not a peer"))?;
         let mut request = tonic::Request::new(v1::StatusRequest {});
         request.set_timeout(PEER_STATUS_TIMEOUT);
+        if let Ok(value) = self.node_authorization.parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
         let status = client
             .status(request)
             .await

@@ -4,12 +4,15 @@
 pub mod actor;
 pub mod cluster;
 pub mod key;
+pub mod keys;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
 
+use crate::access::key::NODE_CREDENTIAL_LABEL;
+use crate::access::{KeyDirectory, Token};
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::consensus::network::{Groups, Peers};
@@ -193,6 +196,8 @@ pub struct Node {
     pub forwarder: Option<Forwarder>,
     /// The Raft groups the node's transport service delivers to.
     pub groups: Groups,
+    /// The API keys, as this node's replica of shard 0 records them (`access/`).
+    pub keys: Arc<KeyDirectory>,
 }
 
 impl Node {
@@ -278,7 +283,8 @@ pub async fn start(
     match &config.cluster {
         None => {
             let alone = BTreeMap::from([(config.node_id, config.grpc_addr.to_string())]);
-            for shard_id in 1..=shard_count {
+            // Shard 0 holds the node's own streams (the API keys), as in a cluster.
+            for shard_id in std::iter::once(META_SHARD).chain(1..=shard_count) {
                 opened.push(
                     shard::open(&store, shard_id, &settings, &alone, 0, clock.clone()).await?,
                 );
@@ -346,11 +352,13 @@ pub async fn start(
         let _ = sender.send(NodeActor::new(shard_actors).start());
     });
     let actor = receiver.await?;
+    let node_credential = Token::node_credential(signer.derive_secret(NODE_CREDENTIAL_LABEL));
     let node = Node {
         forwarder: config
             .cluster
             .as_ref()
-            .map(|cluster| Forwarder::new(config.node_id, &cluster.peers)),
+            .map(|cluster| Forwarder::new(config.node_id, &cluster.peers, &node_credential)),
+        keys: keys::new_directory(&node_credential),
         config: Arc::new(config.clone()),
         router: Arc::new(Router::new(config.node_id, table)),
         actor,
@@ -364,6 +372,14 @@ pub async fn start(
         index,
         groups,
     };
+    {
+        let refreshing = node.clone();
+        tokio::task::spawn_blocking(move || keys::refresh(&refreshing)).await??;
+    }
+    // A single node leads its shard 0 by now: its first admin key exists before it
+    // serves. A cluster's is created by whichever node leads shard 0 first.
+    keys::bootstrap_admin_key(&node).await?;
+    tokio::spawn(keys::keep_current(node.clone()));
     if config.cluster.is_some() {
         if node.router.map().is_none() {
             tokio::spawn(watch_cluster_map(node.clone(), settings));

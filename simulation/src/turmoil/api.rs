@@ -152,6 +152,33 @@ impl Trail for TrailApi {
         Err(Status::unimplemented("the simulation's groups are fixed"))
     }
 
+    async fn create_api_key(
+        &self,
+        _request: Request<v1::CreateApiKeyRequest>,
+    ) -> Result<Response<v1::CreateApiKeyResponse>, Status> {
+        Err(Status::unimplemented(
+            "the simulation has no access control",
+        ))
+    }
+
+    async fn list_api_keys(
+        &self,
+        _request: Request<v1::ListApiKeysRequest>,
+    ) -> Result<Response<v1::ListApiKeysResponse>, Status> {
+        Err(Status::unimplemented(
+            "the simulation has no access control",
+        ))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        _request: Request<v1::RevokeApiKeyRequest>,
+    ) -> Result<Response<v1::RevokeApiKeyResponse>, Status> {
+        Err(Status::unimplemented(
+            "the simulation has no access control",
+        ))
+    }
+
     /// A linearizable read of the tenant's last seq (no events: the simulation checks
     /// what a read sees, not how the node pages). The replica confirms its leadership
     /// with a quorum, then waits until it has applied its whole log as it was then
