@@ -148,6 +148,12 @@ pub struct Flags {
     /// a stream has more than 200,000 events.
     #[arg(long, hide = true)]
     pub bench_index_off: bool,
+    /// Serve the client gRPC and HTTP listeners without TLS on an address that is not
+    /// loopback. Without this flag `traild` refuses, because API keys would cross the
+    /// network in the clear: use it only on a private network you trust (TLS on the
+    /// client listeners is not built yet).
+    #[arg(long, env = "TRAIL_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
     /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
     #[arg(long, env = "TRAIL_LOG")]
     pub log: Option<String>,
@@ -224,6 +230,8 @@ pub struct NodeConfig {
     pub inflight_request_bytes: usize,
     /// `--bench-index-off`: no indexer thread.
     pub index_off: bool,
+    /// `--insecure-plaintext`: plaintext client listeners on non-loopback addresses.
+    pub insecure_plaintext: bool,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -552,6 +560,20 @@ impl NodeConfig {
                  characters without spaces or '+', e.g. audit.example.com"
             );
         }
+        let http_addr = flags
+            .http_addr
+            .or(file.http_addr)
+            .unwrap_or_else(|| "127.0.0.1:7401".parse().expect("valid default"));
+        for (field, addr) in [("grpc_addr", grpc_addr), ("http_addr", http_addr)] {
+            if !addr.ip().is_loopback() && !flags.insecure_plaintext {
+                anyhow::bail!(
+                    "{field}: {addr} is not a loopback address, and the client listeners \
+                     have no TLS yet: API keys would cross the network in the clear. Serve on \
+                     127.0.0.1 behind a TLS proxy, or pass --insecure-plaintext on a private \
+                     network you trust"
+                );
+            }
+        }
         let data_dir = flags
             .data_dir
             .or(file.data_dir)
@@ -571,10 +593,7 @@ impl NodeConfig {
             data_dir,
             grpc_addr,
             peer_addr,
-            http_addr: flags
-                .http_addr
-                .or(file.http_addr)
-                .unwrap_or_else(|| "127.0.0.1:7401".parse().expect("valid default")),
+            http_addr,
             node_id,
             cluster,
             shards,
@@ -592,6 +611,7 @@ impl NodeConfig {
             cache_bytes: cache_mib << 20,
             inflight_request_bytes: inflight_request_mib << 20,
             index_off: flags.bench_index_off,
+            insecure_plaintext: flags.insecure_plaintext,
             // actix-http logs each malformed request a client sends (a bad header, an
             // oversized head) as an ERROR of its dispatcher: a client could fill the log
             // at ERROR level with them, and none is the operator's to act on.

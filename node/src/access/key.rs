@@ -303,7 +303,8 @@ mod tests {
             &format!("{good}0"),
         ] {
             let error = Token::parse(bad).unwrap_err();
-            assert!(!error.contains(bad) || bad.is_empty(), "{error}");
+            // A token's secret part never comes back in the message.
+            assert!(bad.len() < 20 || !error.contains(&bad[20..]), "{error}");
         }
     }
 

@@ -4,14 +4,16 @@
 //! Raft log as any event. The read answers only once its record is acknowledged: a read
 //! that cannot be recorded fails (UNAVAILABLE) rather than go unrecorded.
 //!
-//! Who: the node has no authentication yet, so the record holds what the request
-//! declares (`x-trail-actor` header or gRPC metadata, else `anonymous`), its peer
-//! address and user agent. The filter values are the tenant's own data and stay in the
-//! tenant's log; they are never written to the node's log.
+//! Who: the API key the request authenticated with (its id as the actor id, its name
+//! as the actor name), its peer address and user agent. What the request declares
+//! (`x-trail-actor` header or gRPC metadata) is kept beside it as `on_behalf_of` in the
+//! record's metadata, never instead of the key. The filter values are the tenant's own
+//! data and stay in the tenant's log; they are never written to the node's log.
 
 use serde_json::{json, Value};
 use trail_proto::v1;
 
+use crate::access::Principal;
 use crate::ledger::validate::{validate_event, ID_BYTES_MAX};
 use crate::ledger::{ActorKind, ApplyReceipt, Outcome};
 use crate::node::Node;
@@ -20,18 +22,25 @@ use crate::shard::batcher::IngestError;
 
 const USER_AGENT_BYTES_MAX: usize = 512;
 
-/// Who read, as far as the node can tell.
+/// Who read: the key, and what the request says of itself.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBy {
+    /// The key's id.
     pub actor_id: String,
+    /// The key's name.
+    pub actor_name: String,
+    /// The caller's own claim (`x-trail-actor`), if it made one.
+    pub on_behalf_of: Option<String>,
     pub ip_address: String,
     pub user_agent: String,
 }
 
 impl ReadBy {
-    /// From request headers: values that are missing, too long or not printable are
-    /// replaced, so a bad header never turns a read into an error.
+    /// From the caller's key and the request's headers: header values that are
+    /// missing, too long or not printable are dropped, so a bad header never turns a
+    /// read into an error.
     pub fn new(
+        principal: &Principal,
         actor: Option<&str>,
         peer: Option<std::net::SocketAddr>,
         user_agent: Option<&str>,
@@ -46,7 +55,13 @@ impl ReadBy {
                 .map(str::to_string)
         };
         ReadBy {
-            actor_id: clean(actor, ID_BYTES_MAX).unwrap_or_else(|| "anonymous".into()),
+            actor_id: principal.key_id.clone(),
+            actor_name: principal
+                .name
+                .chars()
+                .take(ID_BYTES_MAX)
+                .collect::<String>(),
+            on_behalf_of: clean(actor, ID_BYTES_MAX),
             ip_address: peer.map(|peer| peer.ip().to_string()).unwrap_or_default(),
             user_agent: clean(user_agent, USER_AGENT_BYTES_MAX).unwrap_or_default(),
         }
@@ -130,6 +145,9 @@ pub async fn record_read(
         return Ok(None);
     }
     let mut metadata = json!({ "read": kind.name() });
+    if let (Value::Object(target), Some(claimed)) = (&mut metadata, &by.on_behalf_of) {
+        target.insert("on_behalf_of".into(), json!(claimed));
+    }
     if let (Value::Object(target), Value::Object(source)) = (&mut metadata, details) {
         target.extend(source);
     }
@@ -139,6 +157,7 @@ pub async fn record_read(
         actor: Some(v1::Actor {
             r#type: v1::ActorType::Service as i32,
             id: by.actor_id.clone(),
+            name: by.actor_name.clone(),
             ..v1::Actor::default()
         }),
         action: kind.action().to_string(),
@@ -198,7 +217,18 @@ async fn record_on_leader(
     target: super::forward::Target,
     event: v1::Event,
 ) -> Result<ApplyReceipt, &'static str> {
-    let request = tonic::Request::new(v1::RecordRequest { event: Some(event) });
+    let mut request = tonic::Request::new(v1::RecordRequest { event: Some(event) });
+    // The node records this itself: with the nodes' own credential, not the reader's
+    // (whose key may not ingest).
+    if let Some(value) = node
+        .forwarder
+        .as_ref()
+        .and_then(|forwarder| forwarder.node_authorization().parse().ok())
+    {
+        request
+            .metadata_mut()
+            .insert(super::auth::AUTHORIZATION, value);
+    }
     let response = super::forward::call(node, target, request, |mut client, request| async move {
         client.record(request).await
     })

@@ -17,6 +17,7 @@ use super::audit::ReadBy;
 use super::forward;
 use super::headers::ACTOR_HEADER;
 use super::params::Consistency;
+use crate::access::Principal;
 
 pub(super) fn to_receipt(
     event_id: String,
@@ -35,10 +36,11 @@ pub(super) fn to_receipt(
 }
 
 /// Who sent a read, for its audit record.
-pub(super) fn read_by<T>(node: &Node, request: &Request<T>) -> ReadBy {
+pub(super) fn read_by<T>(node: &Node, request: &Request<T>, principal: &Principal) -> ReadBy {
     let metadata = request.metadata();
     let text = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok());
     ReadBy::new(
+        principal,
         text(ACTOR_HEADER),
         forward::client_addr(node, request),
         text("user-agent"),

@@ -368,7 +368,7 @@ impl Trail for TrailService {
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<v1::QueryResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
-        auth::authorize(
+        let principal = auth::authorize(
             &self.node,
             request.metadata(),
             Role::Read,
@@ -377,7 +377,7 @@ impl Trail for TrailService {
         )?;
         let consistency = consistency_argument(request.get_ref().consistency)?;
         forward_read!(self, request, &tenant, consistency, query);
-        let by = read_by(&self.node, &request);
+        let by = read_by(&self.node, &request, &principal);
         query::query(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
@@ -388,7 +388,7 @@ impl Trail for TrailService {
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
-        auth::authorize(
+        let principal = auth::authorize(
             &self.node,
             request.metadata(),
             Role::Read,
@@ -397,7 +397,7 @@ impl Trail for TrailService {
         )?;
         let consistency = consistency_argument(request.get_ref().consistency)?;
         forward_read!(self, request, &tenant, consistency, count);
-        let by = read_by(&self.node, &request);
+        let by = read_by(&self.node, &request, &principal);
         query::count(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)
@@ -408,7 +408,7 @@ impl Trail for TrailService {
         request: Request<v1::RecordExportRequest>,
     ) -> Result<Response<v1::RecordExportResponse>, Status> {
         let tenant = request.get_ref().tenant_id.clone();
-        auth::authorize(
+        let principal = auth::authorize(
             &self.node,
             request.metadata(),
             Role::Audit,
@@ -416,7 +416,7 @@ impl Trail for TrailService {
             "export events",
         )?;
         forward_to_leader!(self, request, &tenant, record_export);
-        let by = read_by(&self.node, &request);
+        let by = read_by(&self.node, &request, &principal);
         query::record_export(&self.node, request.into_inner(), &by)
             .await
             .map(Response::new)

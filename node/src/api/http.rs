@@ -28,7 +28,7 @@ use actix_web::{get, web, HttpRequest, HttpResponse, Responder};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::access::Role;
+use crate::access::{Principal, Role};
 use crate::ledger::{ActorKind, Outcome};
 use crate::node::cluster::{FORWARDED_HEADER, LEADER_HEADER};
 use crate::node::{Node, RouteError};
@@ -176,21 +176,22 @@ async fn count_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    if let Err(answer) = super::auth::authorize_http(
+    let principal = match super::auth::authorize_http(
         &node,
         &request,
         Role::Read,
         Some(&input.tenant_id),
         "count events",
     ) {
-        return *answer;
-    }
+        Ok(principal) => principal,
+        Err(answer) => return *answer,
+    };
     if let Some(response) =
         forward_to_leader(&node, &request, &input.tenant_id, input.consistency).await
     {
         return response;
     }
-    let by = read_by(&node, &request);
+    let by = read_by(&node, &request, &principal);
     let counted = query::count_events(
         &node,
         input.tenant_id,
@@ -290,21 +291,22 @@ async fn list_audit_logs(
         Ok(input) => input,
         Err(error) => return bad_request(error),
     };
-    if let Err(answer) = super::auth::authorize_http(
+    let principal = match super::auth::authorize_http(
         &node,
         &request,
         Role::Read,
         Some(&input.tenant_id),
         "query events",
     ) {
-        return *answer;
-    }
+        Ok(principal) => principal,
+        Err(answer) => return *answer,
+    };
     if let Some(response) =
         forward_to_leader(&node, &request, &input.tenant_id, input.consistency).await
     {
         return response;
     }
-    let by = read_by(&node, &request);
+    let by = read_by(&node, &request, &principal);
     let output = match query::run(&node, input, &by).await {
         Ok(output) => output,
         Err(QueryError::Invalid(error)) => return bad_request(error.into()),
@@ -480,7 +482,7 @@ fn bad_request(error: ParamError) -> HttpResponse {
 
 /// Who sent a read, for its audit record: the address a peer node forwarded the
 /// request for (trusted from peers only), else the connection's.
-fn read_by(node: &Node, request: &HttpRequest) -> ReadBy {
+fn read_by(node: &Node, request: &HttpRequest, principal: &Principal) -> ReadBy {
     let header = |name: &str| {
         request
             .headers()
@@ -492,7 +494,12 @@ fn read_by(node: &Node, request: &HttpRequest) -> ReadBy {
         header(FORWARDED_FOR_HEADER),
         request.peer_addr(),
     );
-    ReadBy::new(header(ACTOR_HEADER), client, header("user-agent"))
+    ReadBy::new(
+        principal,
+        header(ACTOR_HEADER),
+        client,
+        header("user-agent"),
+    )
 }
 
 fn read_failed(error: ReadError) -> HttpResponse {

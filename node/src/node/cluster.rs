@@ -280,6 +280,12 @@ impl Forwarder {
         self.node
     }
 
+    /// `Bearer <the nodes' own credential>`: what a call the node makes of its own (not
+    /// on a caller's behalf) authenticates with at another node.
+    pub fn node_authorization(&self) -> &str {
+        &self.node_authorization
+    }
+
     /// Whether `ip` is the address of a node of the cluster (only they may tell the
     /// address of a client whose request they forwarded).
     pub fn is_peer_ip(&self, ip: std::net::IpAddr) -> bool {
