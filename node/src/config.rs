@@ -154,6 +154,15 @@ pub struct Flags {
     /// client listeners is not built yet).
     #[arg(long, env = "TRAIL_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
+    /// Each tenant's ingest quota in events per second, with bursts of 2 s of it; over
+    /// it a tenant's events are refused with RESOURCE_EXHAUSTED and a retry hint, so
+    /// one tenant cannot take a shard from the others. 0: no limit [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub tenant_events_per_sec: Option<u64>,
+    /// Each tenant's ingest quota in MiB per second (event bytes as sent), with bursts
+    /// of 2 s of it. 0: no limit [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub tenant_mib_per_sec: Option<u64>,
     /// Log filter, e.g. "info" or "trail_node=debug" (RUST_LOG also works).
     #[arg(long, env = "TRAIL_LOG")]
     pub log: Option<String>,
@@ -197,6 +206,8 @@ struct FileConfig {
     checkpoint_dir: Option<PathBuf>,
     checkpoint_origin: Option<String>,
     audit_reads: Option<bool>,
+    tenant_events_per_sec: Option<u64>,
+    tenant_mib_per_sec: Option<u64>,
     index_commit_ms: Option<u64>,
     index_hold_lag_ms: Option<u64>,
     cache_mib: Option<u64>,
@@ -232,6 +243,8 @@ pub struct NodeConfig {
     pub index_off: bool,
     /// `--insecure-plaintext`: plaintext client listeners on non-loopback addresses.
     pub insecure_plaintext: bool,
+    /// Every tenant's ingest quota (`--tenant-events-per-sec`, `--tenant-mib-per-sec`).
+    pub tenant_quota: crate::access::quota::Quota,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -612,6 +625,17 @@ impl NodeConfig {
             inflight_request_bytes: inflight_request_mib << 20,
             index_off: flags.bench_index_off,
             insecure_plaintext: flags.insecure_plaintext,
+            tenant_quota: crate::access::quota::Quota {
+                events_per_sec: flags
+                    .tenant_events_per_sec
+                    .or(file.tenant_events_per_sec)
+                    .unwrap_or(100_000),
+                bytes_per_sec: flags
+                    .tenant_mib_per_sec
+                    .or(file.tenant_mib_per_sec)
+                    .unwrap_or(64)
+                    .saturating_mul(1 << 20),
+            },
             // actix-http logs each malformed request a client sends (a bad header, an
             // oversized head) as an ERROR of its dispatcher: a client could fill the log
             // at ERROR level with them, and none is the operator's to act on.

@@ -155,6 +155,17 @@ pub async fn record_batch(
     let mut waiting = Vec::with_capacity(by_shard.len());
     let mut retry_after_ms = 0u32;
     for (shard, (positions, records)) in by_shard {
+        let (positions, records) = charge_quotas(
+            node,
+            positions,
+            records,
+            now_ns,
+            &mut outcomes,
+            &mut retry_after_ms,
+        );
+        if records.is_empty() {
+            continue;
+        }
         let ids: Vec<(String, String)> = records
             .iter()
             .map(|record| (record.event_id.clone(), record.tenant_id.clone()))
@@ -292,6 +303,58 @@ fn receipt_outcome(
         });
     }
     v1::record_outcome::Outcome::Receipt(to_receipt(event_id, tenant_id, receipt))
+}
+
+/// Charges each tenant of a shard's part of a batch against its ingest quota
+/// (`access/quota.rs`); the events of a tenant over quota are refused here, with
+/// RESOURCE_EXHAUSTED and the retry hint, and the rest go on.
+fn charge_quotas(
+    node: &Node,
+    positions: Vec<usize>,
+    records: Vec<EventRecord>,
+    now_ns: i64,
+    outcomes: &mut [Option<v1::record_outcome::Outcome>],
+    retry_after_ms: &mut u32,
+) -> (Vec<usize>, Vec<EventRecord>) {
+    if node.quotas.default_quota() == crate::access::quota::Quota::UNLIMITED {
+        return (positions, records);
+    }
+    let mut per_tenant: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for record in &records {
+        let entry = per_tenant.entry(record.tenant_id.as_str()).or_default();
+        entry.0 += 1;
+        entry.1 += record.size_bytes() as u64;
+    }
+    let mut refused: BTreeMap<String, Status> = BTreeMap::new();
+    for (tenant, (events, bytes)) in per_tenant {
+        if let Err(over) = node.quotas.charge(tenant, events, bytes, now_ns) {
+            *retry_after_ms = (*retry_after_ms).max(over.retry_after_ms);
+            refused.insert(
+                tenant.to_string(),
+                Status::resource_exhausted(over.to_string()),
+            );
+        }
+    }
+    if refused.is_empty() {
+        return (positions, records);
+    }
+    let mut kept = (Vec::new(), Vec::new());
+    for (position, record) in positions.into_iter().zip(records) {
+        match refused.get(&record.tenant_id) {
+            Some(status) => {
+                outcomes[position] = Some(v1::record_outcome::Outcome::Error(event_error(
+                    position,
+                    &record.event_id,
+                    status,
+                )));
+            }
+            None => {
+                kept.0.push(position);
+                kept.1.push(record);
+            }
+        }
+    }
+    kept
 }
 
 fn rejected(index: usize, event_id: &str, error: &FieldError) -> v1::record_outcome::Outcome {

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 
 use crate::access::key::NODE_CREDENTIAL_LABEL;
+use crate::access::quota::Quotas;
 use crate::access::{KeyDirectory, Token};
 use crate::clock::Clock;
 use crate::config::NodeConfig;
@@ -198,6 +199,8 @@ pub struct Node {
     pub groups: Groups,
     /// The API keys, as this node's replica of shard 0 records them (`access/`).
     pub keys: Arc<KeyDirectory>,
+    /// Every tenant's ingest quota, charged where its events reach its shard.
+    pub quotas: Arc<Quotas>,
 }
 
 impl Node {
@@ -359,6 +362,7 @@ pub async fn start(
             .as_ref()
             .map(|cluster| Forwarder::new(config.node_id, &cluster.peers, &node_credential)),
         keys: keys::new_directory(&node_credential),
+        quotas: Arc::new(Quotas::new(config.tenant_quota)),
         config: Arc::new(config.clone()),
         router: Arc::new(Router::new(config.node_id, table)),
         actor,
