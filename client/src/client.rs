@@ -11,7 +11,6 @@ use futures::Stream;
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use trail_proto::v1::record_outcome::Outcome;
 use trail_proto::v1::trail_client::TrailClient;
@@ -27,11 +26,12 @@ use crate::batch_split::{BatchSplit, PartAnswer};
 use crate::encoded_batch::{
     assign_missing_event_ids, encode_events, event_ids_of, single_tenant, EncodedBatch,
 };
-use crate::endpoint_set::{names_another_leader, EndpointSet, Route};
+use crate::endpoint_set::{names_another_leader, AuthChannel, EndpointSet, Route};
 use crate::error::{Error, Result};
 use crate::retry::{is_retryable_status, BatchProgress, RetryPolicy};
 use crate::shard_map::{tenant_key, ShardMap};
 use crate::shard_map_cache::{Known, ShardMapCache, FIRST_MAP_WAIT_MAX};
+use crate::token::Token;
 
 /// Largest response the client accepts. A full `Tail` page is 1,000 events of ~1 KiB
 /// and a 10,000-event batch response ~1 MiB of receipts; 64 MiB leaves room for growth
@@ -44,14 +44,18 @@ const RECORD_BATCH_PATH: &str = "/trail.v1.Trail/RecordBatch";
 /// block asked for, or with one error.
 pub type BlockStream = Pin<Box<dyn Stream<Item = Result<Block>> + Send>>;
 
-/// Connection and retry settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Connection, credential and retry settings. `Debug` shows the token's key id only.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Deadline of one RPC attempt; sent to the server as `grpc-timeout` too.
     pub rpc_timeout: Duration,
     /// How long to wait for the TCP (and HTTP/2) connection.
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
+    /// The API key every request carries (`authorization: Bearer <token>`). `None`:
+    /// the one in `TRAIL_TOKEN`, if set; otherwise requests carry none, and the node
+    /// answers UNAUTHENTICATED.
+    pub token: Option<Token>,
 }
 
 impl Default for ClientOptions {
@@ -60,7 +64,16 @@ impl Default for ClientOptions {
             rpc_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
+            token: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// These options with `token` as the credential.
+    pub fn with_token(mut self, token: Token) -> ClientOptions {
+        self.token = Some(token);
+        self
     }
 }
 
@@ -185,8 +198,14 @@ impl Client {
     /// [`Error::Connect`] when the only endpoint cannot be reached, and with
     /// [`Error::ConnectAll`] naming every endpoint and its reason when none of several
     /// can.
-    pub async fn connect_with(endpoint: &str, options: ClientOptions) -> Result<Client> {
-        let endpoints = EndpointSet::connect(endpoint, options).await?;
+    ///
+    /// Without [`ClientOptions::token`], the token is taken from `TRAIL_TOKEN`; a
+    /// malformed one there fails with [`Error::InvalidToken`].
+    pub async fn connect_with(endpoint: &str, mut options: ClientOptions) -> Result<Client> {
+        if options.token.is_none() {
+            options.token = Token::from_env()?;
+        }
+        let endpoints = EndpointSet::connect(endpoint, options.clone()).await?;
         Ok(Client {
             endpoints: Arc::new(endpoints),
             options,
@@ -226,12 +245,16 @@ impl Client {
         if tenant_id.is_none() && events.len() > 1 {
             let keys = events.iter().map(|event| tenant_key(&event.tenant_id));
             if let Some((split, leaders)) = self.split_by_leader(keys).await {
-                return self.record_split_events(events, &split, &leaders).await;
+                return self
+                    .record_split_events(events, &split, &leaders)
+                    .await
+                    .map_err(Error::classified);
             }
         }
         let body = encode_events(events.iter());
         self.drive_record_batch(body, events.len(), tenant_id.as_deref(), None, Some(events))
             .await
+            .map_err(Error::classified)
     }
 
     /// [`Client::record_batch`] for a batch encoded ahead of time. A batch of several
@@ -240,11 +263,15 @@ impl Client {
     pub async fn record_batch_encoded(&self, batch: &EncodedBatch) -> Result<RecordBatchResponse> {
         if let Some(keys) = batch.tenant_keys() {
             if let Some((split, leaders)) = self.split_by_leader(keys).await {
-                return self.record_split_encoded(batch, &split, &leaders).await;
+                return self
+                    .record_split_encoded(batch, &split, &leaders)
+                    .await
+                    .map_err(Error::classified);
             }
         }
         self.drive_record_batch(batch.body(), batch.len(), batch.tenant_id(), None, None)
             .await
+            .map_err(Error::classified)
     }
 
     /// How to split a batch of several tenants, given each event's tenant key in batch
@@ -602,7 +629,7 @@ impl Client {
                 tenant_id: tenant_id.to_string(),
                 event_id: event_id.to_string(),
             }),
-            Err(status) => Err(Error::Rpc(status)),
+            Err(status) => Err(Error::from(status)),
         }
     }
 
@@ -885,7 +912,7 @@ impl Client {
                     event_id: event_id.to_string(),
                 })
             }
-            Err(status) => Err(Error::Rpc(status)),
+            Err(status) => Err(Error::from(status)),
         }
     }
 
@@ -929,7 +956,7 @@ impl Client {
         call: F,
     ) -> Result<T, Status>
     where
-        F: FnMut(TrailClient<Channel>, Duration) -> Fut,
+        F: FnMut(TrailClient<AuthChannel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let (response, _route) = self.call_routed(tenant_id, call).await?;
@@ -943,7 +970,7 @@ impl Client {
         mut call: F,
     ) -> Result<(T, Route), Status>
     where
-        F: FnMut(TrailClient<Channel>, Duration) -> Fut,
+        F: FnMut(TrailClient<AuthChannel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let tenant_id = tenant_id_given.filter(|tenant_id| !tenant_id.is_empty());
@@ -1087,7 +1114,7 @@ async fn next_listed_block(mut state: ListBlocksState) -> Option<(Result<Block>,
             }
             Err(status) => {
                 state.done = true;
-                return Some((Err(Error::Rpc(status)), state));
+                return Some((Err(Error::from(status)), state));
             }
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tonic::metadata::MetadataMap;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use trail_proto::v1::trail_client::TrailClient;
 
@@ -17,6 +18,7 @@ use crate::client::{ClientOptions, RESPONSE_BYTES_MAX};
 use crate::error::{root_cause, ConnectFailure, Error, Result};
 use crate::leader_cache::{LeaderCache, TENANTS_MAX};
 use crate::shard_map::NODES_MAX;
+use crate::token::{Authorization, Token};
 
 /// Response metadata naming the gRPC endpoint of the node that leads the request's
 /// tenant's shard: set by a node that forwarded the request there, or that refuses to
@@ -32,16 +34,20 @@ const ENDPOINTS_MAX: usize = 32;
 /// names at most its own nodes, so 16 is reached only when nodes are replaced often.
 const LEARNED_ENDPOINTS_MAX: usize = 16;
 
+/// A connection whose every request carries the client's token.
+pub(crate) type AuthChannel = InterceptedService<Channel, Authorization>;
+
 /// One node: its URI (scheme and authority, no trailing slash) and its connection.
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) uri: Arc<str>,
-    pub(crate) channel: Channel,
-    pub(crate) trail: TrailClient<Channel>,
+    pub(crate) channel: AuthChannel,
+    pub(crate) trail: TrailClient<AuthChannel>,
 }
 
 impl Node {
-    fn new(uri: Arc<str>, channel: Channel) -> Node {
+    fn new(uri: Arc<str>, channel: Channel, token: Option<&Token>) -> Node {
+        let channel = InterceptedService::new(channel, Authorization::new(token));
         let trail = TrailClient::new(channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX);
         Node {
             uri,
@@ -165,7 +171,11 @@ impl EndpointSet {
         let mut listed = Vec::with_capacity(dials.len());
         for (dial, channel) in dials.iter().zip(channels) {
             let channel = channel.unwrap_or_else(|| dial.endpoint.connect_lazy());
-            listed.push(Arc::new(Node::new(Arc::from(dial.uri.as_str()), channel)));
+            listed.push(Arc::new(Node::new(
+                Arc::from(dial.uri.as_str()),
+                channel,
+                options.token.as_ref(),
+            )));
         }
         EndpointSet {
             listed,
@@ -344,7 +354,11 @@ impl EndpointSet {
             }
         };
         let uri_shared: Arc<str> = Arc::from(uri);
-        let node = Arc::new(Node::new(uri_shared.clone(), endpoint.connect_lazy()));
+        let node = Arc::new(Node::new(
+            uri_shared.clone(),
+            endpoint.connect_lazy(),
+            self.options.token.as_ref(),
+        ));
         routes.learned.insert(uri_shared, node.clone());
         assert!(routes.learned.len() <= LEARNED_ENDPOINTS_MAX);
         Some(node)

@@ -30,6 +30,24 @@ pub enum Error {
     /// already says everything it holds.
     #[error("{}", describe_status(.0))]
     Rpc(tonic::Status),
+    /// The node did not accept the credential (UNAUTHENTICATED): no token was given,
+    /// or its key is unknown, expired or revoked. Never retried.
+    #[error("UNAUTHENTICATED: {message}")]
+    Unauthenticated { message: String },
+    /// The key's role or tenant does not cover the call (PERMISSION_DENIED); the
+    /// message names the key, the role needed and the tenant. Never retried.
+    #[error("PERMISSION_DENIED: {message}")]
+    PermissionDenied { message: String },
+    /// A token given to the SDK is malformed. `origin` is where it came from (an
+    /// environment variable or a file), never the token.
+    #[error("invalid token in {origin}: {reason}")]
+    InvalidToken {
+        origin: String,
+        reason: &'static str,
+    },
+    /// A token file could not be read.
+    #[error("cannot read the token file {path}: {reason}")]
+    TokenFile { path: String, reason: String },
     /// `GetEvent` found no such event.
     #[error("event {event_id:?} not found in tenant {tenant_id:?}")]
     NotFound { tenant_id: String, event_id: String },
@@ -65,8 +83,18 @@ fn describe_failures(failures: &[ConnectFailure]) -> String {
 }
 
 impl From<tonic::Status> for Error {
+    /// UNAUTHENTICATED and PERMISSION_DENIED become their own variants; every other
+    /// status is [`Error::Rpc`].
     fn from(status: tonic::Status) -> Self {
-        Error::Rpc(status)
+        match status.code() {
+            Code::Unauthenticated => Error::Unauthenticated {
+                message: status.message().to_string(),
+            },
+            Code::PermissionDenied => Error::PermissionDenied {
+                message: status.message().to_string(),
+            },
+            _ => Error::Rpc(status),
+        }
     }
 }
 
@@ -96,6 +124,25 @@ impl Error {
             }
             _ => false,
         }
+    }
+
+    /// [`Error::Rpc`] of UNAUTHENTICATED or PERMISSION_DENIED as its own variant (see
+    /// `From<Status>`): for paths that keep the status until the end, such as a
+    /// split batch whose parts fail one by one.
+    pub(crate) fn classified(self) -> Error {
+        match self {
+            Error::Rpc(status) => Error::from(status),
+            other => other,
+        }
+    }
+
+    /// True when the node refused the credential (UNAUTHENTICATED) or the key's
+    /// rights (PERMISSION_DENIED). Tools add a hint on where the token came from.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Unauthenticated { .. } | Error::PermissionDenied { .. }
+        )
     }
 }
 

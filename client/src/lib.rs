@@ -6,9 +6,17 @@
 //! idempotency key (`event_id`) before the first send, so a resend after a timeout or a
 //! load refusal is deduplicated by the server rather than recorded twice.
 //!
+//! Every request carries an API key's token (`authorization: Bearer <token>`): the
+//! one in [`ClientOptions::token`], else the one in `TRAIL_TOKEN`. A node writes its
+//! first admin key's token to `<data dir>/admin.token`; [`Token`] never shows its
+//! secret in errors, logs or `Debug` output. A node that refuses the key answers
+//! [`Error::Unauthenticated`] or [`Error::PermissionDenied`], never retried.
+//!
 //! ```no_run
 //! # async fn example() -> trail_client::Result<()> {
-//! let client = trail_client::Client::connect("http://127.0.0.1:7400").await?;
+//! let token = trail_client::Token::from_file("trail-data/admin.token".as_ref())?;
+//! let options = trail_client::ClientOptions::default().with_token(token);
+//! let client = trail_client::Client::connect_with("http://127.0.0.1:7400", options).await?;
 //! let line = r#"{"tenant_id":"ten_0001","action":"auth.login","result":"SUCCESS"}"#;
 //! let event = trail_client::json::parse_event(line)?;
 //! let response = client.record_batch(vec![event]).await?;
@@ -46,6 +54,7 @@ pub mod note;
 mod retry;
 mod shard_map;
 mod shard_map_cache;
+mod token;
 pub mod verify;
 pub mod workload;
 
@@ -53,6 +62,7 @@ pub use client::{BlockStream, Client, ClientOptions, RetryStats};
 pub use encoded_batch::EncodedBatch;
 pub use error::{code_name, ConnectFailure, Error, Result};
 pub use retry::RetryPolicy;
+pub use token::{Token, TOKEN_ENV};
 pub use trail_proto::v1::{
     Block, Event, EventError, GetCheckpointResponse, GetConsistencyProofResponse, GetProofResponse,
     Receipt, RecordBatchResponse, StatusResponse, StoredEvent, TailResponse,

@@ -412,6 +412,7 @@ fn options() -> ClientOptions {
             backoff_base_ms: 5,
             backoff_cap_ms: 20,
         },
+        ..ClientOptions::default()
     }
 }
 

@@ -5,6 +5,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use trail_client::Token;
 use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{ClusterInitRequest, ClusterMap, StatusRequest};
 
@@ -34,8 +35,13 @@ pub struct InitArgs {
     pub replicas: u32,
 }
 
-pub async fn init(endpoint: &str, args: &InitArgs, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let map = init_map(endpoint, args, timeout).await?;
+pub async fn init(
+    endpoint: &str,
+    args: &InitArgs,
+    token: Option<&Token>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let map = init_map(endpoint, args, token, timeout).await?;
     let (map, created) = map;
     println!(
         "cluster {} {}: {} data shards x {} replicas",
@@ -81,6 +87,7 @@ pub async fn init(endpoint: &str, args: &InitArgs, timeout: Duration) -> anyhow:
 async fn init_map(
     endpoints: &str,
     args: &InitArgs,
+    token: Option<&Token>,
     timeout: Duration,
 ) -> anyhow::Result<(ClusterMap, bool)> {
     let deadline = Instant::now() + timeout;
@@ -106,10 +113,13 @@ async fn init_map(
                     continue;
                 }
             };
-            let request = ClusterInitRequest {
+            let mut request = tonic::Request::new(ClusterInitRequest {
                 shards: args.shards,
                 replicas: args.replicas,
-            };
+            });
+            if let Some(token) = token {
+                token.authorize(&mut request);
+            }
             match client.cluster_init(request).await {
                 Ok(response) => {
                     let response = response.into_inner();
@@ -127,7 +137,10 @@ async fn init_map(
                     recorded_earlier |= status.code() == tonic::Code::DeadlineExceeded;
                     last_error = format!("{uri}: {}", status.message());
                 }
-                Err(status) => anyhow::bail!("{uri}: {}", status.message()),
+                Err(status) => {
+                    return Err(anyhow::Error::new(trail_client::Error::from(status)))
+                        .with_context(|| uri.clone())
+                }
             }
         }
         if Instant::now() >= deadline {
@@ -145,19 +158,28 @@ pub enum DevClusterCommand {
     /// Node i serves gRPC on --base-port + 2(i-1), HTTP on the port after it and Raft
     /// to the other nodes (its peer listener) 50 above its gRPC port; its data and log
     /// (traild.log) are in DIR/node<i>. The nodes share one checkpoint
-    /// key (node 1's), as every cluster must. Running `up` again restarts stopped
-    /// nodes on the same data. traild is taken from beside trailctl, else from PATH.
+    /// key (node 1's), as every cluster must. The first admin key's token is written to
+    /// DIR/admin.token before the nodes start (they create the key with it); pass it
+    /// with --token-file. Running `up` again restarts stopped nodes on the same data.
+    /// traild is taken from beside trailctl, else from PATH.
     ///
     /// Examples:
     ///   trailctl dev-cluster up --nodes 3
     ///   trailctl dev-cluster up --nodes 3 -- --index-commit-ms 2000
-    ///   trailctl --endpoint http://127.0.0.1:7410,http://127.0.0.1:7412 status
+    ///   trailctl --endpoint http://127.0.0.1:7410,http://127.0.0.1:7412 \
+    ///       --token-file trail-dev-cluster/admin.token status
     ///   trailctl dev-cluster down
     #[command(verbatim_doc_comment)]
     Up(UpArgs),
     /// Stop the local cluster's nodes (SIGTERM; they flush first). Data is kept.
     Down(DownArgs),
 }
+
+/// The environment variable that gives a node the token of its first admin key
+/// (node/src/node/keys.rs).
+const ADMIN_TOKEN_ENV: &str = "TRAIL_ADMIN_TOKEN";
+/// The dev cluster's admin token, in its directory.
+const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// A dev-cluster node's peer (Raft) port is this far above its gRPC port: clear of
 /// the gRPC and HTTP ports of up to 9 nodes (2 ports each).
@@ -236,6 +258,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let peers = peers.join(",");
     let traild = traild_binary();
+    let admin_token = dev_cluster_token(&args.dir)?;
     for node in 1..=args.nodes {
         let data_dir = args.dir.join(format!("node{node}"));
         std::fs::create_dir_all(&data_dir)
@@ -275,6 +298,9 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .arg("--peer-addr")
             .arg(format!("127.0.0.1:{}", peer_port(node)))
             .args(&args.traild_args)
+            // The first admin key is the one in DIR/admin.token, whichever node
+            // leads the metadata group when it is created.
+            .env(ADMIN_TOKEN_ENV, admin_token.reveal())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -307,17 +333,26 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         .map(|node| format!("http://127.0.0.1:{}", grpc_port(node)))
         .collect();
     for endpoint in &endpoints {
-        wait_serving(endpoint, Duration::from_secs(30)).await?;
+        wait_serving(endpoint, &admin_token, Duration::from_secs(30)).await?;
     }
     let sizes = InitArgs {
         shards: args.shards,
         replicas: args.replicas.min(args.nodes),
     };
-    init(&endpoints.join(","), &sizes, Duration::from_secs(180)).await?;
+    init(
+        &endpoints.join(","),
+        &sizes,
+        Some(&admin_token),
+        Duration::from_secs(180),
+    )
+    .await?;
+    let token_file = args.dir.join(ADMIN_TOKEN_FILE);
     println!("\nendpoints: {}", endpoints.join(","));
+    println!("token:     {} (admin)", token_file.display());
     println!(
-        "try:       trailctl --endpoint {} status",
-        endpoints.join(",")
+        "try:       trailctl --endpoint {} --token-file {} status",
+        endpoints.join(","),
+        token_file.display()
     );
     println!(
         "stop:      trailctl dev-cluster down --dir {}",
@@ -326,11 +361,54 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_serving(endpoint: &str, timeout: Duration) -> anyhow::Result<()> {
+/// The dev cluster's admin token, in DIR/admin.token (mode 0600): the one kept there,
+/// else the one a node of an older cluster wrote to its own data directory, else a new
+/// one, written there before any node starts.
+fn dev_cluster_token(dir: &Path) -> anyhow::Result<Token> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        return Ok(Token::from_file(&path)?);
+    }
+    for node in 1..=9 {
+        let written = dir.join(format!("node{node}")).join(ADMIN_TOKEN_FILE);
+        if written.exists() {
+            let token = Token::from_file(&written)?;
+            write_token_file(&path, &token)?;
+            return Ok(token);
+        }
+    }
+    let token = Token::generate();
+    write_token_file(&path, &token)?;
+    Ok(token)
+}
+
+/// Writes a token file readable by its owner only.
+fn write_token_file(path: &Path, token: &Token) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{}", token.reveal()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Waits until the node answers `Status` with the admin token: it serves, and its
+/// directory holds the first admin key (created once the metadata group elects).
+async fn wait_serving(endpoint: &str, token: &Token, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(mut client) = TrailClient::connect(endpoint.to_string()).await {
-            if client.status(StatusRequest {}).await.is_ok() {
+            let mut request = tonic::Request::new(StatusRequest {});
+            token.authorize(&mut request);
+            if client.status(request).await.is_ok() {
                 return Ok(());
             }
         }

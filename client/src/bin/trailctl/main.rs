@@ -9,6 +9,7 @@ mod bench_query;
 mod bench_verify;
 mod checkpoint;
 mod cluster;
+mod credential;
 mod export;
 mod ingest;
 mod key;
@@ -100,6 +101,9 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     rpc_timeout_s: u64,
+
+    #[command(flatten)]
+    token: credential::TokenArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -401,17 +405,36 @@ async fn main() -> ExitCode {
         rpc_timeout: Duration::from_secs(cli.rpc_timeout_s),
         ..ClientOptions::default()
     };
-    let outcome = run(cli.command, &cli.endpoint, options).await;
+    let mut credential = None;
+    let outcome = run(
+        cli.command,
+        &cli.endpoint,
+        &cli.token,
+        options,
+        &mut credential,
+    )
+    .await;
     match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if let Some(refused) = auth_failure(&error) {
+                eprintln!("{}", credential::hint(refused, credential.as_ref()));
+            }
             exit_code_for(&error)
         }
     }
 }
 
-async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow::Result<ExitCode> {
+/// Runs `command`. Commands that contact a node first take the token (see
+/// [`credential`]) and leave it in `credential`, for the hint if the node refuses it.
+async fn run(
+    command: Command,
+    endpoint: &str,
+    token: &credential::TokenArgs,
+    mut options: ClientOptions,
+    credential: &mut Option<credential::Credential>,
+) -> anyhow::Result<ExitCode> {
     // Offline verification must not contact the node, not even to connect.
     let command = match command {
         Command::Proof(args) if args.is_offline() => return proof::verify_offline(args),
@@ -422,14 +445,17 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
         Command::DevCluster {
             dev: cluster::DevClusterCommand::Down(args),
         } => return cluster::down(&args),
-        Command::Cluster {
-            cluster: cluster::ClusterCommand::Init(args),
-        } => {
-            let timeout = options.rpc_timeout.max(Duration::from_secs(180));
-            return cluster::init(endpoint, &args, timeout).await;
-        }
         online => online,
     };
+    *credential = credential::resolve(token)?;
+    options.token = credential.as_ref().map(|given| given.token.clone());
+    if let Command::Cluster {
+        cluster: cluster::ClusterCommand::Init(args),
+    } = &command
+    {
+        let timeout = options.rpc_timeout.max(Duration::from_secs(180));
+        return cluster::init(endpoint, args, options.token.as_ref(), timeout).await;
+    }
     if let Command::Verify(args) = &command {
         args.validate()?;
     }
@@ -463,6 +489,14 @@ async fn run(command: Command, endpoint: &str, options: ClientOptions) -> anyhow
             bench: BenchCommand::Query(args),
         } => bench_query::run(&client, args).await,
     }
+}
+
+/// The node's refusal of the credential or of the key's rights, if that is the error.
+fn auth_failure(error: &anyhow::Error) -> Option<&trail_client::Error> {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<trail_client::Error>())
+        .find(|client_error| client_error.is_auth_failure())
 }
 
 /// 2 when the node could not be reached, 1 for everything else.
