@@ -15,11 +15,12 @@ use tonic::{Code, Request, Status};
 use trail_proto::v1::record_outcome::Outcome;
 use trail_proto::v1::trail_client::TrailClient;
 use trail_proto::v1::{
-    Block, CountRequest, Event, GetBlockRequest, GetCheckpointRequest, GetCheckpointResponse,
-    GetConsistencyProofRequest, GetConsistencyProofResponse, GetEventRequest, GetProofRequest,
-    GetProofResponse, ListBlocksRequest, ListStreamsRequest, ListStreamsResponse, QueryRequest,
-    QueryResponse, Receipt, RecordBatchResponse, RecordRequest, StatusRequest, StatusResponse,
-    StoredEvent, TailRequest, TailResponse,
+    ApiKey, Block, CountRequest, CreateApiKeyRequest, CreateApiKeyResponse, Event, GetBlockRequest,
+    GetCheckpointRequest, GetCheckpointResponse, GetConsistencyProofRequest,
+    GetConsistencyProofResponse, GetEventRequest, GetProofRequest, GetProofResponse,
+    ListApiKeysRequest, ListBlocksRequest, ListStreamsRequest, ListStreamsResponse, QueryRequest,
+    QueryResponse, Receipt, RecordBatchResponse, RecordRequest, RevokeApiKeyRequest, StatusRequest,
+    StatusResponse, StoredEvent, TailRequest, TailResponse,
 };
 
 use crate::batch_split::{BatchSplit, PartAnswer};
@@ -944,6 +945,56 @@ impl Client {
             ));
         }
         Ok(response)
+    }
+
+    /// Creates an API key (needs an admin key) and returns it with its token, which the
+    /// node never shows again. Sent once, never retried: a retry after a lost answer
+    /// would create a second key whose token nobody holds.
+    pub async fn create_api_key(
+        &self,
+        create: CreateApiKeyRequest,
+    ) -> Result<CreateApiKeyResponse> {
+        let route = self.endpoints.route(None);
+        let mut trail = route.node.trail.clone();
+        let mut request = Request::new(create);
+        request.set_timeout(self.options.rpc_timeout);
+        let response = trail.create_api_key(request).await?.into_inner();
+        if response.key.is_none() || response.token.is_empty() {
+            return Err(Error::Protocol(
+                "CreateApiKey answered without a key or a token".to_string(),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// The node's API keys (needs an admin key); revoked and expired ones too with
+    /// `include_inactive`.
+    pub async fn list_api_keys(&self, include_inactive: bool) -> Result<Vec<ApiKey>> {
+        let response = self
+            .call_with_retries(None, |mut trail, timeout| {
+                let mut request = Request::new(ListApiKeysRequest { include_inactive });
+                request.set_timeout(timeout);
+                async move { trail.list_api_keys(request).await }
+            })
+            .await?;
+        Ok(response.keys)
+    }
+
+    /// Revokes an API key (needs an admin key); every node refuses it within a
+    /// second. Retried like the reads: revoking twice is revoking once.
+    pub async fn revoke_api_key(&self, key_id: &str) -> Result<ApiKey> {
+        let response = self
+            .call_with_retries(None, |mut trail, timeout| {
+                let mut request = Request::new(RevokeApiKeyRequest {
+                    key_id: key_id.to_string(),
+                });
+                request.set_timeout(timeout);
+                async move { trail.revoke_api_key(request).await }
+            })
+            .await?;
+        response
+            .key
+            .ok_or_else(|| Error::Protocol("RevokeApiKey answered without a key".to_string()))
     }
 
     /// Runs a unary call, retrying transient failures with backoff, each attempt on

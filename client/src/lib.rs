@@ -64,8 +64,9 @@ pub use error::{code_name, ConnectFailure, Error, Result};
 pub use retry::RetryPolicy;
 pub use token::{Token, TOKEN_ENV};
 pub use trail_proto::v1::{
-    Block, Event, EventError, GetCheckpointResponse, GetConsistencyProofResponse, GetProofResponse,
-    Receipt, RecordBatchResponse, StatusResponse, StoredEvent, TailResponse,
+    ApiKey, Block, CreateApiKeyRequest, CreateApiKeyResponse, Event, EventError,
+    GetCheckpointResponse, GetConsistencyProofResponse, GetProofResponse, Receipt,
+    RecordBatchResponse, Role, StatusResponse, StoredEvent, TailResponse,
 };
 
 /// The server refuses batches larger than this (see `RecordBatch` in `trail.proto`).

@@ -27,6 +27,11 @@ fn help_lists_commands_examples_and_exit_codes() {
         "reindex",
         "export",
         "verify-export",
+        "api-key",
+        // Every call carries a token; where it comes from.
+        "--token-file",
+        "TRAIL_TOKEN",
+        "admin.token",
         "Examples",
         "Exit codes",
         // --endpoint takes a cluster's nodes.

@@ -152,8 +152,8 @@ pub fn hint(error: &trail_client::Error, credential: Option<&Credential>) -> Str
     );
     match (error, credential) {
         (trail_client::Error::PermissionDenied { .. }, Some(credential)) => format!(
-            "hint: the token ({}) was taken from {}; a key with the role and tenant \
-             needed is made with `trailctl api-key create`, or use the admin token: {admin_file}",
+            "hint: the token ({}) was taken from {}; `trailctl api-key create` makes a key \
+             with the role and tenant needed; {admin_file}",
             credential.token.key_id(),
             credential.origin
         ),

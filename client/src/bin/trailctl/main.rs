@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 something was rejected, not found, invalid or did not
 //! verify; 2 the node could not be reached.
 
+mod api_key;
 mod bench;
 mod bench_query;
 mod bench_verify;
@@ -42,6 +43,12 @@ Examples:
   trailctl query --tenant ten_0001 --action 'auth.*' --result failure \
       --start-time 2025-01-01T00:00:00Z --end-time 2025-01-02T00:00:00Z
   trailctl query --tenant ten_0001 --actor-id usr_42 --all --json > usr_42.jsonl
+
+  # Every call carries an API key's token: --token, --token-file, TRAIL_TOKEN or
+  # TRAIL_TOKEN_FILE; where traild runs with no flags, ./trail-data/admin.token is used.
+  # A read key for one tenant's portal (its token is printed once)
+  trailctl api-key create --tenant ten_0001 --role read --name portal
+  trailctl --token-file /var/lib/trail/admin.token api-key list
 
   # Node and shard state, as a table or as JSON
   trailctl status
@@ -316,6 +323,15 @@ enum Command {
     #[command(verbatim_doc_comment)]
     VerifyExport(export::VerifyExportArgs),
 
+    /// Manage API keys: create (the token is shown once), list, revoke. Needs an admin key.
+    ///
+    /// Every call to a node carries a key's token; the node's first admin key's token
+    /// is in <data dir>/admin.token (see --token).
+    ApiKey {
+        #[command(subcommand)]
+        api_key: api_key::ApiKeyCommand,
+    },
+
     /// Measure the node.
     Bench {
         #[command(subcommand)]
@@ -475,6 +491,7 @@ async fn run(
         Command::Checkpoint(args) => checkpoint::run(&client, args).await,
         Command::Verify(args) => verify::run(&client, args).await,
         Command::Export(args) => export::run(&client, args).await,
+        Command::ApiKey { api_key } => api_key::run(&client, api_key).await,
         Command::VerifyExport(_) => unreachable!("verify-export runs offline, above"),
         Command::Cluster { .. } | Command::DevCluster { .. } => {
             unreachable!("cluster commands connect on their own, above")
