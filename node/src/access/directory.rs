@@ -120,7 +120,15 @@ struct DirectoryState {
 #[derive(Default)]
 pub struct KeyDirectory {
     state: RwLock<DirectoryState>,
+    /// When an unknown key last made the directory read shard 0 at once (ns).
+    last_eager_refresh_ns: std::sync::atomic::AtomicI64,
 }
+
+/// How often an unknown key may make a node read its shard 0 at once, rather than at
+/// the next refresh: a key created through another node works here as soon as its
+/// creation is applied here, and unknown keys sent in a flood cost one small read per
+/// interval.
+pub const EAGER_REFRESH_INTERVAL_NS: i64 = 50_000_000;
 
 impl KeyDirectory {
     /// A directory that also accepts the cluster nodes' own credential.
@@ -203,6 +211,18 @@ impl KeyDirectory {
             }
             state.read_up_to = last;
         }
+    }
+
+    /// Whether an unknown key may trigger a read of shard 0 now (at most once per
+    /// [`EAGER_REFRESH_INTERVAL_NS`]); claims the slot when it may.
+    pub fn claim_eager_refresh(&self, now_ns: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.last_eager_refresh_ns.load(Ordering::Relaxed);
+        now_ns.saturating_sub(last) >= EAGER_REFRESH_INTERVAL_NS
+            && self
+                .last_eager_refresh_ns
+                .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The caller of a request whose `authorization` header is `header`.

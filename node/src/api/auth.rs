@@ -36,9 +36,24 @@ pub fn caller(node: &Node, metadata: &MetadataMap) -> Result<Principal, Status> 
                 .map_err(|_| unauthenticated(AuthError::Malformed("the header is not ASCII")))?,
         ),
     };
-    node.keys
-        .authenticate(header, node.clock.now_ns())
-        .map_err(unauthenticated)
+    authenticate(node, header)
+}
+
+/// Authenticates against the directory; a key it does not know yet (created through
+/// another node a moment ago) makes it read shard 0 once more, at most every 50 ms.
+fn authenticate(node: &Node, header: Option<&str>) -> Result<Principal, Status> {
+    let now_ns = node.clock.now_ns();
+    match node.keys.authenticate(header, now_ns) {
+        Err(AuthError::Unknown) if node.keys.claim_eager_refresh(now_ns) => {
+            if let Err(error) = crate::node::keys::refresh(node) {
+                tracing::warn!(%error, "reading the key directory");
+            }
+            node.keys
+                .authenticate(header, now_ns)
+                .map_err(unauthenticated)
+        }
+        result => result.map_err(unauthenticated),
+    }
 }
 
 /// The caller of a gRPC request, if it may do `what`, which needs `needed` on `tenant`
@@ -103,16 +118,13 @@ pub fn authorize_http(
             }
         },
     };
-    let principal = node
-        .keys
-        .authenticate(header, node.clock.now_ns())
-        .map_err(|error| {
-            answer(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                error.to_string(),
-            )
-        })?;
+    let principal = authenticate(node, header).map_err(|status| {
+        answer(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            status.message().to_string(),
+        )
+    })?;
     principal
         .authorize(needed, tenant, what)
         .map_err(|denied| {

@@ -295,13 +295,25 @@ impl Trail for TrailService {
         &self,
         request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        auth::authorize(
-            &self.node,
-            request.metadata(),
-            Role::Admin,
-            None,
-            "read the node's status",
-        )?;
+        // Any key may learn where the node is, the cluster map (clients route batches
+        // by it) and the checkpoint key (auditors verify with it); the node's internals
+        // (shards, data directory, memory) are for admins.
+        let principal = auth::caller(&self.node, request.metadata())?;
+        let config = &self.node.config;
+        if principal
+            .authorize(Role::Admin, None, "read the node's status")
+            .is_err()
+        {
+            return Ok(Response::new(v1::StatusResponse {
+                node_id: config.node_id,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                grpc_addr: config.grpc_addr.to_string(),
+                http_addr: config.http_addr.to_string(),
+                verifier_key: self.node.signer.verifier_key(),
+                cluster: self.node.router.map().map(|map| map.to_proto()),
+                ..v1::StatusResponse::default()
+            }));
+        }
         let status = self
             .node
             .actor
@@ -309,7 +321,6 @@ impl Trail for TrailService {
             .await
             .map_err(|_| Status::unavailable("node is shutting down"))?;
         let memory = crate::api::process_memory();
-        let config = &self.node.config;
         Ok(Response::new(v1::StatusResponse {
             node_id: config.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
