@@ -15,10 +15,13 @@ use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
 use trail_proto::v1::trail_client::TrailClient;
 
-use crate::{replica_read, NodeSpec, Traild};
+use crate::{replica_read, Authorization, GrpcClient, NodeSpec, Traild};
 
 /// How long `ClusterInit` is retried while the metadata group elects its leader.
 const CLUSTER_INIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the nodes may take, once all started, to elect the metadata group's
+/// leader, which creates the first admin key, and to read it from their replicas.
+const ADMIN_KEY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A batch not acknowledged in full within this fails [`record_until_acked`].
 pub const BATCH_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Events of one `Tail` page.
@@ -111,6 +114,11 @@ impl Cluster {
         }
         for node in &mut cluster.nodes[1..] {
             node.wait_ready().await;
+        }
+        // The first admin key exists once the metadata group (a majority of the
+        // nodes) has a leader; every node reads it from its own replica.
+        for node in &cluster.nodes {
+            node.wait_admin(ADMIN_KEY_TIMEOUT).await;
         }
         cluster
     }
@@ -492,18 +500,18 @@ fn lagging_shards(statuses: &[(u64, v1::StatusResponse)], shards: u32) -> Vec<St
 #[derive(Clone)]
 pub struct NodeClient {
     pub node_id: u64,
-    pub client: TrailClient<Channel>,
+    pub client: GrpcClient,
 }
 
 /// A gRPC client of `endpoint` that connects on first use (and again after a
-/// restart), each RPC with deadline `timeout`.
-pub fn lazy_client(endpoint: &str, timeout: Duration) -> TrailClient<Channel> {
+/// restart), each RPC with deadline `timeout`, calling as the admin.
+pub fn lazy_client(endpoint: &str, timeout: Duration) -> GrpcClient {
     let channel = Channel::from_shared(endpoint.to_string())
         .expect("valid endpoint")
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .connect_lazy();
-    TrailClient::new(channel)
+    TrailClient::with_interceptor(channel, Authorization::admin())
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
@@ -723,7 +731,7 @@ struct ReplicaStream {
 }
 
 /// A tenant's events and sealed blocks on the asked node's own replica.
-async fn read_replica_stream(mut client: TrailClient<Channel>, tenant: &str) -> ReplicaStream {
+async fn read_replica_stream(mut client: GrpcClient, tenant: &str) -> ReplicaStream {
     let mut rows = Vec::new();
     let mut last_seq;
     loop {

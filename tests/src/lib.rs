@@ -3,6 +3,10 @@
 //! [`Cluster`] (in [`cluster`]), several nodes started the way `trailctl dev-cluster
 //! up` does, each logging to `<data dir>/traild.log`, with what the cluster tests
 //! share (recording until acknowledged, comparing replicas).
+//!
+//! Every node the harness starts has [`TEST_ADMIN_TOKEN`] as its first admin key's
+//! token, and every client, `trailctl` and raw request it makes sends that token,
+//! unless a test asks for another [`Authorization`] (the tests of refusals).
 
 pub mod cluster;
 
@@ -12,9 +16,97 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use trail_proto::v1;
 use trail_proto::v1::trail_client::TrailClient;
+
+/// The token of the first admin key (role admin, every tenant) of every node the
+/// harness starts: given to the node in `TRAIL_ADMIN_TOKEN`, so that whichever node of
+/// a cluster creates that key, the tests know its token in advance. A fixed, valid
+/// token (`trail_k<26 of [0-9a-z]>_<64 hex>`) of no use outside the tests.
+pub const TEST_ADMIN_TOKEN: &str =
+    "trail_kjpgavf5h7y0o9hdey7zj6qx7iu_745c417977d4346e750560365d0ac64d668f96cc8975cedaefb56eb76c5bbcbf";
+
+/// The key id a token names (`trail_<key id>_<secret>`): what audit records and
+/// `ListApiKeys` show of the key.
+pub fn key_id_of(token: &str) -> &str {
+    token
+        .strip_prefix("trail_")
+        .and_then(|rest| rest.split('_').next())
+        .expect("a token is trail_<key id>_<secret>")
+}
+
+/// The environment variable whose token a node uses for its first admin key.
+pub const ADMIN_TOKEN_ENV: &str = trail_node::node::keys::ADMIN_TOKEN_ENV;
+
+/// The environment variable `trailctl` reads its token from.
+pub const TOKEN_ENV: &str = "TRAIL_TOKEN";
+
+/// The gRPC metadata key (and REST header, case aside) of the caller's token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The `authorization` value that carries `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// What a client sends as `authorization` with every request that does not carry one
+/// already: a gRPC interceptor ([`TrailClient::with_interceptor`]).
+#[derive(Debug, Clone)]
+pub struct Authorization {
+    /// `None`: no header at all.
+    value: Option<MetadataValue<Ascii>>,
+}
+
+impl Authorization {
+    /// `Bearer` [`TEST_ADMIN_TOKEN`]: what the harness's clients send.
+    pub fn admin() -> Authorization {
+        Authorization::bearer(TEST_ADMIN_TOKEN)
+    }
+
+    /// `Bearer <token>`.
+    pub fn bearer(token: &str) -> Authorization {
+        Authorization::header(&bearer(token))
+    }
+
+    /// `value` as it is (a malformed header, another scheme).
+    pub fn header(value: &str) -> Authorization {
+        Authorization {
+            value: Some(value.parse().expect("an ASCII authorization value")),
+        }
+    }
+
+    /// No `authorization` header.
+    pub fn none() -> Authorization {
+        Authorization { value: None }
+    }
+
+    /// The header's value, if any.
+    pub fn value(&self) -> Option<&str> {
+        self.value
+            .as_ref()
+            .map(|value| value.to_str().expect("ASCII by construction"))
+    }
+}
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.value {
+            if !request.metadata().contains_key(AUTHORIZATION) {
+                request.metadata_mut().insert(AUTHORIZATION, value.clone());
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// A gRPC client of a node that sends an [`Authorization`] with every call.
+pub type GrpcClient = TrailClient<InterceptedService<Channel, Authorization>>;
 
 /// How long a node may take to start and elect its shards.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,6 +143,14 @@ pub fn binary(name: &str) -> PathBuf {
     }
     assert!(path.exists(), "{} is missing", path.display());
     path
+}
+
+/// `trailctl` with the admin token in `TRAIL_TOKEN` (see [`Traild::trailctl`] for one
+/// aimed at a node).
+pub fn trailctl() -> Command {
+    let mut command = Command::new(binary("trailctl"));
+    command.env(TOKEN_ENV, TEST_ADMIN_TOKEN);
+    command
 }
 
 /// Ports handed out from [`PORTS`]: a node's ports are chosen before it binds them, so
@@ -186,6 +286,7 @@ impl Traild {
             .arg(format!("{}:{}", self.host, self.http_port))
             .args(&self.extra_args)
             .env("TRAIL_LOG", &self.log_filter)
+            .env(ADMIN_TOKEN_ENV, TEST_ADMIN_TOKEN)
             .stdin(Stdio::null());
         match &self.log_file {
             None => {
@@ -219,10 +320,15 @@ impl Traild {
         }
     }
 
-    /// `trailctl --endpoint <this node> ARGS`, run where this node runs.
+    /// `trailctl --endpoint <this node> ARGS` with the admin token in `TRAIL_TOKEN`,
+    /// run where this node runs.
     pub fn trailctl<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut command = self.command(&binary("trailctl"));
-        command.arg("--endpoint").arg(self.endpoint()).args(args);
+        command
+            .arg("--endpoint")
+            .arg(self.endpoint())
+            .args(args)
+            .env(TOKEN_ENV, TEST_ADMIN_TOKEN);
         command
     }
 
@@ -236,8 +342,11 @@ impl Traild {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Waits until the launched process serves; fails when it exits first or after
-    /// a minute.
+    /// Waits until the launched process serves (answers `Status`, or refuses it as
+    /// UNAUTHENTICATED: a cluster's node knows no key until its metadata group has a
+    /// leader, which takes a majority of the nodes, and that leader created the first
+    /// admin key; see [`Traild::wait_admin`]); fails when it exits first or after a
+    /// minute. A single node creates its first admin key before it serves.
     pub async fn wait_ready(&mut self) {
         let started = Instant::now();
         loop {
@@ -252,8 +361,10 @@ impl Traild {
                 }
             }
             if let Ok(mut client) = self.client().await {
-                if client.status(v1::StatusRequest {}).await.is_ok() {
-                    return;
+                match client.status(v1::StatusRequest {}).await {
+                    Ok(_) => return,
+                    Err(status) if status.code() == tonic::Code::Unauthenticated => return,
+                    Err(_) => {}
                 }
             }
             assert!(
@@ -265,18 +376,46 @@ impl Traild {
         }
     }
 
+    /// Waits until the node takes [`TEST_ADMIN_TOKEN`] (answers `Status` with it):
+    /// at once on a single node; on a cluster's once the metadata group's leader has
+    /// created the first admin key and this node has read it from its replica.
+    pub async fn wait_admin(&self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let answer = self.try_status().await;
+            if answer.is_ok() {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "traild at {} did not take the admin token within {timeout:?}: {answer:?}",
+                self.endpoint()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}:{}", self.host, self.grpc_port)
     }
 
-    pub async fn client(&self) -> Result<TrailClient<Channel>, tonic::transport::Error> {
+    /// A client that calls as the admin ([`TEST_ADMIN_TOKEN`]).
+    pub async fn client(&self) -> Result<GrpcClient, tonic::transport::Error> {
+        self.client_as(Authorization::admin()).await
+    }
+
+    /// A client that sends `authorization` with every call.
+    pub async fn client_as(
+        &self,
+        authorization: Authorization,
+    ) -> Result<GrpcClient, tonic::transport::Error> {
         let channel = Channel::from_shared(self.endpoint())
             .expect("valid endpoint")
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             .connect()
             .await?;
-        Ok(TrailClient::new(channel)
+        Ok(TrailClient::with_interceptor(channel, authorization)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
     }
@@ -366,6 +505,28 @@ pub async fn run_checked(command: Command, timeout: Duration) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The events of the tenants' streams a `Status` counts: those of the data shards,
+/// not of shard 0, which holds the node's own streams (the API keys, and on a cluster
+/// its map), whose events `Status.events` counts too.
+pub fn tenant_events(status: &v1::StatusResponse) -> u64 {
+    status
+        .shards
+        .iter()
+        .filter(|shard| shard.shard_id != trail_node::node::cluster::META_SHARD)
+        .map(|shard| shard.events)
+        .sum()
+}
+
+/// The data shards (not shard 0, the node's own) a `Status` lists.
+pub fn data_shards(status: &v1::StatusResponse) -> Vec<u32> {
+    status
+        .shards
+        .iter()
+        .map(|shard| shard.shard_id)
+        .filter(|&shard_id| shard_id != trail_node::node::cluster::META_SHARD)
+        .collect()
+}
+
 /// `count` events of `tenant` with ids `{prefix}-{tenant}-{index}`.
 pub fn events_of(tenant: &str, prefix: &str, count: usize) -> Vec<v1::Event> {
     (0..count)
@@ -435,17 +596,31 @@ impl HttpResponse {
     }
 }
 
-/// `GET path` over HTTP/1.1 (hand-written: the tests need no HTTP client crate),
-/// bounded to 30 s.
+/// `GET path` over HTTP/1.1 as the admin (hand-written: the tests need no HTTP client
+/// crate), bounded to 30 s.
 pub fn http_get(host: &str, port: u16, path: &str) -> HttpResponse {
+    http_get_as(host, port, path, &Authorization::admin())
+}
+
+/// [`http_get`] sending `authorization` (or no `Authorization` header).
+pub fn http_get_as(
+    host: &str,
+    port: u16,
+    path: &str,
+    authorization: &Authorization,
+) -> HttpResponse {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect((host, port)).expect("connect to HTTP");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
+    let authorization_line = authorization
+        .value()
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{authorization_line}Connection: close\r\n\r\n"
     )
     .expect("send request");
     let mut response = Vec::new();
@@ -546,13 +721,24 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-/// A unary gRPC call to `path` (`/trail.v1.Trail/RecordBatch`) whose request message is
-/// `body` as it is, on a connection of its own, bounded to `timeout`.
+/// A unary gRPC call to `path` (`/trail.v1.Trail/RecordBatch`) as the admin whose
+/// request message is `body` as it is, on a connection of its own, bounded to `timeout`.
 pub async fn grpc_raw(
     endpoint: &str,
     path: &str,
     body: prost::bytes::Bytes,
     timeout: Duration,
+) -> Result<prost::bytes::Bytes, tonic::Status> {
+    grpc_raw_as(endpoint, path, body, timeout, &Authorization::admin()).await
+}
+
+/// [`grpc_raw`] sending `authorization` (or no `authorization` metadata).
+pub async fn grpc_raw_as(
+    endpoint: &str,
+    path: &str,
+    body: prost::bytes::Bytes,
+    timeout: Duration,
+    authorization: &Authorization,
 ) -> Result<prost::bytes::Bytes, tonic::Status> {
     let channel = Channel::from_shared(endpoint.to_string())
         .expect("valid endpoint")
@@ -569,7 +755,11 @@ pub async fn grpc_raw(
         .map_err(|error| tonic::Status::unavailable(format!("not ready: {error}")))?;
     let path = tonic::codegen::http::uri::PathAndQuery::try_from(path.to_string())
         .expect("a valid gRPC path");
-    grpc.unary(tonic::Request::new(body), path, RawCodec)
+    let mut request = tonic::Request::new(body);
+    if let Some(value) = &authorization.value {
+        request.metadata_mut().insert(AUTHORIZATION, value.clone());
+    }
+    grpc.unary(request, path, RawCodec)
         .await
         .map(tonic::Response::into_inner)
 }
@@ -578,10 +768,33 @@ pub async fn grpc_raw(
 /// closed the connection), headers in lower case, and the body (lossy UTF-8).
 pub type RawHttpResponse = HttpResponse;
 
-/// Sends `request` (a whole HTTP/1.x request, any bytes) on a fresh connection and reads
-/// the answer until the node closes it or `timeout` passes. Send and read errors (a node
-/// that answers and resets before the request is all sent) end the exchange, not the test.
+/// Sends `request` (a whole HTTP/1.x request, any bytes) as the admin: an
+/// `Authorization` line goes right after the first CRLF (the end of the request line),
+/// if there is one. See [`http_raw_as_is`].
 pub fn http_raw(host: &str, port: u16, request: &[u8], timeout: Duration) -> RawHttpResponse {
+    let authorization = Authorization::admin();
+    let line = format!(
+        "Authorization: {}\r\n",
+        authorization.value().expect("the admin's header")
+    );
+    let request_line_end = request
+        .windows(2)
+        .position(|pair| pair == b"\r\n")
+        .map(|position| position + 2);
+    match request_line_end {
+        None => http_raw_as_is(host, port, request, timeout),
+        Some(end) => {
+            let with_token = [&request[..end], line.as_bytes(), &request[end..]].concat();
+            http_raw_as_is(host, port, &with_token, timeout)
+        }
+    }
+}
+
+/// Sends `request` exactly as given (no `Authorization` added) on a fresh connection
+/// and reads the answer until the node closes it or `timeout` passes. Send and read
+/// errors (a node that answers and resets before the request is all sent) end the
+/// exchange, not the test.
+pub fn http_raw_as_is(host: &str, port: u16, request: &[u8], timeout: Duration) -> RawHttpResponse {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect((host, port)).expect("connect to HTTP");
     stream.set_read_timeout(Some(timeout)).expect("timeout");

@@ -49,16 +49,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use trail_client::workload::Workload;
 use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
-use trail_proto::v1::trail_client::TrailClient;
 use trail_tests::cluster::{
     record_until_acked, remember, tenants_per_shard, Acked, AckedMap, NodeClient, Retries,
     BATCH_RETRY_TIMEOUT, TAIL_PAGE_EVENTS,
 };
-use trail_tests::{event, events_of, run_checked, Cluster, Traild};
+use trail_tests::{event, events_of, run_checked, Cluster, GrpcClient, Traild};
 
 const NODES: usize = 3;
 const SHARDS: u32 = 16;
@@ -799,11 +797,7 @@ async fn check_dedup(cluster: &Cluster, acked: &AckedMap) {
 
 /// Reads every tenant through `client` (forwarded to the leader, behind its read
 /// barrier), retrying UNAVAILABLE for a while; returns the problems found.
-async fn read_back(
-    mut client: TrailClient<Channel>,
-    tenants: &[String],
-    acked: &AckedMap,
-) -> Vec<String> {
+async fn read_back(mut client: GrpcClient, tenants: &[String], acked: &AckedMap) -> Vec<String> {
     let mut problems = Vec::new();
     for tenant in tenants {
         let started = Instant::now();

@@ -37,14 +37,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use trail_node::ledger::routing::shard_for_tenant;
 use trail_proto::v1;
-use trail_proto::v1::trail_client::TrailClient;
 use trail_tests::cluster::{
     record_until_acked, remember, AckedMap, NodeClient, Retries, BATCH_RETRY_TIMEOUT,
 };
-use trail_tests::{binary, event, events_of, run_checked, Cluster, NodeSpec};
+use trail_tests::{binary, event, events_of, run_checked, Cluster, GrpcClient, NodeSpec};
 
 const NODES: u64 = 3;
 const SHARDS: u32 = 8;
@@ -500,7 +498,9 @@ impl Net {
             command_prefix: ["ip", "netns", "exec", self.namespace(node_id)]
                 .map(String::from)
                 .to_vec(),
-            args: Vec::new(),
+            // The nodes listen on the test bridge's addresses, a private network of
+            // this host: plaintext is what the test means (no TLS yet).
+            args: vec!["--insecure-plaintext".to_string()],
         }
     }
 
@@ -831,7 +831,7 @@ async fn write_rounds(
 
 /// One `RecordBatch`, and how long its answer took.
 async fn timed_record_batch(
-    mut client: TrailClient<Channel>,
+    mut client: GrpcClient,
     events: Vec<v1::Event>,
 ) -> (Duration, Result<v1::RecordBatchResponse, tonic::Status>) {
     let started = Instant::now();

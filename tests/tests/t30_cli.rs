@@ -11,9 +11,8 @@
 //! 5. SIGTERM: the node exits 0; restart: still 300 events.
 
 use std::io::Write;
-use std::process::Command;
 
-use trail_tests::{binary, Traild};
+use trail_tests::Traild;
 
 const GOOD_LINES: usize = 300;
 
@@ -57,7 +56,7 @@ fn chrono_like(unix_seconds: u64) -> String {
 }
 
 fn trailctl(node: &Traild, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(binary("trailctl"))
+    let output = trail_tests::trailctl()
         .arg("--endpoint")
         .arg(node.endpoint())
         .args(args)

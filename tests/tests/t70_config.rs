@@ -15,6 +15,7 @@ fn refusal(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(binary("traild"))
         .args(args)
         .env("TRAIL_LOG", "warn")
+        .env(trail_tests::ADMIN_TOKEN_ENV, trail_tests::TEST_ADMIN_TOKEN)
         .output()
         .expect("run traild");
     (
@@ -33,7 +34,7 @@ async fn config_file_flags_and_shard_count() {
 
     let mut node = Traild::start(&data, &["--config", config_arg]).await;
     let status = node.status().await;
-    assert_eq!(status.shards.len(), 2);
+    assert_eq!(trail_tests::data_shards(&status), [1, 2]);
     // The process runs without transparent huge pages (`traild.rs`), as the kernel
     // reports where it has the field (`THP_enabled`, Linux 6.x).
     let proc_status = std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap()))

@@ -29,10 +29,9 @@
 //! (`cargo build -p trail-client -p trail-node`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use trail_proto::v1;
-use trail_tests::{binary, event, Traild};
+use trail_tests::{event, Traild};
 
 const SHARDS: u32 = 2;
 const NODE_ARGS: &[&str] = &[
@@ -59,7 +58,7 @@ struct Output {
 }
 
 fn run_trailctl(endpoint: Option<&str>, args: &[&str]) -> Output {
-    let mut command = Command::new(binary("trailctl"));
+    let mut command = trail_tests::trailctl();
     if let Some(endpoint) = endpoint {
         command.arg("--endpoint").arg(endpoint);
     }

@@ -11,12 +11,11 @@
 //! `trailctl query` as a table, as JSON lines with `--all`, and with a refused cursor.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use serde_json::Value;
 use tempfile::TempDir;
 use trail_proto::v1::{self, QueryFilter, QueryOrder, QueryRequest};
-use trail_tests::{binary, event, Traild};
+use trail_tests::{event, Traild};
 
 const ACTIONS: [&str; 5] = [
     "auth.login",
@@ -442,9 +441,8 @@ async fn query_through_grpc_rest_and_trailctl() {
     );
 
     // trailctl query: a table, JSON lines of every page, a refused cursor.
-    let trailctl = binary("trailctl");
     let endpoint = node.endpoint();
-    let table = Command::new(&trailctl)
+    let table = trail_tests::trailctl()
         .args(["--endpoint", &endpoint, "query", "--tenant", "ten_a"])
         .args(["--action", "auth.*", "--result", "failure", "--limit", "2"])
         .output()
@@ -462,7 +460,7 @@ async fn query_through_grpc_rest_and_trailctl() {
         "the next page is offered: {table:?}"
     );
 
-    let all = Command::new(&trailctl)
+    let all = trail_tests::trailctl()
         .args(["--endpoint", &endpoint, "query", "--tenant", "ten_a"])
         .args(["--action", "auth.*", "--result", "FAILURE", "--limit", "2"])
         .args(["--all", "--json", "--quiet"])
@@ -480,7 +478,7 @@ async fn query_through_grpc_rest_and_trailctl() {
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no event twice");
 
-    let refused = Command::new(&trailctl)
+    let refused = trail_tests::trailctl()
         .args(["--endpoint", &endpoint, "query", "--tenant", "ten_a"])
         .args(["--cursor", &b_page.next_cursor])
         .output()
@@ -507,8 +505,8 @@ async fn query_through_grpc_rest_and_trailctl() {
 }
 
 /// Each query and count is recorded in the tenant's own log before it is answered:
-/// who (the declared actor, the peer), which filter, how many; other tenants' logs do
-/// not see it. Counts agree with the events a query returns.
+/// who (the key as the actor, the declared actor beside it as `on_behalf_of`, the
+/// peer), which filter, how many; other tenants' logs do not see it. Counts agree with the events a query returns.
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_are_audited_and_counts_agree() {
     let dir = TempDir::new().expect("temporary directory");
@@ -578,10 +576,10 @@ async fn reads_are_audited_and_counts_agree() {
         .events;
     assert_eq!(records.len(), 3, "{records:?}");
     let first = records[0].event.as_ref().expect("whole");
-    assert_eq!(
-        first.actor.as_ref().expect("actor").id,
-        "auditor@example.com"
-    );
+    let admin_key_id = trail_tests::key_id_of(trail_tests::TEST_ADMIN_TOKEN);
+    let actor = first.actor.as_ref().expect("actor");
+    assert_eq!(actor.id, admin_key_id, "the key is the actor");
+    assert!(!actor.name.is_empty(), "the key's name is recorded");
     assert_eq!(
         first.resource.as_ref().expect("resource").r#type,
         "audit_log"
@@ -589,6 +587,10 @@ async fn reads_are_audited_and_counts_agree() {
     assert!(!first.ip_address.is_empty(), "the peer is recorded");
     let metadata: Value = serde_json::from_str(&first.metadata_json).expect("JSON metadata");
     assert_eq!(metadata["read"], "query");
+    assert_eq!(
+        metadata["on_behalf_of"], "auditor@example.com",
+        "the declared actor is kept beside the key"
+    );
     assert_eq!(metadata["filter"]["action"], "auth.*");
     assert_eq!(metadata["filter"]["result"], "failure");
     assert_eq!(
@@ -601,17 +603,16 @@ async fn reads_are_audited_and_counts_agree() {
         assert_eq!(metadata["read"], "count");
         assert_eq!(metadata["counted"].as_u64(), Some(count));
     }
+    let rest_record = records[2].event.as_ref().expect("whole");
     assert_eq!(
-        records[2]
-            .event
-            .as_ref()
-            .unwrap()
-            .actor
-            .as_ref()
-            .unwrap()
-            .id,
-        "anonymous",
-        "REST without x-trail-actor"
+        rest_record.actor.as_ref().expect("actor").id,
+        admin_key_id,
+        "REST without x-trail-actor: the key"
+    );
+    let metadata: Value = serde_json::from_str(&rest_record.metadata_json).expect("JSON");
+    assert!(
+        metadata.get("on_behalf_of").is_none(),
+        "no claim, no on_behalf_of: {metadata}"
     );
     // Tenant B's log records none of tenant A's reads.
     let b_records = client

@@ -16,7 +16,6 @@
 //! and fails when a line is removed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use tokio_stream::StreamExt;
@@ -24,7 +23,7 @@ use trail_client::event::CanonicalEvent;
 use trail_client::workload::Workload;
 use trail_client::Client;
 use trail_proto::v1::{QueryFilter, QueryRequest};
-use trail_tests::{binary, Traild};
+use trail_tests::Traild;
 
 const NODE_ARGS: &[&str] = &[
     "--shards",
@@ -46,7 +45,7 @@ struct Output {
 }
 
 fn trailctl(node: &Traild, args: &[&str]) -> Output {
-    let mut command = Command::new(binary("trailctl"));
+    let mut command = trail_tests::trailctl();
     command.arg("--endpoint").arg(node.endpoint());
     // The key comes from --key only.
     command.env_remove("TRAIL_VERIFIER_KEY");

@@ -10,13 +10,13 @@
 //! 4. verify both exports; an escaped cell with its `'` removed fails verification.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use trail_proto::v1;
-use trail_tests::{binary, event, Traild};
+use trail_tests::{event, Traild};
 
 fn trailctl(node: &Traild, args: &[&str]) -> Output {
-    let mut command = Command::new(binary("trailctl"));
+    let mut command = trail_tests::trailctl();
     command.arg("--endpoint").arg(node.endpoint());
     command.env_remove("TRAIL_VERIFIER_KEY");
     command.args(args).output().expect("run trailctl")
