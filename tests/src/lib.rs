@@ -145,6 +145,12 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The SDK's default options with the admin token.
+pub fn sdk_options() -> trail_client::ClientOptions {
+    let token = trail_client::Token::parse(TEST_ADMIN_TOKEN).expect("a valid test token");
+    trail_client::ClientOptions::default().with_token(token)
+}
+
 /// `trailctl` with the admin token in `TRAIL_TOKEN` (see [`Traild::trailctl`] for one
 /// aimed at a node).
 pub fn trailctl() -> Command {
@@ -418,6 +424,11 @@ impl Traild {
         Ok(TrailClient::with_interceptor(channel, authorization)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
+    }
+
+    /// The SDK's client of this node, calling as the admin.
+    pub async fn sdk(&self) -> trail_client::Result<trail_client::Client> {
+        trail_client::Client::connect_with(&self.endpoint(), sdk_options()).await
     }
 
     /// The node's `Status`.

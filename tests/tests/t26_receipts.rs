@@ -55,9 +55,7 @@ fn receipts(response: &v1::RecordBatchResponse) -> Vec<v1::Receipt> {
 async fn retries_are_deduplicated_and_reused_ids_refused() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let node = Traild::start(dir.path(), &[]).await;
-    let sdk = trail_client::Client::connect(&node.endpoint())
-        .await
-        .expect("connect");
+    let sdk = node.sdk().await.expect("connect");
 
     let events = shapes();
     let first = sdk.record_batch(events.clone()).await.expect("record");

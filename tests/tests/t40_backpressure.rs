@@ -71,9 +71,7 @@ async fn a_full_queue_refuses_with_a_hint_and_the_sdk_retries_to_completion() {
     assert!(refused > 0, "the burst never filled the 1 MiB queue");
 
     // 2. SDK burst: refused events are retried until recorded.
-    let sdk = trail_client::Client::connect(&node.endpoint())
-        .await
-        .expect("connect");
+    let sdk = node.sdk().await.expect("connect");
     let mut bursts = Vec::new();
     for producer in 0..PRODUCERS {
         let sdk = sdk.clone();

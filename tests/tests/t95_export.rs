@@ -171,7 +171,7 @@ async fn exports_verify_offline_and_every_tampering_is_named() {
     let out = tempfile::tempdir().expect("temp dir");
     let key = node.status().await.verifier_key;
     assert!(key.starts_with("trail.local+"), "{key}");
-    let client = Client::connect(&node.endpoint()).await.expect("connect");
+    let client = node.sdk().await.expect("connect");
 
     // Four rounds; the range covers rounds 2 and 3 of ten_a.
     let mut workload = Workload::new(95, 4 * ROUND_EVENTS as u64);
