@@ -235,7 +235,8 @@ async fn forward_to_leader(
     let target = super::forward::target(node, tenant_id, forwarded)?;
     let forwarder = node.forwarder.as_ref()?;
     let mut headers = vec![(FORWARDED_HEADER, node.config.node_id.to_string())];
-    for name in [ACTOR_HEADER, "user-agent"] {
+    // The caller's token goes on: the leader authenticates the request again.
+    for name in [ACTOR_HEADER, "user-agent", super::auth::AUTHORIZATION] {
         if let Some(value) = request.headers().get(name).and_then(|v| v.to_str().ok()) {
             headers.push((name, value.to_string()));
         }

@@ -381,8 +381,15 @@ pub async fn start(
         tokio::task::spawn_blocking(move || keys::refresh(&refreshing)).await??;
     }
     // A single node leads its shard 0 by now: its first admin key exists before it
-    // serves. A cluster's is created by whichever node leads shard 0 first.
-    keys::bootstrap_admin_key(&node).await?;
+    // serves. A cluster's is created by whichever node leads shard 0 first, and its
+    // leadership may move while it tries: `keep_current` tries again.
+    match keys::bootstrap_admin_key(&node).await {
+        Ok(_) => {}
+        Err(error) if config.cluster.is_some() => {
+            tracing::info!(%error, "the first admin key is not created yet; retrying");
+        }
+        Err(error) => return Err(error),
+    }
     tokio::spawn(keys::keep_current(node.clone()));
     if config.cluster.is_some() {
         if node.router.map().is_none() {
