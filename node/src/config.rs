@@ -680,8 +680,14 @@ mod tests {
         assert_eq!(single.peer_addr, None);
         let error = flags(&["--peer-addr", "127.0.0.1:7402"]).expect_err("single node");
         assert!(error.to_string().starts_with("peer_addr:"), "{error}");
-        let node = flags(&["--peers", "1=127.0.0.1:7400", "--grpc-addr", "0.0.0.0:7500"])
-            .expect("cluster node");
+        let node = flags(&[
+            "--peers",
+            "1=127.0.0.1:7400",
+            "--grpc-addr",
+            "0.0.0.0:7500",
+            "--insecure-plaintext",
+        ])
+        .expect("cluster node");
         assert_eq!(node.peer_addr, Some("0.0.0.0:7502".parse().unwrap()));
         let error = flags(&[
             "--peers",
@@ -691,5 +697,34 @@ mod tests {
         ])
         .expect_err("the gRPC address");
         assert!(error.to_string().starts_with("peer_addr:"), "{error}");
+    }
+
+    #[test]
+    fn plaintext_client_listeners_stay_on_loopback_unless_told_otherwise() {
+        let flags = |args: &[&str]| {
+            NodeConfig::resolve(Flags::parse_from(
+                std::iter::once("traild").chain(args.iter().copied()),
+            ))
+        };
+        for (flag, addr) in [
+            ("--grpc-addr", "0.0.0.0:7400"),
+            ("--http-addr", "10.0.0.7:7401"),
+        ] {
+            let error = flags(&[flag, addr]).expect_err("plaintext off loopback");
+            let field = &flag[2..].replace('-', "_");
+            assert!(
+                error.to_string().starts_with(&format!("{field}: {addr}")),
+                "{error}"
+            );
+            assert!(
+                error.to_string().contains("--insecure-plaintext"),
+                "{error}"
+            );
+            assert!(flags(&[flag, addr, "--insecure-plaintext"]).is_ok());
+        }
+        assert!(
+            flags(&["--grpc-addr", "[::1]:7400"]).is_ok(),
+            "IPv6 loopback"
+        );
     }
 }

@@ -498,16 +498,30 @@ impl Context {
                 .or(fatal.then(|| "of a fatal Raft error".to_string()))
         });
         if let Some(how) = died {
-            self.shared
-                .handles
-                .lock()
-                .expect("handles lock")
-                .remove(&replica.node);
-            stop(replica, &self.router).await;
-            replica.restart_at = Some(Instant::now() + Duration::from_millis(self.plan.down_ms.0));
+            self.take_down(replica, self.plan.down_ms.0).await;
             self.shared
                 .trace(format!("node {} died {how}", replica.node));
         }
+    }
+
+    /// Stops a replica as a process crash does, to start again after `down_ms`.
+    async fn take_down(&self, replica: &mut Replica, down_ms: u64) {
+        self.shared
+            .handles
+            .lock()
+            .expect("handles lock")
+            .remove(&replica.node);
+        stop(replica, &self.router).await;
+        replica.restart_at = Some(Instant::now() + Duration::from_millis(down_ms));
+    }
+
+    /// Starts a replica that was down again.
+    async fn restart(&self, replica: &mut Replica) -> Result<(), String> {
+        self.start(replica)
+            .await
+            .map_err(|error| format!("replica {} does not restart: {error:#}", replica.node))?;
+        replica.restarts += 1;
+        Ok(())
     }
 
     /// Every replica up with crash points off, and no network faults.
@@ -522,10 +536,7 @@ impl Context {
             }
             self.bury_if_dead(replica).await;
             if replica.running.is_none() {
-                self.start(replica).await.map_err(|error| {
-                    format!("replica {} does not restart: {error:#}", replica.node)
-                })?;
-                replica.restarts += 1;
+                self.restart(replica).await?;
             }
         }
         Ok(())
@@ -537,10 +548,7 @@ impl Context {
         for replica in replicas.iter_mut() {
             self.bury_if_dead(replica).await;
             if replica.restart_at.is_some_and(|at| at <= now) {
-                self.start(replica).await.map_err(|error| {
-                    format!("replica {} does not restart: {error:#}", replica.node)
-                })?;
-                replica.restarts += 1;
+                self.restart(replica).await?;
             }
         }
         let down = replicas
@@ -550,14 +558,8 @@ impl Context {
         if down == 0 && rng.gen_bool(self.plan.crash_rate) {
             let victim = rng.gen_range(0..replicas.len());
             let replica = &mut replicas[victim];
-            self.shared
-                .handles
-                .lock()
-                .expect("handles lock")
-                .remove(&replica.node);
-            stop(replica, &self.router).await;
             let down_ms = rng.gen_range(self.plan.down_ms.0..=self.plan.down_ms.1);
-            replica.restart_at = Some(Instant::now() + Duration::from_millis(down_ms));
+            self.take_down(replica, down_ms).await;
             self.shared
                 .trace(format!("node {} crashed, down {down_ms} ms", replica.node));
         }
