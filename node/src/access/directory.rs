@@ -68,9 +68,10 @@ pub enum AuthError {
     Revoked { key_id: String },
 }
 
-/// Why an authenticated caller may not make a call (PERMISSION_DENIED, REST 403).
+/// Why an authenticated caller may not make a call (PERMISSION_DENIED, REST 403): the
+/// message names the key, what it is, and what the call needs (the role, the tenant).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("API key {key_id} ({role}, {scope}) may not {what}: it needs role {needed}{}", tenant.as_ref().map(|tenant| format!(" for tenant {tenant}")).unwrap_or_default())]
+#[error("{}", self.message())]
 pub struct Denied {
     pub key_id: String,
     pub role: Role,
@@ -78,6 +79,36 @@ pub struct Denied {
     pub needed: Role,
     pub tenant: Option<String>,
     pub what: &'static str,
+}
+
+impl Denied {
+    fn message(&self) -> String {
+        let key = format!(
+            "API key {} (role {}, {})",
+            self.key_id, self.role, self.scope
+        );
+        let on = self
+            .tenant
+            .as_ref()
+            .map(|tenant| format!(" of tenant {tenant}"))
+            .unwrap_or_default();
+        if !self.role.covers(self.needed) {
+            return format!(
+                "{key} may not {}{on}: it needs role {}",
+                self.what, self.needed
+            );
+        }
+        match &self.tenant {
+            Some(_) => format!(
+                "{key} may not {}{on}: the key is for its own tenant only",
+                self.what
+            ),
+            None => format!(
+                "{key} may not {}: it needs a key of every tenant",
+                self.what
+            ),
+        }
+    }
 }
 
 impl Principal {
@@ -327,13 +358,19 @@ mod tests {
     #[test]
     fn a_tenant_key_acts_on_its_tenant_only_and_never_node_wide() {
         let reader = principal(Role::Read, Scope::Tenant("acme".into()));
-        assert!(reader.authorize(Role::Read, Some("acme"), "query").is_ok());
+        assert!(reader
+            .authorize(Role::Read, Some("acme"), "query events")
+            .is_ok());
         let other = reader
-            .authorize(Role::Read, Some("globex"), "query")
+            .authorize(Role::Read, Some("globex"), "query events")
             .unwrap_err();
         assert_eq!(
             other.to_string(),
-            "API key k01 (read, tenant acme) may not query: it needs role read for tenant globex"
+            "API key k01 (role read, tenant acme) may not query events of tenant globex: the key is for its own tenant only"
+        );
+        assert_eq!(
+            reader.authorize(Role::Audit, Some("acme"), "export events").unwrap_err().to_string(),
+            "API key k01 (role read, tenant acme) may not export events of tenant acme: it needs role audit"
         );
         assert!(reader
             .authorize(Role::Audit, Some("acme"), "export")
