@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use trail_proto::v1;
 
 use super::forward;
-use crate::node::cluster::{read_map, ClusterMap, META_SHARD};
+use crate::node::cluster::{read_map, ClusterMap};
 use crate::node::Node;
 
 /// How long `cluster init` waits for the data shards to elect leaders.
@@ -25,31 +25,13 @@ pub async fn init(
             "this node runs alone (started without --peers): its shards exist already",
         ));
     };
-    let meta = node
-        .router
-        .local(META_SHARD)
-        .ok_or_else(|| Status::internal("a cluster node hosts the metadata group"))?;
-    let leader = meta.raft.metrics().borrow().current_leader;
-    let Some(leader) = leader else {
-        return Err(Status::unavailable(
-            "the metadata group (shard 0) has no leader yet: a majority of the nodes in \
-             --peers must be running; retry",
-        ));
-    };
-    if leader != node.config.node_id && !super::headers::was_forwarded(&request) {
-        let forwarder = node.forwarder.as_ref().expect("a cluster node forwards");
-        let target = forward::Target {
-            node: leader,
-            endpoint: forwarder.endpoint(leader).unwrap_or_default(),
-            client: forwarder
-                .client(leader)
-                .ok_or_else(|| Status::internal("the leader is not in --peers"))?,
-        };
+    if let Some(target) = super::meta::leader_elsewhere(node, &request)? {
         return forward::call(node, target, request, |mut client, request| async move {
             client.cluster_init(request).await
         })
         .await;
     }
+    let meta = super::meta::replica(node)?;
     let wanted = request.into_inner();
     let map = ClusterMap::place(
         &cluster.cluster_id,
@@ -61,21 +43,7 @@ pub async fn init(
     )
     .map_err(Status::invalid_argument)?;
     let record = map.to_record(node.clock.now_ns(), "trailctl cluster init");
-    let receiver = meta
-        .submit(vec![record])
-        .map_err(|error| Status::unavailable(error.to_string()))?;
-    let receipt = match receiver.await {
-        Ok(Ok(mut receipts)) if receipts.len() == 1 => receipts.pop().expect("one"),
-        Ok(Err(error)) => return Err(Status::unavailable(error.to_string())),
-        _ => {
-            return Err(Status::unavailable(
-                "the metadata group did not acknowledge the map; retry",
-            ))
-        }
-    };
-    meta.read_barrier()
-        .await
-        .map_err(|error| Status::unavailable(error.to_string()))?;
+    let receipt = super::meta::propose(node, record, "the map").await?;
     let keyspaces = meta.keyspaces.clone();
     let stored = tokio::task::spawn_blocking(move || read_map(&keyspaces))
         .await

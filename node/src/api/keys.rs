@@ -8,11 +8,10 @@ use tonic::{Request, Response, Status};
 use trail_proto::v1;
 
 use super::auth;
-use super::forward;
+use super::{forward, meta};
 use crate::access::key::{creation_event, revocation_event};
 use crate::access::{directory, KeyRecord, Principal, Role, Scope, Token};
 use crate::ledger::{validate_tenant_id, EventRecord};
-use crate::node::cluster::META_SHARD;
 use crate::node::Node;
 
 /// A key's name: what `api-key list` shows beside its id.
@@ -57,65 +56,18 @@ fn role_from_proto(role: i32) -> Result<Role, Status> {
     }
 }
 
-/// Proposes an `_access` event at the metadata group's leader (this node, or the
-/// leader the request is forwarded to by the caller) and waits until this node's
-/// directory holds it.
+/// Records an `_access` event at the metadata group's leader (this node: the caller
+/// forwarded the request otherwise) and reads it into this node's directory before it
+/// answers.
 async fn record(node: &Node, event: EventRecord) -> Result<(), Status> {
-    let meta = node
-        .router
-        .local(META_SHARD)
-        .ok_or_else(|| Status::internal("every node hosts the metadata group"))?;
-    let receiver = meta
-        .submit(vec![event])
-        .map_err(|error| Status::unavailable(error.to_string()))?;
-    match receiver.await {
-        Ok(Ok(receipts)) if receipts.len() == 1 => {}
-        Ok(Err(error)) => return Err(Status::unavailable(error.to_string())),
-        _ => {
-            return Err(Status::unavailable(
-                "the metadata group did not acknowledge the key change; retry (it is idempotent)",
-            ))
-        }
-    }
-    meta.read_barrier()
-        .await
-        .map_err(|error| Status::unavailable(error.to_string()))?;
+    meta::propose(node, event, "the key change").await?;
     let keys = node.keys.clone();
-    let keyspaces = meta.keyspaces.clone();
+    let keyspaces = meta::replica(node)?.keyspaces.clone();
     tokio::task::spawn_blocking(move || keys.refresh(&keyspaces))
         .await
         .map_err(|_| Status::internal("directory refresh task failed"))?
         .map_err(|error| Status::internal(format!("reading the key directory: {error}")))?;
     Ok(())
-}
-
-/// The node that leads the metadata group, if not this one (the call goes there).
-fn meta_leader_elsewhere<T>(
-    node: &Node,
-    request: &Request<T>,
-) -> Result<Option<forward::Target>, Status> {
-    let Some(meta) = node.router.local(META_SHARD) else {
-        return Ok(None);
-    };
-    let leader = meta.raft.metrics().borrow().current_leader;
-    let Some(leader) = leader else {
-        return Err(Status::unavailable(
-            "the metadata group (shard 0) has no leader yet; retry",
-        ));
-    };
-    if leader == node.config.node_id || super::headers::was_forwarded(request) {
-        return Ok(None);
-    }
-    let Some(forwarder) = node.forwarder.as_ref() else {
-        return Ok(None);
-    };
-    Ok(Some(forward::Target {
-        node: leader,
-        endpoint: forwarder.endpoint(leader).unwrap_or_default(),
-        client: forwarder
-            .client(leader)
-            .ok_or_else(|| Status::internal("the metadata group's leader is not a peer"))?,
-    }))
 }
 
 pub async fn create(
@@ -129,7 +81,7 @@ pub async fn create(
         None,
         "create API keys",
     )?;
-    if let Some(target) = meta_leader_elsewhere(node, &request)? {
+    if let Some(target) = meta::leader_elsewhere(node, &request)? {
         return forward::call(node, target, request, |mut client, request| async move {
             client.create_api_key(request).await
         })
@@ -206,7 +158,7 @@ pub async fn revoke(
         None,
         "revoke API keys",
     )?;
-    if let Some(target) = meta_leader_elsewhere(node, &request)? {
+    if let Some(target) = meta::leader_elsewhere(node, &request)? {
         return forward::call(node, target, request, |mut client, request| async move {
             client.revoke_api_key(request).await
         })

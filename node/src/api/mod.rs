@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod limits;
+pub mod meta;
 pub mod params;
 pub mod proofs;
 pub mod query;
