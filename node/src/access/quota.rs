@@ -95,11 +95,18 @@ impl Quotas {
         if buckets.len() >= BUCKETS_MAX && !buckets.contains_key(tenant) {
             buckets.retain(|_, bucket| now_ns - bucket.at_ns < IDLE_NS);
         }
-        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
-            events: capacity(quota.events_per_sec),
-            bytes: capacity(quota.bytes_per_sec),
-            at_ns: now_ns,
-        });
+        // Looked up before inserted: the tenant's id is copied once, not per charge.
+        if !buckets.contains_key(tenant) {
+            buckets.insert(
+                tenant.to_string(),
+                Bucket {
+                    events: capacity(quota.events_per_sec),
+                    bytes: capacity(quota.bytes_per_sec),
+                    at_ns: now_ns,
+                },
+            );
+        }
+        let bucket = buckets.get_mut(tenant).expect("inserted above");
         let elapsed = (now_ns - bucket.at_ns).max(0) as f64 / 1e9;
         bucket.at_ns = now_ns.max(bucket.at_ns);
         let refill = |level: f64, rate: u64| (level + rate as f64 * elapsed).min(capacity(rate));

@@ -319,14 +319,23 @@ fn charge_quotas(
     if node.quotas.default_quota() == crate::access::quota::Quota::UNLIMITED {
         return (positions, records);
     }
-    let mut per_tenant: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    // A call's events come from a few tenants: a short list beats a map here.
+    let mut per_tenant: Vec<(&str, u64, u64)> = Vec::new();
     for record in &records {
-        let entry = per_tenant.entry(record.tenant_id.as_str()).or_default();
-        entry.0 += 1;
-        entry.1 += record.size_bytes() as u64;
+        let bytes = record.size_bytes() as u64;
+        match per_tenant
+            .iter_mut()
+            .find(|(tenant, _, _)| *tenant == record.tenant_id)
+        {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 += bytes;
+            }
+            None => per_tenant.push((&record.tenant_id, 1, bytes)),
+        }
     }
     let mut refused: BTreeMap<String, Status> = BTreeMap::new();
-    for (tenant, (events, bytes)) in per_tenant {
+    for (tenant, events, bytes) in per_tenant {
         if let Err(over) = node.quotas.charge(tenant, events, bytes, now_ns) {
             *retry_after_ms = (*retry_after_ms).max(over.retry_after_ms);
             refused.insert(
