@@ -19,5 +19,6 @@ pub mod index;
 pub mod ledger;
 pub mod node;
 pub mod query;
+pub mod secret_file;
 pub mod shard;
 pub mod storage;

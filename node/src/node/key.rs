@@ -3,8 +3,7 @@
 //!
 //! File format: one line, `ed25519 <base64 of the 32-byte secret seed>`.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -53,17 +52,11 @@ fn parse(text: &str) -> Option<SigningKey> {
 
 fn create(path: &Path) -> anyhow::Result<SigningKey> {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|error| anyhow::anyhow!("creating node key {}: {error}", path.display()))?;
-    writeln!(file, "{KEY_PREFIX}{}", BASE64.encode(key.to_bytes()))?;
-    file.sync_all()?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
+    crate::secret_file::create_new(
+        path,
+        &format!("{KEY_PREFIX}{}", BASE64.encode(key.to_bytes())),
+        "node key",
+    )?;
     tracing::info!(path = %path.display(), "created the node's checkpoint signing key");
     Ok(key)
 }

@@ -10,7 +10,6 @@
 //! `TRAIL_ADMIN_TOKEN` (a token in Trail's format) makes a node use that token for the
 //! first admin key instead, so that a script or a test cluster knows it in advance.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,24 +49,13 @@ fn bootstrap_token(data_dir: &Path) -> anyhow::Result<Token> {
     }
 }
 
-/// Writes `token` to `admin.token` durably (temporary file, fsync, rename), readable
-/// by the owner only.
+/// Writes `token` to `admin.token` durably, readable by the owner only.
 fn write_token_file(data_dir: &Path, token: &Token) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = admin_token_path(data_dir);
-    let temporary = data_dir.join(format!("{ADMIN_TOKEN_FILE}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(|error| anyhow::anyhow!("{}: {error}", temporary.display()))?;
-    writeln!(file, "{}", token.reveal())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
-    Ok(())
+    crate::secret_file::replace(
+        &admin_token_path(data_dir),
+        &token.reveal(),
+        "the admin token",
+    )
 }
 
 /// Creates the first admin key if the directory holds none and this node leads shard

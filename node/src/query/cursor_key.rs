@@ -6,8 +6,7 @@
 //! only invalidates the cursors clients hold (they start their query again); it protects
 //! no stored data.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -66,17 +65,7 @@ fn parse(text: &str) -> Option<[u8; 32]> {
 fn create(path: &Path, what: &str) -> anyhow::Result<[u8; 32]> {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|error| anyhow::anyhow!("creating {what} {}: {error}", path.display()))?;
-    writeln!(file, "{KEY_PREFIX}{}", BASE64.encode(key))?;
-    file.sync_all()?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
+    crate::secret_file::create_new(path, &format!("{KEY_PREFIX}{}", BASE64.encode(key)), what)?;
     tracing::info!(path = %path.display(), "created the node's {what}");
     Ok(key)
 }
