@@ -12,7 +12,10 @@
 //!    with the key through each node until it answers UNAUTHENTICATED; the slowest node
 //!    must refuse within 1 s (the directory refreshes every 200 ms);
 //! 4. the admin's `ListApiKeys` through node 3 shows the key revoked, and every node's
-//!    `Status` counts the `_access` events in its shard 0 (bootstrap, create, revoke).
+//!    `Status` counts the `_access` events in its shard 0 (bootstrap, create, revoke);
+//! 5. the key changes verify like any stream: `trailctl verify --tenant _access`
+//!    through each node, against the cluster's pinned checkpoint key, checks every
+//!    event, block, chain link and the tree.
 
 use std::time::{Duration, Instant};
 
@@ -123,7 +126,24 @@ async fn a_revocation_holds_on_every_node_within_a_second() {
     assert!(listed.revoked_at_ns > 0, "{listed:?}");
     assert_eq!(listed.tenant_id, TENANT);
 
-    for (node_id, status) in cluster.statuses().await {
+    let statuses = cluster.statuses().await;
+    let verifier_key = statuses[0].1.verifier_key.clone();
+    for node_id in cluster.node_ids() {
+        let output = cluster
+            .node(node_id)
+            .trailctl(&["verify", "--tenant", "_access"])
+            .env("TRAIL_VERIFIER_KEY", &verifier_key)
+            .output()
+            .expect("run trailctl verify");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("stream _access/0: verified"),
+            "node {node_id}: the _access stream must verify: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!("node {node_id}: {}", stdout.trim());
+    }
+    for (node_id, status) in statuses {
         let meta = status
             .shards
             .iter()

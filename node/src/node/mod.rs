@@ -19,7 +19,7 @@ use crate::config::NodeConfig;
 use crate::consensus::network::{Groups, Peers};
 use crate::consensus::NodeId;
 use crate::index::{IndexConfig, NodeIndex};
-use crate::ledger::routing::{shard_for_tenant, ShardId};
+use crate::ledger::routing::{is_reserved_tenant, shard_for_tenant, ShardId};
 use crate::ledger::NoteSigner;
 use crate::query::cursor::CursorKey;
 use crate::query::cursor_key;
@@ -85,8 +85,12 @@ impl Router {
         self.table.read().expect("router lock").clone()
     }
 
-    /// The data shard of a tenant, if the shards exist.
+    /// The data shard of a tenant, if the shards exist; shard 0 for the node's own
+    /// streams (`_access`, `_cluster`), which every node hosts.
     pub fn shard_id_for(&self, tenant_id: &str) -> Option<ShardId> {
+        if is_reserved_tenant(tenant_id) {
+            return Some(META_SHARD);
+        }
         let table = self.table();
         (table.shard_count > 0).then(|| shard_for_tenant(tenant_id, table.shard_count))
     }
@@ -105,6 +109,9 @@ impl Router {
     }
 
     fn hosted_in(&self, table: &RouteTable, tenant_id: &str) -> Result<ShardId, RouteError> {
+        if is_reserved_tenant(tenant_id) && table.shards.contains_key(&META_SHARD) {
+            return Ok(META_SHARD);
+        }
         if table.shard_count == 0 {
             return Err(RouteError::NotInitialized);
         }
