@@ -49,21 +49,9 @@ pub fn leader_elsewhere<T>(
 /// Proposes `event` at this node's replica of shard 0 (its leader), waits for its
 /// receipt, then until this replica has applied it: a read of shard 0 here sees it.
 pub async fn propose(node: &Node, event: EventRecord, what: &str) -> Result<ApplyReceipt, Status> {
-    let meta = replica(node)?;
-    let receiver = meta
-        .submit(vec![event])
-        .map_err(|error| Status::unavailable(error.to_string()))?;
-    let receipt = match receiver.await {
-        Ok(Ok(mut receipts)) if receipts.len() == 1 => receipts.pop().expect("one receipt"),
-        Ok(Err(error)) => return Err(Status::unavailable(error.to_string())),
-        _ => {
-            return Err(Status::unavailable(format!(
-                "the metadata group did not acknowledge {what}; retry (it is idempotent)"
-            )))
-        }
-    };
-    meta.read_barrier()
-        .await
-        .map_err(|error| Status::unavailable(error.to_string()))?;
-    Ok(receipt)
+    replica(node)?.record_applied(event).await.map_err(|error| {
+        Status::unavailable(format!(
+            "recording {what}: {error}; retry (it is idempotent)"
+        ))
+    })
 }

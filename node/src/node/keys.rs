@@ -78,13 +78,9 @@ pub async fn bootstrap_admin_key(node: &Node) -> anyhow::Result<bool> {
         0,
     );
     let event = creation_event(&created, BOOTSTRAP_ACTOR, node.clock.now_ns());
-    let receiver = meta.submit(vec![event])?;
-    match receiver.await {
-        Ok(Ok(_receipts)) => {}
-        Ok(Err(error)) => anyhow::bail!("recording the first admin key: {error}"),
-        Err(_) => anyhow::bail!("recording the first admin key: no answer"),
-    }
-    meta.read_barrier().await?;
+    meta.record_applied(event)
+        .await
+        .map_err(|error| anyhow::anyhow!("recording the first admin key: {error}"))?;
     refresh(node)?;
     tracing::info!(
         key_id = %token.key_id,

@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::consensus::{self, network::Peers, NodeId, Raft};
 use crate::ledger::routing::ShardId;
-use crate::ledger::EventRecord;
 use crate::ledger::NoteSigner;
+use crate::ledger::{ApplyReceipt, EventRecord};
 use crate::storage::publish::Publisher;
 use crate::storage::snapshot_name::SnapshotStamp;
 use crate::storage::state_machine::ShardCounters;
@@ -65,6 +65,34 @@ impl ShardHandle {
         events: Vec<EventRecord>,
     ) -> Result<oneshot::Receiver<IngestReply>, IngestError> {
         self.queue.submit(events)
+    }
+
+    /// Records one event of the node's own (the cluster map, a key change), waits for
+    /// its receipt, then until this replica has applied it: a read here sees it.
+    pub async fn record_applied(&self, event: EventRecord) -> Result<ApplyReceipt, IngestError> {
+        let unknown = |reason: String| IngestError::Unavailable {
+            shard: self.shard,
+            reason,
+        };
+        let receipt = match self.submit(vec![event])?.await {
+            Ok(Ok(mut receipts)) if receipts.len() == 1 => receipts.pop().expect("one receipt"),
+            Ok(Ok(receipts)) => {
+                return Err(unknown(format!(
+                    "{} receipts for one event",
+                    receipts.len()
+                )))
+            }
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(unknown(
+                    "the shard stopped before acknowledging; outcome unknown".into(),
+                ))
+            }
+        };
+        self.read_barrier()
+            .await
+            .map_err(|error| unknown(error.to_string()))?;
+        Ok(receipt)
     }
 
     /// The barrier every leader read passes before it reads the shard's store
